@@ -1,0 +1,113 @@
+"""The demo backend: ``python -m fivenines.demo --port P``.
+
+Answers every path with its instance id and port (plain text, or JSON when the
+client accepts ``application/json``), ``/health`` for checks, and misbehaves on
+request, for demonstrations and tests:
+
+* ``/_fail``    → every request (``/health`` included) answers 500 until ``/_recover``;
+* ``/_hang``    → stops answering anything (``?s=N``: for N seconds only);
+* ``/_slow?ms=N`` → every request is delayed N ms until ``/_recover``;
+* ``/_recover`` → back to normal;
+* ``/_echo``    → the request as JSON (method, path, headers, body length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from fivenines import aio
+from fivenines.httpserver import Request, Response, serve
+
+
+class DemoApp:
+    def __init__(self, instance_id: str, port: int) -> None:
+        self.id = instance_id
+        self.port = port
+        self.failing = False
+        self.slow_ms = 0
+        self.hang_until: float | None = None  # loop time; inf = for ever
+        self.requests = 0
+        self._recovered = asyncio.Event()
+
+    async def handle(self, req: Request) -> Response:
+        self.requests += 1
+        loop = asyncio.get_running_loop()
+        if self.hang_until is not None:
+            if loop.time() < self.hang_until:
+                await self._hang(loop)
+            self.hang_until = None
+        path = req.path
+        if path.startswith("/_"):
+            return self._control(req, loop)
+        if self.slow_ms:
+            await asyncio.sleep(self.slow_ms / 1000)
+        if self.failing:
+            return Response.text(f"instance {self.id} failing (demo /_fail)\n", 500)
+        if path == "/health":
+            return Response.text("ok\n")
+        data = {"instance": self.id, "port": self.port, "pid": os.getpid(), "path": path}
+        if "application/json" in req.headers.get("accept", ""):
+            return Response.json(data)
+        return Response.text(f"instance {self.id} port {self.port} path {path}\n")
+
+    async def _hang(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.hang_until is not None
+        if self.hang_until == float("inf"):
+            await asyncio.Event().wait()
+        await asyncio.sleep(max(0.0, self.hang_until - loop.time()))
+
+    def _control(self, req: Request, loop: asyncio.AbstractEventLoop) -> Response:
+        path = req.path
+        if path == "/_fail":
+            self.failing = True
+        elif path == "/_recover":
+            self.failing, self.slow_ms, self.hang_until = False, 0, None
+        elif path == "/_slow":
+            self.slow_ms = int(req.query.get("ms", "1000"))
+        elif path == "/_hang":
+            secs = req.query.get("s")
+            self.hang_until = loop.time() + float(secs) if secs else float("inf")
+        elif path == "/_echo":
+            return Response.json(
+                {
+                    "instance": self.id,
+                    "method": req.method,
+                    "path": path,
+                    "query": req.query,
+                    "headers": [[k, v] for k, v in req.raw_headers],
+                    "body_length": len(req.body),
+                }
+            )
+        else:
+            return Response.text(f"unknown control path {path}\n", 404)
+        return Response.text(f"instance {self.id}: {path[2:]}\n")
+
+
+async def _main(host: str, port: int, instance_id: str) -> None:
+    app = DemoApp(instance_id, port)
+    server = await serve(app.handle, host, port)
+    app.port = server.address[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"demo instance {instance_id} listening on {host}:{server.address[1]}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.close(timeout=1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fivenines.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--id", default=os.environ.get("FIVENINES_TARGET_ID", ""))
+    args = ap.parse_args(argv)
+    aio.run(_main(args.host, args.port, args.id or f"demo-{args.port}"))
+
+
+if __name__ == "__main__":
+    main()

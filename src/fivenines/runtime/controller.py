@@ -1,0 +1,515 @@
+"""The local runtime's control loop: feeds events to the pure core and carries out its decisions.
+
+Data flow of one heartbeat: a probe runs a check → the result goes to the target's
+:class:`~fivenines.core.health.TargetHealth` → on a state change the group's roles
+are re-planned by :func:`~fivenines.core.pool.plan_roles` → the serving set is
+published to the data plane → events are logged.
+
+Data flow of one exit: the pidfd fires → health goes ``unhealthy`` at once → roles
+are re-planned (a standby is promoted) → :class:`~fivenines.core.lifecycle.InstanceLifecycle`
+says when to restart → the restart is scheduled. A restarted instance starts as a
+standby in ``initial`` state and serves only after passing its health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fivenines.core import pool
+from fivenines.core.health import CheckResult, HealthState, TargetHealth, Transition
+from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
+from fivenines.core.pool import Member, Role
+from fivenines.errors import ConfigError, ProviderError
+from fivenines.proxy.backend import Backend, BackendGroup
+from fivenines.proxy.http import Listener, ProxySettings
+from fivenines.runtime.events import EventLog, iso
+from fivenines.runtime.probe import http_check, tcp_check
+from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
+from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+
+log = logging.getLogger("fivenines")
+
+
+class InstanceSlot:
+    """A supervised process slot: its lifecycle, its current process and its logs."""
+
+    def __init__(self, target_id: str, port: int, argv: list[str] | str, env: dict[str, str], cwd: str | None,
+                 shell: bool, stop_timeout: float, policy: RestartPolicy, log_dir: Path) -> None:
+        self.target_id = target_id
+        self.port = port
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.shell = shell
+        self.stop_timeout = stop_timeout
+        self.lifecycle = InstanceLifecycle(policy)
+        self.process: Process | None = None
+        self.stdout = log_dir / f"{target_id}.out.log"
+        self.stderr = log_dir / f"{target_id}.err.log"
+        self.restart_handle: asyncio.TimerHandle | None = None
+        self.running = asyncio.Event()
+
+    def command(self) -> list[str]:
+        def sub(s: str) -> str:
+            return s.replace("{port}", str(self.port)).replace("{id}", self.target_id)
+
+        if isinstance(self.argv, str):
+            return [sub(self.argv)]
+        return resolve_argv([sub(a) for a in self.argv])
+
+
+class TargetRuntime:
+    def __init__(self, group: GroupRuntime, index: int, target_id: str, host: str, port: int,
+                 role: Role, slot: InstanceSlot | None, now: float) -> None:
+        self.group = group
+        self.index = index
+        self.id = target_id
+        hc = group.spec.health_check
+        self.health = TargetHealth(hc.healthy_threshold, hc.unhealthy_threshold, since=now)
+        self.role = role
+        self.role_since = now
+        self.slot = slot
+        self.backend = Backend(target_id, host, port)
+        self.probe_task: asyncio.Task[None] | None = None
+
+    def member(self) -> Member:
+        h = self.health
+        return Member(self.id, self.role, h.state, h.since, self.index, h.reason)
+
+    def __repr__(self) -> str:
+        return f"<Target {self.id} {self.backend.address} {self.health.state.value} {self.role.value}>"
+
+
+class GroupRuntime:
+    def __init__(self, name: str, spec: TargetGroupSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.backends = BackendGroup(name, spec.algorithm)
+        self.targets: list[TargetRuntime] = []
+        self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
+        self.matcher = spec.health_check.matcher_ranges
+
+    def by_id(self, target_id: str) -> TargetRuntime | None:
+        return next((t for t in self.targets if t.id == target_id), None)
+
+
+def allocate_ports(spec_ports: str, n: int, taken: set[int]) -> list[int]:
+    """Pick ``n`` free loopback ports from a range (or from the kernel for ``auto``)."""
+    rng = parse_port_range(spec_ports)
+    out: list[int] = []
+    if rng is None:
+        while len(out) < n:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                p = s.getsockname()[1]
+            if p not in taken and p not in out:
+                out.append(p)
+        return out
+    for p in range(rng[0], rng[1] + 1):
+        if len(out) == n:
+            break
+        if p not in taken and port_is_free("127.0.0.1", p):
+            out.append(p)
+    if len(out) < n:
+        raise ConfigError(f"not enough free ports in {spec_ports}: need {n}")
+    return out
+
+
+class Controller:
+    """Runs one spec on this machine."""
+
+    def __init__(self, spec: Spec, spec_path: str | Path | None = None, *, rng: random.Random | None = None,
+                 settings: ProxySettings | None = None) -> None:
+        self.spec = spec
+        self.spec_path = Path(spec_path) if spec_path else None
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        self.state_dir = Path(spec.state_dir) if spec.state_dir else base / ".fivenines" / spec.name
+        if not self.state_dir.is_absolute():
+            self.state_dir = base / self.state_dir
+        self.base_dir = base
+        self.rng = rng or random.Random()
+        self.settings = settings or ProxySettings()
+        self.events = EventLog()
+        self.groups: dict[str, GroupRuntime] = {}
+        self.listeners: list[tuple[Any, Listener]] = []
+        self.admin: Any = None
+        self.started_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wall_offset = 0.0
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.on_decision: Callable[[str], None] | None = None
+
+    # ------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def wall(self, t: float) -> float:
+        return t + self._wall_offset
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wall_offset = time.time() - loop.time()
+        self.started_at = loop.time()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self._build_groups()
+        from fivenines.admin.server import AdminServer
+
+        host, port = split_hostport(self.spec.admin.listen)
+        self.admin = AdminServer(self)
+        try:
+            await self.admin.start(host, port)
+            for ls in self.spec.listeners:
+                group = self.groups[ls.default_target_group].backends
+                listener = Listener(lambda g=group: g, ls.port, self.settings)  # type: ignore[misc]
+                await listener.start(ls.host, ls.port)
+                self.listeners.append((ls, listener))
+        except OSError as exc:
+            await self._close_servers()
+            raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+        for g in self.groups.values():
+            for t in g.targets:
+                if t.slot is not None:
+                    self._start_instance(t)
+                t.probe_task = loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
+            self._reconcile(g)
+
+    def _build_groups(self) -> None:
+        now = self.now()
+        taken: set[int] = set()
+        for name, tg in self.spec.target_groups.items():
+            g = GroupRuntime(name, tg)
+            self.groups[name] = g
+            if tg.instances is not None:
+                inst = tg.instances
+                ports = allocate_ports(inst.ports, inst.total, taken)
+                taken.update(ports)
+                ids = [f"{name}-{i + 1}" for i in range(inst.total)]
+                roles = pool.initial_roles(ids, inst.count)
+                r = inst.restart
+                policy = RestartPolicy(r.initial_delay, r.max_delay, r.multiplier, r.jitter, r.stable_after,
+                                       r.crash_loop_after)
+                cwd = inst.cwd or str(self.base_dir)
+                for i, (tid, port) in enumerate(zip(ids, ports, strict=True)):
+                    env = dict(os.environ)
+                    env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
+                    env["FIVENINES_TARGET_ID"] = tid
+                    env["FIVENINES_PORT"] = str(port)
+                    slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, policy,
+                                        self.state_dir / "logs")
+                    t = TargetRuntime(g, i, tid, "127.0.0.1", port, roles[tid], slot, now)
+                    g.targets.append(t)
+                    g.backends.add(t.backend)
+            else:
+                for i, addr in enumerate(tg.targets or []):
+                    host, port = split_hostport(addr)
+                    tid = f"{name}-{i + 1}"
+                    t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
+                    g.targets.append(t)
+                    g.backends.add(t.backend)
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        cut = 0
+        if self.listeners:
+            results = await asyncio.gather(*(lst.drain(drain_timeout) for _, lst in self.listeners))
+            cut = sum(results)
+        if cut:
+            log.warning("shutdown: %d client connections cut after %.0fs", cut, drain_timeout)
+        tasks = [t.probe_task for g in self.groups.values() for t in g.targets if t.probe_task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(self._stop_instance(t) for g in self.groups.values() for t in g.targets if t.slot))
+        for g in self.groups.values():
+            for t in g.targets:
+                t.backend.close_idle()
+        await self._close_servers()
+        self.stopped.set()
+
+    async def _close_servers(self) -> None:
+        for _, lst in self.listeners:
+            lst.stop_accepting()
+        if self.admin is not None:
+            await self.admin.close()
+
+    # ------------------------------------------------------------------ instances
+
+    def _start_instance(self, t: TargetRuntime) -> None:
+        slot = t.slot
+        assert slot is not None
+        slot.restart_handle = None
+        if self._stopping:
+            return
+        now = self.now()
+        try:
+            proc = Process(slot.command(), env=slot.env, cwd=slot.cwd, stdout=slot.stdout, stderr=slot.stderr,
+                           shell=slot.shell, on_exit=lambda code, t=t: self._on_exit(t, code))  # type: ignore[misc]
+        except ProviderError as exc:
+            log.error("%s: %s", t.id, exc)
+            with slot.stderr.open("a") as f:
+                f.write(f"fivenines: {exc}\n")
+            slot.lifecycle.started(-1, now)
+            slot.process = None
+            self._after_exit(t, 127)
+            return
+        slot.process = proc
+        slot.lifecycle.started(proc.pid, now)
+        t.backend.move_to("127.0.0.1", slot.port)
+        self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
+        if slot.lifecycle.restarts:
+            self._transition(t, t.health.register(now))
+        slot.running.set()
+
+    def _on_exit(self, t: TargetRuntime, code: int) -> None:
+        slot = t.slot
+        assert slot is not None
+        slot.running.clear()
+        if slot.lifecycle.state is InstanceState.STOPPING:
+            slot.lifecycle.exited(code, self.now(), self.rng.random())
+            return
+        self._after_exit(t, code)
+
+    def _after_exit(self, t: TargetRuntime, code: int) -> None:
+        slot = t.slot
+        assert slot is not None
+        now = self.now()
+        decision = slot.lifecycle.exited(code, now, self.rng.random())
+        t.backend.close_idle()
+        self._event("instance", t, "running", decision.state.value, decision.reason)
+        tr = t.health.exited(now, f"exit {describe_exit(code)}")
+        self._transition(t, tr)
+        if tr is None:
+            self._reconcile(t.group)
+        if decision.restart_at is not None and not self._stopping:
+            assert self._loop is not None
+            slot.restart_handle = self._loop.call_at(decision.restart_at, self._start_instance, t)
+
+    async def _stop_instance(self, t: TargetRuntime) -> None:
+        slot = t.slot
+        assert slot is not None
+        if slot.restart_handle is not None:
+            slot.restart_handle.cancel()
+            slot.restart_handle = None
+        slot.lifecycle.stopping()
+        if slot.process is not None and slot.process.running:
+            await slot.process.stop(slot.stop_timeout)
+
+    # ------------------------------------------------------------------ health
+
+    async def _probe_loop(self, t: TargetRuntime) -> None:
+        hc = t.group.spec.health_check
+        port = hc.port
+        await asyncio.sleep(self.rng.uniform(0.05, 0.25) * hc.interval)
+        while not self._stopping:
+            if t.slot is not None and not t.slot.running.is_set():
+                await t.slot.running.wait()
+                await asyncio.sleep(self.rng.uniform(0.05, 0.25) * hc.interval)
+                continue
+            host, tport = t.backend.host, port or t.backend.port
+            started = self.now()
+            if hc.protocol == "http":
+                result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
+            else:
+                result = await tcp_check(host, tport, hc.timeout)
+            if self._stopping:
+                return
+            if t.slot is None or t.slot.running.is_set():
+                self.on_check(t, result)
+            elapsed = self.now() - started
+            await asyncio.sleep(max(0.0, hc.interval * self.rng.uniform(0.9, 1.1) - elapsed))
+
+    def on_check(self, t: TargetRuntime, result: CheckResult) -> None:
+        now = self.now()
+        if t.slot is not None:
+            t.slot.lifecycle.mark_stable(now)
+        self._transition(t, t.health.check(result, now))
+
+    def _transition(self, t: TargetRuntime, tr: Transition | None) -> None:
+        if tr is None:
+            return
+        reason = tr.reason.value if tr.reason else "passed health checks"
+        if tr.detail:
+            reason = f"{reason}: {tr.detail}"
+        self._event("health", t, tr.old.value, tr.new.value, reason)
+        self._reconcile(t.group)
+
+    # ------------------------------------------------------------------ roles and serving
+
+    def _reconcile(self, g: GroupRuntime) -> list[str]:
+        """Re-plan roles and publish the serving set. Returns the decisions taken."""
+        changes = pool.plan_roles([t.member() for t in g.targets], g.active_count)
+        decisions = []
+        now = self.now()
+        for c in changes:
+            t = g.by_id(c.id)
+            assert t is not None
+            t.role = c.new
+            t.role_since = now
+            self._event("role", t, c.old.value, c.new.value, c.reason)
+            decisions.append(str(c))
+        ids = pool.serving([t.member() for t in g.targets])
+        before = [b.id for b in g.backends.serving]
+        if ids != before:
+            g.backends.set_serving(ids)
+            self.events.emit(self.wall(now), "serving", g.name, "", ",".join(before), ",".join(ids),
+                             f"{len(ids)} of {g.active_count} actives serving")
+            if not ids:
+                log.warning("%s: no healthy target: requests get 503", g.name)
+        for d in decisions:
+            if self.on_decision:
+                self.on_decision(d)
+        return decisions
+
+    def _event(self, kind: str, t: TargetRuntime, old: str, new: str, reason: str) -> None:
+        ev = self.events.emit(self.wall(self.now()), kind, t.group.name, t.id, old, new, reason)
+        log.info("%s", ev)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        now = self.now()
+        listeners = []
+        for ls, lst in self.listeners:
+            c = lst.counters
+            host, port = lst.address
+            listeners.append({
+                "address": f"{host}:{port}",
+                "host": host,
+                "port": port,
+                "protocol": ls.protocol,
+                "default_target_group": ls.default_target_group,
+                "connections_total": c.connections,
+                "connections_open": len(lst.clients),
+                "requests": c.requests,
+                "responses": c.responses,
+                "failed": c.failed,
+                "retries": c.retries,
+            })
+        groups = {}
+        for name, g in self.groups.items():
+            targets = [self._target_status(t, now) for t in g.targets]
+            groups[name] = {
+                "algorithm": g.spec.algorithm,
+                "active_count": g.active_count,
+                "standby_count": g.spec.instances.standby if g.spec.instances else 0,
+                "serving": [b.id for b in g.backends.serving],
+                "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
+                "targets": targets,
+            }
+        return {
+            "name": self.spec.name,
+            "pid": os.getpid(),
+            "started": iso(self.wall(self.started_at)),
+            "uptime_s": round(now - self.started_at, 3),
+            "admin": self.admin.url if self.admin else None,
+            "listeners": listeners,
+            "target_groups": groups,
+        }
+
+    def _target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
+        h = t.health
+        out: dict[str, Any] = {
+            "id": t.id,
+            "address": t.backend.address,
+            "state": h.state.value,
+            "reason": h.reason.value if h.reason else None,
+            "detail": h.detail,
+            "role": t.role.value,
+            "pid": None,
+            "since": iso(self.wall(h.since)),
+            "role_since": iso(self.wall(t.role_since)),
+            "requests": t.backend.requests,
+            "errors": t.backend.errors,
+            "in_flight": t.backend.in_flight,
+            "last_check": None,
+        }
+        if h.last_check is not None:
+            lc = h.last_check
+            out["last_check"] = {"ok": lc.ok, "detail": lc.detail, "duration_ms": round(lc.duration * 1000, 2)}
+        if t.slot is not None:
+            lc_ = t.slot.lifecycle
+            out["pid"] = lc_.pid
+            inst: dict[str, Any] = {
+                "state": lc_.state.value,
+                "restarts": lc_.restarts,
+                "consecutive_failures": lc_.consecutive_failures,
+                "last_exit_code": lc_.last_exit_code,
+                "last_exit": describe_exit(lc_.last_exit_code) if lc_.last_exit_code is not None else None,
+                "restart_in_s": round(lc_.restart_at - now, 3) if lc_.restart_at is not None else None,
+                "stdout_log": str(t.slot.stdout),
+                "stderr_log": str(t.slot.stderr),
+                "stderr_tail": [],
+            }
+            if lc_.last_exit_code is not None:
+                inst["stderr_tail"] = tail_lines(t.slot.stderr, 10)
+            out["instance"] = inst
+        return out
+
+    def ready_info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "admin": self.admin.url if self.admin else None,
+            "listeners": [f"{lst.address[0]}:{lst.address[1]}" for _, lst in self.listeners],
+            "state_dir": str(self.state_dir),
+        }
+
+    def all_healthy(self) -> bool:
+        return all(
+            sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY) >= len(g.targets)
+            for g in self.groups.values()
+        )
+
+    def target(self, target_id: str) -> TargetRuntime | None:
+        for g in self.groups.values():
+            t = g.by_id(target_id)
+            if t is not None:
+                return t
+        return None
+
+
+async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
+              announce: Callable[[Controller], None] | None = None) -> int:
+    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly. Returns the exit status."""
+    import signal
+
+    ctl = Controller(spec, spec_path)
+    await ctl.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready_file:
+        import json
+
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(json.dumps(ctl.ready_info()))
+        tmp.replace(ready_file)
+    if announce:
+        announce(ctl)
+    await stop.wait()
+    log.info("stopping: draining in-flight requests, then stopping instances")
+    await ctl.stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,468 @@
+"""The one declarative model: ``fivenines.yaml`` loaded, validated and described.
+
+Names follow AWS Elastic Load Balancing (listener, target group, health check,
+healthy/unhealthy threshold, matcher, deregistration delay) so that one file can
+drive the local runtime and AWS alike.
+
+Every problem is reported as a :class:`~fivenines.errors.FieldError` with the dotted
+field path (``target_groups.web.health_check.timeout``) and what would be valid;
+:func:`load_spec` raises one :class:`~fivenines.errors.SpecError` carrying all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from fivenines.errors import FieldError, SpecError
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Parse ``500ms``, ``1s``, ``2m``, ``1.5h``, ``30d`` or a bare number of seconds.
+
+    >>> parse_duration("500ms"), parse_duration("2m"), parse_duration(3)
+    (0.5, 120.0, 3.0)
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 1s, 2m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration; use e.g. 500ms, 1s, 2m, 1h")
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way a spec would write them.
+
+    >>> format_duration(0.5), format_duration(1.0), format_duration(120), format_duration(1.25)
+    ('500ms', '1s', '2m', '1250ms')
+    """
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: 500ms, 1s, 2m, 1h, 30d, or a number of seconds.",
+        }
+    ),
+]
+
+
+# --------------------------------------------------------------------------- matcher
+
+
+def parse_matcher(text: str) -> tuple[tuple[int, int], ...]:
+    """Parse an ELB matcher (``200``, ``200,302``, ``200-399``) into inclusive ranges.
+
+    >>> parse_matcher("200-299,302")
+    ((200, 299), (302, 302))
+    """
+    ranges: list[tuple[int, int]] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d{3})(?:\s*-\s*(\d{3}))?", part)
+        if not m:
+            raise ValueError(f"{text!r} is not a matcher; use e.g. 200, 200,302 or 200-399")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if not (100 <= lo <= hi <= 599):
+            raise ValueError(f"{part!r}: status codes must be 100-599 and low <= high")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def matches(ranges: tuple[tuple[int, int], ...], status: int) -> bool:
+    """True when ``status`` falls in one of the matcher ``ranges``."""
+    return any(lo <= status <= hi for lo, hi in ranges)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class AdminSpec(_Strict):
+    listen: str = Field("127.0.0.1:9900", description="host:port of the admin API and dashboard.")
+    token_file: str | None = Field(
+        None, description="Bearer token file for mutating admin calls (default: in state_dir)."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+class HealthCheckSpec(_Strict):
+    protocol: Literal["http", "tcp"] = Field("http", description="http: GET path and match status; tcp: connect.")
+    path: str = Field("/health", description="Request path of HTTP checks.")
+    port: int | None = Field(None, ge=1, le=65535, description="Check this port instead of the traffic port.")
+    interval: Duration = Field(1.0, description="Time between checks of one target.")
+    timeout: Duration = Field(0.5, description="Time without answer after which a check fails; below interval.")
+    healthy_threshold: int = Field(2, ge=1, le=10, description="Consecutive passes to become healthy.")
+    unhealthy_threshold: int = Field(2, ge=1, le=10, description="Consecutive failures to become unhealthy.")
+    matcher: str = Field("200-399", description="Status codes that pass: 200, 200,302 or 200-399.")
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \r\n\t"):
+            raise ValueError(f"{v!r} is not a request path; it must start with / and have no spaces")
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("interval must be greater than 0")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, v: float, info: Any) -> float:
+        if v <= 0:
+            raise ValueError("timeout must be greater than 0")
+        interval = info.data.get("interval")
+        if interval is not None and v >= interval:
+            raise ValueError(
+                f"timeout ({format_duration(v)}) must be less than interval ({format_duration(interval)})"
+            )
+        return v
+
+    @field_validator("matcher", mode="before")
+    @classmethod
+    def _check_matcher(cls, v: Any) -> str:
+        parse_matcher(str(v))
+        return str(v)
+
+    @property
+    def matcher_ranges(self) -> tuple[tuple[int, int], ...]:
+        return parse_matcher(self.matcher)
+
+
+class RestartSpec(_Strict):
+    initial_delay: Duration = Field(0.5, description="First restart delay after a crash.")
+    max_delay: Duration = Field(30.0, description="Cap of the exponential restart backoff.")
+    multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Backoff growth per consecutive crash.")
+    jitter: float = Field(0.2, ge=0.0, le=1.0, description="Random spread of each delay, as a fraction.")
+    stable_after: Duration = Field(10.0, description="Uptime after which the backoff resets.")
+    crash_loop_after: int = Field(5, ge=1, description="Consecutive short-lived runs that mark a crash loop.")
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """``"9101-9199"`` → ``(9101, 9199)``; ``"9101"`` → ``(9101, 9101)``; ``"auto"`` → None.
+
+    >>> parse_port_range("9101-9199"), parse_port_range("auto")
+    ((9101, 9199), None)
+    """
+    if text == "auto":
+        return None
+    m = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5}))?\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a port range; use e.g. 9101-9199, or auto")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"{text!r}: ports must be 1-65535 and low <= high")
+    return lo, hi
+
+
+class InstancesSpec(_Strict):
+    command: list[str] | str = Field(
+        description="argv list; {port} and {id} are substituted. A string needs shell: true."
+    )
+    count: int = Field(1, ge=1, le=256, description="N: active instances that serve traffic.")
+    standby: int = Field(0, ge=0, le=256, description="M: hot standbys, started and checked, serving only on loss.")
+    ports: str = Field("auto", description="Port range for the instances (9101-9199), or auto.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: str | None = Field(None, description="Working directory (default: the spec file's folder).")
+    shell: bool = Field(False, description="Run command through /bin/sh. Off unless written explicitly.")
+    stop_timeout: Duration = Field(5.0, description="Time between SIGTERM and SIGKILL when stopping.")
+    restart: RestartSpec = Field(default_factory=RestartSpec)
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, v: list[str] | str, info: Any) -> list[str] | str:
+        if isinstance(v, list) and not v:
+            raise ValueError("command must name a program, e.g. [python, -m, fivenines.demo, --port, '{port}']")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("command must not be empty")
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _check_ports(cls, v: str) -> str:
+        parse_port_range(v)
+        return v
+
+    @property
+    def total(self) -> int:
+        return self.count + self.standby
+
+
+Algorithm = Literal["round_robin"]
+
+
+class TargetGroupSpec(_Strict):
+    algorithm: Algorithm = Field("round_robin", description="How requests are spread over serving targets.")
+    instances: InstancesSpec | None = Field(None, description="Instances fivenines starts, watches and restarts.")
+    targets: list[str] | None = Field(None, description="host:port of servers fivenines only balances and checks.")
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("targets must list at least one host:port")
+            for t in v:
+                split_hostport(t)
+        return v
+
+
+class ListenerSpec(_Strict):
+    port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    protocol: Literal["http"] = Field("http", description="http: HTTP/1.1 reverse proxy.")
+    default_target_group: str = Field(description="Target group that receives the listener's traffic.")
+
+
+_NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
+
+
+class Spec(_Strict):
+    """A service's redundancy, balancing and health checking, in one file."""
+
+    name: str = Field(pattern=_NAME_RE, description="Name of the service (letters, digits, - and _).")
+    admin: AdminSpec = Field(default_factory=lambda: AdminSpec())  # type: ignore[call-arg]
+    state_dir: str | None = Field(None, description="Where logs and state go (default: .fivenines/NAME beside the spec).")
+    listeners: list[ListenerSpec] = Field(min_length=1)
+    target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)
+
+    @field_validator("target_groups")
+    @classmethod
+    def _check_group_names(cls, v: dict[str, TargetGroupSpec]) -> dict[str, TargetGroupSpec]:
+        for name in v:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"target group name {name!r} must match {_NAME_RE}")
+        return v
+
+
+# --------------------------------------------------------------------------- checks beyond one field
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9001"`` → ``("127.0.0.1", 9001)``.
+
+    >>> split_hostport("127.0.0.1:9900")
+    ('127.0.0.1', 9900)
+    """
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"{text!r} is not host:port, e.g. 127.0.0.1:9001")
+    return host.strip("[]"), int(port)
+
+
+def semantic_errors(spec: Spec) -> list[FieldError]:
+    """Problems that involve more than one field."""
+    errors: list[FieldError] = []
+    groups = sorted(spec.target_groups)
+    for i, lst in enumerate(spec.listeners):
+        if lst.default_target_group not in spec.target_groups:
+            errors.append(
+                FieldError(
+                    f"listeners.{i}.default_target_group",
+                    f"no target group {lst.default_target_group!r}; defined: {', '.join(groups)}",
+                )
+            )
+    seen: dict[tuple[str, int], str] = {}
+    for i, lst in enumerate(spec.listeners):
+        if lst.port == 0:
+            continue
+        key = (lst.host, lst.port)
+        if key in seen:
+            errors.append(FieldError(f"listeners.{i}.port", f"port {lst.port} already used by {seen[key]}"))
+        seen[key] = f"listeners.{i}"
+    for name, tg in spec.target_groups.items():
+        path = f"target_groups.{name}"
+        if (tg.instances is None) == (tg.targets is None):
+            errors.append(FieldError(path, "give exactly one of instances (run them) or targets (balance existing servers)"))
+        if tg.instances is not None:
+            inst = tg.instances
+            if isinstance(inst.command, str) and not inst.shell:
+                errors.append(
+                    FieldError(
+                        f"{path}.instances.command",
+                        "a string command needs shell: true; otherwise give an argv list",
+                    )
+                )
+            rng = parse_port_range(inst.ports)
+            if rng is not None and rng[1] - rng[0] + 1 < inst.total:
+                errors.append(
+                    FieldError(
+                        f"{path}.instances.ports",
+                        f"range {inst.ports} has {rng[1] - rng[0] + 1} ports but count + standby = {inst.total}",
+                    )
+                )
+    return errors
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when a TCP listener could bind ``host:port`` now."""
+    if port == 0:
+        return True
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_errors(spec: Spec) -> list[FieldError]:
+    """Ports the spec would bind that are in use now (listeners, admin, instance ranges)."""
+    errors: list[FieldError] = []
+    for i, lst in enumerate(spec.listeners):
+        if not port_is_free(lst.host, lst.port):
+            errors.append(FieldError(f"listeners.{i}.port", f"{lst.host}:{lst.port} is in use"))
+    host, port = split_hostport(spec.admin.listen)
+    if not port_is_free(host, port):
+        errors.append(FieldError("admin.listen", f"{host}:{port} is in use"))
+    for name, tg in spec.target_groups.items():
+        if tg.instances is None:
+            continue
+        rng = parse_port_range(tg.instances.ports)
+        if rng is None:
+            continue
+        free = sum(1 for p in range(rng[0], rng[1] + 1) if port_is_free("127.0.0.1", p))
+        if free < tg.instances.total:
+            errors.append(
+                FieldError(
+                    f"target_groups.{name}.instances.ports",
+                    f"only {free} free ports in {tg.instances.ports}; need {tg.instances.total}",
+                )
+            )
+    return errors
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _walk_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class found by following ``loc`` from ``model`` (for listing valid keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                # a dict key (e.g. a target group name): step into the dict's value type
+                continue
+            current = _model_in(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", ())
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for a in args:
+        found = _model_in(a)
+        if found is not None:
+            return found
+    return None
+
+
+def _pydantic_errors(exc: ValidationError) -> Iterator[FieldError]:
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _walk_model(Spec, loc[:-1])
+            valid = ", ".join(parent.model_fields) if parent else ""
+            yield FieldError(path, f"unknown key; valid keys here: {valid}")
+        elif kind == "missing":
+            yield FieldError(path, "required but missing")
+        else:
+            msg = str(err["msg"])
+            msg = msg.removeprefix("Value error, ")
+            got = err.get("input")
+            if kind not in ("value_error",) and not isinstance(got, dict | list):
+                msg = f"{msg} (got {got!r})"
+            yield FieldError(path, msg)
+
+
+def parse_spec(data: Any, file: str = "<spec>") -> Spec:
+    """Validate already-parsed YAML/JSON data into a :class:`Spec`, or raise :class:`SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(file, [FieldError("", "the spec must be a mapping (name:, listeners:, target_groups:)")])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(file, list(_pydantic_errors(exc))) from None
+    errors = semantic_errors(spec)
+    if errors:
+        raise SpecError(file, errors)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file. Raises :class:`SpecError` naming the file and field paths."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(p), [FieldError("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(str(p), [FieldError("", f"not valid YAML: {where}{problem}")]) from None
+    return parse_spec(data, str(p))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``fivenines.yaml`` (for editors and the docs)."""
+    return Spec.model_json_schema()
