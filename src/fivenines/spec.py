@@ -271,7 +271,7 @@ class Spec(_Strict):
     """A service's redundancy, balancing and health checking, in one file."""
 
     name: str = Field(pattern=_NAME_RE, description="Name of the service (letters, digits, - and _).")
-    admin: AdminSpec = Field(default_factory=lambda: AdminSpec())  # type: ignore[call-arg]
+    admin: AdminSpec = Field(default_factory=lambda: AdminSpec())
     state_dir: str | None = Field(None, description="Where logs and state go (default: .fivenines/NAME beside the spec).")
     listeners: list[ListenerSpec] = Field(min_length=1)
     target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)

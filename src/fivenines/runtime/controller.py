@@ -151,6 +151,10 @@ class Controller:
 
     # ------------------------------------------------------------------ clock
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
@@ -331,7 +335,7 @@ class Controller:
                 result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
             else:
                 result = await tcp_check(host, tport, hc.timeout)
-            if self._stopping:
+            if self.stopping:
                 return
             if t.slot is None or t.slot.running.is_set():
                 self.on_check(t, result)
@@ -487,6 +491,15 @@ class Controller:
         return None
 
 
+def write_ready_file(path: str, info: dict[str, Any]) -> None:
+    """Atomically write the addresses fivenines serves on (for scripts and tests)."""
+    import json
+
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+
 async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
               announce: Callable[[Controller], None] | None = None) -> int:
     """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly. Returns the exit status."""
@@ -499,11 +512,7 @@ async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready_file:
-        import json
-
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(json.dumps(ctl.ready_info()))
-        tmp.replace(ready_file)
+        write_ready_file(ready_file, ctl.ready_info())
     if announce:
         announce(ctl)
     await stop.wait()
