@@ -150,3 +150,47 @@ def test_json_schema_has_descriptions() -> None:
     assert schema["title"] == "Spec"
     hc = schema["$defs"]["HealthCheckSpec"]["properties"]
     assert "healthy" in hc["healthy_threshold"]["description"]
+
+
+def test_rules_and_data_plane_fields_validate() -> None:
+    data = demo_spec()
+    data["target_groups"]["canary"] = {"targets": [{"address": "127.0.0.1:9001", "weight": 3}, "127.0.0.1:9002"],
+                                       "algorithm": "hash", "hash_on": {"header": "X-User"}}
+    data["listeners"][0]["rules"] = [
+        {"match": {"path": ["/api/*"], "method": ["GET"], "source_ip": ["10.0.0.0/8"]},
+         "forward": {"target_groups": {"web": 90, "canary": 10}}},
+        {"match": {"host": ["old.example.com"]}, "redirect": {"url": "https://new.example.com#{path}", "status": 301}},
+        {"match": {"path": ["/down"]}, "fixed_response": {"status": 503, "body": "maintenance"}},
+    ]
+    spec = parse_spec(data)
+    assert spec.listeners[0].rules[0].forward_weights() == {"web": 90, "canary": 10}
+    assert [t.weight for t in spec.target_groups["canary"].target_list()] == [3, 1]
+
+
+def test_rule_errors_name_their_paths() -> None:
+    data = demo_spec()
+    data["listeners"][0]["rules"] = [
+        {"match": {}, "forward": "nope"},
+        {"match": {"path": ["/x"]}, "forward": "web", "fixed_response": {"status": 200}},
+        {"match": {"source_ip": ["10.0.0.300/8"]}, "forward": "web"},
+    ]
+    msgs = errors_of(data)
+    assert "listeners.0.rules.2.match.source_ip: '10.0.0.300/8' is not a CIDR, e.g. 10.0.0.0/8 or 192.168.1.7/32" in msgs
+    data["listeners"][0]["rules"].pop()
+    msgs = errors_of(data)
+    assert msgs == [
+        "listeners.0.rules.0.match: give at least one condition: path, host, header, method, query, source_ip",
+        "listeners.0.rules.0.forward: no target group 'nope'; defined: web",
+        "listeners.0.rules.1: give exactly one action: forward, redirect or fixed_response",
+    ]
+
+
+def test_hash_needs_hash_on_and_tcp_has_no_rules() -> None:
+    data = demo_spec()
+    data["target_groups"]["web"]["algorithm"] = "hash"
+    data["listeners"][0]["protocol"] = "tcp"
+    data["listeners"][0]["rules"] = [{"match": {"path": ["/"]}, "forward": "web"}]
+    assert errors_of(data) == [
+        "listeners.0.rules: rules match HTTP requests; a tcp listener has none",
+        "target_groups.web.hash_on: algorithm hash needs exactly one of header, cookie or uri",
+    ]

@@ -220,8 +220,8 @@ class Controller:
                     g.targets.append(t)
                     g.backends.add(t.backend)
             else:
-                for i, addr in enumerate(tg.targets or []):
-                    host, port = split_hostport(addr)
+                for i, wt in enumerate(tg.target_list()):
+                    host, port = split_hostport(wt.address)
                     tid = f"{name}-{i + 1}"
                     t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
                     g.targets.append(t)
