@@ -16,6 +16,7 @@ Credentials come from the standard boto3 chain only and are never logged.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,14 @@ class Prepared:
     conflicts: list[str]
 
 
+def _max_attempts() -> int:
+    """``AWS_MAX_ATTEMPTS`` when set (the standard variable), else 8 attempts in all."""
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "8")))
+    except ValueError:
+        return 8
+
+
 def _tags(items: list[dict[str, Any]] | None) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in items or []}
 
@@ -117,7 +126,8 @@ class AwsProvider:
             )
         self.region: str = session.region_name
         config = Config(
-            retries={"mode": "standard", "max_attempts": 8},
+            # botocore's standard mode: throttling and transient errors retried with jittered backoff
+            retries={"mode": "standard", "max_attempts": _max_attempts()},
             user_agent_extra=f"fivenines/{__version__}",
             connect_timeout=10,
             read_timeout=60,
@@ -683,20 +693,27 @@ class AwsProvider:
             ]["VersionNumber"]
             self.ec2.modify_launch_template(LaunchTemplateId=rid, DefaultVersion=str(version))
         elif r.kind is Kind.AUTO_SCALING_GROUP:
-            self.asg.update_auto_scaling_group(
-                AutoScalingGroupName=rid,
-                LaunchTemplate={"LaunchTemplateId": want["launch_template"], "Version": want["launch_template_version"]},
-                MinSize=want["min_size"],
-                MaxSize=want["max_size"],
-                DesiredCapacity=want["desired_capacity"],
-                VPCZoneIdentifier=",".join(want["subnets"]),
-                HealthCheckType=want["health_check_type"],
-                HealthCheckGracePeriod=want["health_check_grace_period"],
-            )
+            from botocore.exceptions import ClientError
+
             current_g = {self._resolve(a, ids) if a.startswith("@") and a[1:] in ids else a for a in old["target_groups"]}
             desired_g = set(want["target_groups"])
-            if current_g - desired_g:
-                self.asg.detach_load_balancer_target_groups(AutoScalingGroupName=rid, TargetGroupARNs=sorted(current_g - desired_g))
+            for arn in sorted(current_g - desired_g):
+                try:
+                    self.asg.detach_load_balancer_target_groups(AutoScalingGroupName=rid, TargetGroupARNs=[arn])
+                except ClientError as exc:
+                    if self._code(exc) != "TargetGroupNotFound":
+                        raise  # a group deleted out of band has nothing left to detach
+            if changed - {"target_groups"}:
+                self.asg.update_auto_scaling_group(
+                    AutoScalingGroupName=rid,
+                    LaunchTemplate={"LaunchTemplateId": want["launch_template"], "Version": want["launch_template_version"]},
+                    MinSize=want["min_size"],
+                    MaxSize=want["max_size"],
+                    DesiredCapacity=want["desired_capacity"],
+                    VPCZoneIdentifier=",".join(want["subnets"]),
+                    HealthCheckType=want["health_check_type"],
+                    HealthCheckGracePeriod=want["health_check_grace_period"],
+                )
             if desired_g - current_g:
                 self.asg.attach_load_balancer_target_groups(AutoScalingGroupName=rid, TargetGroupARNs=sorted(desired_g - current_g))
 
