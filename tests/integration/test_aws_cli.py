@@ -12,10 +12,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.helpers import PY, write_spec
-from tests.integration.test_aws import AWS_ENV, EXAMPLE, REGION, clients, moto_server, moto_url, tagged
+from tests.integration.test_aws import (
+    AWS_ENV,
+    EXAMPLE,
+    REGION,
+    clients,
+    moto_server,
+    moto_url,
+    tagged,
+)
 
 __all__ = ["moto_server", "moto_url"]  # fixtures used here
 

@@ -237,7 +237,16 @@ def _clamp(v: float, lo: float, hi: float) -> float:
 
 
 def _secs(v: float) -> str:
-    return format_duration(v)
+    """Seconds as a spec would write them, in the largest whole unit.
+
+    >>> _secs(3600), _secs(604800), _secs(90), _secs(0.5)
+    ('1h', '7d', '90s', '500ms')
+    """
+    if v >= 86400 and v % 86400 == 0:
+        return f"{int(v // 86400)}d"
+    if v >= 3600 and v % 3600 == 0:
+        return f"{int(v // 3600)}h"
+    return format_duration(v) if v < 60 or v % 60 == 0 else f"{v:g}s"
 
 
 def _written(model: Any, field_name: str, parents: tuple[tuple[Any, str], ...] = ()) -> bool:
