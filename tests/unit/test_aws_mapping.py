@@ -496,3 +496,11 @@ def test_kinds_are_in_dependency_order() -> None:
     for r in d.resources.values():
         for ref in r.refs:
             assert order.index(d.resources[ref].kind) <= order.index(r.kind), (r, ref)
+
+
+def test_a_command_bound_to_loopback_gets_a_note() -> None:
+    s = spec(groups={"web": {"instances": {"command": ["app", "--host", "127.0.0.1", "--port", "{port}"]},
+                             "health_check": {"interval": "5s", "timeout": "2s"}}})
+    d = map_spec(s, NET)
+    assert any(n.startswith("target_groups.web.instances.command: mentions 127.0.0.1") for n in d.notes)
+    assert not any("command" in n for n in map_spec(spec(groups=web()), NET).notes)

@@ -797,6 +797,12 @@ def map_instances(
         d.findings.append(
             Finding("aws.user_data", f"the boot script is {len(encoded)} bytes in base64; EC2 allows {USER_DATA_MAX}", None)
         )
+    argv = [inst.command] if isinstance(inst.command, str) else inst.command
+    if any("127.0.0.1" in a or "localhost" in a for a in argv):
+        d.notes.append(
+            f"{path}.command: mentions 127.0.0.1/localhost; on an instance the service must listen on its VPC "
+            "address (e.g. 0.0.0.0) for the load balancer to reach it"
+        )
     if inst.standby:
         d.notes.append(
             f"{path}.standby: Elastic Load Balancing has no standby role; the {inst.standby} standby instance(s) "
