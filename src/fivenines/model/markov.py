@@ -90,7 +90,7 @@ def _gth(off: FloatArray) -> FloatArray:
     pi[0] = 1.0
     for k in range(1, n):
         pi[k] = pi[:k] @ p[:k, k]
-    return pi / pi.sum()
+    return np.asarray(pi / pi.sum(), dtype=np.float64)
 
 
 def is_irreducible(off: npt.ArrayLike) -> bool:

@@ -19,7 +19,7 @@ standby promoted) with probability ``c``. With probability ``1 - c`` it is not, 
 the pool is down in state ``("down", j)`` until someone recovers it by hand at rate
 ``delta``, which leads to ``j + 1``. Nothing else happens meanwhile.
 
-The closed form: every transition out of ``{0..j} ∪ {("down", i) : i <= j}`` goes
+The closed form: every transition out of ``{0..j} + {("down", i) : i <= j}`` goes
 to ``j + 1`` and every one back comes from ``j + 1``, so the flow across that cut
 balances with the birth-death rates alone and
 
