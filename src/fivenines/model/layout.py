@@ -175,6 +175,14 @@ class Prediction:
         return nines_of_unavailability(self.unavailability)
 
     @property
+    def downtime_per_year_s(self) -> float:
+        return downtime_per_year(self.unavailability)
+
+    @property
+    def downtime_per_month_s(self) -> float:
+        return downtime_per_month(self.unavailability)
+
+    @property
     def assumptions(self) -> list[str]:
         out = list(self.load_balancer.assumptions)
         for g in self.groups.values():
