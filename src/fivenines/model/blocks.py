@@ -82,12 +82,21 @@ def point_availability(lam: float, mu: float, t: float) -> float:
     >>> round(point_availability(1e-4, 3e-2, 1000), 15)
     0.996677740863788
     """
+    return 1.0 - point_unavailability(lam, mu, t)
+
+
+def point_unavailability(lam: float, mu: float, t: float) -> float:
+    """``1 - A(t) = lam/(lam+mu) * (1 - exp(-(lam+mu) t))``, computed with ``expm1``.
+
+    >>> point_unavailability(1e-4, 3e-2, 0.0), f"{point_unavailability(1e-9, 1.0, 1e-3):.6g}"
+    (0.0, '9.995e-13')
+    """
     _check_rate("lam", lam)
     _check_rate("mu", mu)
     _check_rate("t", t)
     if lam + mu == 0:
-        return 1.0
-    return mu / (lam + mu) + lam / (lam + mu) * math.exp(-(lam + mu) * t)
+        return 0.0
+    return lam / (lam + mu) * -math.expm1(-(lam + mu) * t)
 
 
 # --------------------------------------------------------------------------- combinations

@@ -162,9 +162,12 @@ class Pool:
         Only a serving unit's failure needs a switchover, and only while the pool
         would survive it; a failure that leaves too few units is an outage either way.
         """
+        return self._uncovered_share(j) * self.serving(j) * self.lam
+
+    def _uncovered_share(self, j: int) -> float:
         if self.coverage == 1.0 or not self.up(j + 1) or self.recovery == math.inf:
             return 0.0
-        return (1.0 - self.coverage) * self.serving(j) * self.lam
+        return 1.0 - self.coverage
 
     def states(self) -> list[State]:
         down: list[State] = [("down", j) for j in range(self.n) if self.uncovered(j) > 0]
@@ -180,7 +183,8 @@ class Pool:
         rates: dict[tuple[State, State], float] = {}
         for j in range(self.n + 1):
             if j < self.n:
-                direct = self.birth(j) - self.uncovered(j)
+                a = self.serving(j)
+                direct = a * self.lam * (1.0 - self._uncovered_share(j)) + (self.n - j - a) * self.standby_lam
                 if direct > 0:
                     rates[(j, j + 1)] = direct
             if j > 0:
