@@ -123,7 +123,7 @@ def test_up_count_distribution_sums_to_one_and_has_relative_precision() -> None:
 
 
 def test_k_out_of_n_rejects_impossible_k() -> None:
-    with pytest.raises(ValueError, match="k must be within 0..3"):
+    with pytest.raises(ValueError, match=r"k must be within 0\.\.3"):
         b.k_out_of_n(4, 3, 0.9)
     with pytest.raises(ValueError, match="k must be within"):
         b.k_out_of_n_mixed(-1, [0.9])

@@ -18,17 +18,16 @@ Chains are written as transitions ``{(from, to): rate}`` over hashable state nam
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+S = TypeVar("S", bound=Hashable)
 
 
-def generator(
-    states: Sequence[Hashable], rates: Mapping[tuple[Hashable, Hashable], float]
-) -> FloatArray:
+def generator(states: Sequence[S], rates: Mapping[tuple[S, S], float]) -> FloatArray:
     """The generator matrix ``Q`` of a chain given as ``{(from, to): rate}``.
 
     Off-diagonal ``Q[i, j]`` is the rate from ``states[i]`` to ``states[j]``; each
@@ -126,10 +125,10 @@ def _solve(off: FloatArray) -> FloatArray:
 
 
 def stationary(
-    states: Sequence[Hashable],
-    rates: Mapping[tuple[Hashable, Hashable], float],
+    states: Sequence[S],
+    rates: Mapping[tuple[S, S], float],
     method: Literal["gth", "solve"] = "gth",
-) -> dict[Hashable, float]:
+) -> dict[S, float]:
     """``{state: probability}`` of a chain given as transitions.
 
     >>> stationary(["up", "down"], {("up", "down"): 1.0, ("down", "up"): 3.0})
