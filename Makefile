@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 
 ## Lint, type-check and run the whole test suite (installs the Debian packages tests need).
 test: $(VENV)/.installed-dev test-deps
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

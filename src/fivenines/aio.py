@@ -14,7 +14,7 @@ def loop_factory() -> type[asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
         return None
-    return uvloop.Loop  # type: ignore[no-any-return]
+    return uvloop.Loop
 
 
 def loop_name() -> str:

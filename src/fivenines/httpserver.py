@@ -92,6 +92,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        if not self._server.connections:
+            self._server.no_connections.set()
         self._closing = True
         if self._worker is not None:
             self._worker.cancel()
@@ -216,7 +218,8 @@ class HttpServer:
         self.handler = handler
         self.connections: set[_Protocol] = set()
         self.closing = False
-        self._server: asyncio.AbstractServer | None = None
+        self.no_connections = asyncio.Event()
+        self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
@@ -236,10 +239,13 @@ class HttpServer:
             self._server.close()
         for conn in list(self.connections):
             conn.close_if_idle()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.connections and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        if self.connections:
+            self.no_connections.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.no_connections.wait()
+            except TimeoutError:
+                pass
         for conn in list(self.connections):
             conn._close()
         if self._server is not None:

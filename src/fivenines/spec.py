@@ -216,7 +216,7 @@ class UnitReliabilitySpec(_Strict):
 
 
 class ReliabilitySpec(UnitReliabilitySpec):
-    """Failure and repair of a target group's members, for `fivenines model`."""
+    """Failure and repair of a target group's members, for `fivenines model` (see docs/availability.md)."""
 
     repair_crews: int | None = Field(
         None, ge=1, description="Failed members repaired at the same time (default: unlimited, each on its own)."
@@ -253,12 +253,16 @@ class ReliabilitySpec(UnitReliabilitySpec):
 
 
 class LoadBalancerSpec(_Strict):
+    """The load balancer itself, one unit in series with every target group (see docs/availability.md)."""
+
     reliability: UnitReliabilitySpec = Field(
         default_factory=UnitReliabilitySpec, description="Failure and repair of the load balancer itself."
     )
 
 
 class SloSpec(_Strict):
+    """A service level objective: the error budget and burn-rate alerts are computed against it."""
+
     target: float = Field(gt=0, lt=100, description="Percent of requests that must succeed, e.g. 99.9.")
     window: Duration = Field(30 * 86400.0, description="Rolling window of the objective (default 30d).")
 
@@ -319,32 +323,160 @@ class InstancesSpec(_Strict):
         return self.count + self.standby
 
 
-Algorithm = Literal["round_robin"]
+Algorithm = Literal[
+    "round_robin",
+    "weighted_round_robin",
+    "least_outstanding_requests",
+    "random",
+    "ip_hash",
+    "hash",
+]
+
+
+class WeightedTarget(_Strict):
+    address: str = Field(description="host:port of the server.")
+    weight: int = Field(1, ge=0, le=1000, description="Relative share for weighted_round_robin (0: no traffic).")
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+class HashOnSpec(_Strict):
+    """What the ``hash`` algorithm hashes (exactly one)."""
+
+    header: str | None = Field(None, description="Hash this request header's value.")
+    cookie: str | None = Field(None, description="Hash this cookie's value.")
+    uri: bool = Field(False, description="Hash the request path and query.")
+
+
+class StickinessSpec(_Strict):
+    """Load-balancer cookie stickiness (ALB's lb_cookie)."""
+
+    enabled: bool = Field(True, description="Send a client back to the target that served it first.")
+    duration: Duration = Field(86400.0, description="Lifetime of the stickiness cookie (1s to 7d).")
+    cookie_name: str = Field("FIVENINES_STICKY", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Cookie name.")
+
+
+class RetriesSpec(_Strict):
+    attempts: int = Field(2, ge=1, le=5, description="Tries in all, the first included.")
+    per_try_timeout: Duration | None = Field(None, description="No response head within this: the try failed.")
+    budget_percent: float = Field(20.0, ge=0, le=100, description="Retries at most this share of requests (per group).")
 
 
 class TargetGroupSpec(_Strict):
     algorithm: Algorithm = Field("round_robin", description="How requests are spread over serving targets.")
+    hash_on: HashOnSpec | None = Field(None, description="For algorithm hash: what to hash.")
     instances: InstancesSpec | None = Field(None, description="Instances fivenines starts, watches and restarts.")
-    targets: list[str] | None = Field(None, description="host:port of servers fivenines only balances and checks.")
+    targets: list[str | WeightedTarget] | None = Field(
+        None, description="host:port (or {address, weight}) of servers fivenines only balances and checks."
+    )
     health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+    retries: RetriesSpec = Field(default_factory=RetriesSpec)
+    stickiness: StickinessSpec | None = Field(None, description="Optional load-balancer cookie stickiness.")
+    deregistration_delay: Duration = Field(30.0, description="Longest a draining target may finish in-flight requests.")
+    slow_start: Duration = Field(0.0, description="Ramp a joining target's share linearly over this time (0: off).")
     reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
     @field_validator("targets")
     @classmethod
-    def _check_targets(cls, v: list[str] | None) -> list[str] | None:
+    def _check_targets(cls, v: list[str | WeightedTarget] | None) -> list[str | WeightedTarget] | None:
         if v is not None:
             if not v:
                 raise ValueError("targets must list at least one host:port")
             for t in v:
-                split_hostport(t)
+                if isinstance(t, str):
+                    split_hostport(t)
         return v
+
+    def target_list(self) -> list[WeightedTarget]:
+        """``targets`` with plain strings turned into weight-1 entries."""
+        return [WeightedTarget(address=t) if isinstance(t, str) else t for t in self.targets or []]
+
+
+class RuleMatch(_Strict):
+    """Conditions of a listener rule (ALB's); all given conditions must hold. Values are alternatives."""
+
+    path: list[str] | None = Field(None, description="Path globs, e.g. /api/* (case-sensitive).")
+    host: list[str] | None = Field(None, description="Host header globs, e.g. *.example.com (case-insensitive).")
+    header: dict[str, list[str]] | None = Field(None, description="Header name to value globs.")
+    method: list[str] | None = Field(None, description="Request methods, e.g. [GET, HEAD].")
+    query: dict[str, str] | None = Field(None, description="Query parameter to value glob.")
+    source_ip: list[str] | None = Field(None, description="Client address CIDRs, e.g. 10.0.0.0/8.")
+
+    @field_validator("source_ip")
+    @classmethod
+    def _check_cidrs(cls, v: list[str] | None) -> list[str] | None:
+        import ipaddress
+
+        for c in v or []:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"{c!r} is not a CIDR, e.g. 10.0.0.0/8 or 192.168.1.7/32") from None
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _check_methods(cls, v: list[str] | None) -> list[str] | None:
+        for m in v or []:
+            if not re.fullmatch(r"[A-Z][A-Z-]{0,39}", m):
+                raise ValueError(f"{m!r} is not a method; use upper case, e.g. GET")
+        return v
+
+
+class ForwardSpec(_Strict):
+    """Forward to one target group, or split by weight across several (a canary: {web: 90, canary: 10})."""
+
+    target_groups: dict[str, int] = Field(min_length=1, description="Target group name to weight (0-999).")
+    stickiness: Duration | None = Field(None, description="Keep a client on the group it was sent to this long.")
+
+    @field_validator("target_groups")
+    @classmethod
+    def _check_weights(cls, v: dict[str, int]) -> dict[str, int]:
+        if any(w < 0 or w > 999 for w in v.values()):
+            raise ValueError("weights must be 0-999")
+        if sum(v.values()) <= 0:
+            raise ValueError("at least one weight must be above 0")
+        return v
+
+
+class RedirectSpec(_Strict):
+    url: str = Field(description="Target; #{host}, #{port}, #{path} and #{query} are replaced (ALB style).")
+    status: Literal[301, 302, 303, 307, 308] = Field(302, description="Redirect status code.")
+
+
+class FixedResponseSpec(_Strict):
+    status: int = Field(ge=200, le=599, description="Status code.")
+    body: str = Field("", description="Response body (at most 1024 bytes, as ALB).", max_length=1024)
+    content_type: str = Field("text/plain", description="Content-Type of the body.")
+
+
+class RuleSpec(_Strict):
+    """One listener rule: conditions and exactly one action. Rules are tried in order."""
+
+    name: str | None = Field(None, description="Optional name shown in status and metrics.")
+    match: RuleMatch = Field(description="Conditions; all must hold.")
+    forward: str | ForwardSpec | None = Field(None, description="Target group name, or a weighted forward.")
+    redirect: RedirectSpec | None = None
+    fixed_response: FixedResponseSpec | None = None
+
+    def forward_weights(self) -> dict[str, int] | None:
+        if self.forward is None:
+            return None
+        if isinstance(self.forward, str):
+            return {self.forward: 1}
+        return dict(self.forward.target_groups)
 
 
 class ListenerSpec(_Strict):
     port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
     host: str = Field("127.0.0.1", description="Address to bind.")
-    protocol: Literal["http"] = Field("http", description="http: HTTP/1.1 reverse proxy.")
+    protocol: Literal["http", "tcp"] = Field("http", description="http: HTTP/1.1 reverse proxy; tcp: byte stream.")
     default_target_group: str = Field(description="Target group that receives the listener's traffic.")
+    rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
 
 
 _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
@@ -354,8 +486,9 @@ class Spec(_Strict):
     """A service's redundancy, balancing and health checking, in one file."""
 
     name: str = Field(pattern=_NAME_RE, description="Name of the service (letters, digits, - and _).")
-    admin: AdminSpec = Field(default_factory=lambda: AdminSpec())  # type: ignore[call-arg]
+    admin: AdminSpec = Field(default_factory=lambda: AdminSpec())
     state_dir: str | None = Field(None, description="Where logs and state go (default: .fivenines/NAME beside the spec).")
+    workers: int = Field(1, ge=1, le=64, description="Data-plane processes sharing each listening port.")
     listeners: list[ListenerSpec] = Field(min_length=1)
     target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)
     load_balancer: LoadBalancerSpec | None = Field(None, description="The load balancer itself, for fivenines model.")
@@ -405,8 +538,29 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
         if key in seen:
             errors.append(FieldError(f"listeners.{i}.port", f"port {lst.port} already used by {seen[key]}"))
         seen[key] = f"listeners.{i}"
+    for i, lst in enumerate(spec.listeners):
+        if lst.protocol == "tcp" and lst.rules:
+            errors.append(FieldError(f"listeners.{i}.rules", "rules match HTTP requests; a tcp listener has none"))
+        for j, rule in enumerate(lst.rules):
+            rpath = f"listeners.{i}.rules.{j}"
+            actions = [a for a in ("forward", "redirect", "fixed_response") if getattr(rule, a) is not None]
+            if len(actions) != 1:
+                errors.append(FieldError(rpath, "give exactly one action: forward, redirect or fixed_response"))
+            if not any(v is not None for v in rule.match.model_dump().values()):
+                errors.append(FieldError(f"{rpath}.match", "give at least one condition: path, host, header, method, query, source_ip"))
+            for tgname in rule.forward_weights() or {}:
+                if tgname not in spec.target_groups:
+                    fpath = f"{rpath}.forward" + ("" if isinstance(rule.forward, str) else f".target_groups.{tgname}")
+                    errors.append(FieldError(fpath, f"no target group {tgname!r}; defined: {', '.join(groups)}"))
     for name, tg in spec.target_groups.items():
         path = f"target_groups.{name}"
+        if tg.algorithm == "hash":
+            ho = tg.hash_on
+            given = 0 if ho is None else sum([ho.header is not None, ho.cookie is not None, ho.uri])
+            if given != 1:
+                errors.append(FieldError(f"{path}.hash_on", "algorithm hash needs exactly one of header, cookie or uri"))
+        elif tg.hash_on is not None:
+            errors.append(FieldError(f"{path}.hash_on", f"only used with algorithm hash (algorithm is {tg.algorithm})"))
         if (tg.instances is None) == (tg.targets is None):
             errors.append(FieldError(path, "give exactly one of instances (run them) or targets (balance existing servers)"))
         if tg.instances is not None:

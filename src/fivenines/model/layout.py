@@ -271,7 +271,7 @@ def group_params(name: str, tg: TargetGroupSpec) -> tuple[GroupParams, dict[str,
         default_mttr = t_detect + tg.instances.restart.initial_delay + hc.healthy_threshold * hc.interval
         mttr_why = "detection + first restart delay + healthy_threshold x interval"
     else:
-        active, standby = len(tg.targets or []), 0
+        active, standby = len(tg.target_list()), 0
         default_mttr = DEFAULT_TARGETS_MTTR
         mttr_why = "targets are repaired outside fivenines"
     mtbf = rel.mtbf if rel is not None else None

@@ -25,7 +25,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
@@ -77,7 +77,7 @@ class ProxySettings:
     idle_timeout: float = 60.0  # client keep-alive connection with nothing in flight
     header_timeout: float = 10.0  # client must send a whole request head in this time
     replay_limit: int = 64 * 1024  # request body kept for a retry up to this size
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     proto: bytes = b"http"
 
 
@@ -156,8 +156,9 @@ class Listener:
         self.settings = settings or ProxySettings()
         self.counters = Counters()
         self.clients: set[ClientConnection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.no_clients = asyncio.Event()  # set whenever the last client connection closes
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048) -> None:
         loop = asyncio.get_running_loop()
@@ -196,10 +197,13 @@ class Listener:
         self.stop_accepting()
         for c in list(self.clients):
             c.close_when_idle()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.clients and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        if self.clients:
+            self.no_clients.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.no_clients.wait()
+            except TimeoutError:
+                pass
         cut = len(self.clients)
         for c in list(self.clients):
             c.abort()
@@ -234,11 +238,11 @@ class ClientConnection(asyncio.Protocol):
         "_paused",
         "_peer_ip",
         "_transport",
-        "_url",
         "_upgrade",
+        "_url",
         "_write_paused",
-        "last_active",
         "head_started",
+        "last_active",
     )
 
     def __init__(self, listener: Listener) -> None:
@@ -272,7 +276,10 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._listener.clients.discard(self)
+        clients = self._listener.clients
+        clients.discard(self)
+        if not clients:
+            self._listener.no_clients.set()
         for ex in self._exchanges:
             if not ex.done:
                 self._release_attempt(ex, reusable=False)
@@ -645,6 +652,7 @@ class UpstreamConnection(asyncio.Protocol):
     """A connection to one backend, reused across exchanges while keep-alive holds."""
 
     __slots__ = (
+        "_body_mode",
         "_chunk_out",
         "_client",
         "_ex",
@@ -654,7 +662,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_reason",
         "_reused",
-        "_body_mode",
         "_timer",
         "_transport",
         "backend",

@@ -131,10 +131,9 @@ class Controller:
                  settings: ProxySettings | None = None) -> None:
         self.spec = spec
         self.spec_path = Path(spec_path) if spec_path else None
-        base = self.spec_path.parent if self.spec_path else Path.cwd()
-        self.state_dir = Path(spec.state_dir) if spec.state_dir else base / ".fivenines" / spec.name
-        if not self.state_dir.is_absolute():
-            self.state_dir = base / self.state_dir
+        base = (self.spec_path.parent if self.spec_path else Path.cwd()).resolve()
+        # relative paths in the spec are relative to the spec file's folder
+        self.state_dir = base / (spec.state_dir or f".fivenines/{spec.name}")
         self.base_dir = base
         self.rng = rng or random.Random()
         self.settings = settings or ProxySettings()
@@ -150,6 +149,10 @@ class Controller:
         self.on_decision: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ clock
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def now(self) -> float:
         assert self._loop is not None
@@ -216,8 +219,8 @@ class Controller:
                     g.targets.append(t)
                     g.backends.add(t.backend)
             else:
-                for i, addr in enumerate(tg.targets or []):
-                    host, port = split_hostport(addr)
+                for i, wt in enumerate(tg.target_list()):
+                    host, port = split_hostport(wt.address)
                     tid = f"{name}-{i + 1}"
                     t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
                     g.targets.append(t)
@@ -331,7 +334,7 @@ class Controller:
                 result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
             else:
                 result = await tcp_check(host, tport, hc.timeout)
-            if self._stopping:
+            if self.stopping:
                 return
             if t.slot is None or t.slot.running.is_set():
                 self.on_check(t, result)
@@ -487,6 +490,15 @@ class Controller:
         return None
 
 
+def write_ready_file(path: str, info: dict[str, Any]) -> None:
+    """Atomically write the addresses fivenines serves on (for scripts and tests)."""
+    import json
+
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+
 async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
               announce: Callable[[Controller], None] | None = None) -> int:
     """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly. Returns the exit status."""
@@ -499,11 +511,7 @@ async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready_file:
-        import json
-
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(json.dumps(ctl.ready_info()))
-        tmp.replace(ready_file)
+        write_ready_file(ready_file, ctl.ready_info())
     if announce:
         announce(ctl)
     await stop.wait()

@@ -102,7 +102,7 @@ class Process:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509 - no threads fork here
+                preexec_fn=_child_setup(os.getpid()),
                 close_fds=True,
             )
         except OSError as exc:

@@ -1,0 +1,293 @@
+"""Test helpers: real processes on loopback, polling with deadlines (never sleep-as-sync)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+T = TypeVar("T")
+PY = sys.executable
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``pred`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except Exception as exc:  # the thing polled may not be up yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}: last={last!r}")
+
+
+def require_binary(name: str) -> str:
+    """Path of a server binary the test needs. Missing: fail under CI, skip elsewhere."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
+    if path is None:
+        msg = f"{name} is not installed (scripts/install-test-deps installs it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Demo:
+    """A demo backend process on a kernel-chosen port."""
+
+    def __init__(self, instance_id: str = "demo") -> None:
+        self.proc = subprocess.Popen(
+            [PY, "-m", "fivenines.demo", "--port", "0", "--id", instance_id],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        m = re.search(r"listening on ([\d.]+):(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise AssertionError(f"demo did not start: {line!r}")
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.address = f"{self.host}:{self.port}"
+        self.id = instance_id
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http_get(self.host, self.port, path)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def http_get(host: str, port: int, path: str = "/", timeout: float = 5.0,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def demo_spec(name: str = "t", count: int = 2, standby: int = 1, interval: str = "200ms",
+              timeout: str = "150ms", **group: Any) -> dict[str, Any]:
+    """A spec of ``count`` + ``standby`` demo instances on free ports, everything on port 0."""
+    tg: dict[str, Any] = {
+        "algorithm": "round_robin",
+        "instances": {
+            "command": ["python", "-m", "fivenines.demo", "--port", "{port}"],
+            "count": count,
+            "standby": standby,
+            "ports": "auto",
+            "stop_timeout": "2s",
+        },
+        "health_check": {
+            "path": "/health",
+            "interval": interval,
+            "timeout": timeout,
+            "healthy_threshold": 2,
+            "unhealthy_threshold": 2,
+        },
+    }
+    tg.update(group)
+    return {
+        "name": name,
+        "admin": {"listen": "127.0.0.1:0"},
+        "listeners": [{"port": 0, "protocol": "http", "default_target_group": "web"}],
+        "target_groups": {"web": tg},
+    }
+
+
+class Fivenines:
+    """``fivenines up`` as a real subprocess, with its admin and listener addresses."""
+
+    def __init__(self, tmp: Path, spec: dict[str, Any], extra_args: list[str] | None = None) -> None:
+        spec.setdefault("state_dir", str(tmp / "state"))
+        self.spec_path = write_spec(tmp / "fivenines.yaml", spec)
+        self.ready = tmp / "ready.json"
+        self.log = tmp / "fivenines.log"
+        self._logf = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "fivenines", "up", str(self.spec_path), "--ready-file", str(self.ready), *(extra_args or [])],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
+        info = wait_until(self._read_ready, 15, what="fivenines ready file")
+        self.admin: str = info["admin"]
+        host, port = info["listeners"][0].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    def _read_ready(self) -> Any:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"fivenines exited {self.proc.returncode}:\n{self.log.read_text()}")
+        if self.ready.exists():
+            return json.loads(self.ready.read_text())
+        return None
+
+    def status(self) -> Any:
+        return get_json(f"{self.admin}/status")
+
+    def targets(self, group: str = "web") -> list[dict[str, Any]]:
+        return list(self.status()["target_groups"][group]["targets"])
+
+    def target(self, tid: str, group: str = "web") -> dict[str, Any]:
+        return next(t for t in self.targets(group) if t["id"] == tid)
+
+    def wait_healthy(self, n: int | None = None, timeout: float = 15.0, group: str = "web") -> list[dict[str, Any]]:
+        def ok() -> list[dict[str, Any]] | None:
+            ts = self.targets(group)
+            want = len(ts) if n is None else n
+            return ts if sum(t["state"] == "healthy" for t in ts) >= want else None
+
+        return wait_until(ok, timeout, 0.05, what="healthy targets")
+
+    def get(self, path: str = "/", **kw: Any) -> tuple[int, bytes]:
+        return http_get(self.host, self.port, path, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+        return int(self.proc.returncode)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class LoopThread:
+    """An event loop (uvloop when available) running in a background thread, for in-process servers."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from fivenines.aio import loop_factory
+
+        factory = loop_factory()
+        self.loop = factory() if factory else asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        import asyncio
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(_cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+class ProxyUnderTest:
+    """A :class:`fivenines.proxy.http.Listener` in a LoopThread, balancing over given addresses."""
+
+    def __init__(self, addresses: list[str], **settings: Any) -> None:
+        from fivenines.proxy.backend import Backend, BackendGroup
+        from fivenines.proxy.http import Listener, ProxySettings
+
+        self.lt = LoopThread()
+        self.group = BackendGroup("web")
+        for i, addr in enumerate(addresses):
+            host, port = addr.rsplit(":", 1)
+            self.group.add(Backend(f"web-{i + 1}", host, int(port)))
+        self.group.set_serving(self.group.backends)
+        self.listener = Listener(lambda: self.group, 0, ProxySettings(**settings))
+        self.lt.call(self.listener.start("127.0.0.1", 0))
+        self.host, self.port = self.listener.address
+
+    def get(self, path: str = "/", **kw: Any) -> tuple[int, bytes]:
+        return http_get(self.host, self.port, path, **kw)
+
+    def raw(self, data: bytes, timeout: float = 5.0, until_close: bool = True) -> bytes:
+        """Send raw bytes, read until the server closes (or ``timeout``)."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            s.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    chunks.append(b)
+                    if not until_close:
+                        break
+            except TimeoutError:
+                pass
+            return b"".join(chunks)
+
+    def close(self) -> None:
+        self.lt.call(self.listener.drain(1.0))
+        for b in self.group.backends.values():
+            self.lt.loop.call_soon_threadsafe(b.close_idle)
+        self.lt.close()
