@@ -395,6 +395,10 @@ def aws_destroy(ctx: click.Context, /, spec_file: str, yes: bool, **kw: Any) -> 
         return
     for line in render(prepared.plan, {}, prepared.observation.resources):
         out.print(line, markup=False, highlight=False)
+    for c in prepared.conflicts:
+        err.print(f"[bold red]error[/]: {c}", markup=True, soft_wrap=True)
+    if prepared.conflicts:
+        sys.exit(EXIT_USAGE)
     if not yes:
         if not sys.stdin.isatty():
             _aws_fail("destroy deletes the resources above; pass --yes to confirm without a terminal", EXIT_USAGE)

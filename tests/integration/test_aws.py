@@ -370,3 +370,27 @@ def test_the_example_applies_cleanly(moto_url: str) -> None:
     raw = yaml.safe_load(EXAMPLE.read_text())
     assert raw["target_groups"]["web"]["instances"]["count"] == 2
     assert raw["target_groups"]["web"]["instances"]["standby"] == 1
+
+
+def test_destroy_refuses_to_take_foreign_listeners_down_with_the_load_balancer(moto_url: str) -> None:
+    p = provider(moto_url)
+    spec = rich_spec()
+    apply(p, spec)
+    elb = clients(moto_url)["elbv2"]
+    alb = elb.describe_load_balancers(Names=["shop-alb"])["LoadBalancers"][0]
+    web = elb.describe_target_groups(Names=["shop-web"])["TargetGroups"][0]
+    foreign = elb.create_listener(  # someone else's listener, untagged, on the stack's ALB
+        LoadBalancerArn=alb["LoadBalancerArn"], Port=8443, Protocol="HTTP",
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": web["TargetGroupArn"]}],
+    )["Listeners"][0]
+    gone = p.prepare_destroy("shop")
+    assert gone.conflicts == [
+        "load balancer shop-alb has listeners not managed by fivenines (ports 8443); "
+        "deleting it would delete them: remove them first"
+    ]
+    with pytest.raises(ProviderError, match="not managed by fivenines"):
+        p.apply(gone, AwsSpec())
+    assert elb.describe_listeners(ListenerArns=[foreign["ListenerArn"]])["Listeners"]
+    assert "security_groups" in tagged(moto_url, "shop")  # nothing was deleted
+    # and a plain apply leaves the foreign listener alone
+    assert prepare(p, spec).plan.empty

@@ -332,9 +332,12 @@ def test_a_group_behind_http_and_tcp_listeners_is_reported() -> None:
 
 
 def test_one_availability_zone_blocks() -> None:
-    one = Network("vpc-1", (Subnet("subnet-a", "eu-west-1a", "vpc-1"), Subnet("subnet-c", "eu-west-1a", "vpc-1")))
+    one = Network("vpc-1", (Subnet("subnet-a", "eu-west-1a", "vpc-1"),))
     f = findings(spec(), one)["aws.subnets"]
     assert "1 availability zone" in f.message and f.blocks(adjust=True)
+    two_in_one = Network("vpc-1", (*NET.subnets, Subnet("subnet-c", "eu-west-1a", "vpc-1")))
+    f = findings(spec(), two_in_one)["aws.subnets"]
+    assert "subnet-a and subnet-c are both in eu-west-1a" in f.message and f.blocks(adjust=True)
 
 
 def test_listener_port_zero() -> None:

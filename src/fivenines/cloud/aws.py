@@ -37,7 +37,7 @@ from fivenines.cloud.mapping import (
     map_spec,
     stack_tags,
 )
-from fivenines.cloud.plan import Observed, Op, Plan, diff, steps
+from fivenines.cloud.plan import Action, Observed, Op, Plan, diff, steps
 from fivenines.errors import ProviderError
 from fivenines.spec import AwsSpec, Spec
 
@@ -510,13 +510,14 @@ class AwsProvider:
     def prepare(self, desired: Desired) -> Prepared:
         """Observe the stack and diff it against ``desired``; no changes are made."""
         obs = self.observe(desired.stack)
-        conflicts = self.conflicts(desired, obs)
-        return Prepared(desired, obs, diff(desired.stack, desired.resources, obs.resources), conflicts)
+        plan = diff(desired.stack, desired.resources, obs.resources)
+        conflicts = self.conflicts(desired, obs) + _foreign_children(plan, obs)
+        return Prepared(desired, obs, plan, conflicts)
 
     def prepare_destroy(self, stack: str) -> Prepared:
         obs = self.observe(stack)
-        desired = Desired(stack)
-        return Prepared(desired, obs, diff(stack, {}, obs.resources), [])
+        plan = diff(stack, {}, obs.resources)
+        return Prepared(Desired(stack), obs, plan, _foreign_children(plan, obs))
 
     # ------------------------------------------------------------------ apply
 
@@ -819,6 +820,27 @@ class AwsProvider:
                 )
             out["target_groups"][key.split("/", 1)[1]] = {"name": o.resource.name, "targets": sorted(targets, key=lambda t: str(t["id"]))}
         return out
+
+
+def _foreign_children(plan: Plan, obs: Observation) -> list[str]:
+    """Deleting a load balancer or listener deletes what hangs off it: refuse when that is not ours."""
+    out = []
+    for c in plan.changes:
+        if c.action not in (Action.DELETE, Action.REPLACE):
+            continue
+        if c.kind is Kind.LOAD_BALANCER and obs.foreign_listeners.get(c.key):
+            ports = ", ".join(str(p) for p in sorted(obs.foreign_listeners[c.key]))
+            out.append(
+                f"load balancer {c.name} has listeners not managed by fivenines (ports {ports}); "
+                f"deleting it would delete them: remove them first"
+            )
+        if c.kind is Kind.LISTENER and obs.foreign_rules.get(c.key):
+            prios = ", ".join(str(p) for p in sorted(obs.foreign_rules[c.key]))
+            out.append(
+                f"listener {c.name} has rules not managed by fivenines (priorities {prios}); "
+                f"deleting it would delete them: remove them first"
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- API shapes

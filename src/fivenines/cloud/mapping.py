@@ -853,6 +853,18 @@ def map_instances(
 
 def check_network(network: Network) -> list[Finding]:
     zones = network.zones
+    seen: dict[str, str] = {}
+    for sub in network.subnets:
+        if sub.availability_zone in seen:
+            return [
+                Finding(
+                    "aws.subnets",
+                    f"{seen[sub.availability_zone]} and {sub.id} are both in {sub.availability_zone}; "
+                    "a load balancer takes one subnet per availability zone",
+                    None,
+                )
+            ]
+        seen[sub.availability_zone] = sub.id
     if len(zones) < 2:
         return [
             Finding(
