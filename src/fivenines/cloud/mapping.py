@@ -164,7 +164,7 @@ class Resource:
         return f"<{self.kind.label} {self.key} {self.name!r}>"
 
 
-_REF_RE = re.compile(r"(?:^|(?<=\s))@((?:sg|lb|tg|listener|rule|lt|asg)/\S+)")
+_REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|lb|tg|listener|rule|lt|asg)/[^\s\"]+)")
 
 
 def _refs(value: Any) -> Iterator[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fivenines.cloud.mapping import IMMUTABLE, KIND_ORDER, Kind, Resource
+from fivenines.cloud.mapping import _REF_RE, IMMUTABLE, KIND_ORDER, Kind, Resource
 
 
 class Action(str, Enum):
@@ -212,18 +212,19 @@ def steps(plan: Plan, desired: dict[str, Resource], observed: dict[str, Observed
 # --------------------------------------------------------------------------- rendering
 
 
+def _named(text: str, names: dict[str, str]) -> str:
+    """``@key`` references in ``text`` replaced by the resources' names."""
+    return _REF_RE.sub(lambda m: names.get(m.group(1), m.group(0)), text)
+
+
 def _show(value: Any, names: dict[str, str]) -> str:
     if isinstance(value, str):
-        if value.startswith("@") and value[1:] in names:
-            return names[value[1:]]
         if len(value) > 120:
             return f"<{len(value)} characters>"
-        return value
+        return _named(value, names)
     if isinstance(value, dict) and all(isinstance(k, str) and k.startswith("@") for k in value):
         return "{" + ", ".join(f"{_show(k, names)}: {_show(v, names)}" for k, v in value.items()) + "}"
-    text = json.dumps(value, sort_keys=True, default=str)
-    for k, n in names.items():
-        text = text.replace(f'"@{k}"', json.dumps(n))
+    text = _named(json.dumps(value, sort_keys=True, default=str), names)
     return text if len(text) <= 200 else text[:197] + "..."
 
 
