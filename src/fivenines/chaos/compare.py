@@ -1,0 +1,275 @@
+"""Measured values into the model, predicted next to measured. Pure.
+
+A chaos run measures, for the group under load, the repair time (MTTR), the
+detection time, the failover time, and the client cost of each fault. They go
+into :func:`fivenines.model.layout.predict` as overrides
+(:class:`~fivenines.model.layout.Override`):
+
+* mean repair time → ``mttr``;
+* mean detection time → ``detection_time``;
+* measured **exposure** → ``exposure``: the failed requests over the requests
+  the load sent to failed, not yet detected members (``rate / serving x
+  detection time`` per fault). The run's *coverage* (share of faults that cost no
+  failed request) is reported beside it; ``1 - coverage`` is a cruder estimate of
+  the same thing, which the model docs mention.
+
+Four predictions come out:
+
+* **this run, as declared**: the spec's own parameters (health-check detection
+  bound, default exposure 1), with the run's fault rate as ``mtbf``;
+* **this run, measured parameters**: the same with the measured overrides; next
+  to it, the measured request availability;
+* **production, as declared** (what ``fivenines model`` prints) and
+  **production, measured parameters** (the spec's ``mtbf``, measured repair,
+  detection and exposure): the nines to expect, which a 2-minute run cannot
+  measure directly.
+
+For the run's conditions, the group's per-member ``mtbf`` is ``serving members x
+run length / faults`` (chaos hits only serving members, so standbys are modelled
+``cold``), and the load balancer and the other groups are modelled as never
+failing unless ``lb`` faults were injected. When faults were injected one at a
+time (the default), no two members were ever down together by injection: the
+run's chain is then evaluated with repairs that finish before the next failure
+(``mttr`` of a microsecond), so the ``capacity`` part, which needs overlapping
+failures, vanishes from the run's prediction and only what one fault at a time
+costs (detection window, switchover) remains. The measured MTTR still goes into
+the production prediction, where failures are independent.
+
+With the direct exposure estimate, the run's prediction with measured values
+reproduces the measured loss by construction (``lam x T_detect x exposure`` is
+the failed share): that row checks the bookkeeping. The informative ones are the
+measured parameters themselves, the run as declared (what the spec alone
+predicts, e.g. without knowing that retries save most requests), and production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fivenines.chaos.stats import Mean, Proportion, format_availability
+from fivenines.chaos.timeline import FaultResult
+from fivenines.model.blocks import nines_of_unavailability
+from fivenines.model.layout import (
+    Override,
+    Prediction,
+    group_params,
+    health_detection_time,
+    predict,
+)
+from fivenines.spec import Spec
+
+NEVER = 1e15  # seconds: an mtbf that makes a part's unavailability vanish
+NO_OVERLAP_MTTR = 1e-6  # seconds: repairs done before the next failure arrives
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMeasurement:
+    group: str
+    faults: int
+    detection: Mean
+    failover: Mean
+    repair: Mean
+    coverage: Proportion
+    failed_requests: int
+    exposed_requests: float
+
+    @property
+    def exposure(self) -> float | None:
+        """Failed requests over requests sent to failed, undetected members (None: nothing was exposed)."""
+        if self.exposed_requests <= 0:
+            return None
+        return min(1.0, self.failed_requests / self.exposed_requests)
+
+    def overrides(self) -> Override:
+        o: Override = {}
+        if self.repair.mean is not None:
+            o["mttr"] = max(self.repair.mean, 1e-3)
+        if self.detection.mean is not None:
+            o["detection_time"] = self.detection.mean
+        if self.exposure is not None:
+            o["exposure"] = self.exposure
+        return o
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "faults": self.faults,
+            "detection_s": self.detection.to_json(),
+            "failover_s": self.failover.to_json(),
+            "repair_s": self.repair.to_json(),
+            "coverage": self.coverage.to_json(),
+            "failed_requests": self.failed_requests,
+            "exposed_requests": round(self.exposed_requests, 2),
+            "exposure": self.exposure,
+        }
+
+
+def measure_group(results: Sequence[FaultResult], group: str) -> GroupMeasurement:
+    """Aggregate the faults injected into ``group``'s targets (``lb`` and skipped faults left out).
+
+    >>> from fivenines.chaos.timeline import Injected
+    >>> r = FaultResult(Injected(1, "kill", 10.0, "web", "web-1"), True, 10.5, 10.5, 10.5, 13.0, 0, None, None, 125.0)
+    >>> m = measure_group([r], "web")
+    >>> m.repair.mean, m.detection.mean, m.exposure, str(m.coverage)
+    (3.0, 0.5, 0.0, '1/1 = 100% [95% CI 20.6549%, 100%]')
+    """
+    rs = [r for r in results if r.fault.group == group and r.fault.skipped is None and r.fault.kind != "lb"]
+
+    def vals(xs: Sequence[float | None]) -> Mean:
+        return Mean(tuple(x for x in xs if x is not None))
+
+    return GroupMeasurement(
+        group,
+        len(rs),
+        vals([r.detection_s for r in rs]),
+        vals([r.failover_s for r in rs]),
+        vals([r.repair_s for r in rs]),
+        Proportion(sum(1 for r in rs if r.covered), len(rs)),
+        sum(r.failed_requests for r in rs),
+        sum(r.exposed_requests for r in rs),
+    )
+
+
+def _finite(x: float) -> float | None:
+    return None if x == float("inf") else x
+
+
+@dataclass(frozen=True)
+class Comparison:
+    group: str
+    measured: GroupMeasurement
+    run_mtbf: float
+    serialised: bool
+    run_declared: Prediction
+    run_measured: Prediction
+    production_declared: Prediction
+    production_measured: Prediction
+    measured_availability: Proportion
+    declared_detection: float
+    declared_mttr: float
+    lb_mtbf: float | None
+
+    @property
+    def run_declared_availability(self) -> float:
+        return self.run_declared.availability
+
+    @property
+    def run_measured_availability(self) -> float:
+        return self.run_measured.availability
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The predicted-vs-measured table: quantity, model as declared, model with measured values, measured."""
+        m = self.measured
+        av = self.measured_availability
+
+        pct = format_availability
+
+        def sec(x: float | None) -> str:
+            return "-" if x is None else f"{x:.3f} s"
+
+        def mean_ci(mean: Mean) -> str:
+            if mean.mean is None:
+                return "- (none)"
+            ci = mean.interval
+            return f"{mean.mean:.3f} s" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n={mean.n})"
+
+        u_run = 1.0 - av.value if av.value is not None else None
+        over = m.overrides()
+        return [
+            {"quantity": "detection time", "declared": sec(self.declared_detection),
+             "with_measured": sec(over.get("detection_time")), "measured": mean_ci(m.detection)},
+            {"quantity": "failover time", "declared": sec(self.declared_detection),
+             "with_measured": "-", "measured": mean_ci(m.failover)},
+            {"quantity": "repair time (MTTR)", "declared": sec(self.declared_mttr),
+             "with_measured": sec(over.get("mttr")), "measured": mean_ci(m.repair)},
+            {"quantity": "exposure (failed / requests to failed members)", "declared": "1 (assumed)",
+             "with_measured": "-" if m.exposure is None else f"{m.exposure:.4f}",
+             "measured": f"{m.failed_requests} / {m.exposed_requests:.0f}"},
+            {"quantity": "coverage (faults with no failed request)", "declared": "-", "with_measured": "-",
+             "measured": str(m.coverage)},
+            {"quantity": "availability during this run", "declared": pct(self.run_declared_availability),
+             "with_measured": pct(self.run_measured_availability), "measured": str(av)},
+            {"quantity": "nines during this run",
+             "declared": f"{nines_of_unavailability(1 - self.run_declared_availability):.2f}",
+             "with_measured": f"{nines_of_unavailability(1 - self.run_measured_availability):.2f}",
+             "measured": "-" if u_run is None else f"{nines_of_unavailability(u_run):.2f}"},
+            {"quantity": f"{self.group} availability in production (spec mtbf)",
+             "declared": pct(self.production_declared.groups[self.group].availability),
+             "with_measured": pct(self.production_measured.groups[self.group].availability),
+             "measured": "- (not measurable in one run)"},
+            {"quantity": "availability in production (spec mtbf)",
+             "declared": pct(self.production_declared.availability),
+             "with_measured": pct(self.production_measured.availability), "measured": "- (not measurable in one run)"},
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "availability": self.run_measured_availability,
+            "nines": _finite(nines_of_unavailability(1 - self.run_measured_availability)),
+            "basis": "the model with the run's fault rate and the measured mttr, detection time and exposure",
+            "group": self.group,
+            "run_mtbf_per_member_s": self.run_mtbf,
+            "load_balancer_mtbf_s": self.lb_mtbf,
+            "serialised": self.serialised,
+            "serialised_note": ("faults were injected one at a time, so the run's chain has repairs done before "
+                                "the next failure (no capacity loss); the measured mttr is used for production"
+                                if self.serialised else None),
+            "overrides": dict(self.measured.overrides()),
+            "declared": {"availability": self.run_declared_availability,
+                         "nines": _finite(nines_of_unavailability(1 - self.run_declared_availability))},
+            "run_model": self.run_measured.to_json(),
+            "production": {"declared": _short(self.production_declared),
+                           "with_measured": _short(self.production_measured)},
+            "table": self.rows(),
+        }
+
+
+def _short(p: Prediction) -> dict[str, Any]:
+    return {"availability": p.availability, "nines": _finite(p.nines), "downtime_per_year_s": p.downtime_per_year_s,
+            "dominant": p.dominant}
+
+
+def compare(
+    spec: Spec,
+    group: str,
+    results: Sequence[FaultResult],
+    run_seconds: float,
+    measured_availability: Proportion,
+    *,
+    serialised: bool = True,
+) -> Comparison:
+    """Predicted vs measured for ``group`` (the group the load went to) over a run of ``run_seconds``."""
+    m = measure_group(results, group)
+    tg = spec.target_groups[group]
+    params, _ = group_params(group, tg)
+    active = params.active
+    run_mtbf = active * run_seconds / m.faults if m.faults else NEVER
+    lb_results = [r for r in results if r.fault.kind == "lb" and r.fault.skipped is None]
+    lb: Override = {"mtbf": NEVER, "mttr": 1.0}
+    lb_mtbf = None
+    if lb_results:
+        lb_mtbf = run_seconds / len(lb_results)
+        reps = [r.repair_s for r in lb_results if r.repair_s is not None]
+        lb = {"mtbf": lb_mtbf, "mttr": max(sum(reps) / len(reps), 1e-3) if reps else 1.0}
+    others: dict[str, Override] = {g: {"mtbf": NEVER} for g in spec.target_groups if g != group}
+    run_base: Override = {"mtbf": run_mtbf, "standby_mode": "cold"}
+    measured = m.overrides()
+    run_measured: Override = {**run_base, **measured}
+    if serialised:
+        run_base["mttr"] = run_measured["mttr"] = NO_OVERLAP_MTTR
+    return Comparison(
+        group=group,
+        measured=m,
+        run_mtbf=run_mtbf,
+        serialised=serialised,
+        run_declared=predict(spec, {**others, group: run_base}, load_balancer=lb),
+        run_measured=predict(spec, {**others, group: run_measured}, load_balancer=lb),
+        production_declared=predict(spec),
+        production_measured=predict(spec, {group: measured}),
+        measured_availability=measured_availability,
+        declared_detection=health_detection_time(tg.health_check),
+        declared_mttr=params.mttr,
+        lb_mtbf=lb_mtbf,
+    )
