@@ -539,7 +539,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     spec = _load(spec_file, check_ports=True)
     assert duration is not None and mtbf is not None and fault_duration is not None
     assert warmup is not None and settle is not None and req_timeout is not None
-    workers = int(getattr(spec, "workers", 1) or 1)
+    workers = spec.workers
 
     def usage(msg: str) -> NoReturn:
         err.print(f"[bold red]error[/]: {msg}", markup=True, soft_wrap=True)
@@ -567,6 +567,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
             usage(f"--schedule: {exc}")
         if any(f.kind is FaultKind.LB for f in schedule) and workers < 2:
             usage(f"--schedule has an lb fault: it needs workers: 2 or more in {spec_file} (workers: {workers})")
+        kinds = tuple(k for k in FaultKind if any(f.kind is k for f in schedule))
     elif duration - settle <= warmup:
         usage(f"--duration {duration:g}s leaves no time for faults after --warmup {warmup:g}s and before --settle {settle:g}s")
     if report_dir is None:

@@ -268,9 +268,10 @@ class Injector:
         return None if fn is None else await fn()
 
     async def restore_all(self) -> list[str]:
-        """Undo every lasting fault still pending (SIGCONT, /_recover)."""
+        """Undo every lasting fault still pending: SIGCONT first (a stopped instance answers no
+        ``/_recover``), then the control calls."""
         done = []
-        for fid in sorted(self.pending):
+        for fid in sorted(self.pending, key=lambda f: (f not in self.stopped, f)):
             try:
                 msg = await self.undo(fid)
             except Exception as exc:  # keep restoring the others

@@ -381,7 +381,8 @@ class ChaosRun:
             if poller is not None:
                 poller.cancel()
             if self.injector is not None and self.injector.pending:
-                await self.injector.restore_all()
+                for msg in await self.injector.restore_all():
+                    self.say(f"restore on exit: {msg}")
             for r in self.records:
                 if r.restore_task is not None:
                     r.restore_task.cancel()
