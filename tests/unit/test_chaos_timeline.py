@@ -202,7 +202,7 @@ def test_measure_group_aggregates_only_the_groups_injected_faults() -> None:
 
 def test_compare_feeds_measured_values_into_the_model() -> None:
     rs = [_result(i, "hang", 10.0 * i, 1.0, 6.0, 1 if i == 3 else 0, 250.0) for i in range(1, 11)]
-    c = compare(SPEC, "web", rs, 120.0, Proportion(59_999, 60_000))
+    c = compare(SPEC, "web", rs, 120.0, Proportion(59_999, 60_000), rate=500.0)
     assert c.run_mtbf == pytest.approx(2 * 120.0 / 10)
     p = c.run_measured.groups["web"].params
     assert (p.mtbf, p.mttr, p.detection_time) == (pytest.approx(24.0), NO_OVERLAP_MTTR, pytest.approx(1.0))
@@ -226,9 +226,11 @@ def test_compare_feeds_measured_values_into_the_model() -> None:
 
 def test_compare_with_overlap_keeps_the_measured_mttr_and_lb_faults() -> None:
     rs = [_result(1, "kill", 10, 0.01, 2.0, 0, 2.5), _result(2, "lb", 20, None, 0.5, 4, 0.0)]
-    c = compare(SPEC, "web", rs, 60.0, Proportion(29_996, 30_000), serialised=False)
+    c = compare(SPEC, "web", rs, 60.0, Proportion(29_996, 30_000), rate=500.0, serialised=False)
     assert c.run_measured.groups["web"].params.mttr == pytest.approx(2.0)
-    assert c.lb_mtbf == 60.0 and c.run_measured.load_balancer.mttr == pytest.approx(0.5)
+    # the worker kill cost 4 requests at 500/s: 8 ms of outage, not the worker's 0.5 s restart
+    assert c.lb_mtbf == 60.0 and c.run_measured.load_balancer.mttr == pytest.approx(4 / 500)
+    assert c.run_declared.load_balancer.mttr == 60.0  # the model's default for the load balancer
     assert c.to_json()["serialised_note"] is None
-    none = compare(SPEC, "web", [], 60.0, Proportion(100, 100))
+    none = compare(SPEC, "web", [], 60.0, Proportion(100, 100), rate=500.0)
     assert none.run_mtbf == NEVER and none.run_measured_availability == pytest.approx(1.0)

@@ -27,7 +27,10 @@ Four predictions come out:
 For the run's conditions, the group's per-member ``mtbf`` is ``serving members x
 run length / faults`` (chaos hits only serving members, so standbys are modelled
 ``cold``), and the load balancer and the other groups are modelled as never
-failing unless ``lb`` faults were injected. When faults were injected one at a
+failing unless ``lb`` faults were injected (then the load balancer's ``mtbf`` is
+the run's ``lb`` fault rate, and its measured ``mttr`` the requests those faults
+cost over the rate: with several workers a worker's death is an outage only for
+the requests it took down). When faults were injected one at a
 time (the default), no two members were ever down together by injection: the
 run's chain is then evaluated with repairs that finish before the next failure
 (``mttr`` of a microsecond), so the ``capacity`` part, which needs overlapping
@@ -52,6 +55,7 @@ from fivenines.chaos.stats import Mean, Proportion, format_availability
 from fivenines.chaos.timeline import FaultResult
 from fivenines.model.blocks import nines_of_unavailability
 from fivenines.model.layout import (
+    DEFAULT_LB_MTTR,
     Override,
     Prediction,
     group_params,
@@ -238,21 +242,29 @@ def compare(
     run_seconds: float,
     measured_availability: Proportion,
     *,
+    rate: float,
     serialised: bool = True,
 ) -> Comparison:
-    """Predicted vs measured for ``group`` (the group the load went to) over a run of ``run_seconds``."""
+    """Predicted vs measured for ``group`` (the group the load went to) over a run of ``run_seconds``
+    at ``rate`` requests/s."""
     m = measure_group(results, group)
     tg = spec.target_groups[group]
     params, _ = group_params(group, tg)
     active = params.active
     run_mtbf = active * run_seconds / m.faults if m.faults else NEVER
     lb_results = [r for r in results if r.fault.kind == "lb" and r.fault.skipped is None]
-    lb: Override = {"mtbf": NEVER, "mttr": 1.0}
+    lb_declared: Override = {"mtbf": NEVER, "mttr": 1.0}
+    lb_measured: Override = {"mtbf": NEVER, "mttr": 1.0}
     lb_mtbf = None
     if lb_results:
+        # A worker's death is an outage of the load balancer only for the requests it cost:
+        # its measured "mttr" is the request-equivalent outage, lost requests / rate.
         lb_mtbf = run_seconds / len(lb_results)
-        reps = [r.repair_s for r in lb_results if r.repair_s is not None]
-        lb = {"mtbf": lb_mtbf, "mttr": max(sum(reps) / len(reps), 1e-3) if reps else 1.0}
+        rel = spec.load_balancer.reliability if spec.load_balancer is not None else None
+        declared_mttr = rel.mttr if rel is not None and rel.mttr is not None else DEFAULT_LB_MTTR
+        lost = sum(r.failed_requests for r in lb_results)
+        lb_declared = {"mtbf": lb_mtbf, "mttr": declared_mttr}
+        lb_measured = {"mtbf": lb_mtbf, "mttr": max(NO_OVERLAP_MTTR, lost / (len(lb_results) * rate))}
     others: dict[str, Override] = {g: {"mtbf": NEVER} for g in spec.target_groups if g != group}
     run_base: Override = {"mtbf": run_mtbf, "standby_mode": "cold"}
     measured = m.overrides()
@@ -264,8 +276,8 @@ def compare(
         measured=m,
         run_mtbf=run_mtbf,
         serialised=serialised,
-        run_declared=predict(spec, {**others, group: run_base}, load_balancer=lb),
-        run_measured=predict(spec, {**others, group: run_measured}, load_balancer=lb),
+        run_declared=predict(spec, {**others, group: run_base}, load_balancer=lb_declared),
+        run_measured=predict(spec, {**others, group: run_measured}, load_balancer=lb_measured),
         production_declared=predict(spec),
         production_measured=predict(spec, {group: measured}),
         measured_availability=measured_availability,

@@ -70,7 +70,7 @@ def summarise(run: RunData) -> dict[str, Any]:
     results = analyse_all(run.faults, run.groups, run.events, failures, run.end, log.rate)
     req = log.request_availability()
     tim = log.time_availability()
-    cmp = compare(run.spec, run.group, results, run.end, req, serialised=not run.config.overlap)
+    cmp = compare(run.spec, run.group, results, run.end, req, rate=log.rate, serialised=not run.config.overlap)
     m = cmp.measured
     real = [r for r in results if r.fault.skipped is None]
     first = min((r.fault.at for r in real), default=run.end)

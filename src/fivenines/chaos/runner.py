@@ -316,7 +316,8 @@ class ChaosRun:
             except ChaosError:
                 continue
             workers = st.get("workers") or []
-            if index < len(workers) and workers[index].get("pid") not in (None, killed):
+            if index < len(workers) and workers[index].get("pid") not in (None, killed) \
+                    and workers[index].get("ready", True):
                 rec.repaired_at = self.now()
                 return
 
