@@ -249,30 +249,35 @@ class LeastOutstanding(Balancer[M]):
         n = len(members)
         if n == 0:
             return None
-        rejected: list[M] | None = None
+        ramping = self.ramping
+        if ramping:
+            self.effective_weights(now)  # ends finished ramps
+            ramping = self.ramping
+        start = self._next
+        if exclude is _EMPTY:
+            self._next = start + 1 if start + 1 < n else 0
+        rejected: list[M] = []
         while True:
             best: M | None = None
             best_load = 0
-            start = self._next
             for k in range(n):
                 i = start + k
                 if i >= n:
                     i -= n
                 m = members[i]
-                if m in exclude or (rejected is not None and m in rejected):
+                if m in exclude or m in rejected:
                     continue
                 load = m.in_flight
                 if best is None or load < best_load:
                     best, best_load = m, load
-            self._next = start + 1 if start + 1 < n else 0
-            if best is None or not self.ramping:
+            if best is None:
+                return rejected[0] if rejected else None  # only ramping members were left
+            if not ramping or best.id not in self.joined:
                 return best
             # slow start: a ramping winner is admitted with probability ramp
             if self.rng.random() < self.ramp_of(best, now):
                 return best
-            rejected = [best] if rejected is None else [*rejected, best]
-            if len(rejected) >= n:
-                return best
+            rejected.append(best)
 
 
 class PowerOfTwo(Balancer[M]):
