@@ -72,7 +72,7 @@ def test_nothing_is_retried_after_a_byte_reached_the_client() -> None:
 
 
 def test_idempotent_methods_are_the_issues() -> None:
-    assert IDEMPOTENT_METHODS == {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"}
+    assert {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"} == IDEMPOTENT_METHODS
 
 
 # --------------------------------------------------------------------------- budget
