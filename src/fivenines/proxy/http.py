@@ -80,6 +80,7 @@ _SPECIAL = HOP_BY_HOP | {
     b"host",
     b"cookie",
     b"idempotency-key",
+    b"expect",
 }
 _CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -178,6 +179,7 @@ class Exchange:
         "chunked",
         "conn",
         "done",
+        "expect",
         "group",
         "group_cookie",
         "head",
@@ -190,6 +192,7 @@ class Exchange:
         "local_body",
         "method",
         "replay",
+        "reply_when_read",
         "request_done",
         "response_started",
         "started",
@@ -213,6 +216,8 @@ class Exchange:
         self.buffered = 0  # bytes in body
         self.replay: list[bytes] | None = []  # all encoded body bytes while replayable
         self.request_done = False
+        self.reply_when_read = False
+        self.expect = False
         self.response_started = False
         self.group: BackendGroup | None = None
         self.local: bytes | None = None  # head of a reply made here (redirect, fixed), without the blank line
@@ -430,11 +435,12 @@ class ClientConnection(asyncio.Protocol):
         self._wbuf = []
 
     def eof_received(self) -> bool | None:
+        self._eof = True
         tunnel = self._tunnel
         if tunnel is not None:
             tunnel.write_eof()
-            return True  # half-close: the target may still answer
-        self._eof = True
+            # half-close: the target may still answer; both directions ended: close
+            return None if tunnel.eof_seen else True
         if self._exchanges:
             # a client that half-closed after its request still gets the answer
             self._closing = True
@@ -496,6 +502,7 @@ class ClientConnection(asyncio.Protocol):
         url = self._url
         chunked = False
         idem_key = False
+        expect = False
         xff = b""
         rid = b""
         host = b""
@@ -529,6 +536,9 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"idempotency-key":
                 idem_key = True
                 append(name + b": " + value + b"\r\n")
+            elif lname == b"expect":
+                expect = True
+                append(name + b": " + value + b"\r\n")
             elif lname == b"connection":
                 conn_value = conn_value + b"," + value if conn_value else value
             elif lname == b"upgrade":
@@ -554,6 +564,7 @@ class ClientConnection(asyncio.Protocol):
         append(b"X-Forwarded-Port: " + listener.port_bytes + b"\r\n\r\n")
         ex = Exchange(method, b"".join(lines), chunked, parser.should_keep_alive(), parser.get_http_version() == "1.0")
         ex.upgrade = upgrade
+        ex.expect = expect
         if idem_key or method not in _IDEMPOTENT:
             ex.idempotent = is_idempotent(method, idem_key)
         if listener.settings.request_timeout:
@@ -645,6 +656,9 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         ex.request_done = True
+        if ex.reply_when_read:
+            self._reply_local(ex)
+            return
         if ex.chunked:
             self._send_body(ex, b"0\r\n\r\n")
         conn = ex.conn
@@ -654,8 +668,8 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ request path
 
     def _send_body(self, ex: Exchange, data: bytes) -> None:
-        if ex.done:
-            return  # answered already (an error, or the target replied early): drop the rest
+        if ex.done or ex.local is not None:
+            return  # answered (or to be answered) here, or the target replied early: drop the rest
         replay = ex.replay
         if replay is not None:
             ex.body_size += len(data)
@@ -696,7 +710,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.last_failure is not None:
                 self._reply_error(ex, _STATUS_FOR[ex.last_failure])
             else:
-                self._reply_error(ex, 503)
+                self._local_error(ex, 503)  # no target serves: answered once the request is read
             return
         assert group is not None
         ex.attempts += 1
@@ -725,7 +739,7 @@ class ClientConnection(asyncio.Protocol):
         except OSError as exc:
             self._attempt_failed(ex, Failure.CONNECT, f"connect to {backend.address}: {exc}")
             return
-        if ex.done or self._closing or ex.backend is not backend:
+        if ex.done or self._transport.is_closing() or ex.backend is not backend:
             backend.put_idle(conn, self._listener.tick)
             return
         self._attach(ex, conn, reused=False)
@@ -764,7 +778,7 @@ class ClientConnection(asyncio.Protocol):
 
     def retry_verdict(self, ex: Exchange, failure: Failure) -> Verdict:
         group = ex.group
-        return self._policy(ex).decide(
+        verdict = self._policy(ex).decide(
             failure,
             attempts_made=ex.attempts,
             replayable=ex.replay is not None,
@@ -772,6 +786,9 @@ class ClientConnection(asyncio.Protocol):
             idempotent=ex.idempotent,
             budget=group.budget if group is not None else None,
         )
+        if verdict is Verdict.BUDGET_EXHAUSTED and group is not None:
+            group.counters.budget_exhausted += 1
+        return verdict
 
     def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None) -> None:
         """An attempt failed before any response byte reached the client."""
@@ -802,15 +819,17 @@ class ClientConnection(asyncio.Protocol):
             ex.buffered = ex.body_size
             self._dispatch(ex)
             return
-        if verdict is Verdict.BUDGET_EXHAUSTED and group is not None:
-            group.counters.budget_exhausted += 1
         log.debug("request failed (%s, %s): %s", failure.value, verdict.value, detail)
         self._reply_error(ex, _STATUS_FOR[failure])
 
     # ------------------------------------------------------------------ response path
 
-    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Queue the response head for the client. Returns True when the body is chunk-encoded for it."""
+    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      named: set[bytes] | None = None) -> bool:
+        """Queue the response head for the client. Returns True when the body is chunk-encoded for it.
+
+        ``named``: headers the target's ``Connection`` header named (hop-by-hop too).
+        """
         ex.response_started = True
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         append = lines.append
@@ -818,7 +837,7 @@ class ClientConnection(asyncio.Protocol):
         upgrade_value = None
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
+            if lname in HOP_BY_HOP or (named is not None and lname in named):
                 if lname == b"upgrade":
                     upgrade_value = value
                 continue
@@ -911,12 +930,12 @@ class ClientConnection(asyncio.Protocol):
         self._closing = True
         self._transport.close()
 
-    def tunnel_eof(self) -> None:
+    def tunnel_eof(self) -> bool:
+        """The target ended its direction; True when the client had ended its own too."""
         self.flush()
         if self._transport.can_write_eof():
             self._transport.write_eof()
-        if self._eof:
-            self._transport.close()
+        return self._eof
 
     def _finish(self, ex: Exchange) -> None:
         ex.done = True
@@ -937,8 +956,25 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._resume(_P_PIPELINE)
 
+    def _local_error(self, ex: Exchange, status: int) -> None:
+        self._listener.counters.failed += 1
+        if ex.group is not None:
+            ex.group.counters.failed += 1
+        reason = _REASONS.get(status, b"Error")
+        ex.local = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s" % (
+            status, reason, len(reason) + 1, b"Retry-After: 1\r\n" if status == 503 else b"")
+        ex.local_body = reason + b"\n"
+        self._reply_local(ex)
+
     def _reply_local(self, ex: Exchange) -> None:
-        """A response made here: a redirect, a fixed response, or 501 for CONNECT."""
+        """A response made here: a redirect, a fixed response, 503 or 501 for CONNECT.
+
+        It waits until the request is read whole (its body is dropped), so that the
+        connection stays usable; but not for a client that waits for 100 Continue.
+        """
+        if not ex.request_done and not ex.expect and not ex.upgrade:
+            ex.reply_when_read = True
+            return
         if not ex.request_done or ex.upgrade:
             ex.keep_alive = False  # the rest of its body (or tunnel bytes) may still come: close after
         close = not ex.keep_alive or self._closing
@@ -1085,6 +1121,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_transport",
         "_tunnel",
         "backend",
+        "eof_seen",
         "got_bytes",
         "idle_since",
         "keep_alive",
@@ -1112,6 +1149,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.ready = False
         self.idle_since = 0.0
+        self.eof_seen = False
 
     def __repr__(self) -> str:
         state = "busy" if self._ex is not None else ("closed" if self._lost else "idle")
@@ -1153,9 +1191,9 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream_failed(ex, Failure.PROTOCOL, "upstream closed inside the response head")
 
     def eof_received(self) -> bool | None:
+        self.eof_seen = True
         if self._tunnel and self._client is not None:
-            self._client.tunnel_eof()
-            return True
+            return None if self._client.tunnel_eof() else True
         return None
 
     def data_received(self, data: bytes) -> None:
@@ -1306,15 +1344,20 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadDone
         self.keep_alive = parser.should_keep_alive()
         has_te = has_cl = False
-        for name, _ in self._headers:
+        named: set[bytes] | None = None
+        for name, value in self._headers:
             ln = name.lower()
             if ln == b"transfer-encoding":
                 has_te = True
             elif ln == b"content-length":
                 has_cl = True
+            elif ln == b"connection":
+                extra = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_TOKENS
+                if extra:
+                    named = extra if named is None else named | extra
         if has_te and has_cl:
             self.keep_alive = False  # ambiguous framing: never reuse this connection
-        self._chunk_out = client.response_head(ex, status, self._reason, self._headers)
+        self._chunk_out = client.response_head(ex, status, self._reason, self._headers, named)
         if ex.head_only:
             self.keep_alive = False  # the parser would wait for a body a HEAD answer has not
             self._end_response(reusable=False)
