@@ -110,7 +110,7 @@ def test_weighted_forward_is_a_90_10_split(routed: DataPlane) -> None:
 
 
 def test_weighted_forward_with_group_stickiness(routed: DataPlane) -> None:
-    status, headers, body = routed.request("GET", "/sticky-split/1")
+    _status, headers, body = routed.request("GET", "/sticky-split/1")
     cookie = headers["set-cookie"].split(";")[0]
     assert cookie.startswith("FIVENINES_TG=") and "Max-Age=3600" in headers["set-cookie"]
     group = cookie.split("=")[1]
@@ -225,7 +225,7 @@ def test_ip_hash_keeps_a_client_on_one_target(servers: list[RawServer]) -> None:
 
 @pytest.mark.parametrize("algorithm", ["least_outstanding_requests", "random", "weighted_round_robin"])
 def test_other_algorithms_serve_through_the_proxy(servers: list[RawServer], algorithm: str) -> None:
-    a, b, c, _ = servers
+    a, b, _c, _ = servers
     dp = DataPlane({
         "listeners": [{"port": 0, "default_target_group": "web"}],
         "target_groups": {"web": {"algorithm": algorithm, "targets": [
