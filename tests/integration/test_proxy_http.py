@@ -157,9 +157,6 @@ def test_whole_request_timeout_gives_504() -> None:
 
 
 def test_chunked_and_close_delimited_responses_are_reframed(dp: DataPlane) -> None:
-    async def chunky(r: object, w: object) -> None:  # pragma: no cover - runs in the server loop
-        raise AssertionError
-
     src = RawServer(name="src")
 
     async def handler(r: object, w: object) -> None:

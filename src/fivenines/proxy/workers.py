@@ -210,6 +210,7 @@ class WorkerPool:
             log.warning("worker %d: control channel: %s", w.index + 1, exc)
         if w.proc is not None:
             code = await _wait(w.proc)
+            w.ready.clear()
             if not self._stopping:
                 log.error("worker %d exited (%s): starting it again", w.index + 1, code)
                 w.restarts += 1

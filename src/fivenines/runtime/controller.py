@@ -200,8 +200,8 @@ class Controller:
         settings = self.settings if self._settings_given else None
         if self.spec.workers > 1:
             self.workers = WorkerPool(self.spec, groups, self.spec.workers, self.state_dir / "logs", settings)
-            self.listeners.extend(self.workers.listeners)
             await self.workers.start()
+            self.listeners.extend(self.workers.listeners)
             return
         for ls in self.spec.listeners:
             listener = make_listener(ls, groups, settings)
