@@ -190,3 +190,32 @@ def test_forwarded_headers_reach_the_target(dp: DataPlane) -> None:
     assert h["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert h["x-forwarded-proto"] == "http"  # the client's own claim is replaced
     assert "keep-alive" not in h and "te" not in h and h["x-request-id"]
+
+
+def test_early_answer_drops_the_rest_of_the_body_and_keeps_the_connection() -> None:
+    """A target that answers before reading the body (an early 413): the client's upload is read and
+    dropped, not reset, and its connection carries on."""
+    early = RawServer(name="early")
+
+    async def handler(r: object, w: object) -> None:
+        await r.readuntil(b"\r\n\r\n")  # type: ignore[attr-defined]
+        w.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[attr-defined]
+        await w.drain()  # type: ignore[attr-defined]
+        while await r.read(65536):  # type: ignore[attr-defined]
+            pass  # lingering close, as nginx does, so that the answer is not lost to a reset
+
+    early._handler = handler  # type: ignore[assignment]
+    d = DataPlane({"listeners": [{"port": 0, "default_target_group": "web"}],
+                   "target_groups": {"web": {"targets": [early.address]}}})
+    try:
+        c = d.conn()
+        for _ in range(2):
+            c.request("POST", "/upload", body=b"x" * (4 * 1024 * 1024))
+            r = c.getresponse()
+            r.read()
+            assert r.status == 413 and not r.will_close
+        c.close()
+        assert d.listener.counters.connections == 1 and d.listener.counters.responses == 2
+    finally:
+        d.close()
+        early.close()

@@ -178,6 +178,7 @@ class Exchange:
         "buffered",
         "chunked",
         "conn",
+        "discard_rest",
         "done",
         "expect",
         "group",
@@ -217,6 +218,7 @@ class Exchange:
         self.replay: list[bytes] | None = []  # all encoded body bytes while replayable
         self.request_done = False
         self.reply_when_read = False
+        self.discard_rest = False  # answered early: the rest of the request body is dropped
         self.expect = False
         self.response_started = False
         self.group: BackendGroup | None = None
@@ -659,6 +661,9 @@ class ClientConnection(asyncio.Protocol):
         if ex.reply_when_read:
             self._reply_local(ex)
             return
+        if ex.discard_rest:
+            self._finish(ex, counted=True)
+            return
         if ex.chunked:
             self._send_body(ex, b"0\r\n\r\n")
         conn = ex.conn
@@ -669,7 +674,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_body(self, ex: Exchange, data: bytes) -> None:
         if ex.done or ex.local is not None:
-            return  # answered (or to be answered) here, or the target replied early: drop the rest
+            # answered (or to be answered) here, or the target replied early: drop the rest
+            self.last_active = self._listener.tick
+            return
         replay = ex.replay
         if replay is not None:
             ex.body_size += len(data)
@@ -893,9 +900,17 @@ class ClientConnection(asyncio.Protocol):
                 self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
+        self._release_attempt(ex, upstream_reusable and ex.request_done)
+        if not ex.request_done and ex.keep_alive and not self._closing and not ex.upgrade:
+            # Answered before its body ended (an early 413, a target that does not read it):
+            # the rest of the body is read and dropped, then the connection carries on.
+            ex.done = True
+            ex.discard_rest = True
+            self.flush()
+            self._listener.counters.responses += 1
+            return
         if not ex.request_done:
-            ex.keep_alive = False  # answered before the body ended: cannot resync, close after
-        self._release_attempt(ex, upstream_reusable)
+            ex.keep_alive = False
         self._finish(ex)
 
     def upstream_failed(self, ex: Exchange, failure: Failure, detail: str) -> None:
@@ -937,10 +952,11 @@ class ClientConnection(asyncio.Protocol):
             self._transport.write_eof()
         return self._eof
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, counted: bool = False) -> None:
         ex.done = True
         self.flush()
-        self._listener.counters.responses += 1
+        if not counted:
+            self._listener.counters.responses += 1
         if self._exchanges and self._exchanges[0] is ex:
             self._exchanges.popleft()
         self.last_active = self._listener.tick
@@ -1050,6 +1066,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._exchanges:
             ex = self._exchanges[0]
+            if ex.discard_rest and now - self.last_active > s.idle_timeout:
+                self.abort()
+                return
             if s.request_timeout and not ex.done and ex.started and now - ex.started > s.request_timeout:
                 if ex.response_started:
                     self.upstream_failed(ex, Failure.TIMEOUT, "request timeout")
