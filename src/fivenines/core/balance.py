@@ -214,6 +214,16 @@ class RoundRobin(Balancer[M]):
             w = self.effective_weights(now)
             if self.ramping:
                 return self._smooth(w, exclude) or self._round_robin(exclude)
+        if exclude is _EMPTY:  # the common case, inlined
+            members = self.members
+            n = len(members)
+            if n == 0:
+                return None
+            i = self._next
+            if i >= n:
+                i = 0
+            self._next = i + 1
+            return members[i]
         return self._round_robin(exclude)
 
 

@@ -691,9 +691,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.chunked:
             self._send_body(ex, b"0\r\n\r\n")
-        conn = ex.conn
-        if conn is not None and conn.ready and not ex.upgrade:
-            conn.arm(ex)  # the per-try timeout runs from the request's last byte
+        if ex.body_size:
+            conn = ex.conn
+            if conn is not None and conn.ready and not ex.upgrade:
+                conn.arm(ex)  # the per-try timeout runs from the request's last byte
 
     # ------------------------------------------------------------------ request path
 
@@ -870,16 +871,7 @@ class ClientConnection(asyncio.Protocol):
             m = _UPGRADE_VALUE.search(lower)
             if m is not None:
                 upgrade_value = head[m.start(1):m.end(1)]
-        if b"\r\nconnection:" in lower:
-            named: set[bytes] = set()
-            for v in _CONNECTION_VALUE.findall(lower):
-                if v not in _CONNECTION_TOKENS:
-                    named.update(t.strip() for t in v.split(b","))
-            named -= _CONNECTION_TOKENS
-            named.discard(b"")
-            if named:
-                head = _header_lines(named).sub(b"", head)
-        head = _HOP_LINE.sub(b"", head)
+        head = strip_hop_by_hop(head, lower)
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1 " + head[9:]  # an HTTP/1.0 target; we speak 1.1 to the client
         parts = [head]
@@ -998,10 +990,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._exchanges:
             nxt = self._exchanges[0]
-            if len(self._exchanges) == 1:
+            if len(self._exchanges) == 1 and self._paused:
                 self._resume(_P_PIPELINE)
             self._dispatch(nxt)
-        else:
+        elif self._paused:
             self._resume(_P_PIPELINE)
 
     def _local_error(self, ex: Exchange, status: int) -> None:
@@ -1463,8 +1455,38 @@ _HOP_LINE = re.compile(
     rb"proxy-authenticate|proxy-authorization)[ \t]*:[^\r\n]*",
     re.IGNORECASE,
 )
+_RARE_HOP = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
 _CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
 _UPGRADE_VALUE = re.compile(rb"\r\nupgrade[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+
+
+def strip_hop_by_hop(head: bytes, lower: bytes) -> bytes:
+    """``head`` (a status line and header lines, each ending in CRLF) without hop-by-hop lines.
+
+    Removes the RFC 9110 hop-by-hop fields and every field a ``Connection`` header names.
+    ``lower`` is ``head.lower()`` (computed once by the caller). The common case, a lone
+    ``Connection: keep-alive`` line, costs two ``find`` calls and no regex.
+
+    >>> strip_hop_by_hop(b"HTTP/1.1 200 OK\\r\\nA: 1\\r\\nConnection: keep-alive\\r\\nB: 2\\r\\n",
+    ...                  b"http/1.1 200 ok\\r\\na: 1\\r\\nconnection: keep-alive\\r\\nb: 2\\r\\n")
+    b'HTTP/1.1 200 OK\\r\\nA: 1\\r\\nB: 2\\r\\n'
+    """
+    if b"\r\nconnection:" in lower:
+        named: set[bytes] = set()
+        for v in _CONNECTION_VALUE.findall(lower):
+            if v not in _CONNECTION_TOKENS:
+                named.update(t.strip() for t in v.split(b","))
+        named -= _CONNECTION_TOKENS
+        named.discard(b"")
+        if named:
+            return _HOP_LINE.sub(b"", _header_lines(named).sub(b"", head))
+    if _RARE_HOP.search(lower) is not None or lower.count(b"\r\nconnection:") > 1:
+        head = _HOP_LINE.sub(b"", head)
+    else:  # usually the only hop-by-hop line is Connection: cut it out without a regex
+        i = lower.find(b"\r\nconnection:")
+        if i >= 0:
+            head = head[:i] + head[lower.find(b"\r\n", i + 2):]
+    return head
 
 
 def _header_lines(names: set[bytes]) -> re.Pattern[bytes]:
