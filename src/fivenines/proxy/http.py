@@ -571,7 +571,7 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"upgrade":
                 upgrade_value = value
             # other hop-by-hop headers and our own X-Forwarded-Proto/-Port: dropped
-        if conn_value:
+        if conn_value and conn_value.lower() not in _CONNECTION_TOKENS:
             named = {t.strip().lower() for t in conn_value.split(b",")} - _CONNECTION_TOKENS
             if named:  # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
                 lines = [lines[0]] + [
