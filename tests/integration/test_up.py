@@ -189,3 +189,12 @@ def test_status_command_without_server_fails_clearly() -> None:
     r = subprocess.run([PY, "-m", "fivenines", "status", "--admin", f"127.0.0.1:{free_port()}"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "cannot reach fivenines" in r.stderr
+
+
+def test_state_dir_defaults_beside_the_spec(tmp_path: Path, run_fivenines: Any) -> None:
+    spec = demo_spec(count=1, standby=0)
+    spec["state_dir"] = "rel/state"
+    f = run_fivenines(spec)
+    t = f.wait_healthy()[0]
+    assert t["instance"]["stderr_log"] == str(tmp_path / "rel" / "state" / "logs" / "web-1.err.log")
+    assert (tmp_path / "rel" / "state" / "logs" / "web-1.err.log").exists()

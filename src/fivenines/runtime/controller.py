@@ -134,10 +134,9 @@ class Controller:
                  settings: ProxySettings | None = None) -> None:
         self.spec = spec
         self.spec_path = Path(spec_path) if spec_path else None
-        base = self.spec_path.parent if self.spec_path else Path.cwd()
-        self.state_dir = Path(spec.state_dir) if spec.state_dir else base / ".fivenines" / spec.name
-        if not self.state_dir.is_absolute():
-            self.state_dir = base / self.state_dir
+        base = (self.spec_path.parent if self.spec_path else Path.cwd()).resolve()
+        # relative paths in the spec are relative to the spec file's folder
+        self.state_dir = base / (spec.state_dir or f".fivenines/{spec.name}")
         self.base_dir = base
         self.rng = rng or random.Random()
         self.settings = settings or ProxySettings()
@@ -536,7 +535,7 @@ class Controller:
             lc_ = t.slot.lifecycle
             out["pid"] = lc_.pid
             inst: dict[str, Any] = {
-                "state": lc_.state.value,
+                "state": lc_.shown_state().value,
                 "restarts": lc_.restarts,
                 "consecutive_failures": lc_.consecutive_failures,
                 "last_exit_code": lc_.last_exit_code,
