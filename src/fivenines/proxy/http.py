@@ -1465,13 +1465,18 @@ def strip_hop_by_hop(head: bytes, lower: bytes) -> bytes:
 
     Removes the RFC 9110 hop-by-hop fields and every field a ``Connection`` header names.
     ``lower`` is ``head.lower()`` (computed once by the caller). The common case, a lone
-    ``Connection: keep-alive`` line, costs two ``find`` calls and no regex.
+    ``Connection: keep-alive`` line, costs a few ``find`` calls and one regex search.
 
     >>> strip_hop_by_hop(b"HTTP/1.1 200 OK\\r\\nA: 1\\r\\nConnection: keep-alive\\r\\nB: 2\\r\\n",
     ...                  b"http/1.1 200 ok\\r\\na: 1\\r\\nconnection: keep-alive\\r\\nb: 2\\r\\n")
     b'HTTP/1.1 200 OK\\r\\nA: 1\\r\\nB: 2\\r\\n'
     """
-    if b"\r\nconnection:" in lower:
+    i = lower.find(b"\r\nconnection:")
+    if i >= 0:
+        j = lower.find(b"\r\n", i + 2)
+        if (lower[i + 13:j].strip() in _CONNECTION_TOKENS and lower.find(b"\r\nconnection:", j) < 0
+                and _RARE_HOP.search(lower) is None):
+            return head[:i] + head[j:]  # the usual case: one plain Connection line, nothing else
         named: set[bytes] = set()
         for v in _CONNECTION_VALUE.findall(lower):
             if v not in _CONNECTION_TOKENS:
@@ -1479,14 +1484,11 @@ def strip_hop_by_hop(head: bytes, lower: bytes) -> bytes:
         named -= _CONNECTION_TOKENS
         named.discard(b"")
         if named:
-            return _HOP_LINE.sub(b"", _header_lines(named).sub(b"", head))
-    if _RARE_HOP.search(lower) is not None or lower.count(b"\r\nconnection:") > 1:
-        head = _HOP_LINE.sub(b"", head)
-    else:  # usually the only hop-by-hop line is Connection: cut it out without a regex
-        i = lower.find(b"\r\nconnection:")
-        if i >= 0:
-            head = head[:i] + head[lower.find(b"\r\n", i + 2):]
-    return head
+            head = _header_lines(named).sub(b"", head)
+        return _HOP_LINE.sub(b"", head)
+    if _RARE_HOP.search(lower) is None:
+        return head
+    return _HOP_LINE.sub(b"", head)
 
 
 def _header_lines(names: set[bytes]) -> re.Pattern[bytes]:
