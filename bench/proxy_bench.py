@@ -221,12 +221,12 @@ backend tcp_web
 
 
 def fivenines_spec(a: int, b: int, http_port: int, tcp_port: int, state: Path,
-                   sink: int | None = None) -> dict[str, Any]:
+                   sink: int | None = None, workers: int = 1) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": "bench",
         "state_dir": str(state),
         "admin": {"listen": "127.0.0.1:0"},
-        "workers": 1,
+        "workers": workers,
         "listeners": [
             {"port": http_port, "protocol": "http", "default_target_group": "web"},
             {"port": tcp_port, "protocol": "tcp", "default_target_group": "web"},
@@ -332,16 +332,18 @@ class Bench:
         wait_port(self.ports["haproxy_http"])
         self.pids["haproxy"] = p.pid
 
-    def start_fivenines(self, tag: str = "", sink: int | None = None) -> subprocess.Popen[bytes]:
+    def start_fivenines(self, tag: str = "", sink: int | None = None, workers: int = 1,
+                        cpus: set[int] | str | None = "proxy") -> subprocess.Popen[bytes]:
         http_port, tcp_port = free_port(), free_port()
         self.ports["fivenines_http"], self.ports["fivenines_tcp"] = http_port, tcp_port
         spec = fivenines_spec(self.ports["a"], self.ports["b"], http_port, tcp_port, self.dir / f"state{tag}",
-                              sink)
+                              sink, workers)
         path = self.dir / f"fivenines{tag}.json"
         path.write_text(json.dumps(spec))  # JSON is YAML
         ready = self.dir / f"ready{tag}.json"
         p = self.procs.start([PY, "-m", "fivenines", "up", str(path), "--ready-file", str(ready),
-                              "--log-level", "warning"], self.dir / f"fivenines{tag}.log", self.proxy_cpus)
+                              "--log-level", "warning"], self.dir / f"fivenines{tag}.log",
+                             self.proxy_cpus if cpus == "proxy" else cpus)  # type: ignore[arg-type]
         deadline = time.monotonic() + 20
         while not ready.exists():
             if p.poll() is not None or time.monotonic() > deadline:
@@ -428,6 +430,24 @@ class Bench:
             h_eff = h["rps"] / max(h["proxy_cpu_pct"], 1) * 100
             summary[scenario]["requests_per_cpu_second"] = {"fivenines": f_eff, "haproxy": h_eff}
         return summary
+
+    def scaling(self, workers: int) -> dict[str, Any]:
+        """Keep-alive requests/s of fivenines with 1 worker and with ``workers``, neither pinned."""
+        one = self.start_fivenines("-scale1", cpus=None)
+        url1 = f"http://127.0.0.1:{self.ports['fivenines_http']}/"
+        many = self.start_fivenines(f"-scale{workers}", workers=workers, cpus=None)
+        url_n = f"http://127.0.0.1:{self.ports['fivenines_http']}/"
+        got: dict[str, list[float]] = {"1": [], str(workers): []}
+        for _ in range(self.args.rounds):
+            for name, url in (("1", url1), (str(workers), url_n)):
+                self.wrk(url, 1.0, False)
+                r = self.wrk(url, self.args.duration, False)
+                got[name].append(r["rps"])
+                print(f"  scaling: {name} worker(s) {r['rps']:>10.0f} rps", flush=True)
+        self.procs.stop(one)
+        self.procs.stop(many)
+        med = {k: statistics.median(v) for k, v in got.items()}
+        return {"workers": workers, "rps": med, "speedup": med[str(workers)] / med["1"], "runs": got}
 
     # -- memory
     def idle_connections(self, n: int) -> dict[str, Any]:
@@ -618,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections to hold (default 10000)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the proxy to CPU 0 and nginx + wrk to the others")
+    ap.add_argument("--scaling", type=int, default=0, metavar="N",
+                    help="also compare fivenines with N workers against 1 worker (keep-alive, unpinned)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
     ap.add_argument("--only", choices=["throughput", "idle", "stream"], help="run one part only")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke run, not a measurement)")
@@ -648,15 +670,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "stream"):
             print("  streaming 1 GB each way...", flush=True)
             stream = bench.stream()
+        scaling: dict[str, Any] = {}
+        if args.scaling:
+            scaling = bench.scaling(args.scaling)
     finally:
         bench.close()
     lines = report(summary, idle, stream)
+    if scaling:
+        lines.append(f"workers: {scaling['workers']} (unpinned, keep-alive): {scaling['rps'][str(scaling['workers'])]:.0f} "
+                     f"req/s vs {scaling['rps']['1']:.0f} with 1 worker ({scaling['speedup']:.2f}x)")
     print()
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / time.strftime("proxy-%Y%m%d-%H%M%S.json")
     out.write_text(json.dumps({"environment": env, "targets": TARGETS, "throughput": summary,
-                               "idle_connections": idle, "stream_1gb": stream, "table": lines}, indent=2))
+                               "idle_connections": idle, "stream_1gb": stream, "scaling": scaling,
+                               "table": lines}, indent=2))
     print(f"\nwritten to {out.relative_to(ROOT)}")
     return 0
 
