@@ -219,3 +219,34 @@ def test_early_answer_drops_the_rest_of_the_body_and_keeps_the_connection() -> N
     finally:
         d.close()
         early.close()
+
+
+def test_oversized_request_head_gets_431(dp: DataPlane) -> None:
+    out = dp.raw(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 70000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431")
+
+
+def test_oversized_response_head_gives_502() -> None:
+    huge = RawServer(name="huge")
+
+    async def handler(r: object, w: object) -> None:
+        await r.readuntil(b"\r\n\r\n")  # type: ignore[attr-defined]
+        w.write(b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * 100000 + b"\r\n\r\n")  # type: ignore[attr-defined]
+        await w.drain()  # type: ignore[attr-defined]
+        await r.read()  # type: ignore[attr-defined]
+
+    huge._handler = handler  # type: ignore[assignment]
+    d = DataPlane({"listeners": [{"port": 0, "default_target_group": "web"}],
+                   "target_groups": {"web": {"targets": [huge.address]}}})
+    try:
+        assert d.request()[0] == 502
+    finally:
+        d.close()
+        huge.close()
+
+
+def test_other_transfer_codings_are_kept(dp: DataPlane) -> None:
+    out = dp.raw(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\n\r\n")
+    body = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert body["headers"]["transfer-encoding"] == "gzip, chunked" and body["body_bytes"] == 3

@@ -88,6 +88,7 @@ _CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -109,6 +110,7 @@ _P_UPSTREAM = 2  # the upstream's write buffer is full
 _P_BUFFER = 4  # request body waits for an upstream connection
 
 BUFFER_LIMIT = 256 * 1024
+MAX_HEAD = 64 * 1024  # a request or response head larger than this is refused (431 / 502)
 
 
 @dataclass(slots=True)
@@ -398,6 +400,7 @@ class ClientConnection(asyncio.Protocol):
         "_closing",
         "_eof",
         "_exchanges",
+        "_head_bytes",
         "_headers",
         "_listener",
         "_parser",
@@ -430,6 +433,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None  # set once the target switched protocols
         self._peer_ip = b""
         self._wbuf: list[bytes] = []
+        self._head_bytes = 0
         self.last_active = 0.0
         self.head_started: float | None = None
 
@@ -478,6 +482,8 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded:
             self._tunnel_in(data)
             return
+        if self._parsing is None:  # a request head is being read: it is bounded
+            self._head_bytes += len(data)  # (reset when a head completes)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -491,6 +497,9 @@ class ClientConnection(asyncio.Protocol):
                 self._tunnel_in(rest)
         except httptools.HttpParserError:
             self._fail_protocol(400)
+            return
+        if self._head_bytes > MAX_HEAD and self._parsing is None:
+            self._fail_protocol(431)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -523,6 +532,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = None
+        too_big = self._head_bytes > MAX_HEAD and (
+            len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) > MAX_HEAD)
+        self._head_bytes = 0
         parser = self._parser
         listener = self._listener
         method = parser.get_method()
@@ -530,6 +542,7 @@ class ClientConnection(asyncio.Protocol):
         chunked = False
         idem_key = False
         expect = False
+        te_value = b""
         xff = b""
         rid = b""
         host = b""
@@ -550,6 +563,7 @@ class ClientConnection(asyncio.Protocol):
                 append(b"Content-Length: " + value + b"\r\n")
             elif lname == b"transfer-encoding":
                 chunked = True
+                te_value = value
             elif lname == _XFF:
                 xff += value + b", "
             elif lname == _REQUEST_ID:
@@ -582,7 +596,9 @@ class ClientConnection(asyncio.Protocol):
         if upgrade:
             append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
         if chunked:
-            append(b"Transfer-Encoding: chunked\r\n")
+            # llhttp accepts a request only when chunked is its last coding: keep the others
+            append(b"Transfer-Encoding: chunked\r\n" if te_value.lower() == b"chunked"
+                   else b"Transfer-Encoding: " + te_value + b"\r\n")
         if not rid:
             rid = _ID_PREFIX + b"-%x" % next(_ids)
             append(b"X-Request-Id: " + rid + b"\r\n")
@@ -596,7 +612,11 @@ class ClientConnection(asyncio.Protocol):
             ex.idempotent = is_idempotent(method, idem_key)
         if listener.settings.request_timeout:
             ex.started = asyncio.get_running_loop().time()
-        if method == b"CONNECT":
+        if too_big:
+            ex.local = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n"
+            ex.local_body = b"Request Header Fields Too Large\n"
+            ex.keep_alive = False
+        elif method == b"CONNECT":
             ex.local = _NOT_IMPLEMENTED_HEAD
             ex.local_body = b"Not Implemented\n"
         elif listener.router is None:
@@ -892,7 +912,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.keep_alive = False  # close-delimited for an HTTP/1.0 client
             else:
                 chunk_out = True
-                append(b"Transfer-Encoding: chunked\r\n")
+                append(_chunked_header(head, lower))
         if ex.upgrade:
             ex.keep_alive = False  # the upgrade was refused: the connection cannot carry HTTP on
         if not ex.keep_alive or self._closing:
@@ -1252,6 +1272,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         if not self._in_body:
             self._hbuf = self._hbuf + data if self._hbuf else data
+            if len(self._hbuf) > MAX_HEAD and self._hbuf.find(b"\r\n\r\n", self._hpos) < 0:
+                self._protocol_error("response head too large")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -1371,8 +1394,8 @@ class UpstreamConnection(asyncio.Protocol):
         buf = self._hbuf
         pos = self._hpos
         end = buf.find(b"\r\n\r\n", pos)
-        if end < 0:
-            return None  # bare-LF line ends: not accepted from a target
+        if end < 0 or end - pos > MAX_HEAD:
+            return None  # bare-LF line ends, or too large: not accepted from a target
         self._hpos = end + 4
         head = buf[pos:end + 2]
         return head, head.lower()
@@ -1489,6 +1512,25 @@ def strip_hop_by_hop(head: bytes, lower: bytes) -> bytes:
     if _RARE_HOP.search(lower) is None:
         return head
     return _HOP_LINE.sub(b"", head)
+
+
+_TE_VALUE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+
+
+def _chunked_header(head: bytes, lower: bytes) -> bytes:
+    """The Transfer-Encoding line for a body we chunk: the target's other codings kept.
+
+    >>> _chunked_header(b"HTTP/1.1 200 OK\\r\\n", b"http/1.1 200 ok\\r\\n")
+    b'Transfer-Encoding: chunked\\r\\n'
+    >>> h = b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: gzip, chunked\\r\\n"
+    >>> _chunked_header(h, h.lower())
+    b'Transfer-Encoding: gzip, chunked\\r\\n'
+    """
+    if b"\r\ntransfer-encoding" not in lower:
+        return b"Transfer-Encoding: chunked\r\n"
+    codings = [c.strip() for m in _TE_VALUE.finditer(lower) for c in head[m.start(1):m.end(1)].split(b",")]
+    kept = [c for c in codings if c and c.lower() != b"chunked"]
+    return b"Transfer-Encoding: " + b", ".join([*kept, b"chunked"]) + b"\r\n"
 
 
 def _header_lines(names: set[bytes]) -> re.Pattern[bytes]:
