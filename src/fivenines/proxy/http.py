@@ -1537,7 +1537,3 @@ def _header_lines(names: set[bytes]) -> re.Pattern[bytes]:
     """A regex matching the header lines named (for headers a Connection header names)."""
     alts = b"|".join(re.escape(n) for n in sorted(names))
     return re.compile(rb"\r\n(?:" + alts + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)
-
-
-def make_listener(group_for: Callable[[], BackendGroup | None], port: int, **settings: Any) -> Listener:
-    return Listener(group_for, port, ProxySettings(**settings))

@@ -1,6 +1,6 @@
 """Building listeners from a spec, and ``workers: N`` data-plane processes.
 
-:func:`make_listeners` turns a spec's listeners into (unstarted) HTTP or TCP
+:func:`make_listener` turns a spec's listeners into (unstarted) HTTP or TCP
 listeners over given target groups; the controller uses it in-process
 (``workers: 1``, the default) and every worker process uses it too.
 
@@ -67,10 +67,6 @@ def make_listener(ls: ListenerSpec, groups: Mapping[str, BackendGroup],
         return TcpListener(group_for, ls.port, s)
     router = Router(ls.rules, ls.default_target_group) if ls.rules else None
     return Listener(group_for, ls.port, s, router=router, groups=groups)
-
-
-def open_connections(lst: Any) -> int:
-    return len(lst.clients)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
