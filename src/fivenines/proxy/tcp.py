@@ -123,6 +123,7 @@ class TcpClient(asyncio.Protocol):
         "_closed",
         "_eof_in",
         "_eof_out",
+        "_forward",
         "_listener",
         "_peer_ip",
         "_transport",
@@ -143,6 +144,7 @@ class TcpClient(asyncio.Protocol):
         self._eof_out = False  # the target sent EOF
         self._peer_ip = b""
         self.upstream: TcpUpstream | None = None
+        self._forward: Callable[[bytes], object] | None = None  # the upstream transport's write
         self.backend: Backend | None = None
         self.group: BackendGroup | None = None
         self.tried: list[Backend] = []
@@ -216,6 +218,7 @@ class TcpClient(asyncio.Protocol):
             up.close()
             return
         self.upstream = up
+        self._forward = up._transport.write
         if self._buffer:
             up.write(b"".join(self._buffer))
             self._buffer = []
@@ -232,9 +235,9 @@ class TcpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._listener.tick
-        up = self.upstream
-        if up is not None:
-            up.write(data)
+        forward = self._forward
+        if forward is not None:
+            forward(data)
         else:
             self._buffer.append(data)
 
@@ -277,10 +280,6 @@ class TcpClient(asyncio.Protocol):
         self._transport.close()
 
     # -- from the upstream
-    def upstream_data(self, data: bytes) -> None:
-        self.last_active = self._listener.tick
-        self._transport.write(data)
-
     def upstream_eof(self) -> None:
         self._eof_out = True
         if self._transport.can_write_eof():
@@ -293,10 +292,11 @@ class TcpClient(asyncio.Protocol):
 
 
 class TcpUpstream(asyncio.Protocol):
-    __slots__ = ("_client", "_lost", "_transport")
+    __slots__ = ("_back", "_client", "_lost", "_transport")
 
     def __init__(self, client: TcpClient) -> None:
         self._client = client
+        self._back = client._transport.write  # bytes from the target go straight to the client
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._lost = False
 
@@ -304,7 +304,9 @@ class TcpUpstream(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._client.upstream_data(data)
+        client = self._client
+        client.last_active = client._listener.tick
+        self._back(data)
 
     def eof_received(self) -> bool:
         self._client.upstream_eof()
