@@ -152,3 +152,20 @@ def test_glob_escapes_regex_characters(special: str) -> None:
     rx = glob_regex([f"/a{special}b"], ignore_case=False)
     assert rx.fullmatch(f"/a{special}b".encode())
     assert not rx.fullmatch(b"/axb")
+
+
+def test_the_routing_example_loads_and_routes() -> None:
+    from pathlib import Path
+
+    from fivenines.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "routing.yaml")
+    ls = spec.listeners[0]
+    r = Router(ls.rules, ls.default_target_group)
+    assert target(r, req(method=b"POST", path=b"/api/x")) == "api"
+    canary = r.route(req(path=b"/api/x"))
+    assert isinstance(canary, Forward) and canary.groups == ("api", "canary") and canary.stickiness == 3600
+    assert isinstance(r.route(req(path=b"/old/a", query=b"q=1")), Redirect)
+    assert target(r, req(path=b"/admin/x", source="127.0.0.1")) == "web"
+    assert isinstance(r.route(req(path=b"/admin/x", source="10.2.3.4")), FixedResponse)
+    assert spec.listeners[1].protocol == "tcp"
