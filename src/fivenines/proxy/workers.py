@@ -149,7 +149,7 @@ class WorkerPool:
                 await w.ready.wait()
 
     async def _spawn(self, w: _Worker) -> None:
-        from fivenines.runtime.supervisor import _child_setup
+        from fivenines.runtime.supervisor import die_with_parent
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         finally:
             os.close(err)
