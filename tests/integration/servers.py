@@ -27,6 +27,7 @@ class RawServer:
         self.requests: Counter[str] = Counter()  # by method
         self.bytes_in = 0
         self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self.lt = LoopThread()
         self._handler = handler or self.http
         self.server: asyncio.Server = self.lt.call(self._start())
@@ -36,17 +37,25 @@ class RawServer:
     async def _start(self) -> asyncio.Server:
         async def conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             self.connections += 1
+            self._writers.add(w)
             try:
                 await self._handler(r, w)
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass
             finally:
+                self._writers.discard(w)
                 w.close()
 
         return await asyncio.start_server(conn, "127.0.0.1", 0, limit=1 << 20)
 
     def close(self) -> None:
-        self.server.close()
+        async def shut() -> None:  # on the server's own loop: asyncio objects are not thread-safe
+            self.server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            await asyncio.sleep(0)
+
+        self.lt.call(shut())
         self.lt.close()
 
     # ------------------------------------------------------------------ behaviours
@@ -263,9 +272,13 @@ class DataPlane:
             return b"".join(chunks)
 
     def close(self) -> None:
-        for lst in self.listeners:
-            self.lt.call(lst.drain(1.0))
-        for g in self.groups.values():
-            for b in g.backends.values():
-                self.lt.loop.call_soon_threadsafe(b.close_idle)
+        async def shut() -> None:
+            for lst in self.listeners:
+                await lst.drain(1.0)
+            for g in self.groups.values():
+                for b in g.backends.values():
+                    b.close_idle()
+            await asyncio.sleep(0)
+
+        self.lt.call(shut())
         self.lt.close()

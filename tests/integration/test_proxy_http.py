@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -250,3 +251,32 @@ def test_other_transfer_codings_are_kept(dp: DataPlane) -> None:
                  b"3\r\nabc\r\n0\r\n\r\n")
     body = json.loads(out.split(b"\r\n\r\n", 1)[1])
     assert body["headers"]["transfer-encoding"] == "gzip, chunked" and body["body_bytes"] == 3
+
+
+def test_early_answer_from_a_target_that_stops_reading_does_not_stall_the_client() -> None:
+    """The target answers early and stops reading: the upstream write buffer fills and the client
+    is paused for it; releasing that attempt must let the client's body be read (and dropped)."""
+    stuck = RawServer(name="stuck")
+
+    async def handler(r: object, w: object) -> None:
+        await r.readuntil(b"\r\n\r\n")  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)  # reads nothing: the proxy's buffer towards it fills, the client is paused
+        w.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")  # type: ignore[attr-defined]
+        await w.drain()  # type: ignore[attr-defined]
+        await asyncio.sleep(8)  # and reads nothing more
+
+    stuck._handler = handler  # type: ignore[assignment]
+    d = DataPlane({"listeners": [{"port": 0, "default_target_group": "web"}],
+                   "target_groups": {"web": {"targets": [stuck.address]}}})
+    try:
+        t0 = time.monotonic()
+        c = d.conn(timeout=10)
+        c.request("POST", "/upload", body=b"x" * (32 * 1024 * 1024))
+        r = c.getresponse()
+        r.read()
+        assert r.status == 413
+        c.close()
+        assert time.monotonic() - t0 < 6, "the client waited for the target"
+    finally:
+        d.close()
+        stuck.close()

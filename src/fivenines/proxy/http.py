@@ -822,6 +822,8 @@ class ClientConnection(asyncio.Protocol):
             ex.backend = None
         if conn is not None:
             conn.finish(reusable and not ex.upgrade)
+            if self._paused & _P_UPSTREAM:
+                self._resume(_P_UPSTREAM)  # that connection's full buffer no longer holds us back
 
     def _policy(self, ex: Exchange) -> RetryPolicy:
         forced = self._listener.settings.retry
@@ -1145,7 +1147,11 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._closing = True
-        self._transport.close()
+        t = self._transport
+        if t.is_closing():
+            t.abort()  # asked again (by a timeout sweep): a client that reads nothing is dropped
+        else:
+            t.close()
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
@@ -1228,7 +1234,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._lost = True
-        self._transport.close()
+        t = self._transport
+        if t.get_write_buffer_size():
+            t.abort()  # bytes for a target we gave up on (it may not read them): dropped
+        else:
+            t.close()
 
     # -- transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -267,7 +267,7 @@ class TcpClient(asyncio.Protocol):
         if not listener.clients:
             listener.no_clients.set()
         if self.upstream is not None:
-            self.upstream.close()
+            self.upstream.close(listener.settings.idle_timeout)
             listener.counters.responses += 1
         self._release()
 
@@ -277,7 +277,11 @@ class TcpClient(asyncio.Protocol):
             self.backend = None
 
     def abort(self) -> None:
-        self._transport.close()
+        t = self._transport
+        if t.is_closing():
+            t.abort()  # asked again (by the idle sweep): a client that reads nothing is dropped
+        else:
+            t.close()
 
     # -- from the upstream
     def upstream_eof(self) -> None:
@@ -337,6 +341,11 @@ class TcpUpstream(asyncio.Protocol):
         if not self._lost and self._transport.can_write_eof():
             self._transport.write_eof()
 
-    def close(self) -> None:
+    def close(self, linger: float = 60.0) -> None:
+        """Close after flushing what is buffered; a target that does not read it within
+        ``linger`` seconds is dropped."""
         self._lost = True
-        self._transport.close()
+        t = self._transport
+        t.close()
+        if t.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(linger, t.abort)
