@@ -317,7 +317,7 @@ class Bench:
                 (self.dir / f"{sub}-{name}").mkdir(exist_ok=True)
             conf = self.dir / f"nginx-{name}.conf"
             conf.write_text(NGINX_CONF.format(dir=self.dir, name=name, port=port))
-            self.procs.start([self.nginx, "-c", str(conf), "-p", str(self.dir)], self.dir / f"nginx-{name}.log",
+            self.procs.start([self.nginx, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / f"nginx-{name}.err")], self.dir / f"nginx-{name}.log",
                              self.other_cpus)
             wait_port(port)
 
@@ -591,7 +591,7 @@ def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any]
                          f"{eff['fivenines'] / eff['haproxy']:>14.2f}x   {', '.join(t)}")
         lines.append("")
     if idle:
-        lines.append(f"10,000 idle keep-alive connections: RSS {idle['rss_mb']:.1f} MB "
+        lines.append(f"{idle['connections']:,} idle keep-alive connections: RSS {idle['rss_mb']:.1f} MB "
                      f"(before: {idle['rss_before_mb']:.1f} MB; {idle['answered']}/{idle['connections']} answered)  "
                      f"< {TARGETS['idle_10k_rss_mb']:.0f} MB {verdict(idle['rss_mb'] < TARGETS['idle_10k_rss_mb'])}")
     if stream:
