@@ -504,7 +504,8 @@ def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--warmup", default="5s", callback=_chaos_duration, help="Load without faults first (default 5s).")
 @click.option("--settle", default="10s", callback=_chaos_duration, help="No new fault this close to the end (default 10s).")
 @click.option("--timeout", "req_timeout", default="5s", callback=_chaos_duration, help="Client timeout per request (default 5s).")
-@click.option("--connections", default=256, type=click.IntRange(min=1), help="Most client connections open at once (default 256).")
+@click.option("--connections", default=None, type=click.IntRange(min=1),
+              help="Most client connections open at once (default: rate x timeout, within the fd limit).")
 @click.option("--overlap", is_flag=True, help="Inject on schedule even while an earlier fault is not repaired.")
 @click.option("--path", default="/", help="Request path (default /).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
@@ -512,7 +513,7 @@ def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--dry-run", is_flag=True, help="Show the schedule and exit; start nothing.")
 def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | None, mtbf: float, seed: int | None,
               schedule_text: str | None, fault_duration: float, slow_ms: int, warmup: float, settle: float,
-              req_timeout: float, connections: int, overlap: bool, path: str, report_dir: str | None,
+              req_timeout: float, connections: int | None, overlap: bool, path: str, report_dir: str | None,
               dry_run: bool) -> None:
     """Run SPEC_FILE under load, inject faults, measure availability and compare it with the model.
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -52,7 +54,7 @@ class ChaosConfig:
     warmup: float = 5.0
     settle: float = 10.0
     timeout: float = 5.0
-    max_connections: int = 256
+    max_connections: int | None = None  # None: enough for every request in flight for the whole timeout
     overlap: bool = False
     path: str = "/"
     startup_timeout: float = 30.0
@@ -71,6 +73,7 @@ class ChaosConfig:
             "warmup_s": self.warmup,
             "settle_s": self.settle,
             "timeout_s": self.timeout,
+            "max_connections": self.max_connections or auto_connections(self.rate, self.timeout),
             "overlap": self.overlap,
             "path": self.path,
         }
@@ -82,6 +85,25 @@ def plan(config: ChaosConfig) -> list[PlannedFault]:
         return [f for f in config.schedule if f.at < config.duration]
     return exponential_schedule(mtbf=config.mtbf, start=config.warmup, end=config.duration - config.settle,
                                 kinds=config.kinds, seed=config.seed, duration=config.fault_duration)
+
+
+def auto_connections(rate: float, timeout: float) -> int:
+    """Client connections allowed at once: every request of a whole timeout in flight (open loop: a
+    stalled target must not make later requests queue behind a client-side cap), within half the
+    process's file descriptor limit (raised to its hard limit first).
+
+    >>> auto_connections(1.0, 1.0) >= 17
+    True
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (OSError, ValueError):
+        soft = 1024
+    room = 1 << 20 if soft == resource.RLIM_INFINITY else max(64, soft // 2 - 64)
+    return max(16, min(math.ceil(rate * timeout) + 16, room))
 
 
 def load_target(spec: Spec) -> tuple[int, str]:
@@ -327,6 +349,8 @@ class ChaosRun:
         cfg = self.config
         cfg.report_dir.mkdir(parents=True, exist_ok=True)
         planned = plan(cfg)
+        # before fivenines starts, so that it inherits the raised file descriptor limit
+        max_connections = cfg.max_connections or auto_connections(cfg.rate, cfg.timeout)
         poller: asyncio.Task[None] | None = None
         restore: dict[str, Any] = {}
         loop = asyncio.get_running_loop()
@@ -346,7 +370,7 @@ class ChaosRun:
             self.injector = Injector(Guard(self.proc.pid), slow_ms=cfg.slow_ms)
             groups, health0, roles0 = _views(st)
             gen = LoadGen(host, int(port), cfg.rate, cfg.duration, path=cfg.path, timeout=cfg.timeout,
-                          max_connections=cfg.max_connections, clock=self.clock)
+                          max_connections=max_connections, clock=self.clock)
             self.t0 = self.clock() + 0.1
             self.wall_at_start = time.time() + (self.t0 - self.clock())
             await self._poll_events()  # everything before the run

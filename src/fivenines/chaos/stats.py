@@ -82,12 +82,16 @@ def format_availability(a: float | None) -> str:
 
     >>> format_availability(0.99275), format_availability(0.9999999035), format_availability(1.0)
     ('99.2750%', '99.99999035%', '100%')
+    >>> format_availability(1 - 1e-15)
+    '>99.9999999%'
     """
     if a is None:
         return "-"
     u = 1.0 - a
     if u <= 0:
         return "100%"
+    if u < 1e-9:
+        return ">99.9999999%"
     decimals = max(4, min(12, math.floor(-math.log10(u)) + 1))
     return f"{a * 100:.{decimals}f}%"
 
