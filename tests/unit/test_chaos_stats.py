@@ -92,6 +92,7 @@ def test_mean_interval_by_hand() -> None:
 def test_format_availability() -> None:
     assert format_availability(0.5) == "50.0000%"
     assert format_availability(0.99995) == "99.99500%"
-    assert format_availability(1 - 1e-9) == "99.9999999000%"
+    assert format_availability(1 - 2e-8) == "99.99999800%"
+    assert format_availability(1 - 1e-12) == ">99.9999999%"
     assert format_availability(1.0) == "100%"
     assert format_availability(None) == "-"
