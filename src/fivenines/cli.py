@@ -558,6 +558,9 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         _, group = load_target(spec)
     except ChaosError as exc:
         usage(f"{spec_file}: {exc}")
+    if spec.target_groups[group].instances is None and any(k.value != "lb" for k in kinds):
+        usage(f"{spec_file}: target_groups.{group} lists targets: fivenines does not run them, so chaos cannot "
+              f"inject faults into them; use instances:")
     if seed is None:
         seed = random.SystemRandom().randrange(1, 2**31)
     schedule = None

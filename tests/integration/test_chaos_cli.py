@@ -64,6 +64,15 @@ def test_usage_errors_exit_2(spec_file: Path, args: list[str], message: str) -> 
     assert message in r.stderr
 
 
+def test_a_group_of_external_targets_is_refused(tmp_path: Path) -> None:
+    spec = demo_spec()
+    del spec["target_groups"]["web"]["instances"]
+    spec["target_groups"]["web"]["targets"] = ["127.0.0.1:9"]
+    r = chaos(str(write_spec(tmp_path / "f.yaml", spec)), "--dry-run")
+    assert r.returncode == 2
+    assert "target_groups.web lists targets: fivenines does not run them" in r.stderr
+
+
 def _png_pixels(data: bytes) -> Any:
     import matplotlib
 
