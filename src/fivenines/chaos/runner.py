@@ -246,7 +246,8 @@ class ChaosRun:
         return any(r.restore_task is not None and not r.restore_task.done() for r in self.records)
 
     async def _settled(self, deadline: float) -> bool:
-        """Wait until the group is whole again: no lasting fault on, every target healthy, full serving set."""
+        """Wait until the group is whole again: no lasting fault on, every target healthy, a full
+        serving set, no target ejected by passive detection."""
         while self.now() < deadline:
             if not self._lasting_active():
                 try:
@@ -254,7 +255,8 @@ class ChaosRun:
                 except ChaosError:
                     st = {}
                 g = st.get("target_groups", {}).get(self.group)
-                if g and all(t["state"] == "healthy" for t in g["targets"]) and len(g["serving"]) >= g["active_count"]:
+                if g and all(t["state"] == "healthy" for t in g["targets"]) \
+                        and len(g["serving"]) >= g["active_count"] and not g.get("ejected"):
                     return True
             await asyncio.sleep(0.1)
         return False
