@@ -35,6 +35,7 @@ from fivenines.chaos.loadgen import LoadGen
 from fivenines.chaos.outcomes import OutcomeLog
 from fivenines.chaos.schedule import FaultKind, PlannedFault, exponential_schedule
 from fivenines.chaos.timeline import Ev, GroupView, Injected
+from fivenines.model.layout import health_detection_time
 from fivenines.runtime.supervisor import Process, tail_lines
 from fivenines.spec import Spec
 
@@ -255,7 +256,8 @@ class ChaosRun:
                 except ChaosError:
                     st = {}
                 g = st.get("target_groups", {}).get(self.group)
-                if g and all(t["state"] == "healthy" for t in g["targets"]) \
+                workers_ready = all(w.get("ready", True) and w.get("pid") for w in st.get("workers") or [])
+                if g and all(t["state"] == "healthy" for t in g["targets"]) and workers_ready \
                         and len(g["serving"]) >= g["active_count"] and not g.get("ejected"):
                     return True
             await asyncio.sleep(0.1)
@@ -264,10 +266,16 @@ class ChaosRun:
     async def _fault_loop(self, planned: list[PlannedFault]) -> None:
         assert self.injector is not None
         window_end = self.config.duration - (0.0 if self.config.schedule is not None else self.config.settle)
+        # One at a time: the previous fault first gets a whole detection window to show (a status read
+        # right after a kill still shows the target healthy), then the group must be whole again.
+        gap = health_detection_time(self.spec.target_groups[self.group].health_check)
         for fid, pf in enumerate(planned, 1):
             delay = pf.at - self.now()
             if delay > 0:
                 await asyncio.sleep(delay)
+            last = next((r for r in reversed(self.records) if r.applied is not None), None)
+            if not self.config.overlap and last is not None and last.at + gap > self.now():
+                await asyncio.sleep(last.at + gap - self.now())
             if not self.config.overlap and not await self._settled(window_end):
                 rec = _FaultRecord(fid, pf, self.now(), self.group, pf.target or "")
                 rec.skipped = "the group was not whole again before the end of the fault window"
