@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fivenines.core import pool
 from fivenines.core.health import CheckResult, HealthState, TargetHealth, Transition
@@ -35,6 +35,9 @@ from fivenines.runtime.events import EventLog, iso
 from fivenines.runtime.probe import http_check, tcp_check
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
 from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+
+if TYPE_CHECKING:
+    from fivenines.runtime.replication import ReplicationManager
 
 log = logging.getLogger("fivenines")
 
@@ -57,6 +60,7 @@ class InstanceSlot:
         self.stderr = log_dir / f"{target_id}.err.log"
         self.restart_handle: asyncio.TimerHandle | None = None
         self.running = asyncio.Event()
+        self.extra_args: Callable[[], list[str]] | None = None  # appended at each start (replicated groups)
 
     def command(self) -> list[str]:
         def sub(s: str) -> str:
@@ -64,7 +68,8 @@ class InstanceSlot:
 
         if isinstance(self.argv, str):
             return [sub(self.argv)]
-        return resolve_argv([sub(a) for a in self.argv])
+        extra = self.extra_args() if self.extra_args is not None else []
+        return resolve_argv([sub(a) for a in self.argv] + extra)
 
 
 class TargetRuntime:
@@ -97,6 +102,7 @@ class GroupRuntime:
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
+        self.replication: ReplicationManager | None = None  # replicated: groups
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -186,6 +192,8 @@ class Controller:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
+            if g.replication is not None:
+                g.replication.start()
             for t in g.targets:
                 if t.slot is not None:
                     self._start_instance(t)
@@ -225,6 +233,10 @@ class Controller:
                     t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
                     g.targets.append(t)
                     g.backends.add(t.backend)
+            if tg.replicated is not None:
+                from fivenines.runtime.replication import ReplicationManager
+
+                g.replication = ReplicationManager(self, g)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -242,6 +254,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(g.replication.close() for g in self.groups.values() if g.replication))
         await asyncio.gather(*(self._stop_instance(t) for g in self.groups.values() for t in g.targets if t.slot))
         for g in self.groups.values():
             for t in g.targets:
@@ -330,7 +343,9 @@ class Controller:
                 continue
             host, tport = t.backend.host, port or t.backend.port
             started = self.now()
-            if hc.protocol == "http":
+            if t.group.replication is not None:
+                result = await t.group.replication.check(t)
+            elif hc.protocol == "http":
                 result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
             else:
                 result = await tcp_check(host, tport, hc.timeout)
@@ -360,6 +375,8 @@ class Controller:
 
     def _reconcile(self, g: GroupRuntime) -> list[str]:
         """Re-plan roles and publish the serving set. Returns the decisions taken."""
+        if g.replication is not None:
+            return g.replication.reconcile()
         changes = pool.plan_roles([t.member() for t in g.targets], g.active_count)
         decisions = []
         now = self.now()
@@ -408,7 +425,7 @@ class Controller:
                 "failed": c.failed,
                 "retries": c.retries,
             })
-        groups = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
             targets = [self._target_status(t, now) for t in g.targets]
             groups[name] = {
@@ -419,6 +436,10 @@ class Controller:
                 "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
                 "targets": targets,
             }
+            if g.replication is not None:
+                groups[name]["replication"] = g.replication.status()
+                for ts in targets:
+                    ts["replication"] = g.replication.target_status(ts["id"])
         return {
             "name": self.spec.name,
             "pid": os.getpid(),
