@@ -94,7 +94,8 @@ class Observation:
 
     ``position`` is its replication position (Redis: the replication offset in bytes).
     ``following`` is the ``host:port`` a replica replicates from; ``replicas`` the
-    addresses of the replicas attached to a primary.
+    addresses of the replicas attached to a primary. ``incarnation`` changes when the
+    server restarts (Redis: its ``run_id``); None when the store cannot tell.
     """
 
     role: StoreRole
@@ -102,6 +103,7 @@ class Observation:
     following: str | None = None
     link_up: bool = False
     replicas: tuple[str, ...] = ()
+    incarnation: str | None = None
 
 
 # --------------------------------------------------------------------------- actions
@@ -204,6 +206,30 @@ class MemberView:
     obs: Observation | None = None
     reported: bool = False  # observed, or found unreachable, at least once
     pending: bool = False  # a Follow is in flight
+    high: int = -1  # highest position seen since it last started following the primary
+    regressed: bool = False  # reported less than ``high``: restarted empty or truncated, data lost
+    incarnation: str | None = None
+    amnesiac: bool = False  # restarted since last seen: it may have lost writes it acknowledged
+    amnesia_floor: int | None = None  # it has them all again once it reaches this position
+
+    def record(self, obs: Observation | None) -> None:
+        """Take a fresh observation; a restart or a position going back means this member lost data."""
+        self.obs, self.reported = obs, True
+        if obs is None:
+            return
+        if obs.incarnation is not None:
+            if self.incarnation is not None and obs.incarnation != self.incarnation:
+                self.amnesiac, self.amnesia_floor = True, None
+            self.incarnation = obs.incarnation
+        self.regressed = obs.position < self.high
+        self.high = max(self.high, obs.position)
+        if self.amnesiac and self.amnesia_floor is not None and obs.position >= self.amnesia_floor:
+            self.amnesiac = False
+
+    @property
+    def trusted(self) -> bool:
+        """Holds at least what it held when last seen (not restarted or truncated since)."""
+        return not self.regressed and not self.amnesiac
 
 
 # --------------------------------------------------------------------------- the election, a pure function
@@ -242,15 +268,21 @@ def elect(
     known_position: int,
     durability: Durability,
     max_lag: int,
-    must_report: frozenset[str] = frozenset(),
+    must_cover: Mapping[str, int | None] | None = None,
     allow_resume: bool = False,
+    replicated_floor: int = 0,
 ) -> Election:
     """Choose whom to promote: the reachable replica with the highest position, within ``max_lag``.
 
     ``members`` carry fresh observations (``obs is None``: unreachable now).
-    ``must_report`` (sync): members that may hold acknowledged writes; if one is
-    unreachable, no one is chosen. ``allow_resume``: the old primary, back with at
-    least every position known, may simply stay primary.
+    ``must_cover`` (sync): members that may hold acknowledged writes no one else has.
+    A member mapped to ``None`` must answer itself (it is attached to the primary); one
+    mapped to a position ``c`` detached when the primary was at ``c``, so any answering
+    replica at ``c`` or beyond covers it. If one is not covered, no one is chosen: the
+    one promoted might lack a write a client was told was safe. ``replicated_floor`` (sync): the highest position a
+    replica of the primary ever reported; writes up to it may have been acknowledged,
+    so a replica below it is not promoted. ``allow_resume``: the old primary, healthy
+    again and back with at least every position known, may simply stay primary.
 
     >>> a = MemberView("db-1", "h:1", 0, lost=True)
     >>> b = MemberView("db-2", "h:2", 1, obs=Observation(StoreRole.REPLICA, 90))
@@ -270,29 +302,43 @@ def elect(
         if o is None:
             verdicts[m.id] = "unreachable"
         elif m.id == old_primary:
-            verdicts[m.id] = "old primary"
+            verdicts[m.id] = f"old primary, {'lost' if m.lost else 'reports ' + o.role.value}"
         elif o.role is not StoreRole.REPLICA:
             verdicts[m.id] = "reports primary: not a replica of it"
         elif m.lost:
             verdicts[m.id] = f"lost ({m.lost_why})" if m.lost_why else "lost"
+        elif m.regressed:
+            verdicts[m.id] = f"lost data: position went back from {m.high} (restarted or truncated)"
+        elif m.amnesiac:
+            verdicts[m.id] = "lost data: restarted and not caught up since"
         elif best - o.position > max_lag:
             verdicts[m.id] = f"lag {best - o.position} > max_lag_on_failover {max_lag}"
+        elif durability is Durability.SYNC and o.position < replicated_floor:
+            verdicts[m.id] = f"behind {replicated_floor}, a position a replica held: may miss acknowledged writes"
         else:
             verdicts[m.id] = f"eligible (lag {best - o.position})"
             eligible.append(m)
-    missing = sorted(i for i in must_report if i != old_primary and verdicts.get(i) == "unreachable")
+    has_data = [m for m in members if m.obs is not None and m.obs.role is StoreRole.REPLICA and m.trusted]
+    missing = []
+    for i, cover in sorted((must_cover or {}).items()):
+        if i == old_primary or any(m.id == i for m in has_data):
+            continue  # it answers for itself: its position is among those compared
+        if cover is None:
+            missing.append(i)
+        elif not any(m.obs is not None and m.obs.position >= cover for m in has_data):
+            missing.append(f"{i} (detached at {cover})")
     chosen: MemberView | None = None
     resume = False
     reason = ""
     if durability is Durability.SYNC and missing:
-        reason = (f"sync: {', '.join(missing)} unreachable and may hold acknowledged writes; "
-                  "promoting another could lose them")
+        reason = (f"sync: {', '.join(missing)} unreachable or lost data, and may have held acknowledged "
+                  "writes; promoting another could lose them")
     else:
         if eligible:
             chosen = max(eligible, key=lambda m: (m.obs.position if m.obs else -1, -m.order))
         old = next((m for m in members if m.id == old_primary), None)
-        if (allow_resume and old is not None and old.obs is not None and old.obs.role is StoreRole.PRIMARY
-                and old.obs.position >= known_position
+        if (allow_resume and old is not None and not old.lost and old.obs is not None
+                and old.obs.role is StoreRole.PRIMARY and old.obs.position >= known_position
                 and (chosen is None or chosen.obs is None or old.obs.position >= chosen.obs.position)):
             chosen, resume = old, True
             verdicts[old.id] = f"back with position {old.obs.position} >= known {known_position}"
@@ -346,13 +392,17 @@ class Replication:
         self.primary: str | None = None
         self.epoch = 0
         self.known_position = 0
+        self.replicated_floor = 0  # highest position a replica of the primary reported
         self.round = 0
         self.retry_at = 0.0
         self.leader_until = 0.0
         self.switch: _Switch | None = None
         self.last_election: Election | None = None
         self.published: Publish = Publish(None, ())
-        self.must_report: frozenset[str] = frozenset()
+        # members that may hold acknowledged writes this epoch: id -> None (attached: must answer)
+        # or the primary's position when it was seen detached (any replica that far covers it)
+        self.attached: dict[str, int | None] = {}
+        self.must_cover: dict[str, int | None] = {}
         if designated is not None and not self.settings.leased:
             if designated not in self.members:
                 raise ValueError(f"designated primary {designated!r} is not a member")
@@ -373,14 +423,10 @@ class Replication:
 
     def positions(self, round_: int, results: Mapping[str, Observation | None], now: float) -> list[Action]:
         """Fresh observations asked for by :class:`Collect`."""
-        if round_ != self.round:
-            return []
-        return self._handle(Input.POSITIONS, _Ev(results=results), now)
+        return self._handle(Input.POSITIONS, _Ev(results=results), now, round_)
 
     def promoted(self, round_: int, target: str, ok: bool, detail: str, now: float) -> list[Action]:
-        if round_ != self.round:
-            return []
-        return self._handle(Input.PROMOTED, _Ev(target=target, ok=ok, detail=detail), now)
+        return self._handle(Input.PROMOTED, _Ev(target=target, ok=ok, detail=detail), now, round_)
 
     def followed(self, target: str, ok: bool, detail: str, now: float) -> list[Action]:
         return self._handle(Input.FOLLOWED, _Ev(target=target, ok=ok, detail=detail), now)
@@ -412,9 +458,13 @@ class Replication:
         return not self.settings.leased or (self.phase is not Phase.FOLLOWER and now < self.leader_until)
 
     def follow_for_start(self, target: str) -> str | None:
-        """Address a (re)started member should replicate from: the primary, unless it is the member."""
+        """Address a (re)starting member is to replicate from: the primary, unless it is the member.
+
+        Called when fivenines starts it: from then on it may acknowledge writes (sync), so it
+        counts among the members that must answer (or be covered) before a failover."""
         if self.primary is None or self.primary == target or self.phase is Phase.FOLLOWER:
             return None
+        self.attached[target] = None
         return self.members[self.primary].address
 
     def snapshot(self) -> dict[str, Any]:
@@ -425,6 +475,7 @@ class Replication:
             "readers": list(self.published.readers),
             "epoch": self.epoch,
             "known_position": self.known_position,
+            "replicated_floor": self.replicated_floor,
             "leader_until": self.leader_until if self.settings.leased else None,
             "switchover_to": self.switch.target if self.switch else None,
             "last_election": self.last_election.describe() if self.last_election else None,
@@ -436,12 +487,16 @@ class Replication:
 
     # ------------------------------------------------------------------ machinery
 
-    def _handle(self, inp: Input, ev: _Ev, now: float) -> list[Action]:
+    def _handle(self, inp: Input, ev: _Ev, now: float, round_: int | None = None) -> list[Action]:
         acts = self._expire_lease(now)
-        handler = _TRANSITIONS.get((self.phase, inp))
-        if handler is None:
-            raise InvalidTransition(f"Invalid input {inp.value} in state {self.phase.value}")
-        acts += handler(self, ev, now)
+        stale = round_ is not None and round_ != self.round  # the world moved on since it was asked
+        if round_ is not None and not stale:
+            self.round += 1  # consumed: a duplicate is stale
+        if not stale:
+            handler = _TRANSITIONS.get((self.phase, inp))
+            if handler is None:
+                raise InvalidTransition(f"Invalid input {inp.value} in state {self.phase.value}")
+            acts += handler(self, ev, now)
         acts += self._settle(now)
         # stop routing (and cut) before anything slow is done about it
         return sorted(acts, key=lambda a: 0 if isinstance(a, Publish | Cut) else 1)
@@ -525,24 +580,10 @@ class Replication:
                                    f"follows {m.obs.following or 'nothing'}; re-pointed to {p.id}"))
         return acts
 
-    def _must_report(self) -> frozenset[str]:
-        """Members that may hold writes a client saw acknowledged (sync): attached to the primary."""
-        p = self.members.get(self.primary) if self.primary else None
-        if p is None:
-            return frozenset()
-        by_addr = {m.address: m.id for m in self.members.values()}
-        attached = {m.id for m in self.members.values()
-                    if m.id != p.id and m.obs is not None and m.obs.role is StoreRole.REPLICA
-                    and m.obs.following == p.address}
-        if p.obs is None:
-            # never saw the primary's replica list (a new lease holder): every member may hold them
-            return frozenset(m for m in self.members if m != p.id)
-        return frozenset(attached | {by_addr[a] for a in p.obs.replicas if a in by_addr})
-
     def _begin_election(self, now: float, why: str) -> list[Action]:
         self.phase = Phase.ELECTING
         self.switch = None
-        self.must_report = self._must_report()
+        self.must_cover = dict(self.attached)
         if self.primary is not None:
             self.members[self.primary].obs = None  # lost: nothing it said still holds
         targets = tuple(m for m in self.members if m != self.primary)
@@ -559,8 +600,7 @@ class Replication:
 
     def _on_observed(self, ev: _Ev, now: float) -> list[Action]:
         m = self._member(ev.target)
-        m.obs = ev.obs
-        m.reported = True
+        self._record(m, ev.obs)
         o = ev.obs
         if m.id == self.primary and o is not None and o.role is StoreRole.PRIMARY:
             self.known_position = max(self.known_position, o.position)
@@ -584,7 +624,7 @@ class Replication:
 
     def _on_tick(self, ev: _Ev, now: float) -> list[Action]:
         if self.phase is Phase.NO_PRIMARY and now >= self.retry_at:
-            self.phase = Phase.ELECTING  # must_report is kept from when the primary was lost
+            self.phase = Phase.ELECTING  # must_cover is kept from when the primary was lost
             return [Collect(self._next_round(), tuple(self.members))]
         if self.phase is Phase.SWITCHING and self.switch is not None and now >= self.switch.deadline:
             return self._abort_switch(f"{self.switch.target} did not catch up within "
@@ -595,12 +635,12 @@ class Replication:
 
     def _on_positions_electing(self, ev: _Ev, now: float) -> list[Action]:
         for tid, obs in ev.results.items():
-            m = self._member(tid)
-            m.obs, m.reported = obs, True
+            self._record(self._member(tid), obs)
         allow_resume = self.primary in ev.results
         e = elect(list(self.members.values()), old_primary=self.primary, known_position=self.known_position,
                   durability=self.settings.durability, max_lag=self.settings.max_lag,
-                  must_report=self.must_report, allow_resume=allow_resume)
+                  must_cover=self.must_cover, allow_resume=allow_resume,
+                  replicated_floor=self.replicated_floor)
         self.last_election = e
         if e.chosen is None:
             self._retry_later(now)
@@ -623,6 +663,10 @@ class Replication:
                 return acts + self._abort_switch(f"promotion of {m.id} failed")
             self._retry_later(now)
             return acts
+        if self.primary != m.id:
+            if self.primary is not None:
+                self.members[self.primary].high = -1  # its tail may be writes no replica has
+            self.attached = {}
         self.primary = m.id
         self.epoch += 1
         pos = m.obs.position if m.obs else 0
@@ -652,6 +696,9 @@ class Replication:
         if not ev.ok:
             m.obs = None  # unknown until observed again (no retry storm against a dead member)
             return [Emit("fence", m.id, "", "", f"follow failed: {ev.detail}")]
+        m.high, m.regressed = -1, False  # its history is the primary's from now on
+        if self.primary is not None and m.id != self.primary:
+            self.attached.setdefault(m.id, None)
         if m.obs is not None and self.primary is not None:
             m.obs = Observation(StoreRole.REPLICA, m.obs.position, self._addr(self.primary), False)
         return []
@@ -696,7 +743,7 @@ class Replication:
             return self._abort_switch(f"{sw.target} did not answer as a replica during the switchover")
         if sw.goal is None:
             sw.goal = pobs.position  # writes are paused: the primary's final position
-        self._member(sw.target).obs = tobs
+        self._record(self._member(sw.target), tobs)
         if tobs.position >= sw.goal:
             self.phase = Phase.PROMOTING
             self.last_election = None
@@ -720,6 +767,8 @@ class Replication:
         rec = ev.record
         if rec is not None and rec[0] in self.members:
             self.primary, self.epoch = rec
+            # what the previous leader saw is unknown: every replica may hold acknowledged writes
+            self.attached = {i: None for i in self.members if i != rec[0]}
             self.phase = Phase.SERVING
             why = f"holds the lease; primary {rec[0]} (epoch {rec[1]}) from the store"
             return [Emit("lease", "", "follower", "leader", why)]
@@ -773,6 +822,34 @@ class Replication:
         self.primary = chosen.id
         return [Emit("discovery", chosen.id, "", "primary", f"{why}; {pos}"),
                 Promote(self._next_round(), chosen.id, self.epoch + 1, already_primary=True)]
+
+    def _record(self, m: MemberView, obs: Observation | None) -> None:
+        """Take an observation; track who may hold acknowledged writes (sync)."""
+        m.record(obs)
+        paddr = self._addr(self.primary)
+        if obs is None or paddr is None:
+            return
+        if m.id == self.primary and obs.role is StoreRole.PRIMARY:
+            by_addr = {x.address: x.id for x in self.members.values()}
+            listed = {by_addr[a] for a in obs.replicas if a in by_addr}
+            for i in listed:
+                lo = self.members[i].obs
+                self._attach(i, lo.position if lo is not None else None)
+            for i, cover in self.attached.items():
+                if cover is None and i not in listed:
+                    self.attached[i] = obs.position  # detached: it acked nothing beyond this
+            for x in self.members.values():
+                if x.amnesiac and x.amnesia_floor is None and x.id != m.id:
+                    x.amnesia_floor = obs.position  # restarted before this: caught up once it gets here
+        elif obs.role is StoreRole.REPLICA and obs.following == paddr and m.id != self.primary:
+            self.replicated_floor = max(self.replicated_floor, obs.position)
+            self._attach(m.id, obs.position)
+
+    def _attach(self, tid: str, position: int | None) -> None:
+        cover = self.attached.get(tid, None)
+        if tid not in self.attached or (cover is not None and position is not None and position >= cover
+                                        and self.members[tid].trusted):
+            self.attached[tid] = None
 
     def _member(self, tid: str) -> MemberView:
         m = self.members.get(tid)
