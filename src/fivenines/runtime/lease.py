@@ -47,7 +47,9 @@ class LeaseLost(FivenineError):
 
 
 def b64(text: str | bytes) -> str:
-    """>>> b64("/a")
+    """etcd's JSON API carries keys and values in base64.
+
+    >>> b64("/a")
     'L2E='
     """
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()

@@ -189,7 +189,7 @@ class RedisClient:
             raise StoreTimeout(f"{host}:{port}: no connection in {timeout:g}s") from None
         except OSError as exc:
             raise StoreUnreachable(f"{host}:{port}: {exc.strerror or exc}") from None
-        return cls(host, port, cast(asyncio.Transport, transport), proto)
+        return cls(host, port, transport, proto)
 
     @property
     def usable(self) -> bool:
@@ -252,12 +252,13 @@ def observation_from_info(info: dict[str, str]) -> Observation:
 
     >>> observation_from_info({"role": "slave", "master_host": "127.0.0.1", "master_port": "7001",
     ...                        "master_link_status": "up", "slave_repl_offset": "420"})
-    Observation(role=<StoreRole.REPLICA: 'replica'>, position=420, following='127.0.0.1:7001', link_up=True, replicas=())
+    Observation(role=<StoreRole.REPLICA: 'replica'>, position=420, following='127.0.0.1:7001', link_up=True, replicas=(), incarnation=None)
     >>> observation_from_info({"role": "master", "master_repl_offset": "9",
     ...                        "slave0": "ip=127.0.0.1,port=7002,state=online,offset=9,lag=0"}).replicas
     ('127.0.0.1:7002',)
     """
     role = info.get("role")
+    incarnation = info.get("run_id")
     if role == "master":
         replicas = []
         for k, v in info.items():
@@ -265,11 +266,12 @@ def observation_from_info(info: dict[str, str]) -> Observation:
                 fields = dict(p.split("=", 1) for p in v.split(",") if "=" in p)
                 if "ip" in fields and "port" in fields:
                     replicas.append(f"{fields['ip']}:{fields['port']}")
-        return Observation(StoreRole.PRIMARY, int(info.get("master_repl_offset", "0")), replicas=tuple(replicas))
+        return Observation(StoreRole.PRIMARY, int(info.get("master_repl_offset", "0")), replicas=tuple(replicas),
+                           incarnation=incarnation)
     if role == "slave":
         following = f"{info.get('master_host', '')}:{info.get('master_port', '')}"
         return Observation(StoreRole.REPLICA, int(info.get("slave_repl_offset", "0")), following,
-                           info.get("master_link_status") == "up")
+                           info.get("master_link_status") == "up", incarnation=incarnation)
     raise StoreError(f"INFO replication has no known role: {role!r}")
 
 
@@ -327,9 +329,14 @@ class RedisStore:
         return await c.execute(*args, timeout=timeout)
 
     async def observe(self, t: StoreTarget, timeout: float) -> Observation:
-        reply = await self._run(t, timeout, "INFO", "replication")
-        text = reply.decode() if isinstance(reply, bytes) else str(reply)
-        return observation_from_info(parse_info(text))
+        c = await self._client(t.host, t.port, timeout)
+        replies = await c.pipeline([("INFO", "server"), ("INFO", "replication")], timeout=timeout)
+        info: dict[str, str] = {}
+        for r in replies:
+            if isinstance(r, ErrorReply):
+                raise ReplyError(str(r))
+            info.update(parse_info(r.decode() if isinstance(r, bytes) else str(r)))
+        return observation_from_info(info)
 
     async def promote(self, t: StoreTarget, timeout: float) -> None:
         await self._run(t, timeout, "REPLICAOF", "NO", "ONE")

@@ -57,7 +57,7 @@ def parse_role_line(line: str) -> Observation:
     """The ``role_command`` output: ``primary POSITION`` or ``replica POSITION [HOST:PORT [up|down]]``.
 
     >>> parse_role_line("replica 42 127.0.0.1:7001")
-    Observation(role=<StoreRole.REPLICA: 'replica'>, position=42, following='127.0.0.1:7001', link_up=True, replicas=())
+    Observation(role=<StoreRole.REPLICA: 'replica'>, position=42, following='127.0.0.1:7001', link_up=True, replicas=(), incarnation=None)
     >>> parse_role_line("primary 7").role.value
     'primary'
     """
