@@ -170,6 +170,66 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
                 out.print(f"    {line}", markup=False)
 
 
+# ------------------------------------------------------------------ switchover (replicated groups)
+
+
+def _token_for(spec_file: str | None, token_file: str | None) -> str:
+    from pathlib import Path
+
+    if token_file:
+        path = Path(token_file)
+    elif spec_file:
+        from fivenines.runtime.controller import admin_token_path, state_dir_of
+
+        try:
+            spec = load_spec(spec_file)
+        except SpecError as exc:
+            _fail_spec(exc)
+        state_dir, base = state_dir_of(spec, spec_file)
+        path = admin_token_path(spec, state_dir, base)
+    else:
+        path = Path("fivenines.yaml")
+        if not path.exists():
+            err.print("[bold red]error[/]: give -f SPEC or --token-file for the admin token", markup=True)
+            sys.exit(EXIT_USAGE)
+        return _token_for(str(path), None)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        err.print(f"[bold red]error[/]: cannot read the admin token {path}: {exc.strerror or exc}", markup=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--to", "to", help="Target to promote (default: the most advanced healthy replica).")
+@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="The spec (admin address, token).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Admin token file (default: from the spec).")
+def switchover(group: str, to: str | None, admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+    """Planned change of GROUP's primary: writes pause, the replica catches up, then it is promoted."""
+    from urllib.parse import quote
+
+    base = _admin_url(admin, spec_file)
+    token = _token_for(spec_file, token_file)
+    url = f"{base}/target_groups/{quote(group)}/switchover" + (f"?to={quote(to)}" if to else "")
+    req = urllib.request.Request(url, method="POST", data=b"", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            msg = exc.reason
+        err.print(f"[bold red]error[/]: switchover of {group}: {msg}", markup=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[bold red]error[/]: cannot reach fivenines at {base}: {getattr(exc, 'reason', exc)}", markup=True)
+        sys.exit(1)
+    out.print(f"{group}: primary {data['old']} -> {data['new']} in {data['seconds']}s (epoch {data['epoch']})")
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of fivenines.yaml."""

@@ -153,6 +153,7 @@ class Controller:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
+        self.admin_token = ""
 
     # ------------------------------------------------------------------ clock
 
@@ -176,6 +177,9 @@ class Controller:
         self.started_at = loop.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
+        from fivenines.admin.token import load_or_create
+
+        self.admin_token = load_or_create(admin_token_path(self.spec, self.state_dir, self.base_dir))
         self._build_groups()
         from fivenines.admin.server import AdminServer
 
@@ -509,6 +513,17 @@ class Controller:
             if t is not None:
                 return t
         return None
+
+
+def admin_token_path(spec: Spec, state_dir: Path, base_dir: Path) -> Path:
+    """Where the admin bearer token is kept: ``admin.token_file`` or ``STATE_DIR/admin.token``."""
+    return base_dir / spec.admin.token_file if spec.admin.token_file else state_dir / "admin.token"
+
+
+def state_dir_of(spec: Spec, spec_path: str | Path) -> tuple[Path, Path]:
+    """(state_dir, base_dir) of a spec file, as :class:`Controller` resolves them."""
+    base = Path(spec_path).parent.resolve()
+    return base / (spec.state_dir or f".fivenines/{spec.name}"), base
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
