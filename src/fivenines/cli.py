@@ -194,10 +194,14 @@ def _token_for(spec_file: str | None, token_file: str | None) -> str:
             sys.exit(EXIT_USAGE)
         return _token_for(str(path), None)
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
     except OSError as exc:
         err.print(f"[bold red]error[/]: cannot read the admin token {path}: {exc.strerror or exc}", markup=True)
         sys.exit(1)
+    if not token or any(c.isspace() for c in token):
+        err.print(f"[bold red]error[/]: {path} is not an admin token file (one line, no spaces)", markup=True)
+        sys.exit(EXIT_USAGE)
+    return token
 
 
 @main.command()
