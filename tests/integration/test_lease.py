@@ -42,8 +42,9 @@ class Recorder:
 
 
 async def _until(pred: Any, timeout: float) -> None:
+    """Poll ``pred`` on the loop until it holds (the lease's callbacks run there)."""
     async with asyncio.timeout(timeout):
-        while not pred():
+        while not pred():  # noqa: ASYNC110 - polling with a deadline, as tests.helpers.wait_until
             await asyncio.sleep(0.02)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -90,7 +91,7 @@ def test_switchover_under_writes_loses_nothing_and_pauses_writes_only_briefly(ru
     assert [k for k, v in zip(keys, values, strict=True) if v is None] == []
     # writes paused only for the switch
     times = [t for t, _ in w.acked]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if a >= started - 1 and b <= switched + 1]
+    gaps = [b - a for a, b in itertools.pairwise(times) if a >= started - 1 and b <= switched + 1]
     assert max(gaps) < 1.5, f"writes paused {max(gaps):.2f}s"
     # the old primary follows the new one
     assert role_of(old["address"]) == "slave"

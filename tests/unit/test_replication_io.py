@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from fivenines.core.replication import StoreRole
 from fivenines.errors import SpecError
-from fivenines.runtime.redis import ErrorReply, RespParser, RespProtocolError, encode_command, observation_from_info
+from fivenines.runtime.redis import (
+    ErrorReply,
+    RespParser,
+    RespProtocolError,
+    encode_command,
+    observation_from_info,
+)
 from fivenines.runtime.store import StoreError, parse_role_line
 from fivenines.spec import parse_spec
 
