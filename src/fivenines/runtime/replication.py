@@ -108,6 +108,7 @@ class ReplicationManager:
         self.core = Replication([(i, st.address) for i, st in self.targets.items()], settings,
                                 designated=designated)
         self.readers = BackendGroup(f"{g.name}-read")
+        self.read_listeners: list[tuple[Any, Any]] = []
         for t in g.targets:
             self.readers.add(Backend(t.id, t.backend.host, t.backend.port))
             if t.slot is not None:
@@ -302,13 +303,17 @@ class ReplicationManager:
                 log.warning("%s: no primary to route writes to", g.name)
 
     def _cut_connections(self, target_id: str) -> None:
+        """Close the client connections fivenines routed to the target (in every worker too)."""
+        workers = getattr(self.ctl, "workers", None)
+        if workers is not None:
+            workers.cut(self.g.name, target_id)
         for group in (self.g.backends, self.readers):
             b = group.backends.get(target_id)
             if b is None:
                 continue
             b.close_idle()
-            for _, lst in self.ctl.listeners:
-                cut = getattr(lst, "cut_backend", None)
+            for _, lst in [*self.ctl.listeners, *self.read_listeners]:
+                cut = getattr(lst, "cut", None)
                 if cut is not None:
                     cut(b)
 
