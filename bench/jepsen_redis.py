@@ -259,7 +259,7 @@ class Failover:
     new: str = ""
     at: float = 0.0  # wall clock of the fault
     failover_s: float | None = None  # fault -> new primary published
-    unavailable_s: float | None = None  # last ack before -> first ack after
+    unavailable_s: float | None = None  # longest stretch without an acknowledged write around it
 
 
 async def inject(node: Node, kind: str, old: dict[str, Any], hold: float) -> None:
@@ -365,10 +365,11 @@ async def scenario(node: Node, args: argparse.Namespace) -> int:
     lost = [k for k in keys if k not in present]
     acks = sorted(w.acked for w in history.acked)
     for fo in failovers:
-        before = [a for a in acks if a < fo.at]
-        after = [a for a in acks if a >= fo.at]
-        if before and after:
-            fo.unavailable_s = after[0] - before[-1]
+        # the longest stretch without an acknowledged write around the fault
+        end = fo.at + (fo.failover_s or 0.0) + args.hold + 2.0
+        around = [a for a in acks if fo.at - 1.0 <= a <= end]
+        if len(around) >= 2:
+            fo.unavailable_s = max(b - a for a, b in itertools.pairwise(around))
     overlaps = overlapping_primaries(history.acked)
     slow = [fo for fo in failovers if fo.failover_s is None or fo.failover_s > BOUND]
 
