@@ -130,13 +130,17 @@ def render_status(status: dict[str, Any]) -> Table:
             inst = t.get("instance") or {}
             if inst.get("state") == "crash_loop":
                 reason = f"crash loop ({inst.get('last_exit')})"
+            role = t["role"]
+            if t.get("replication"):  # a replicated store: primary / replica, and its position
+                r = t["replication"]
+                role = r["role"] + (f" @{r['position']}" if r.get("position") is not None else "")
             table.add_row(
                 gname,
                 t["id"],
                 t["address"],
                 f"[{style}]{t['state']}[/]" if style else t["state"],
                 reason,
-                t["role"],
+                role,
                 str(t.get("pid") or ""),
                 str(t.get("since", ""))[11:19],
                 str(t.get("requests", 0)),
@@ -157,6 +161,11 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     out.print(render_status(data))
+    for gname, g in data.get("target_groups", {}).items():
+        rep = g.get("replication")
+        if rep:
+            out.print(f"{gname}: {rep['kind']} {rep['phase']}, primary {rep['primary']} (epoch {rep['epoch']}), "
+                      f"durability {rep['durability']}: {rep['durability_note']}")
     for lst in data.get("listeners", []):
         out.print(
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
