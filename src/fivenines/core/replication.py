@@ -462,8 +462,9 @@ class Replication:
 
         Called when fivenines starts it: from then on it may acknowledge writes (sync), so it
         counts among the members that must answer (or be covered) before a failover."""
-        if self.primary is None or self.primary == target or self.phase is Phase.FOLLOWER:
-            return None
+        if (self.primary is None or self.primary == target
+                or self.phase not in (Phase.SERVING, Phase.SWITCHING)):
+            return None  # no live primary to follow: it starts as a primary and is fenced later
         self.attached[target] = None
         return self.members[self.primary].address
 
