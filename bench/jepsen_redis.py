@@ -53,6 +53,7 @@ import yaml
 
 from fivenines.runtime.redis import RedisClient, ReplyError
 from fivenines.runtime.store import StoreError, StoreTimeout, StoreUnreachable
+from fivenines.runtime.supervisor import die_with_parent
 
 INTERVAL, TIMEOUT, UNHEALTHY = 0.2, 0.15, 2
 BOUND = INTERVAL * UNHEALTHY + TIMEOUT + 1.0
@@ -94,7 +95,8 @@ class Node:
         ready = tmp / "ready.json"
         self.log = (tmp / "fivenines.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "fivenines", "up", str(self.spec_path),
-                                      "--ready-file", str(ready)], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--ready-file", str(ready)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent(os.getpid()))  # and its Redis servers with it
         deadline = time.monotonic() + 20
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -310,7 +312,9 @@ async def read_all(address: str, keys: list[str]) -> set[str]:
 async def run(args: argparse.Namespace) -> int:
     redis_server = args.redis_server
     with tempfile.TemporaryDirectory(prefix="jepsen-redis-") as tmp:
-        node = Node(Path(tmp), args.durability, redis_server)
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        node = Node(work, args.durability, redis_server)
         try:
             return await scenario(node, args)
         finally:
@@ -364,10 +368,12 @@ async def scenario(node: Node, args: argparse.Namespace) -> int:
     present = await read_all(primary["address"], keys)
     lost = [k for k in keys if k not in present]
     acks = sorted(w.acked for w in history.acked)
-    for fo in failovers:
-        # the longest stretch without an acknowledged write around the fault
-        end = fo.at + (fo.failover_s or 0.0) + args.hold + 2.0
-        around = [a for a in acks if fo.at - 1.0 <= a <= end]
+    for fo, nxt in zip(failovers, [*failovers[1:], None], strict=True):
+        # the longest stretch without an acknowledged write around the fault (not reaching the next one)
+        end = fo.at + (fo.failover_s or 0.0) + (0.0 if fo.kind == "kill" else args.hold) + 2.0
+        if nxt is not None:
+            end = min(end, nxt.at - 0.05)
+        around = [a for a in acks if fo.at - 0.5 <= a <= end]
         if len(around) >= 2:
             fo.unavailable_s = max(b - a for a, b in itertools.pairwise(around))
     overlaps = overlapping_primaries(history.acked)
@@ -424,6 +430,7 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=0.5, help="seconds of writes between recovery and next fault")
     ap.add_argument("--redis-server", default="/usr/bin/redis-server")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--workdir", help="keep the spec, fivenines' log and state here (default: a temporary folder)")
     args = ap.parse_args()
     if not os.path.exists(args.redis_server):
         raise SystemExit(f"{args.redis_server} not found (scripts/install-test-deps installs redis-server)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import urllib.request
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.runtime.redis import ErrorReply, RespParser, encode_command
+from fivenines.runtime.supervisor import die_with_parent
 from tests.helpers import Fivenines, free_port, require_binary, wait_until
 
 
@@ -155,7 +157,8 @@ class RedisServer:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent(os.getpid()))
         wait_until(lambda: role_of(self.address) != "down", 10, what=f"redis on {self.port}")
         return proc
 
@@ -188,7 +191,7 @@ class EtcdServer:
              "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(os.getpid()),
         )
         wait_until(self._healthy, 20, 0.05, what="etcd healthy")
 

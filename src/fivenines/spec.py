@@ -749,6 +749,9 @@ def replicated_errors(spec: Spec) -> list[FieldError]:
                                          "servers: with a lease, list them as targets, not instances"))
         elif tg.targets is not None and len(tg.targets) < 2:
             errors.append(FieldError(f"{path}.targets", "a replicated group needs a primary and at least one replica"))
+        if rep.lease is not None and spec.workers > 1:
+            errors.append(FieldError(f"{path}.replicated.lease", "a lease needs workers: 1 (worker processes "
+                                     "cannot check the lease deadline themselves)"))
         for i, lst in enumerate(spec.listeners):
             if lst.default_target_group == name and lst.protocol != "tcp":
                 errors.append(FieldError(f"listeners.{i}.protocol", f"target group {name!r} is a replicated "

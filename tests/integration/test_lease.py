@@ -216,3 +216,44 @@ def test_two_nodes_never_produce_two_primaries_when_the_lease_holder_is_killed(
         for s in servers:
             s.close()
     assert os.path.exists(tmp_path / "etcd.log")
+
+
+def test_a_stopped_leader_steps_down_on_resume_before_routing_again(etcd: EtcdServer, tmp_path: Path) -> None:
+    servers = [RedisServer(tmp_path) for _ in range(2)]
+    nodes: list[Fivenines] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(Fivenines(tmp_path / name, node_spec(etcd, servers, tmp_path / name)))
+
+        def leader() -> tuple[Fivenines, Fivenines] | None:
+            for f, other in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+                g = f.status()["target_groups"]["cache"]
+                if g["serving"] and g["replication"]["lease"]["leader"]:
+                    return f, other
+            return None
+
+        holder, standby = wait_until(leader, 20, 0.05, what="a leader publishing a primary")
+        watch = Watch(nodes, servers)
+        holder.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: standby.status()["target_groups"]["cache"]["serving"], 10, 0.05,
+                       what="the other node routing writes")
+            # a client of the resumed node must not be routed before it notices it lost the lease
+            time.sleep(0.5)
+        finally:
+            holder.proc.send_signal(signal.SIGCONT)
+        rep = wait_until(lambda: (g := holder.status()["target_groups"]["cache"])["serving"] == [] and
+                         g["replication"], 5, 0.02, what="the resumed node stepped down")
+        assert rep["phase"] == "follower" and not rep["lease"]["leader"]
+        time.sleep(0.3)
+        samples = watch.stop()
+        for s in samples:
+            assert len([p for p in s["publishing"] if p is not None]) <= 1, f"two nodes routing writes: {s}"
+        assert any(e["kind"] == "lease" and e["new"] == "follower" for e in
+                   get_json(f"{holder.admin}/events?limit=1000")["events"])
+    finally:
+        for f in nodes:
+            f.stop()
+        for srv in servers:
+            srv.close()

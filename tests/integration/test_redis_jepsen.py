@@ -1,4 +1,5 @@
-"""The Jepsen-style check, bounded for the suite: 5 primary failures, zero acknowledged writes lost in sync."""
+"""The Jepsen-style check, bounded for the suite: 5 primary failures (kill, stop, cut) through the TCP listener,
+zero acknowledged writes lost in sync mode."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def run_check(tmp_path: Path, *args: str) -> dict[str, object]:
 
 
 def test_sync_mode_loses_no_acknowledged_write_across_primary_failures(tmp_path: Path) -> None:
-    res = run_check(tmp_path, "--failures", "5", "--durability", "sync", "--via", "status", "--faults", "kill,stop")
+    res = run_check(tmp_path, "--failures", "5", "--durability", "sync", "--via", "listener",
+                    "--faults", "kill,stop,cut")
     assert res["_exit"] == 0, res["_stdout"]
     assert res["lost"] == 0 and res["overlaps"] == []
     assert int(res["acknowledged"]) > 1000  # type: ignore[call-overload]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fivenines.core.replication import (
     _TRANSITIONS,
+    NOWHERE,
     Action,
     Collect,
     Cut,
@@ -392,7 +393,7 @@ def leased(record: tuple[str, int] | None = ("db-1", 4), until: float = 10.0) ->
 def test_a_follower_routes_nothing_and_fences_nothing() -> None:
     r = Replication(MEMBERS, Settings(leased=True))
     acts = [*r.observed("db-1", prim(1), 0), *r.observed("db-2", prim(1), 0), *r.observed("db-3", None, 0)]
-    assert acts == [] and r.follow_for_start("db-2") is None
+    assert acts == [] and r.follow_for_start("db-2") == NOWHERE
     with pytest.raises(ReplicationError, match="lease"):
         r.request_switchover(None, 0)
 
@@ -468,3 +469,37 @@ def test_positions_of_the_current_round_outside_an_election_is_a_protocol_error(
 
 def test_repr_summarises_the_state() -> None:
     assert repr(serving_group()) == "<Replication serving primary=db-1 epoch=1 publishing=db-1 readers=[]>"
+
+
+def test_a_member_restarted_while_no_primary_is_live_follows_no_one_and_is_not_promoted_empty() -> None:
+    r = serving_group(durability=Durability.ASYNC)
+    assert r.follow_for_start("db-2") == "h:1"  # a live primary: follow it
+    r.observed("db-2", rep(100), 0.5)  # linked again: synced
+    [c] = of(r.health("db-1", True, "killed", 1.0), Collect)
+    # the old primary restarts (empty) during the election: never as a primary at its old address
+    assert r.follow_for_start("db-1") == NOWHERE
+    [p] = of(r.positions(c.round, {"db-2": rep(100), "db-3": rep(100)}, 1.0), Promote)
+    r.promoted(p.round, p.target, True, "", 1.0)
+    # it comes up as a replica of no one, position 0: re-pointed, and never eligible until synced
+    acts = r.observed("db-1", Observation(R, 0, "127.0.0.1:0", False), 1.1)
+    assert [(f.target, f.fence) for f in of(acts, Follow)] == [("db-1", False)]
+    r.health("db-1", False, "", 1.2)
+    e = elect(list(r.members.values()), old_primary=None, known_position=0, durability=Durability.ASYNC,
+              max_lag=10**9)
+    assert "db-1@0 restarted: has not synced from a primary since" in e.describe()
+
+
+def test_a_replica_that_lost_data_after_attaching_blocks_a_sync_failover_until_bounded() -> None:
+    r = serving_group()
+    r.follow_for_start("db-2")  # db-2 restarts: what it acknowledged before is gone
+    r.observed("db-2", rep(0), 0.5)
+    [c] = of(r.health("db-1", True, "killed", 1.0), Collect)
+    acts = r.positions(c.round, {"db-2": rep(0), "db-3": rep(100)}, 1.0)
+    assert "db-2 (lost data before the primary could bound it)" in of(acts, Emit)[0].reason
+    # had the primary reported once after the restart, db-3 at that position would cover db-2
+    r2 = serving_group()
+    r2.follow_for_start("db-2")
+    r2.observed("db-1", prim(100, "h:3"), 0.6)
+    [c2] = of(r2.health("db-1", True, "killed", 1.0), Collect)
+    [p2] = of(r2.positions(c2.round, {"db-2": rep(0), "db-3": rep(100)}, 1.0), Promote)
+    assert p2.target == "db-3"

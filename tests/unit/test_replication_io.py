@@ -81,6 +81,8 @@ def test_targets_groups_need_two_servers_and_may_share_a_lease() -> None:
     del two["target_groups"]["db"]["instances"]
     lease = parse_spec(two, "f.yaml").target_groups["db"].replicated.lease  # type: ignore[union-attr]
     assert lease is not None and lease.ttl == 3.0
+    two["workers"] = 2
+    assert any(e.startswith("target_groups.db.replicated.lease: a lease needs workers: 1") for e in errors(two))
 
 
 def test_read_listener_port_must_not_clash() -> None:

@@ -191,8 +191,8 @@ class World:
         n = self.nodes[i]
         if n.alive:
             return
-        follow = self.core.follow_for_start(i)
-        self.nodes[i] = Node(follow is None, follow, [], incarnation=n.incarnation + 1)  # no persistence: empty
+        follow = self.core.follow_for_start(i)  # None: as a primary; NOWHERE (""): replica of no one
+        self.nodes[i] = Node(follow is None, follow or None, [], incarnation=n.incarnation + 1)  # empty
         self.health_changed(i, self.health[i].register(self.now))
 
     def tick(self, dt: float) -> None:

@@ -208,31 +208,34 @@ class MemberView:
     pending: bool = False  # a Follow is in flight
     high: int = -1  # highest position seen since it last started following the primary
     regressed: bool = False  # reported less than ``high``: restarted empty or truncated, data lost
-    incarnation: str | None = None
-    amnesiac: bool = False  # restarted since last seen: it may have lost writes it acknowledged
-    amnesia_floor: int | None = None  # it has them all again once it reaches this position
+    incarnation: str | None = None  # None: unknown, or a fresh start fivenines made itself
+    synced: bool = True  # False from a fresh start until it is a primary or a linked replica
 
-    def record(self, obs: Observation | None) -> None:
-        """Take a fresh observation; a restart or a position going back means this member lost data."""
+    def record(self, obs: Observation | None) -> bool:
+        """Take a fresh observation. True when it shows the member lost data since last seen:
+        restarted (a new incarnation) or its position went back (``regressed`` until caught up)."""
         self.obs, self.reported = obs, True
         if obs is None:
-            return
+            return False
+        restarted = (obs.incarnation is not None and self.incarnation is not None
+                     and obs.incarnation != self.incarnation)
         if obs.incarnation is not None:
-            if self.incarnation is not None and obs.incarnation != self.incarnation:
-                self.amnesiac, self.amnesia_floor = True, None
             self.incarnation = obs.incarnation
+        if obs.role is StoreRole.PRIMARY or obs.link_up:
+            self.synced = True
         self.regressed = obs.position < self.high
         self.high = max(self.high, obs.position)
-        if self.amnesiac and self.amnesia_floor is not None and obs.position >= self.amnesia_floor:
-            self.amnesiac = False
+        return restarted or self.regressed
 
-    @property
-    def trusted(self) -> bool:
-        """Holds at least what it held when last seen (not restarted or truncated since)."""
-        return not self.regressed and not self.amnesiac
+    def fresh_start(self) -> None:
+        """fivenines (re)starts it now: forget what it held; its next incarnation is expected."""
+        self.incarnation, self.high, self.regressed, self.synced = None, -1, False, False
 
 
 # --------------------------------------------------------------------------- the election, a pure function
+
+UNKNOWN_COVER = 1 << 62  # a member lost data and the primary was not seen since: nothing covers it
+NOWHERE = ""  # follow_for_start: replicate from no one (a read-only replica that cannot be synced from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +280,9 @@ def elect(
     ``members`` carry fresh observations (``obs is None``: unreachable now).
     ``must_cover`` (sync): members that may hold acknowledged writes no one else has.
     A member mapped to ``None`` must answer itself (it is attached to the primary); one
-    mapped to a position ``c`` detached when the primary was at ``c``, so any answering
-    replica at ``c`` or beyond covers it. If one is not covered, no one is chosen: the
+    mapped to a position ``c`` detached (or lost its data) when the primary was at ``c`` at
+    most, so any answering replica at ``c`` or beyond covers it; :data:`UNKNOWN_COVER`:
+    it lost its data and no bound is known. If one is not covered, no one is chosen: the
     one promoted might lack a write a client was told was safe. ``replicated_floor`` (sync): the highest position a
     replica of the primary ever reported; writes up to it may have been acknowledged,
     so a replica below it is not promoted. ``allow_resume``: the old primary, healthy
@@ -309,8 +313,8 @@ def elect(
             verdicts[m.id] = f"lost ({m.lost_why})" if m.lost_why else "lost"
         elif m.regressed:
             verdicts[m.id] = f"lost data: position went back from {m.high} (restarted or truncated)"
-        elif m.amnesiac:
-            verdicts[m.id] = "lost data: restarted and not caught up since"
+        elif not m.synced:
+            verdicts[m.id] = "restarted: has not synced from a primary since"
         elif best - o.position > max_lag:
             verdicts[m.id] = f"lag {best - o.position} > max_lag_on_failover {max_lag}"
         elif durability is Durability.SYNC and o.position < replicated_floor:
@@ -318,13 +322,16 @@ def elect(
         else:
             verdicts[m.id] = f"eligible (lag {best - o.position})"
             eligible.append(m)
-    has_data = [m for m in members if m.obs is not None and m.obs.role is StoreRole.REPLICA and m.trusted]
+    has_data = [m for m in members if m.obs is not None and m.obs.role is StoreRole.REPLICA
+                and not m.regressed and m.synced]
     missing = []
     for i, cover in sorted((must_cover or {}).items()):
-        if i == old_primary or any(m.id == i for m in has_data):
+        if i == old_primary or (cover is None and any(m.id == i for m in has_data)):
             continue  # it answers for itself: its position is among those compared
         if cover is None:
             missing.append(i)
+        elif cover == UNKNOWN_COVER:
+            missing.append(f"{i} (lost data before the primary could bound it)")
         elif not any(m.obs is not None and m.obs.position >= cover for m in has_data):
             missing.append(f"{i} (detached at {cover})")
     chosen: MemberView | None = None
@@ -402,6 +409,7 @@ class Replication:
         # members that may hold acknowledged writes this epoch: id -> None (attached: must answer)
         # or the primary's position when it was seen detached (any replica that far covers it)
         self.attached: dict[str, int | None] = {}
+        self.unbounded: set[str] = set()  # lost data since attached; bounded at the next primary report
         self.must_cover: dict[str, int | None] = {}
         if designated is not None and not self.settings.leased:
             if designated not in self.members:
@@ -458,14 +466,25 @@ class Replication:
         return not self.settings.leased or (self.phase is not Phase.FOLLOWER and now < self.leader_until)
 
     def follow_for_start(self, target: str) -> str | None:
-        """Address a (re)starting member is to replicate from: the primary, unless it is the member.
+        """What a member fivenines (re)starts now replicates from: the primary's address; None
+        for the primary itself at its first start; :data:`NOWHERE` when no primary is live.
 
-        Called when fivenines starts it: from then on it may acknowledge writes (sync), so it
-        counts among the members that must answer (or be covered) before a failover."""
-        if (self.primary is None or self.primary == target
-                or self.phase not in (Phase.SERVING, Phase.SWITCHING)):
-            return None  # no live primary to follow: it starts as a primary and is fenced later
-        self.attached[target] = None
+        A member restarted empty must never come up as a primary at an address replicas
+        follow (they would resync from it and drop their data), so with no live primary it
+        starts as a replica of nothing, and is re-pointed once a primary is chosen. From its
+        start on it may acknowledge writes (sync), so it counts among the members that must
+        answer (or be covered) before a failover; what it held before is gone."""
+        m = self.members[target]
+        m.fresh_start()
+        if self.attached.get(target, 0) is None:
+            self.unbounded.add(target)  # it was attached: it may have acknowledged writes it lost
+        live = self.phase in (Phase.SERVING, Phase.SWITCHING) and self.primary is not None
+        if live and self.primary == target:
+            m.synced = True
+            return None
+        if not live or self.primary is None:
+            return NOWHERE
+        self.attached.setdefault(target, None)
         return self.members[self.primary].address
 
     def snapshot(self) -> dict[str, Any]:
@@ -584,7 +603,7 @@ class Replication:
     def _begin_election(self, now: float, why: str) -> list[Action]:
         self.phase = Phase.ELECTING
         self.switch = None
-        self.must_cover = dict(self.attached)
+        self.must_cover = {**self.attached, **{i: UNKNOWN_COVER for i in self.unbounded}}
         if self.primary is not None:
             self.members[self.primary].obs = None  # lost: nothing it said still holds
         targets = tuple(m for m in self.members if m != self.primary)
@@ -667,7 +686,7 @@ class Replication:
         if self.primary != m.id:
             if self.primary is not None:
                 self.members[self.primary].high = -1  # its tail may be writes no replica has
-            self.attached = {}
+            self.attached, self.unbounded = {}, set()
         self.primary = m.id
         self.epoch += 1
         pos = m.obs.position if m.obs else 0
@@ -769,7 +788,7 @@ class Replication:
         if rec is not None and rec[0] in self.members:
             self.primary, self.epoch = rec
             # what the previous leader saw is unknown: every replica may hold acknowledged writes
-            self.attached = {i: None for i in self.members if i != rec[0]}
+            self.attached, self.unbounded = {i: None for i in self.members if i != rec[0]}, set()
             self.phase = Phase.SERVING
             why = f"holds the lease; primary {rec[0]} (epoch {rec[1]}) from the store"
             return [Emit("lease", "", "follower", "leader", why)]
@@ -826,11 +845,15 @@ class Replication:
 
     def _record(self, m: MemberView, obs: Observation | None) -> None:
         """Take an observation; track who may hold acknowledged writes (sync)."""
-        m.record(obs)
+        if m.record(obs) and m.id in self.attached and self.attached[m.id] is None:
+            self.unbounded.add(m.id)  # it may have acknowledged writes it no longer has
         paddr = self._addr(self.primary)
         if obs is None or paddr is None:
             return
         if m.id == self.primary and obs.role is StoreRole.PRIMARY:
+            for i in self.unbounded:
+                self.attached[i] = obs.position  # it lost them before this: anyone this far has them
+            self.unbounded.clear()
             by_addr = {x.address: x.id for x in self.members.values()}
             listed = {by_addr[a] for a in obs.replicas if a in by_addr}
             for i in listed:
@@ -839,9 +862,6 @@ class Replication:
             for i, cover in self.attached.items():
                 if cover is None and i not in listed:
                     self.attached[i] = obs.position  # detached: it acked nothing beyond this
-            for x in self.members.values():
-                if x.amnesiac and x.amnesia_floor is None and x.id != m.id:
-                    x.amnesia_floor = obs.position  # restarted before this: caught up once it gets here
         elif obs.role is StoreRole.REPLICA and obs.following == paddr and m.id != self.primary:
             self.replicated_floor = max(self.replicated_floor, obs.position)
             self._attach(m.id, obs.position)
@@ -849,7 +869,7 @@ class Replication:
     def _attach(self, tid: str, position: int | None) -> None:
         cover = self.attached.get(tid, None)
         if tid not in self.attached or (cover is not None and position is not None and position >= cover
-                                        and self.members[tid].trusted):
+                                        and not self.members[tid].regressed and tid not in self.unbounded):
             self.attached[tid] = None
 
     def _member(self, tid: str) -> MemberView:
@@ -922,7 +942,7 @@ def min_replicas_max_lag(interval: float, unhealthy_threshold: int, timeout: flo
 
 
 __all__ = [
-    "Action", "Collect", "Compared", "Cut", "Durability", "Election", "Emit", "Follow", "Input", "MemberView",
+    "NOWHERE", "UNKNOWN_COVER", "Action", "Collect", "Compared", "Cut", "Durability", "Election", "Emit", "Follow", "Input", "MemberView",
     "Observation", "PauseWrites", "Phase", "Promote", "Publish", "Replication", "ReplicationError",
     "ResumeWrites", "Settings", "StoreRole", "elect", "lease_valid_until", "min_replicas_max_lag",
     "renew_every",

@@ -193,12 +193,13 @@ class Controller:
         try:
             await self.admin.start(host, port)
             await self._start_data_plane()
+            for g in self.groups.values():
+                if g.replication is not None:
+                    await g.replication.start()
         except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
-            if g.replication is not None:
-                g.replication.start()
             for t in g.targets:
                 if t.slot is not None:
                     self._start_instance(t)
@@ -504,6 +505,7 @@ class Controller:
             })
         groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
+            rep = g.replication.status() if g.replication is not None else None  # first: applies a lapsed lease
             targets = [self._target_status(t, now) for t in g.targets]
             groups[name] = {
                 "algorithm": g.spec.algorithm,
@@ -520,7 +522,7 @@ class Controller:
                 "ramping": sorted(g.backends.balancer.joined),
             }
             if g.replication is not None:
-                groups[name]["replication"] = g.replication.status()
+                groups[name]["replication"] = rep
                 for ts in targets:
                     ts["replication"] = g.replication.target_status(ts["id"])
         return {

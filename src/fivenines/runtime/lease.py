@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import socket
@@ -201,6 +202,7 @@ class LeaderLease:
         self.holder: str | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._revoking: asyncio.Task[None] | None = None
 
     @property
     def leader(self) -> bool:
@@ -256,10 +258,16 @@ class LeaderLease:
             except EtcdError:
                 pass  # it expires on its own
             return
+        try:
+            record = await self.read_record()
+        except EtcdError:
+            with contextlib.suppress(EtcdError):
+                await self.etcd.revoke(lease_id)  # let another node take it at once
+            raise
+        # no await from here on: the node is leader exactly when the callback has run
         self.lease_id, self.token, self.holder = lease_id, revision, self.node
         self.valid_until = lease_valid_until(sent, ttl)
         self.ttl = ttl
-        record = await self.read_record()
         self.last_error = None
         self.on_acquired(self.valid_until, record)
 
@@ -273,6 +281,18 @@ class LeaderLease:
         self.valid_until = max(self.valid_until, lease_valid_until(sent, ttl))
         self.last_error = None
         self.on_renewed(self.valid_until)
+
+    def step_down(self) -> None:
+        """The node gave up the lease (its deadline passed): forget it and revoke it in the background."""
+        lease_id = self.lease_id
+        self.token = self.lease_id = None
+        self.valid_until = 0.0
+        if lease_id is not None:
+            async def revoke() -> None:
+                with contextlib.suppress(EtcdError):
+                    await self.etcd.revoke(lease_id)
+
+            self._revoking = asyncio.get_running_loop().create_task(revoke())
 
     def _lose(self, why: str) -> None:
         self.token = None

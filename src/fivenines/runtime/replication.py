@@ -23,12 +23,13 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from fivenines.core.health import CheckResult, Reason
 from fivenines.core.pool import LOST_STATES, Role
 from fivenines.core.replication import (
+    NOWHERE,
     Action,
     Collect,
     Cut,
@@ -74,6 +75,22 @@ def _resolve(host: str) -> str:
         return host
 
 
+class LeaseGuardedGroup(BackendGroup):
+    """A write group that hands out no target once the lease deadline has passed.
+
+    The deadline timer steps the node down, but after the process was stopped
+    (SIGSTOP, a long pause) the event loop may run an accept callback before that
+    timer: this check, made on every pick, closes that gap."""
+
+    __slots__ = ("may_route",)
+    may_route: Callable[[], bool]
+
+    def pick(self, exclude: Any = (), key: Any = None, sticky: Any = None) -> Backend | None:
+        if not self.may_route():
+            return None
+        return super().pick(exclude, key, sticky)
+
+
 class ReplicationManager:
     """The replicated-store side of one target group."""
 
@@ -107,7 +124,7 @@ class ReplicationManager:
         designated = g.targets[0].id if g.spec.instances is not None else None
         self.core = Replication([(i, st.address) for i, st in self.targets.items()], settings,
                                 designated=designated)
-        self.readers = BackendGroup(f"{g.name}-read")
+        self.readers = BackendGroup(f"{g.name}-read", clock=ctl.now)
         self.read_listeners: list[tuple[Any, Any]] = []
         for t in g.targets:
             self.readers.add(Backend(t.id, t.backend.host, t.backend.port))
@@ -125,6 +142,11 @@ class ReplicationManager:
         self._deadline: asyncio.TimerHandle | None = None
         self.lease: LeaderLease | None = None
         if rep.lease is not None:
+            guarded = cast(LeaseGuardedGroup, LeaseGuardedGroup.from_spec(g.name, g.spec, clock=ctl.now))
+            guarded.may_route = lambda: self.core.can_act(self.ctl.now())
+            for t in g.targets:
+                guarded.add(t.backend)
+            g.backends = guarded
             prefix = f"{rep.lease.prefix.rstrip('/')}/{ctl.spec.name}/{g.name}"
             self.lease = LeaderLease(Etcd(rep.lease.etcd, timeout=max(0.5, rep.lease.ttl / 6)), prefix,
                                      rep.lease.ttl, node_name(), ctl.now, on_acquired=self._on_acquired,
@@ -132,7 +154,15 @@ class ReplicationManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the worker, the ticks, the lease and the read listener (OSError: its port is taken)."""
+        rl = self.spec.read_listener
+        if rl is not None:
+            from fivenines.proxy.tcp import TcpListener
+
+            lst = TcpListener(lambda: self.readers, rl.port)
+            await lst.start(rl.host, rl.port)
+            self.read_listeners.append((rl, lst))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._work(), name=f"replication {self.g.name}"))
         self._tasks.append(loop.create_task(self._ticks(), name=f"replication ticks {self.g.name}"))
@@ -140,6 +170,7 @@ class ReplicationManager:
             self.lease.start()
 
     async def close(self) -> None:
+        await asyncio.gather(*(lst.drain(1.0) for _, lst in self.read_listeners))
         for task in [*self._tasks, *self._follows.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._follows.values(), return_exceptions=True)
@@ -150,12 +181,16 @@ class ReplicationManager:
         await self.store.close()
 
     def start_args(self, t: TargetRuntime) -> list[str]:
-        """Replication options of a (re)starting instance: a replica of the primary, if there is one."""
+        """Replication options of a (re)starting instance: a replica of the primary, if there is one.
+
+        A custom store gets none (its command decides), but the core still learns of the restart."""
+        follow = self.core.follow_for_start(t.id)
         if not isinstance(self.store, RedisStore):
             return []
-        follow = self.core.follow_for_start(t.id)
         primary = None
-        if follow is not None:
+        if follow == NOWHERE:
+            primary = ("127.0.0.1", 0)  # a replica of no one: read-only, and replicas cannot sync from it
+        elif follow is not None:
             host, _, port = follow.rpartition(":")
             primary = (host, int(port))
         self.store.drop(self.targets[t.id])
@@ -235,8 +270,29 @@ class ReplicationManager:
             raise ReplicationError(f"no target {target_id!r} in {self.g.name}")
         self.cut_off_until[target_id] = self.ctl.now() + seconds
         self.store.drop(self.targets[target_id])
+        # new proxied connections fail too: the data plane is pointed at a closed port meanwhile
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        b = self.g.backends.backends[target_id]
+        host, port = b.host, b.port
+        b.move_to("127.0.0.1", closed)
+        self._notify_move(b)
         self._cut_connections(target_id)
-        self._event("chaos", target_id, "", "cut off", f"all fivenines connections dropped for {seconds:g}s")
+
+        def heal() -> None:
+            if (b.host, b.port) == ("127.0.0.1", closed):  # not moved since (a restart moves it itself)
+                b.move_to(host, port)
+                self._notify_move(b)
+            self._event("chaos", target_id, "cut off", "", "connections possible again")
+
+        asyncio.get_running_loop().call_later(seconds, heal)
+        self._event("chaos", target_id, "", "cut off", f"every fivenines connection fails for {seconds:g}s")
+
+    def _notify_move(self, b: Backend) -> None:
+        notify = getattr(self.g.backends, "notify", None)
+        if notify is not None:
+            notify("move", b)
 
     def _is_cut_off(self, target_id: str) -> bool:
         until = self.cut_off_until.get(target_id)
@@ -272,6 +328,8 @@ class ReplicationManager:
 
     def _feed(self, acts: Sequence[Action]) -> None:
         self._changed.set()
+        if (self.lease is not None and self.lease.leader and self.core.phase.value == "follower"):
+            self.lease.step_down()  # the core stepped down at the deadline: so does the lease
         for a in acts:
             if isinstance(a, Publish):
                 self._publish(a)
@@ -415,6 +473,7 @@ class ReplicationManager:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
+        self._feed(self.core.tick(self.ctl.now()))  # a lapsed lease shows (and applies) at once
         snap = self.core.snapshot()
         snap.pop("leader_until", None)
         out: dict[str, Any] = {
@@ -429,6 +488,11 @@ class ReplicationManager:
         }
         if self.lease is not None:
             out["lease"] = self.lease.status()
+        if self.read_listeners:
+            host, port = self.read_listeners[0][1].address
+            out["read_listener"] = {"address": f"{host}:{port}", "max_lag": self.spec.read_listener.max_lag
+                                    if self.spec.read_listener else None,
+                                    "connections_open": len(self.read_listeners[0][1].clients)}
         if self.cut_off_until:
             now = self.ctl.now()
             out["cut_off"] = {k: round(v - now, 3) for k, v in self.cut_off_until.items() if v > now}
