@@ -59,9 +59,10 @@ INTERVAL, TIMEOUT, UNHEALTHY = 0.2, 0.15, 2
 BOUND = INTERVAL * UNHEALTHY + TIMEOUT + 1.0
 
 
-def spec(durability: str, redis_server: str) -> dict[str, Any]:
+def spec(durability: str, redis_server: str, workers: int = 1) -> dict[str, Any]:
     return {
         "name": "jepsen",
+        "workers": workers,
         "admin": {"listen": "127.0.0.1:0"},
         "listeners": [{"port": 0, "protocol": "tcp", "default_target_group": "cache"}],
         "target_groups": {
@@ -87,9 +88,9 @@ def spec(durability: str, redis_server: str) -> dict[str, Any]:
 
 
 class Node:
-    def __init__(self, tmp: Path, durability: str, redis_server: str) -> None:
+    def __init__(self, tmp: Path, durability: str, redis_server: str, workers: int = 1) -> None:
         self.spec_path = tmp / "fivenines.yaml"
-        data = spec(durability, redis_server)
+        data = spec(durability, redis_server, workers)
         data["state_dir"] = str(tmp / "state")
         self.spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
         ready = tmp / "ready.json"
@@ -314,7 +315,7 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="jepsen-redis-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        node = Node(work, args.durability, redis_server)
+        node = Node(work, args.durability, redis_server, args.workers)
         try:
             return await scenario(node, args)
         finally:
@@ -381,7 +382,7 @@ async def scenario(node: Node, args: argparse.Namespace) -> int:
 
     print()
     print(f"fivenines Jepsen-style check: redis 1 primary + 2 replicas, durability {args.durability}, "
-          f"{args.clients} clients via {args.via}, {elapsed:.0f}s")
+          f"{args.clients} clients via {args.via}, {args.workers} worker(s), {elapsed:.0f}s")
     print(f"{'#':>3} {'fault':5} {'old -> new':22} {'failover s':>10} {'writes unavailable s':>21}")
     for fo in failovers:
         fs = f"{fo.failover_s:.3f}" if fo.failover_s is not None else "none"
@@ -429,6 +430,7 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=2.0, help="seconds a stop or cut-off lasts")
     ap.add_argument("--steady", type=float, default=0.5, help="seconds of writes between recovery and next fault")
     ap.add_argument("--redis-server", default="/usr/bin/redis-server")
+    ap.add_argument("--workers", type=int, default=1, help="fivenines data-plane worker processes")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--workdir", help="keep the spec, fivenines' log and state here (default: a temporary folder)")
     args = ap.parse_args()
