@@ -38,6 +38,7 @@ from fivenines.core.replication import (
     Follow,
     Observation,
     PauseWrites,
+    Phase,
     Promote,
     Publish,
     Replication,
@@ -247,7 +248,7 @@ class ReplicationManager:
         started = time.perf_counter()
 
         def settled() -> bool:
-            if self.core.switch is not None or self.core.phase.value == "promoting":
+            if self.core.switch is not None or self.core.phase is Phase.PROMOTING:
                 return False
             return self.core.primary != target or self.core.published.primary == target
 
@@ -328,7 +329,7 @@ class ReplicationManager:
 
     def _feed(self, acts: Sequence[Action]) -> None:
         self._changed.set()
-        if (self.lease is not None and self.lease.leader and self.core.phase.value == "follower"):
+        if self.lease is not None and self.lease.leader and self.core.phase is Phase.FOLLOWER:
             self.lease.step_down()  # the core stepped down at the deadline: so does the lease
         for a in acts:
             if isinstance(a, Publish):
