@@ -67,8 +67,9 @@ class Override(TypedDict, total=False):
     Times in seconds. ``coverage`` is the share of failures handled automatically
     (an uncovered one waits ``manual_recovery``); ``exposure`` is the share of
     requests sent to a failed, not yet detected member that fail at the client (a
-    chaos run can estimate it as one minus the share of faults that cost no failed
-    request); ``detection_time`` is how long a failed member kept getting traffic.
+    chaos run measures it as its failed requests over the requests it sent to
+    failed members before they were detected); ``detection_time`` is how long a
+    failed member kept getting traffic.
     For the load balancer only ``mtbf`` and ``mttr`` apply.
     """
 
