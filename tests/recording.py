@@ -36,6 +36,7 @@ class _Proto(asyncio.Protocol):
         self.server = server
         self.rec = Conn()
         server.conns.append(self.rec)
+        server.protos.add(self)
         self.parser = httptools.HttpRequestParser(self)
         self.t: asyncio.Transport | None = None
         self._target = b""
@@ -82,6 +83,7 @@ class RecordingServer:
     def __init__(self, lt: LoopThread) -> None:
         self.lt = lt
         self.conns: list[Conn] = []
+        self.protos: set[_Proto] = set()
 
         async def start() -> asyncio.Server:
             return await asyncio.get_running_loop().create_server(lambda: _Proto(self), "127.0.0.1", 0)
@@ -89,6 +91,18 @@ class RecordingServer:
         self.server = lt.call(start())
         self.port = self.server.sockets[0].getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening and drop every connection (on the server's own loop)."""
+
+        async def close() -> None:
+            self.server.close()
+            for p in list(self.protos):
+                if p.t is not None:
+                    p.t.abort()
+            await asyncio.sleep(0)
+
+        self.lt.call(close())
 
     @property
     def requests(self) -> list[Received]:
@@ -103,4 +117,7 @@ class RecordingServer:
         return all(c.error is None for c in self.conns)
 
     def reset(self) -> None:
-        self.conns.clear()
+        """Forget what was received so far (connections stay: the proxy may reuse them)."""
+        for c in self.conns:
+            c.requests.clear()
+            c.raw.clear()

@@ -62,6 +62,7 @@ CASES: list[tuple[str, bytes, int]] = [
     ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: x\r\n\r\n" + SMUGGLED, 400),
     ("HTTP/2.0 on an HTTP/1 line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n" + SMUGGLED, 400),
     ("HTTP/0.9", b"GET /\r\n\r\n" + SMUGGLED, 400),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, 400),
     ("bad version token", b"GET / HTXP/1.1\r\nHost: x\r\n\r\n" + SMUGGLED, 400),
     ("asterisk target for GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n" + SMUGGLED, 400),
     ("userinfo in absolute target", b"GET http://a@b/ HTTP/1.1\r\nHost: x\r\n\r\n" + SMUGGLED, 400),

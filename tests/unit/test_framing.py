@@ -57,7 +57,7 @@ def test_targets() -> None:
     assert verdict(target=b"http://a.example").target == b"/"
     assert verdict(target=b"http://user@a.example/").reason == "invalid authority in request target"
     assert verdict(target=b"ftp://a/").reason == "invalid request target"
-    assert verdict(b"CONNECT", target=b"a.example:443").status == 400
+    assert verdict(b"CONNECT", target=b"a.example:443").ok  # not a framing problem: the proxy answers 501
 
 
 def test_limits() -> None:

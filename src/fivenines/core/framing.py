@@ -34,7 +34,7 @@ from dataclasses import dataclass
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]{0,5})?$")
 # Names some servers read as framing headers (CGI-style: ``_`` for ``-``): ambiguous, rejected.
-_ALIASES = frozenset({b"content_length", b"transfer_encoding", b"host"})
+_ALIASES = frozenset({b"content_length", b"transfer_encoding"})
 _ABSOLUTE = re.compile(rb"^[hH][tT][tT][pP][sS]?://([^/?#]*)([^#]*)$")
 
 
@@ -84,74 +84,101 @@ def check_request(
     >>> check_request(b"GET", b"http://a.example/x?y", "1.1", [(b"Host", b"b")]).host
     b'a.example'
     """
-    if version not in ("1.1", "1.0"):
+    h = HeadSummary()
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            return reject(400, "invalid header name")
+        h.add(name.lower(), name, value)
+    return check_head(method, target, version, h, limits)
+
+
+class HeadSummary:
+    """What the framing verdict needs from a request's header fields, gathered in one pass."""
+
+    __slots__ = ("alias", "bytes", "cl", "cl_count", "count", "host", "host_count", "te", "te_count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self.host: bytes | None = None
+        self.host_count = 0
+        self.te = b""
+        self.te_count = 0
+        self.cl = b""
+        self.cl_count = 0
+        self.alias: bytes | None = None
+
+    def add(self, lname: bytes, name: bytes, value: bytes) -> None:
+        """Count one field (``lname`` is its lower-cased name)."""
+        self.count += 1
+        self.bytes += len(name) + len(value) + 4
+        if lname == b"host":
+            self.host = value
+            self.host_count += 1
+        elif lname == b"transfer-encoding":
+            self.te = value
+            self.te_count += 1
+        elif lname == b"content-length":
+            self.cl = value
+            self.cl_count += 1
+        elif lname in _ALIASES:
+            self.alias = name
+
+
+def check_head(method: bytes, target: bytes, version: str, h: HeadSummary, limits: Limits = Limits()) -> Verdict:
+    """The verdict on a request head summarised by ``h`` (see :func:`check_request`)."""
+    if version != "1.1" and version != "1.0":
         return reject(400, f"unsupported HTTP version {version}")
     if len(method) + len(target) + 10 > limits.max_request_line:
         return reject(414, "request line too long")
-    if len(headers) > limits.max_headers:
+    if h.count > limits.max_headers:
         return reject(431, f"more than {limits.max_headers} header fields")
-    size = 0
-    hosts: list[bytes] = []
-    te: bytes | None = None
-    cl: bytes | None = None
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-        if not _TOKEN.match(name):
-            return reject(400, "invalid header name")
-        lname = name.lower()
-        if b"_" in lname and lname in _ALIASES:
-            return reject(400, f"ambiguous header name {name.decode('latin-1')}")
-        if lname == b"host":
-            hosts.append(value)
-        elif lname == b"transfer-encoding":
-            if te is not None:
-                return reject(400, "more than one Transfer-Encoding")
-            te = value
-        elif lname == b"content-length":
-            if cl is not None:
-                return reject(400, "more than one Content-Length")
-            cl = value
-    if size > limits.max_header_bytes:
+    if h.bytes > limits.max_header_bytes:
         return reject(431, "request header fields too large")
+    if h.alias is not None:
+        return reject(400, f"ambiguous header name {h.alias.decode('latin-1')}")
     chunked = False
     length: int | None = None
-    if te is not None:
+    if h.te_count:
+        if h.te_count > 1:
+            return reject(400, "more than one Transfer-Encoding")
         if version == "1.0":
             return reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if te.strip().lower() != b"chunked":
+        if h.te.strip().lower() != b"chunked":
             return reject(400, "Transfer-Encoding must be exactly chunked")
-        if cl is not None:
+        if h.cl_count:
             return reject(400, "both Content-Length and Transfer-Encoding")
         chunked = True
-    elif cl is not None:
-        if not cl.isdigit():
+    elif h.cl_count:
+        if h.cl_count > 1:
+            return reject(400, "more than one Content-Length")
+        if not h.cl.isdigit():
             return reject(400, "invalid Content-Length")
-        length = int(cl)
+        length = int(h.cl)
         if limits.max_body is not None and length > limits.max_body:
             return reject(413, f"body over {limits.max_body} bytes")
-    host: bytes | None = hosts[0] if hosts else None
-    if len(hosts) > 1:
+    host = h.host
+    if h.host_count > 1:
         return reject(400, "more than one Host")
     if version == "1.1" and host is None:
         return reject(400, "missing Host")
     if host is not None and not _HOST.match(host):
         return reject(400, "invalid Host")
-    if target.startswith(b"/"):
-        pass
-    elif target == b"*":
+    if target[:1] == b"/" or method == b"CONNECT":  # CONNECT (authority-form) is answered 501 by the proxy
+        return Verdict(0, "", target, host, chunked, length)
+    if target == b"*":
         if method != b"OPTIONS":
             return reject(400, "asterisk target is for OPTIONS only")
-    else:
-        m = _ABSOLUTE.match(target)
-        if m is None or method == b"CONNECT":
-            return reject(400, "invalid request target")
-        authority, rest = m.group(1), m.group(2) or b"/"
-        if b"@" in authority or not _HOST.match(authority) or not authority:
-            return reject(400, "invalid authority in request target")
-        if not rest.startswith(b"/"):
-            rest = b"/" + rest
-        return Verdict(0, "", rest, authority, chunked, length)
-    return Verdict(0, "", target, host, chunked, length)
+        return Verdict(0, "", target, host, chunked, length)
+    m = _ABSOLUTE.match(target)
+    if m is None:
+        return reject(400, "invalid request target")
+    authority, rest = m.group(1), m.group(2) or b"/"
+    if b"@" in authority or not _HOST.match(authority) or not authority:
+        return reject(400, "invalid authority in request target")
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return Verdict(0, "", rest, authority, chunked, length)
 
 
 def check_response(status: int, headers: list[tuple[bytes, bytes]]) -> tuple[bool, str]:
