@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fivenines.core import pool
 from fivenines.core.drain import DrainState, drain_step
@@ -37,6 +37,9 @@ from fivenines.runtime.events import EventLog, iso
 from fivenines.runtime.probe import http_check, tcp_check
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
 from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+
+if TYPE_CHECKING:
+    from fivenines.runtime.replication import ReplicationManager
 
 log = logging.getLogger("fivenines")
 
@@ -59,6 +62,7 @@ class InstanceSlot:
         self.stderr = log_dir / f"{target_id}.err.log"
         self.restart_handle: asyncio.TimerHandle | None = None
         self.running = asyncio.Event()
+        self.extra_args: Callable[[], list[str]] | None = None  # appended at each start (replicated groups)
 
     def command(self) -> list[str]:
         def sub(s: str) -> str:
@@ -66,7 +70,8 @@ class InstanceSlot:
 
         if isinstance(self.argv, str):
             return [sub(self.argv)]
-        return resolve_argv([sub(a) for a in self.argv])
+        extra = self.extra_args() if self.extra_args is not None else []
+        return resolve_argv([sub(a) for a in self.argv] + extra)
 
 
 class TargetRuntime:
@@ -100,6 +105,7 @@ class GroupRuntime:
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
+        self.replication: ReplicationManager | None = None  # replicated: groups
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -152,6 +158,7 @@ class Controller:
         self._settings_given = settings is not None
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
+        self.admin_token = ""
 
     # ------------------------------------------------------------------ clock
 
@@ -176,6 +183,9 @@ class Controller:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
         os.chmod(self.state_dir / "logs", 0o700)
+        from fivenines.admin.token import load_or_create
+
+        self.admin_token = load_or_create(admin_token_path(self.spec, self.state_dir, self.base_dir))
         self._build_groups()
         from fivenines.admin.server import AdminServer
 
@@ -184,6 +194,9 @@ class Controller:
         try:
             await self.admin.start(host, port)
             await self._start_data_plane()
+            for g in self.groups.values():
+                if g.replication is not None:
+                    await g.replication.start()
         except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
@@ -241,6 +254,10 @@ class Controller:
                     t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now, weight=wt.weight)
                     g.targets.append(t)
                     g.backends.add(t.backend)
+            if tg.replicated is not None:
+                from fivenines.runtime.replication import ReplicationManager
+
+                g.replication = ReplicationManager(self, g)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -260,6 +277,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(g.replication.close() for g in self.groups.values() if g.replication))
         await asyncio.gather(*(self._stop_instance(t) for g in self.groups.values() for t in g.targets if t.slot))
         for g in self.groups.values():
             for t in g.targets:
@@ -354,7 +372,9 @@ class Controller:
                 continue
             host, tport = t.backend.host, port or t.backend.port
             started = self.now()
-            if hc.protocol == "http":
+            if t.group.replication is not None:
+                result = await t.group.replication.check(t)
+            elif hc.protocol == "http":
                 result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
             else:
                 result = await tcp_check(host, tport, hc.timeout)
@@ -430,6 +450,8 @@ class Controller:
 
     def _reconcile(self, g: GroupRuntime) -> list[str]:
         """Re-plan roles and publish the serving set. Returns the decisions taken."""
+        if g.replication is not None:
+            return g.replication.reconcile()
         changes = pool.plan_roles([t.member() for t in g.targets], g.active_count)
         decisions = []
         now = self.now()
@@ -485,8 +507,9 @@ class Controller:
                 "rate_limited": c.rate_limited,
                 "rules": len(ls.rules),
             })
-        groups = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
+            rep = g.replication.status() if g.replication is not None else None  # first: applies a lapsed lease
             targets = [self._target_status(t, now) for t in g.targets]
             groups[name] = {
                 "algorithm": g.spec.algorithm,
@@ -502,6 +525,10 @@ class Controller:
                 "slow_start_s": g.spec.slow_start,
                 "ramping": sorted(g.backends.balancer.joined),
             }
+            if g.replication is not None:
+                groups[name]["replication"] = rep
+                for ts in targets:
+                    ts["replication"] = g.replication.target_status(ts["id"])
         return {
             "name": self.spec.name,
             "pid": os.getpid(),
@@ -574,6 +601,17 @@ class Controller:
             if t is not None:
                 return t
         return None
+
+
+def admin_token_path(spec: Spec, state_dir: Path, base_dir: Path) -> Path:
+    """Where the admin bearer token is kept: ``admin.token_file`` or ``STATE_DIR/admin.token``."""
+    return base_dir / spec.admin.token_file if spec.admin.token_file else state_dir / "admin.token"
+
+
+def state_dir_of(spec: Spec, spec_path: str | Path) -> tuple[Path, Path]:
+    """(state_dir, base_dir) of a spec file, as :class:`Controller` resolves them."""
+    base = Path(spec_path).parent.resolve()
+    return base / (spec.state_dir or f".fivenines/{spec.name}"), base
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
