@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from fivenines.core.framing import Limits
 from fivenines.runtime.supervisor import die_with_parent
 from tests.corpus.smuggling import CASES
-from tests.helpers import PY, LoopThread, ProxyUnderTest, demo_spec, http_get, wait_until
+from tests.helpers import PY, LoopThread, ProxyUnderTest, demo_spec, http_get
 from tests.recording import RecordingServer
 
 
