@@ -181,7 +181,8 @@ class Controller:
         self._wall_offset = time.time() - loop.time()
         self.started_at = loop.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
+        os.chmod(self.state_dir / "logs", 0o700)
         from fivenines.admin.token import load_or_create
 
         self.admin_token = load_or_create(admin_token_path(self.spec, self.state_dir, self.base_dir))
@@ -501,6 +502,9 @@ class Controller:
                 "redirects": c.redirects,
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
+                "rejected": c.rejected,
+                "refused_connections": c.refused,
+                "rate_limited": c.rate_limited,
                 "rules": len(ls.rules),
             })
         groups: dict[str, dict[str, Any]] = {}
@@ -615,7 +619,9 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
     import json
 
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(info))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only, like every file we write
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
     tmp.replace(path)
 
 
