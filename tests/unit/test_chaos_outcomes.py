@@ -24,12 +24,14 @@ def _log(rate: float, outcomes: list[tuple[int, Err]], latency: float = 0.002) -
 def test_valid_and_good() -> None:
     ok = (200, Err.OK)
     log = _log(10, [ok, ok, (404, Err.OK), (503, Err.OK), (0, Err.RESET), (0, Err.TIMEOUT), (302, Err.OK),
-                    (0, Err.CONNECT), (0, Err.UNSENT), (0, Err.PROTOCOL)])
-    # the 404 is the client's doing and the unsent request never reached the system: both not valid
+                    (0, Err.CONNECT), (0, Err.UNSENT), (0, Err.PROTOCOL), (429, Err.OK), (408, Err.OK)])
+    # the 404 is the client's doing and the unsent request never reached the system: both not valid;
+    # a 429 (shed) or 408 (the server gave up) is the service's failure
     p = log.request_availability()
-    assert (p.k, p.n) == (3, 8)
-    assert log.errors_by_kind() == {"5xx": 1, "connect": 1, "reset": 1, "timeout": 1, "protocol": 1}
-    assert int(log.failed_mask().sum()) == 5
+    assert (p.k, p.n) == (3, 10)
+    assert log.errors_by_kind() == {"5xx": 1, "408": 1, "429": 1, "connect": 1, "reset": 1, "timeout": 1,
+                                    "protocol": 1}
+    assert int(log.failed_mask().sum()) == 7
 
 
 def test_time_availability_counts_seconds_by_scheduled_time() -> None:
@@ -93,13 +95,14 @@ def test_series_marks_seconds_without_good_requests_as_gaps() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.sampled_from([(200, Err.OK), (204, Err.OK), (404, Err.OK), (500, Err.OK), (503, Err.OK),
+@given(st.lists(st.sampled_from([(200, Err.OK), (204, Err.OK), (404, Err.OK), (429, Err.OK), (500, Err.OK), (503, Err.OK),
                                  (0, Err.RESET), (0, Err.TIMEOUT), (0, Err.CONNECT), (0, Err.UNSENT)]),
                 min_size=1, max_size=300),
        st.floats(1.0, 5000.0))
 def test_request_availability_matches_a_plain_count(outcomes: list[tuple[int, Err]], rate: float) -> None:
     log = _log(rate, outcomes)
-    valid = [(s, e) for s, e in outcomes if e is not Err.UNSENT and not (e is Err.OK and 400 <= s < 500)]
+    valid = [(s, e) for s, e in outcomes
+             if e is not Err.UNSENT and not (e is Err.OK and 400 <= s < 500 and s not in (408, 429))]
     good = [(s, e) for s, e in valid if e is Err.OK and s < 400]
     p = log.request_availability()
     assert (p.k, p.n) == (len(good), len(valid))

@@ -7,10 +7,11 @@ connection was free to send it (no coordinated omission: a stalled system shows
 as latency, not as fewer requests).
 
 * **valid**: every request sent, except those answered 4xx (a client error is
-  not the service's failure);
-* **good**: valid, answered, with a status below 500;
-* **failed** (bad): a 5xx, a connect error, a reset or closed connection, a
-  timeout, an unparseable response.
+  not the service's failure) other than 408 and 429 (the service gave up on the
+  request, or shed it);
+* **good**: valid, answered, with a status below 400;
+* **failed** (bad): a 5xx, a 408 or 429, a connect error, a reset or closed
+  connection, a timeout, an unparseable response.
 
 Request-based availability is good / valid. Time-based availability is good
 seconds / seconds: a second (by scheduled time) is good when at most
@@ -84,7 +85,7 @@ class OutcomeLog:
 
     def valid_mask(self) -> npt.NDArray[np.bool_]:
         s = self.status
-        client_error = (self.error == Err.OK) & (s >= 400) & (s < 500)
+        client_error = (self.error == Err.OK) & (s >= 400) & (s < 500) & (s != 408) & (s != 429)
         out: npt.NDArray[np.bool_] = ~client_error & (self.error != Err.UNSENT)
         return out
 
@@ -127,6 +128,10 @@ class OutcomeLog:
         n5 = int((ok & (self.status >= 500)).sum())
         if n5:
             out["5xx"] = n5
+        for code in (408, 429):
+            c = int((ok & (self.status == code)).sum())
+            if c:
+                out[str(code)] = c
         for e in Err:
             if e in (Err.OK, Err.UNSENT):
                 continue
