@@ -170,6 +170,64 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
                 out.print(f"    {line}", markup=False)
 
 
+def _post_json(url: str) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except ValueError:
+            return exc.code, {"error": str(exc)}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        err.print(f"[bold red]error[/]: cannot reach fivenines at {url}: {reason}", markup=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the admin address from SPEC.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the restart until it ends.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to follow it at most.")
+def restart(group: str, admin: str | None, spec_file: str | None, wait: bool, timeout: float) -> None:
+    """Rolling restart of GROUP's instances, one at a time, without failing a request.
+
+    Each instance is deregistered (a standby takes over), drained, stopped,
+    started, and must pass its health checks before the next one is taken out.
+    Exits 0 when every instance was restarted, 1 when the restart stopped.
+    """
+    import time
+
+    base = _admin_url(admin, spec_file)
+    code, body = _post_json(f"{base}/groups/{group}/restart")
+    if code != 202:
+        err.print(f"[bold red]error[/]: {body.get('error', body)}", markup=True)
+        sys.exit(1)
+    order = body["rollout"]["steps"]
+    out.print(f"rolling restart of {group}: {', '.join(order)}")
+    if not wait:
+        return
+    printed = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        ro = _get_json(f"{base}/status")["target_groups"][group].get("rollout") or {}
+        lines, total = ro.get("log", []), int(ro.get("log_total", 0))
+        new = min(len(lines), total - printed)  # status keeps the last entries only
+        for line in lines[len(lines) - new:] if new > 0 else []:
+            out.print(f"  {line}", markup=False)
+        printed = total
+        if ro.get("state") in ("done", "failed"):
+            out.print(f"{group}: {ro.get('outcome')} in {ro.get('elapsed_s')}s")
+            sys.exit(0 if ro["state"] == "done" else 1)
+        if time.monotonic() > deadline:
+            err.print(f"[bold red]error[/]: still running after {timeout:g}s: {ro.get('steps')}", markup=True)
+            sys.exit(1)
+        time.sleep(0.2)
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of fivenines.yaml."""

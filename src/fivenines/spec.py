@@ -144,11 +144,16 @@ class DetectorSpec(_Strict):
 
 
 class AgentCheckSpec(_Strict):
-    """An agent the target runs (HAProxy agent-check): it answers one line such as `75%`, `drain`, `up` or `down`."""
+    """The target reports its own state (HAProxy agent-check words): one line such as `75%`, `drain`, `up`, `down`.
 
-    port: int = Field(ge=1, le=65535, description="TCP port of the agent on the target's host.")
+    Give `port` for a HAProxy-style TCP agent on the target's host, or `path` to GET it
+    over HTTP from the target's traffic port (the first line of the body).
+    """
+
+    port: int | None = Field(None, ge=1, le=65535, description="TCP port of the agent on the target's host.")
+    path: str | None = Field(None, description="Or: HTTP path on the target that answers the agent line.")
     interval: Duration = Field(2.0, description="Time between agent queries.")
-    send: str = Field("", description="Text sent before reading the reply (a newline is added when not empty).")
+    send: str = Field("", description="TCP agent: text sent before reading the reply (a newline is added).")
 
 
 class HealthCheckSpec(_Strict):
@@ -588,8 +593,13 @@ def _failover_errors(spec: Spec) -> list[FieldError]:
             errors.append(FieldError(path, f"method and expect_body are for http checks (protocol is {hc.protocol})"))
         if hc.detector.min_std_dev is not None and hc.detector.min_std_dev <= 0:
             errors.append(FieldError(f"{path}.detector.min_std_dev", "must be greater than 0"))
-        if hc.agent is not None and hc.agent.interval <= 0:
-            errors.append(FieldError(f"{path}.agent.interval", "must be greater than 0"))
+        if hc.agent is not None:
+            if hc.agent.interval <= 0:
+                errors.append(FieldError(f"{path}.agent.interval", "must be greater than 0"))
+            if (hc.agent.port is None) == (hc.agent.path is None):
+                errors.append(FieldError(f"{path}.agent", "give exactly one of port (TCP agent) or path (HTTP agent)"))
+            elif hc.agent.path is not None and not hc.agent.path.startswith("/"):
+                errors.append(FieldError(f"{path}.agent.path", f"{hc.agent.path!r} must start with /"))
         od = tg.outlier_detection
         if od.base_ejection_time <= 0:
             errors.append(FieldError(f"target_groups.{name}.outlier_detection.base_ejection_time", "must be greater than 0"))

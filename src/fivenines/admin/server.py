@@ -26,6 +26,10 @@ class AdminServer:
 
     async def handle(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
+        parts = path.split("/")
+        if req.method == "POST" and len(parts) == 4 and parts[1] == "groups" and parts[3] == "restart":
+            code, body = self.controller.restart_group(parts[2])
+            return Response.json(body, code)
         if req.method not in ("GET", "HEAD"):
             return Response.json({"error": f"{req.method} not allowed on {path}"}, 405)
         if path == "/status":

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from fivenines.core.health import CheckResult, HealthState, Reason, TargetHealth, Transition
+
 # --------------------------------------------------------------------------- heartbeat detectors
 
 
@@ -243,6 +245,72 @@ class PhiAccrualDetector:
     def __repr__(self) -> str:
         mean, sd = self.stats()
         return f"<PhiAccrualDetector n={len(self._intervals)} mean={mean:.3f} sd={sd:.3f} last={self.last}>"
+
+
+class HealthJudge:
+    """A target's ELB health machine, judged by a failure detector.
+
+    Passed checks go to the health machine as they are (``healthy_threshold``
+    passes in a row make a target healthy). A failed check counts against the
+    target only when the detector suspects it; otherwise it just breaks the pass
+    streak. With a :class:`ThresholdDetector` of ``k`` this is exactly ELB's
+    ``unhealthy_threshold = k``; with a :class:`PhiAccrualDetector`,
+    :meth:`poll` also turns a silent target unhealthy between checks, as soon as φ
+    crosses the threshold. During a startup grace period failed checks do not
+    count at all.
+
+    >>> j = HealthJudge(TargetHealth(2, 1), ThresholdDetector(2))
+    >>> ok, bad = CheckResult.passed(), CheckResult.failed(Reason.TIMEOUT, "no response")
+    >>> [str(j.check(r, t)) for t, r in enumerate([ok, ok, bad, bad])]
+    ['None', 'initial -> healthy', 'None', 'healthy -> unhealthy (Target.Timeout)']
+    """
+
+    __slots__ = ("detector", "health")
+
+    def __init__(self, health: TargetHealth, detector: Detector) -> None:
+        if health.unhealthy_threshold != 1:
+            raise ValueError("the detector counts failures: give the health machine unhealthy_threshold=1")
+        self.health = health
+        self.detector = detector
+
+    def __repr__(self) -> str:
+        return f"<HealthJudge {self.health!r} {self.detector!r}>"
+
+    def check(self, result: CheckResult, now: float, *, in_grace: bool = False) -> Transition | None:
+        h = self.health
+        if h.state in (HealthState.DRAINING, HealthState.UNUSED):
+            return h.check(result, now)  # recorded, changes nothing
+        if result.ok:
+            self.detector.observe(True, now)
+            return h.check(result, now)
+        if not in_grace and self.detector.observe(False, now):
+            return self._failed(h.check(result, now))
+        # Not (yet) suspected: the failure breaks a pass streak but changes no state.
+        h.passes = 0
+        h.last_check = result
+        return None
+
+    def poll(self, now: float) -> Transition | None:
+        """Between checks: a healthy target the detector now suspects becomes unhealthy."""
+        if self.health.state is not HealthState.HEALTHY or not self.detector.suspected(now):
+            return None
+        d = self.detector
+        if isinstance(d, PhiAccrualDetector) and d.last is not None:
+            why = f"phi {d.phi(now):.1f} >= {d.threshold:g}: no heartbeat for {now - d.last:.2f}s"
+        else:
+            why = f"suspected by the {d.kind} detector"
+        return self._failed(self.health.check(CheckResult.failed(Reason.TIMEOUT, why), now))
+
+    def _failed(self, tr: Transition | None) -> Transition | None:
+        # An outage must not teach phi that long silences are normal: learn afresh after it.
+        if tr is not None and tr.new is HealthState.UNHEALTHY and isinstance(self.detector, PhiAccrualDetector):
+            self.detector.reset()
+        return tr
+
+    def reset(self, now: float) -> Transition | None:
+        """A new process or a re-registration: checking starts over."""
+        self.detector.reset()
+        return self.health.register(now)
 
 
 # --------------------------------------------------------------------------- passive outcomes

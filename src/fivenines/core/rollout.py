@@ -263,4 +263,5 @@ class RollingRestart:
             "elapsed_s": round((self.finished_at if self.finished_at is not None else now) - self.started_at, 3),
             "steps": {t: self.progress[t].step.value for t in self.order},
             "log": list(self.log[-20:]),
+            "log_total": len(self.log),
         }
