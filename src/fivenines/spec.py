@@ -229,6 +229,92 @@ class LogsSpec(_Strict):
     keep: int = Field(3, ge=0, le=100, description="Rotated files kept (ID.err.log.1 ... .N).")
 
 
+# ---- reliability and SLO: inputs of `fivenines model` (fivenines.model.layout), nothing else reads them
+
+
+def _positive_duration(v: float | None) -> float | None:
+    if v is not None and v <= 0:
+        raise ValueError("must be greater than 0")
+    return v
+
+
+class UnitReliabilitySpec(_Strict):
+    """How often one unit fails and how long it takes to get it back."""
+
+    mtbf: Duration | None = Field(
+        None, description="Mean time between failures of one unit (default: 30d, and the output says so)."
+    )
+    mttr: Duration | None = Field(
+        None,
+        description="Mean time from a failure until the unit serves again (default for instances: "
+        "detection + first restart delay + healthy_threshold x interval; for targets: 1h; "
+        "for the load balancer: 1m).",
+    )
+
+    @field_validator("mtbf", "mttr")
+    @classmethod
+    def _check_positive(cls, v: float | None) -> float | None:
+        return _positive_duration(v)
+
+
+class ReliabilitySpec(UnitReliabilitySpec):
+    """Failure and repair of a target group's members, for `fivenines model` (see docs/availability.md)."""
+
+    repair_crews: int | None = Field(
+        None, ge=1, description="Failed members repaired at the same time (default: unlimited, each on its own)."
+    )
+    standby_mode: Literal["hot", "warm", "cold"] = Field(
+        "hot", description="hot: standbys fail like actives; warm: at standby_failure_ratio of that; cold: never while waiting."
+    )
+    standby_failure_ratio: float | None = Field(
+        None, ge=0, le=1, description="warm only: a standby's failure rate as a share of an active's (default 0.5)."
+    )
+    coverage: float = Field(
+        1.0, ge=0, le=1, description="Probability that a failure is handled automatically (ejected, standby promoted)."
+    )
+    manual_recovery: Duration = Field(
+        3600.0, description="Mean time for a person to recover a failure that was not handled automatically."
+    )
+    common_cause_beta: float = Field(
+        0.0, ge=0, le=1, description="Share of failures that hit every member at once (beta-factor)."
+    )
+
+    @field_validator("standby_failure_ratio")
+    @classmethod
+    def _check_ratio(cls, v: float | None, info: Any) -> float | None:
+        mode = info.data.get("standby_mode")
+        if v is not None and mode is not None and mode != "warm":
+            raise ValueError(f"applies only to standby_mode: warm (standby_mode is {mode})")
+        return v
+
+    @field_validator("manual_recovery")
+    @classmethod
+    def _check_recovery(cls, v: float) -> float:
+        _positive_duration(v)
+        return v
+
+
+class LoadBalancerSpec(_Strict):
+    """The load balancer itself, one unit in series with every target group (see docs/availability.md)."""
+
+    reliability: UnitReliabilitySpec = Field(
+        default_factory=UnitReliabilitySpec, description="Failure and repair of the load balancer itself."
+    )
+
+
+class SloSpec(_Strict):
+    """A service level objective: the error budget and burn-rate alerts are computed against it."""
+
+    target: float = Field(gt=0, lt=100, description="Percent of requests that must succeed, e.g. 99.9.")
+    window: Duration = Field(30 * 86400.0, description="Rolling window of the objective (default 30d).")
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: float) -> float:
+        _positive_duration(v)
+        return v
+
+
 def parse_port_range(text: str) -> tuple[int, int] | None:
     """``"9101-9199"`` → ``(9101, 9199)``; ``"9101"`` → ``(9101, 9101)``; ``"auto"`` → None.
 
@@ -376,6 +462,7 @@ class TargetGroupSpec(_Strict):
         "route_all", description="No target healthy: route to all that failed checks (as ELB), or reject with 503 + Retry-After."
     )
     hedging: HedgingSpec | None = Field(None, description="Optional hedged requests (idempotent requests only).")
+    reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
     @field_validator("targets")
     @classmethod
@@ -488,6 +575,8 @@ class Spec(_Strict):
     workers: int = Field(1, ge=1, le=64, description="Data-plane processes sharing each listening port.")
     listeners: list[ListenerSpec] = Field(min_length=1)
     target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)
+    load_balancer: LoadBalancerSpec | None = Field(None, description="The load balancer itself, for fivenines model.")
+    slo: SloSpec | None = Field(None, description="Service level objective: target percent over a window.")
 
     @field_validator("target_groups")
     @classmethod
