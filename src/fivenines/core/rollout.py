@@ -21,9 +21,10 @@ turn,
 
 Standbys are restarted first (they serve nothing), then actives, each group in
 member order. :meth:`RollingRestart.step` takes a snapshot of the group and the
-time, advances as far as the snapshot allows, and returns the actions the
-runtime must carry out (``deregister``, ``stop``, ``start``) plus ``finished`` or
-``aborted`` at the end.
+time, advances as far as the snapshot allows, and returns the action the
+runtime must carry out (``deregister``, ``stop``, ``start``; ``finished`` or
+``aborted`` at the end): at most one per call, since an action changes what the
+next decision must be based on.
 """
 
 from __future__ import annotations
@@ -169,9 +170,9 @@ class RollingRestart:
             if act is WAIT:
                 break
             if act is not None:
+                # An action changes the world: decide again on a fresh snapshot.
                 actions.append(act)
-                if act.kind is ActionKind.ABORTED:
-                    break
+                break
         self.log.extend(str(a) for a in actions)
         return actions
 
