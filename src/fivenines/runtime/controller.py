@@ -382,8 +382,8 @@ class Controller:
         if tr.detail:
             reason = f"{reason}: {tr.detail}"
         self._event("health", t, tr.old.value, tr.new.value, reason)
-        if tr.new is HealthState.UNHEALTHY and tr.old is not HealthState.UNHEALTHY:
-            t.group.failover.flaps.lost(t.id, tr.at)
+        if tr.old is HealthState.HEALTHY and tr.new is HealthState.UNHEALTHY and not t.ejection:
+            t.group.failover.flaps.lost(t.id, tr.at)  # one loss per incident: not again after an ejection
         self._reconcile(t.group)
 
     # ------------------------------------------------------------------ roles and serving
@@ -577,7 +577,8 @@ class Controller:
     def _apply_ejection(self, g: GroupRuntime, e: Ejection) -> None:
         t = g.targets[e.index]
         t.ejection = e.reason
-        g.failover.flaps.lost(t.id, e.at)
+        if t.health.state is HealthState.HEALTHY:
+            g.failover.flaps.lost(t.id, e.at)
         self._event("ejection", t, "", "ejected", f"{e} (ejection #{e.count})")
         self._reconcile(g)
 
