@@ -148,6 +148,12 @@ async def _connect(host: str, port: int, timeout: float, factory: Callable[[asyn
             fut.exception()  # retrieved: a reset after the answer is not an error
 
 
+def _os_detail(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc.strerror or exc)
+
+
 async def tcp_check(host: str, port: int, timeout: float) -> CheckResult:
     start = time.perf_counter()
     try:
@@ -155,7 +161,7 @@ async def tcp_check(host: str, port: int, timeout: float) -> CheckResult:
     except TimeoutError:
         return CheckResult.failed(Reason.TIMEOUT, f"no connection in {timeout}s", time.perf_counter() - start)
     except OSError as exc:
-        return CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, f"connect: {exc.strerror or exc}", time.perf_counter() - start)
+        return CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, f"connect: {_os_detail(exc)}", time.perf_counter() - start)
     return CheckResult.passed("connected", time.perf_counter() - start)
 
 
@@ -183,7 +189,7 @@ async def http_check(
     except _NotHttp as exc:
         return CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, str(exc)[:120], time.perf_counter() - start)
     except OSError as exc:
-        return CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, f"{exc.strerror or exc}", time.perf_counter() - start)
+        return CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, _os_detail(exc), time.perf_counter() - start)
     elapsed = time.perf_counter() - start
     if not matches(matcher, status):
         return CheckResult.failed(Reason.RESPONSE_CODE_MISMATCH, f"status {status}", elapsed)
