@@ -170,6 +170,7 @@ class LoadGen:
         self._task: asyncio.Task[None] | None = None
         self._stop = False
         self.connect_errors = 0
+        self.drained = asyncio.Event()
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._run())
@@ -178,9 +179,10 @@ class LoadGen:
         self._stop = True
         if self._task is not None:
             await self._task
-        deadline = time.monotonic() + wait
-        while (self.in_flight or self.queue) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self.in_flight or self.queue:
+            self.drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained.wait(), wait)
         for c in list(self.conns):
             if c.transport is not None:
                 c.transport.close()
@@ -249,6 +251,8 @@ class LoadGen:
     def _record(self, sched: float, status: int, inst: str) -> None:
         self.in_flight -= 1
         self.records.add(sched, time.monotonic() - sched, status, inst)
+        if self._stop and not self.in_flight and not self.queue:
+            self.drained.set()
 
     def lost(self, c: _Conn) -> None:
         self.conns.discard(c)
@@ -281,6 +285,10 @@ async def http(method: str, host: str, port: int, path: str, timeout: float = 5.
             out, rest = out + rest[:size], rest[size + 2:]
         body = out
     return status, body
+
+
+def spawn(argv: list[str], log: Any, new_session: bool = False) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def free_port() -> int:
@@ -381,8 +389,8 @@ class FiveninesSystem(System):
         spec_path.write_text(yaml.safe_dump(self.spec(), sort_keys=False))
         ready = self.tmp / "ready.json"
         self.log = (self.tmp / "fivenines.log").open("wb")
-        self.proc = subprocess.Popen([PY, "-m", "fivenines", "up", str(spec_path), "--ready-file", str(ready),
-                                      "--log-level", "warning"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = spawn([PY, "-m", "fivenines", "up", str(spec_path), "--ready-file", str(ready),
+                           "--log-level", "warning"], self.log)
 
         async def is_ready() -> Any:
             if self.proc is not None and self.proc.poll() is not None:
@@ -398,7 +406,7 @@ class FiveninesSystem(System):
         self.port = int(port)
 
     async def status(self) -> Any:
-        status, body = await http("GET", self.admin_host, self.admin_port, "/status")
+        _status, body = await http("GET", self.admin_host, self.admin_port, "/status")
         return json.loads(body)
 
     async def ready(self) -> None:
@@ -406,7 +414,7 @@ class FiveninesSystem(System):
             g = (await self.status())["target_groups"]["web"]
             ts = g["targets"]
             return (all(t["state"] == "healthy" and not t.get("excluded") for t in ts) and len(g["serving"]) == 3
-                    and not (g.get("rollout") or {}).get("state") == "running")
+                    and (g.get("rollout") or {}).get("state") != "running")
 
         await wait_for(ok, 60, "fivenines: 4 healthy, 3 serving, none ejected", 0.1)
         self.targets = {t["id"]: t for t in (await self.status())["target_groups"]["web"]["targets"]}
@@ -529,7 +537,7 @@ backend be
         cfg.write_text(self.config())
         exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
         self.hlog = (self.tmp / "haproxy.log").open("wb")
-        self.haproxy = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=self.hlog, stderr=subprocess.STDOUT)
+        self.haproxy = spawn([exe, "-db", "-f", str(cfg)], self.hlog)
 
     async def cmd(self, line: str) -> str:
         r, w = await asyncio.open_unix_connection(self.sock)

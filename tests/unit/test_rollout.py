@@ -111,6 +111,19 @@ def test_a_member_that_does_not_pass_checks_stops_the_rollout() -> None:
     assert ro.step_of("a") is Step.WAITING and ro.snapshot(31.0)["state"] == "failed"
 
 
+def test_a_crash_looping_member_stops_the_rollout_at_once() -> None:
+    ro = RollingRestart(["c"], POLICY, started_at=0.0)
+    g = group()
+    for t, v in ((0.0, g["c"]), (0.1, replace(g["c"], state=D)), (0.2, replace(g["c"], state=D, running=False)),
+                 (0.3, replace(g["c"], state=INIT, starts=2))):
+        g["c"] = v
+        ro.step(list(g.values()), t)
+    assert ro.step_of("c") is Step.CHECK
+    g["c"] = replace(g["c"], running=False, crash_looping=True)
+    acts = ro.step(list(g.values()), 1.0)
+    assert kinds(acts) == [("aborted", "c")] and ro.outcome == "failed: c is crash looping after its restart"
+
+
 def test_removed_member_is_skipped_and_abort_is_idempotent() -> None:
     ro = RollingRestart(["x", "a"], POLICY, started_at=0.0)
     g = group()

@@ -213,6 +213,11 @@ class PhiAccrualDetector:
             self._sum_sq -= old * old
 
     # -- outputs
+    @property
+    def samples(self) -> int:
+        """Intervals remembered (the two seeds included)."""
+        return len(self._intervals)
+
     def stats(self) -> tuple[float, float]:
         """(mean, standard deviation) of the remembered intervals."""
         n = len(self._intervals)
@@ -278,6 +283,10 @@ class HealthJudge:
             self.detector.observe(True, now)
             return h.check(result, now)
         if not in_grace and self.detector.observe(False, now):
+            d = self.detector
+            if isinstance(d, PhiAccrualDetector) and d.last is not None:
+                result = CheckResult(False, result.reason, f"{result.detail} (phi {d.phi(now):.1f} >= {d.threshold:g})",
+                                     result.duration)
             return self._failed(h.check(result, now))
         # Not (yet) suspected: the failure breaks a pass streak but changes no state.
         h.passes = 0

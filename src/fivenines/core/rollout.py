@@ -14,8 +14,8 @@ turn,
 3. ``stop``: stop the process (SIGTERM, SIGKILL after ``stop_timeout``);
 4. ``start``: start it again;
 5. ``check``: wait until it passes its health checks (``healthy``), at most
-   ``check_timeout``; a member that does not stops the rollout (``failed``) so a bad
-   release is not rolled over the whole group;
+   ``check_timeout``; a member that does not, or that is crash looping, stops the
+   rollout (``failed``) so a bad release is not rolled over the whole group;
 6. ``slow_start``: wait ``slow_start`` so whoever joined the serving set in this
    step has ramped up before the next member is taken out.
 
@@ -83,6 +83,7 @@ class View:
     running: bool = True
     starts: int = 1  # processes started in this slot so far
     excluded: bool = False  # ejected or drained by its agent
+    crash_looping: bool = False  # its process keeps exiting soon after each start
 
     @property
     def can_serve(self) -> bool:
@@ -229,6 +230,8 @@ class RollingRestart:
             if v.state is HealthState.HEALTHY and v.running:
                 self._set(tid, Step.SLOW_START, now)
                 return None
+            if v.crash_looping:
+                return self.abort(now, f"{tid} is crash looping after its restart")
             if now - self.progress[tid].since >= pol.check_timeout:
                 return self.abort(now, f"{tid} did not pass health checks within {pol.check_timeout:g}s after its restart")
             return WAIT

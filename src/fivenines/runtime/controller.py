@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.core import pool
-from fivenines.core.detect import AgentReport, Ejection
+from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
 from fivenines.core.health import CheckResult, HealthState, Reason, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
@@ -628,7 +628,7 @@ class Controller:
             lc = t.slot.lifecycle if t.slot else None
             running = t.slot is None or (t.slot.process is not None and t.slot.process.running)
             out.append(View(t.id, t.role, t.health.state, t.backend.in_flight, running,
-                            lc.starts if lc else 1, bool(t.excluded)))
+                            lc.starts if lc else 1, bool(t.excluded), bool(lc and lc.crash_looping)))
         return out
 
     def restart_group(self, name: str) -> tuple[int, dict[str, Any]]:
@@ -692,7 +692,8 @@ class Controller:
                   **out.snapshot(t.index)}
         return {
             "excluded": t.excluded or None,
-            "detector": {"kind": d.kind, "level": round(d.level(now), 3)},
+            "detector": {"kind": d.kind, "level": round(d.level(now), 3),
+                         "samples": d.samples if isinstance(d, PhiAccrualDetector) else None},
             "ejection": ej,
             "flaps": hold.count(t.id, now),
             "ready_in_s": round(max(0.0, m.ready_at - now), 3) if m.can_serve and m.role is Role.STANDBY else None,

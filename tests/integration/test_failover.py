@@ -1,0 +1,174 @@
+"""Failover end to end with real processes: phi detection, hysteresis, fail-open, grace, agents, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Fivenines, demo_spec, get_json, http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def events(f: Fivenines) -> list[dict[str, Any]]:
+    return list(get_json(f"{f.admin}/events?limit=1000")["events"])
+
+
+def direct(t: dict[str, Any], path: str) -> tuple[int, bytes]:
+    host, port = t["address"].rsplit(":", 1)
+    return http_get(host, int(port), path)
+
+
+def test_phi_accrual_notices_a_hung_target_between_checks(run_fivenines: Any) -> None:
+    spec = demo_spec(count=1, standby=1, interval="200ms", timeout="150ms")
+    hc = spec["target_groups"]["web"]["health_check"]
+    hc["unhealthy_threshold"] = 8  # counting would need 8 x 200 ms + 150 ms
+    hc["detector"] = {"kind": "phi_accrual", "phi_threshold": 8}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    # phi learns the heartbeat intervals first
+    victim = wait_until(lambda: (x := f.target("web-1"))["detector"]["samples"] >= 8 and x, 10, what="heartbeats")
+    assert victim["detector"]["kind"] == "phi_accrual"
+    os.kill(victim["pid"], signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unhealthy" and x, 5, 0.01, what="phi")
+        took = time.monotonic() - stopped
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    # either between checks (the tick) or at a failed check, phi said so
+    assert ("no heartbeat for" in t["detail"] or "(phi " in t["detail"]) and ">= 8" in t["detail"], t["detail"]
+    assert took < 1.0, took  # well before 8 failed checks (1.75 s)
+    assert f.status()["target_groups"]["web"]["serving"] == ["web-2"]
+
+
+def test_recovered_primary_is_reinstated_after_the_hold_and_the_backup_steps_back(run_fivenines: Any) -> None:
+    spec = demo_spec(count=1, standby=1)
+    spec["target_groups"]["web"]["failover"] = {"hold_time": "1s"}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    os.kill(f.target("web-1")["pid"], signal.SIGKILL)
+    wait_until(lambda: f.status()["target_groups"]["web"]["serving"] == ["web-2"], 5, what="backup serving")
+    wait_until(lambda: f.status()["target_groups"]["web"]["serving"] == ["web-1"], 10, 0.05,
+               what="primary reinstated")
+    ev = events(f)
+    healthy = next(e for e in reversed(ev) if e["kind"] == "health" and e["target"] == "web-1" and e["new"] == "healthy")
+    back = next(e for e in ev if e["kind"] == "role" and e["target"] == "web-1" and e["new"] == "active"
+                and e["seq"] > healthy["seq"])
+    demoted = next(e for e in ev if e["kind"] == "role" and e["target"] == "web-2" and e["new"] == "standby")
+    assert back["reason"].startswith("reinstated: ready")
+    assert demoted["reason"] == "back to standby: web-1 reinstated"
+    assert back["time"] - healthy["time"] >= 1.0  # the hold
+    roles = {t["id"]: t["role"] for t in f.targets()}
+    assert roles == {"web-1": "active", "web-2": "standby"}
+    assert f.target("web-1")["flaps"] == 1
+
+
+def test_fail_open_reject_answers_503_with_retry_after(run_fivenines: Any) -> None:
+    spec = demo_spec(count=2, standby=0, fail_open="reject")
+    f = run_fivenines(spec)
+    ts = f.wait_healthy()
+    for t in ts:
+        direct(t, "/_fail")
+    wait_until(lambda: f.status()["target_groups"]["web"]["fail_open"]["in_force"], 5, what="fail-open")
+    st = f.status()["target_groups"]["web"]
+    assert st["fail_open"] == {"policy": "reject", "in_force": True} and st["serving"] == []
+    import http.client
+
+    c = http.client.HTTPConnection(f.host, f.port, timeout=5)
+    c.request("GET", "/")
+    r = c.getresponse()
+    assert r.status == 503 and r.getheader("Retry-After") is not None
+    c.close()
+    for t in ts:
+        direct(t, "/_recover")
+    wait_until(lambda: not f.status()["target_groups"]["web"]["fail_open"]["in_force"], 5, what="fail-open over")
+    kinds = [(e["kind"], e["new"]) for e in events(f) if e["kind"] == "fail_open"]
+    assert kinds == [("fail_open", "reject"), ("fail_open", "")]
+
+
+def test_fail_open_route_all_keeps_serving_when_only_the_checks_fail(run_fivenines: Any) -> None:
+    spec = demo_spec(count=2, standby=1)
+    spec["target_groups"]["web"]["health_check"]["expect_body"] = "ok"
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    # the check now looks for a body the demo never sends: every target fails its checks
+    spec["target_groups"]["web"]["health_check"]["expect_body"] = "never"
+    for t in f.targets():
+        direct(t, "/_fail")  # checks fail (500) ...
+    wait_until(lambda: f.status()["target_groups"]["web"]["fail_open"]["in_force"], 5, what="fail-open")
+    st = f.status()["target_groups"]["web"]
+    assert st["fail_open"]["policy"] == "route_all" and st["serving"] == ["web-1", "web-2", "web-3"]
+    assert f.get("/")[0] == 500  # ... and requests still reach the targets (which answer 500 here)
+
+
+def test_startup_grace_keeps_a_slow_starter_from_being_judged(run_fivenines: Any, tmp_path: Path) -> None:
+    app = tmp_path / "slow.py"
+    app.write_text("import sys, time\ntime.sleep(1.2)\nfrom fivenines.demo import main\nmain(sys.argv[1:])\n")
+    spec = demo_spec(count=1, standby=0, interval="100ms", timeout="50ms")
+    spec["target_groups"]["web"]["instances"]["command"] = ["python", str(app), "--port", "{port}"]
+    spec["target_groups"]["web"]["health_check"]["startup_grace"] = "5s"
+    f = run_fivenines(spec)
+    f.wait_healthy(timeout=15)
+    health = [(e["old"], e["new"]) for e in events(f) if e["kind"] == "health"]
+    assert health == [("initial", "healthy")]
+
+
+def test_instance_logs_are_rotated(run_fivenines: Any, tmp_path: Path) -> None:
+    app = tmp_path / "chatty.py"
+    app.write_text(
+        "import sys\n"
+        "for i in range(300):\n"
+        "    print(f'line {i:04d} ' + 'x' * 90, file=sys.stderr, flush=True)\n"
+        "from fivenines.demo import main\nmain(sys.argv[1:])\n"
+    )
+    spec = demo_spec(count=1, standby=0)
+    spec["target_groups"]["web"]["instances"]["command"] = ["python", str(app), "--port", "{port}"]
+    spec["target_groups"]["web"]["instances"]["logs"] = {"max_bytes": 10000, "keep": 2}
+    f = run_fivenines(spec)
+    t = f.wait_healthy()[0]
+    err = Path(t["instance"]["stderr_log"])
+    rotated = [Path(f"{err}.1"), Path(f"{err}.2")]
+    wait_until(lambda: all(p.exists() for p in rotated), 5, what="rotated logs")
+    assert not Path(f"{err}.3").exists()
+    for p in [err, *rotated]:
+        assert p.stat().st_size <= 10000 + 65536
+    # nothing lost inside what is kept: the newest lines are in order across the files
+    text = "".join(p.read_text() for p in [rotated[1], rotated[0], err])
+    numbers = [int(line.split()[1]) for line in text.splitlines() if line.startswith("line ")]
+    assert numbers == list(range(numbers[0], 300))
+
+
+def test_agent_drain_takes_a_target_out_and_a_standby_covers(run_fivenines: Any) -> None:
+    spec = demo_spec(count=2, standby=1)
+    spec["target_groups"]["web"]["health_check"]["agent"] = {"path": "/_agent", "interval": "100ms"}
+    spec["target_groups"]["web"]["failover"] = {"hold_time": "500ms"}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    direct(f.target("web-1"), "/_agent?say=drain%20%23%20deploying")
+    t = wait_until(lambda: (x := f.target("web-1"))["excluded"] and x, 5, what="drained")
+    assert t["excluded"] == "drained by its agent (deploying)" and t["state"] == "healthy"
+    assert t["agent"] == {"state": "drain", "weight_percent": None, "description": "deploying", "error": None}
+    assert f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"]
+    direct(f.target("web-1"), "/_agent?say=up")
+    wait_until(lambda: f.status()["target_groups"]["web"]["serving"] == ["web-1", "web-2"], 5, what="back")
+
+
+def test_command_checks_judge_the_target(run_fivenines: Any) -> None:
+    spec = demo_spec(count=1, standby=1)
+    spec["target_groups"]["web"]["health_check"] = {
+        "protocol": "command", "interval": "300ms", "timeout": "250ms",
+        "command": ["python", "-c",
+                    "import sys, urllib.request; urllib.request.urlopen(f'http://{host}:{port}/health', timeout=1)"],
+    }
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    direct(f.target("web-1"), "/_fail")
+    t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unhealthy" and x, 5, what="unhealthy by command")
+    assert t["reason"] == "Target.FailedHealthChecks" and t["detail"].startswith("exit 1")
+    assert f.status()["target_groups"]["web"]["serving"] == ["web-2"]
