@@ -184,6 +184,14 @@ def test_ejection_invariants(events: list[tuple[int, int, float, float]], pct: f
     assert d.ejected_count == 0 and not any(d.ejected(k) for k in range(6))
 
 
+def test_a_veto_keeps_a_member_in_without_counting_an_ejection() -> None:
+    d = OutlierDetector(2, NO_LAT)
+    d.may_eject = lambda i: i != 0
+    assert d.record(0, CONN, 0.0, 1.0) is None and d.vetoed == 1
+    assert not d.ejected(0) and d.ejections(0) == 0 and d.snapshot(0)["consecutive_errors"] == 0
+    assert d.record(1, CONN, 0.0, 1.0) is not None
+
+
 def test_repr() -> None:
     d = OutlierDetector(2, NO_LAT)
     d.record(1, CONN, 0.0, 0.0)

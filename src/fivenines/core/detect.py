@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -410,6 +411,9 @@ class OutlierDetector:
         self.ring = ring
         self._t = [_Stats(ring) for _ in range(size)]
         self.ejected_count = 0
+        # Asked before each ejection; False keeps the member in (e.g. it is the last one able to serve).
+        self.may_eject: Callable[[int], bool] | None = None
+        self.vetoed = 0
 
     def __len__(self) -> int:
         return len(self._t)
@@ -498,6 +502,10 @@ class OutlierDetector:
         if s.until:
             return None
         if self.ejected_count >= self.policy.max_ejected(len(self._t)):
+            return None
+        if self.may_eject is not None and not self.may_eject(i):
+            self.vetoed += 1
+            s.errors = s.fives = 0  # judge it afresh
             return None
         if now - s.last_eject >= self.policy.max_ejection_time:
             s.count = 0  # well behaved for a long time: start over

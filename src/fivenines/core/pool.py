@@ -170,6 +170,19 @@ def serving(members: Sequence[Member]) -> list[str]:
     return [m.id for m in sorted(members, key=lambda m: m.order) if m.role is Role.ACTIVE and m.can_serve]
 
 
+def can_spare(members: Sequence[Member], member_id: str) -> bool:
+    """True when another member could serve if ``member_id`` were taken out (by an ejection).
+
+    Passive ejection never takes out the last member able to serve: an outlier
+    that answers is better than no answer at all.
+
+    >>> ms = [Member("a", Role.ACTIVE, HealthState.HEALTHY), Member("b", Role.STANDBY, HealthState.UNHEALTHY)]
+    >>> can_spare(ms, "a"), can_spare(ms + [Member("c", Role.STANDBY, HealthState.HEALTHY)], "a")
+    (False, True)
+    """
+    return any(m.can_serve for m in members if m.id != member_id)
+
+
 @dataclass(frozen=True, slots=True)
 class ServingSet:
     ids: list[str]

@@ -121,6 +121,10 @@ class GroupRuntime:
         self.matcher = spec.health_check.matcher_ranges
         size = spec.instances.total if spec.instances else len(spec.targets or [])
         self.failover = GroupFailover(spec, size, self.active_count)
+        if self.failover.outliers is not None:
+            # passive ejection never takes out the last member able to serve
+            self.failover.outliers.may_eject = lambda i: pool.can_spare(
+                [t.member() for t in self.targets], self.targets[i].id)
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
