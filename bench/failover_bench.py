@@ -413,10 +413,12 @@ class FiveninesSystem(System):
         async def ok() -> bool:
             g = (await self.status())["target_groups"]["web"]
             ts = g["targets"]
-            return (all(t["state"] == "healthy" and not t.get("excluded") for t in ts) and len(g["serving"]) == 3
+            # settled: every member healthy and not ejected, the home members (web-1..3) active again
+            return (all(t["state"] == "healthy" and not t.get("excluded") for t in ts)
+                    and g["serving"] == ["web-1", "web-2", "web-3"]
                     and (g.get("rollout") or {}).get("state") != "running")
 
-        await wait_for(ok, 60, "fivenines: 4 healthy, 3 serving, none ejected", 0.1)
+        await wait_for(ok, 90, "fivenines: 4 healthy, web-1..3 serving, none ejected", 0.1)
         self.targets = {t["id"]: t for t in (await self.status())["target_groups"]["web"]["targets"]}
 
     async def layout(self) -> tuple[str, str]:
