@@ -130,6 +130,8 @@ def render_status(status: dict[str, Any]) -> Table:
             inst = t.get("instance") or {}
             if inst.get("state") == "crash_loop":
                 reason = f"crash loop ({inst.get('last_exit')})"
+            elif t.get("excluded"):
+                reason = t["excluded"]
             table.add_row(
                 gname,
                 t["id"],
@@ -162,6 +164,13 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
             f"{lst['requests']} requests, {lst['failed']} failed, {lst['retries']} retried"
         )
+    for gname, g in data.get("target_groups", {}).items():
+        fo = g.get("fail_open") or {}
+        if fo.get("in_force"):
+            out.print(f"[red]{gname}: no target can serve: fail-open {fo['policy']} in force[/]", markup=True)
+        ro = g.get("rollout") or {}
+        if ro.get("state") == "running":
+            out.print(f"{gname}: rolling restart at {ro.get('target')}: {ro.get('steps')}")
     for t in (t for g in data.get("target_groups", {}).values() for t in g["targets"]):
         inst = t.get("instance") or {}
         if inst.get("state") == "crash_loop" and inst.get("stderr_tail"):
