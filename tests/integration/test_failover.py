@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import Fivenines, demo_spec, get_json, http_get, wait_until
+from tests.helpers import PY, Fivenines, demo_spec, get_json, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,8 @@ def test_fail_open_reject_answers_503_with_retry_after(run_fivenines: Any) -> No
     r = c.getresponse()
     assert r.status == 503 and r.getheader("Retry-After") is not None
     c.close()
+    out = subprocess.run([PY, "-m", "fivenines", "status", "--admin", f.admin], capture_output=True, text=True, check=True)
+    assert "web: no target can serve: fail-open reject in force" in out.stdout
     for t in ts:
         direct(t, "/_recover")
     wait_until(lambda: not f.status()["target_groups"]["web"]["fail_open"]["in_force"], 5, what="fail-open over")
@@ -153,6 +156,8 @@ def test_agent_drain_takes_a_target_out_and_a_standby_covers(run_fivenines: Any)
     direct(f.target("web-1"), "/_agent?say=drain%20%23%20deploying")
     t = wait_until(lambda: (x := f.target("web-1"))["excluded"] and x, 5, what="drained")
     assert t["excluded"] == "drained by its agent (deploying)" and t["state"] == "healthy"
+    out = subprocess.run([PY, "-m", "fivenines", "status", "--admin", f.admin], capture_output=True, text=True, check=True)
+    assert "drained by its agent" in out.stdout
     assert t["agent"] == {"state": "drain", "weight_percent": None, "description": "deploying", "error": None}
     assert f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"]
     direct(f.target("web-1"), "/_agent?say=up")
