@@ -563,6 +563,59 @@ class ListenerSpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
 
 
+class AwsSpec(_Strict):
+    """Where and how ``fivenines aws`` deploys the service: EC2 instances behind Elastic Load Balancing."""
+
+    region: str | None = Field(None, description="AWS region (default: --region, else the boto3 chain: AWS_REGION, profile).")
+    vpc_id: str | None = Field(None, description="VPC of the stack (default: the VPC of subnets, else the default VPC).")
+    subnets: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Subnet ids in at least two availability zones (default: the default VPC's default subnets).",
+    )
+    ami: str = Field(
+        "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+        description="AMI id (ami-...) or resolve:ssm:PARAMETER of the instances.",
+    )
+    instance_type: str = Field("t3.micro", description="EC2 instance type.")
+    key_name: str | None = Field(None, description="EC2 key pair for SSH (default: none).")
+    security_groups: list[str] = Field(
+        default_factory=list, description="Existing security group ids added to the instances (e.g. SSH access)."
+    )
+    allow_from: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0/0"], description="CIDRs allowed to reach the listeners."
+    )
+    instance_port: int = Field(8080, ge=1, le=65535, description="Port the command listens on ({port}) on each instance.")
+    user_data: str | None = Field(
+        None, description="Shell script run as root on each instance before the service starts (e.g. install it)."
+    )
+    health_check_grace_period: Duration = Field(
+        300.0, description="Time a new instance has to pass ELB checks before Auto Scaling may replace it."
+    )
+    internal: bool = Field(False, description="Internal load balancers (no internet-facing address).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on every resource.")
+
+    @field_validator("allow_from")
+    @classmethod
+    def _check_allow_from(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError:
+                raise ValueError(f"{c!r} is not a CIDR, e.g. 0.0.0.0/0 or 203.0.113.0/24") from None
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower().startswith(("fivenines:", "aws:")):
+                raise ValueError(f"tag {key!r}: the fivenines: and aws: prefixes are reserved")
+        return v
+
+
 _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
 
 
@@ -577,6 +630,7 @@ class Spec(_Strict):
     target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)
     load_balancer: LoadBalancerSpec | None = Field(None, description="The load balancer itself, for fivenines model.")
     slo: SloSpec | None = Field(None, description="Service level objective: target percent over a window.")
+    aws: AwsSpec | None = Field(None, description="Deployment on AWS by `fivenines aws` (default: all defaults below).")
 
     @field_validator("target_groups")
     @classmethod
