@@ -288,7 +288,11 @@ async def http(method: str, host: str, port: int, path: str, timeout: float = 5.
 
 
 def spawn(argv: list[str], log: Any, new_session: bool = False) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session)
+    """Start a process that dies with the bench, even a killed bench (PR_SET_PDEATHSIG)."""
+    from fivenines.runtime.supervisor import die_with_parent
+
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
+                            preexec_fn=die_with_parent(os.getpid()))
 
 
 def free_port() -> int:
@@ -526,10 +530,9 @@ backend be
 """
 
     def start_demo(self, tid: str) -> None:
-        log = (self.tmp / f"{tid}.log").open("ab")
-        self.procs[tid] = subprocess.Popen([PY, "-m", "fivenines.demo", "--port", str(self.ports[tid]), "--id", tid],
-                                           stdout=log, stderr=log, start_new_session=True)
-        log.close()
+        with (self.tmp / f"{tid}.log").open("ab") as log:
+            self.procs[tid] = spawn([PY, "-m", "fivenines.demo", "--port", str(self.ports[tid]), "--id", tid], log,
+                                    new_session=True)
 
     async def start(self) -> None:
         self.port = free_port()
