@@ -26,13 +26,15 @@ from typing import Any
 
 from fivenines.core import pool
 from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
+from fivenines.core.drain import DrainState, drain_step
 from fivenines.core.health import CheckResult, HealthState, Reason, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
 from fivenines.core.rollout import ActionKind, RollingRestart, View, restart_order
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import Listener, ProxySettings
+from fivenines.proxy.http import ProxySettings
+from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.events import EventLog, iso
 from fivenines.runtime.failover import GroupFailover, make_judge
 from fivenines.runtime.probe import agent_check, make_check, probe_loop
@@ -72,7 +74,7 @@ class InstanceSlot:
 
 class TargetRuntime:
     def __init__(self, group: GroupRuntime, index: int, target_id: str, host: str, port: int,
-                 role: Role, slot: InstanceSlot | None, now: float) -> None:
+                 role: Role, slot: InstanceSlot | None, now: float, weight: int = 1) -> None:
         self.group = group
         self.index = index
         self.id = target_id
@@ -82,13 +84,14 @@ class TargetRuntime:
         self.role = role
         self.role_since = now
         self.slot = slot
-        self.backend = Backend(target_id, host, port)
+        self.backend = Backend(target_id, host, port, weight=weight)
         self.probe_task: asyncio.Task[None] | None = None
         self.agent_task: asyncio.Task[None] | None = None
         self.ejection = ""  # why passive detection ejected it (empty: not ejected)
         self.available_since = now  # when it last stopped being excluded
         self.agent: AgentReport | None = None
         self.agent_error = ""
+        self.drain_started: float | None = None
 
     @property
     def excluded(self) -> str:
@@ -112,10 +115,10 @@ class TargetRuntime:
 
 
 class GroupRuntime:
-    def __init__(self, name: str, spec: TargetGroupSpec) -> None:
+    def __init__(self, name: str, spec: TargetGroupSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.spec = spec
-        self.backends = BackendGroup(name, spec.algorithm)
+        self.backends = BackendGroup.from_spec(name, spec, clock=clock)
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
@@ -167,12 +170,14 @@ class Controller:
         self.settings = settings or ProxySettings()
         self.events = EventLog()
         self.groups: dict[str, GroupRuntime] = {}
-        self.listeners: list[tuple[Any, Listener]] = []
+        self.listeners: list[tuple[Any, Any]] = []  # (ListenerSpec, Listener | TcpListener | RemoteListener)
+        self.workers: WorkerPool | None = None
         self.admin: Any = None
         self.started_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
         self._stopping = False
+        self._settings_given = settings is not None
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -207,12 +212,8 @@ class Controller:
         self.admin = AdminServer(self)
         try:
             await self.admin.start(host, port)
-            for ls in self.spec.listeners:
-                group = self.groups[ls.default_target_group].backends
-                listener = Listener(lambda g=group: g, ls.port, self.settings)  # type: ignore[misc]
-                await listener.start(ls.host, ls.port)
-                self.listeners.append((ls, listener))
-        except OSError as exc:
+            await self._start_data_plane()
+        except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
@@ -225,11 +226,25 @@ class Controller:
             self._reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
 
+    async def _start_data_plane(self) -> None:
+        """Listeners in this process (``workers: 1``), or N worker processes sharing the ports."""
+        groups = {name: g.backends for name, g in self.groups.items()}
+        settings = self.settings if self._settings_given else None
+        if self.spec.workers > 1:
+            self.workers = WorkerPool(self.spec, groups, self.spec.workers, self.state_dir / "logs", settings)
+            await self.workers.start()
+            self.listeners.extend(self.workers.listeners)
+            return
+        for ls in self.spec.listeners:
+            listener = make_listener(ls, groups, settings)
+            await listener.start(ls.host, ls.port)
+            self.listeners.append((ls, listener))
+
     def _build_groups(self) -> None:
         now = self.now()
         taken: set[int] = set()
         for name, tg in self.spec.target_groups.items():
-            g = GroupRuntime(name, tg)
+            g = GroupRuntime(name, tg, clock=self.now)
             self.groups[name] = g
             if tg.instances is not None:
                 inst = tg.instances
@@ -255,7 +270,7 @@ class Controller:
                 for i, wt in enumerate(tg.target_list()):
                     host, port = split_hostport(wt.address)
                     tid = f"{name}-{i + 1}"
-                    t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
+                    t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now, weight=wt.weight)
                     g.targets.append(t)
                     g.backends.add(t.backend)
 
@@ -266,7 +281,9 @@ class Controller:
             return
         self._stopping = True
         cut = 0
-        if self.listeners:
+        if self.workers is not None:
+            cut = await self.workers.stop(drain_timeout)
+        elif self.listeners:
             results = await asyncio.gather(*(lst.drain(drain_timeout) for _, lst in self.listeners))
             cut = sum(results)
         if cut:
@@ -285,8 +302,12 @@ class Controller:
         self.stopped.set()
 
     async def _close_servers(self) -> None:
-        for _, lst in self.listeners:
-            lst.stop_accepting()
+        if self.workers is not None:
+            if not self._stopping:
+                await self.workers.stop(0.0)
+        else:
+            for _, lst in self.listeners:
+                lst.stop_accepting()
         if self.admin is not None:
             await self.admin.close()
 
@@ -315,8 +336,12 @@ class Controller:
         slot.process = proc
         slot.lifecycle.started(proc.pid, now)
         t.backend.move_to("127.0.0.1", slot.port)
+        t.group.backends.notify("move", t.backend)
         self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
         if slot.lifecycle.restarts:
+            if t.drain_started is not None or t.backend.draining:  # restarted after a deregistration
+                t.drain_started = None
+                t.group.backends.set_draining(t.id, False)
             outliers = t.group.failover.outliers
             if outliers is not None:
                 outliers.reinstate(t.index, now)
@@ -340,6 +365,7 @@ class Controller:
         now = self.now()
         decision = slot.lifecycle.exited(code, now, self.rng.random())
         t.backend.close_idle()
+        t.group.backends.notify("close_idle", t.id)
         self._event("instance", t, "running", decision.state.value, decision.reason)
         tr = t.health.exited(now, f"exit {describe_exit(code)}")
         self._transition(t, tr)
@@ -389,6 +415,52 @@ class Controller:
         if tr.old is HealthState.HEALTHY and tr.new is HealthState.UNHEALTHY and not t.ejection:
             t.group.failover.flaps.lost(t.id, tr.at)  # one loss per incident: not again after an ejection
         self._reconcile(t.group)
+
+    # ------------------------------------------------------------------ deregistration (draining)
+
+    def deregister(self, target_id: str) -> str:
+        """Start draining a target: no new requests; in-flight ones get ``deregistration_delay``."""
+        t = self.target(target_id)
+        if t is None:
+            raise ConfigError(f"no target {target_id!r}")
+        now = self.now()
+        tr = t.health.drain(now)
+        if tr is None:
+            return f"{t.id} is already draining"
+        t.drain_started = now
+        t.group.backends.set_draining(t.id, True)
+        self._transition(t, tr)
+        self._drain_tick(t)
+        return f"draining {t.id}: deregistration delay {t.group.spec.deregistration_delay:g}s"
+
+    def register(self, target_id: str) -> str:
+        """(Re-)register a target: it serves again after passing its health checks."""
+        t = self.target(target_id)
+        if t is None:
+            raise ConfigError(f"no target {target_id!r}")
+        t.drain_started = None
+        t.group.backends.set_draining(t.id, False)
+        self._transition(t, t.health.register(self.now()))
+        return f"registered {t.id}"
+
+    def _drain_tick(self, t: TargetRuntime) -> None:
+        if t.drain_started is None or t.health.state is not HealthState.DRAINING or self._stopping:
+            return
+        now = self.now()
+        step = drain_step(t.drain_started, t.group.spec.deregistration_delay, t.backend.in_flight, now)
+        if step.state is DrainState.WAITING:
+            assert self._loop is not None and step.check_again_in is not None
+            self._loop.call_later(step.check_again_in, self._drain_tick, t)
+            return
+        if step.state is DrainState.TIMED_OUT:
+            if self.workers is not None:
+                self.workers.cut(t.group.name, t.id)
+            for _, lst in self.listeners:
+                if hasattr(lst, "cut"):
+                    lst.cut(t.backend)
+        t.drain_started = None
+        self._transition(t, t.health.unuse(now))
+        self._event("drain", t, "draining", "unused", step.reason)
 
     # ------------------------------------------------------------------ roles and serving
 
@@ -449,6 +521,10 @@ class Controller:
                 "responses": c.responses,
                 "failed": c.failed,
                 "retries": c.retries,
+                "redirects": c.redirects,
+                "fixed_responses": c.fixed,
+                "upgrades": c.upgrades,
+                "rules": len(ls.rules),
             })
         groups = {}
         for name, g in self.groups.items():
@@ -460,6 +536,12 @@ class Controller:
                 "serving": [b.id for b in g.backends.serving],
                 "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
                 "targets": targets,
+                "requests": g.backends.counters.requests,
+                "retries": g.backends.counters.retries,
+                "retry_budget_exhausted": g.backends.counters.budget_exhausted,
+                "failed": g.backends.counters.failed,
+                "slow_start_s": g.spec.slow_start,
+                "ramping": sorted(g.backends.balancer.joined),
                 **self._failover_status(g, now),
             }
         return {
@@ -470,6 +552,8 @@ class Controller:
             "admin": self.admin.url if self.admin else None,
             "listeners": listeners,
             "target_groups": groups,
+            "workers": self.workers.status() if self.workers is not None else [],
+            "workers_synced": self.workers.synced() if self.workers is not None else True,
         }
 
     def _target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
@@ -487,6 +571,7 @@ class Controller:
             "requests": t.backend.requests,
             "errors": t.backend.errors,
             "in_flight": t.backend.in_flight,
+            "weight": t.backend.weight,
             "last_check": None,
         }
         if h.last_check is not None:
@@ -661,8 +746,7 @@ class Controller:
             t = g.by_id(a.target) if a.target else None
             if a.kind is ActionKind.DEREGISTER and t is not None:
                 self._event("rollout", t, "", "deregister", a.reason)
-                self._transition(t, t.health.drain(now))
-                t.backend.close_idle()
+                self.deregister(t.id)
             elif a.kind is ActionKind.STOP and t is not None:
                 self._event("rollout", t, "deregister", "stop", a.reason)
                 assert self._loop is not None
