@@ -63,6 +63,7 @@ FALL = 2
 PER_TRY = 0.5
 ATTEMPTS = 3  # tries in all; HAProxy: retries = ATTEMPTS - 1
 ACTIVE_DETECTION_BOUND = INTERVAL * FALL + TIMEOUT
+CONSECUTIVE_5XX = 1  # fivenines' passive detection: eject on the first 5xx (the default is 3)
 CLIENT_TIMEOUT = 10.0
 
 
@@ -380,7 +381,7 @@ class FiveninesSystem(System):
                     "healthy_threshold": RISE, "unhealthy_threshold": FALL,
                 },
                 "retries": {"attempts": ATTEMPTS, "per_try_timeout": f"{int(PER_TRY * 1000)}ms", "budget_percent": 100},
-                "outlier_detection": {"base_ejection_time": "5s"},
+                "outlier_detection": {"base_ejection_time": "5s", "consecutive_5xx": CONSECUTIVE_5XX},
                 "failover": {"hold_time": "2s"},
                 "deregistration_delay": "5s",
             }},
@@ -718,7 +719,8 @@ def print_table(results: list[Result], rate: float) -> None:
     print()
     print(f"Failover under {rate:.0f} requests/s keep-alive load; 3 active + 1 standby demo instances; checks every "
           f"{INTERVAL * 1000:.0f}ms, timeout {TIMEOUT * 1000:.0f}ms, rise {RISE} fall {FALL}; per-try timeout "
-          f"{PER_TRY * 1000:.0f}ms, {ATTEMPTS} tries")
+          f"{PER_TRY * 1000:.0f}ms, {ATTEMPTS} tries; fivenines outlier_detection: consecutive_errors 1, "
+          f"consecutive_5xx {CONSECUTIVE_5XX}, retry budget 100%")
     head = f"| {'scenario':<22} | {'system':<9} | {'sent':>6} | {'failed':>6} | {'p99 ms':>7} | {'max ms':>7} | " \
            f"{'detected':>8} | {'how':<34} | {'standby served':>14} |"
     print(head)

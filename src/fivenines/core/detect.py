@@ -378,6 +378,7 @@ class Ejection:
     until: float
     count: int  # the how-many-th ejection of this target (in a row)
     reason: str
+    cause: str = ""  # connect | reset | timeout | 5xx | latency
 
     def __str__(self) -> str:
         return f"ejected for {self.until - self.at:.3g}s: {self.reason}"
@@ -445,9 +446,9 @@ class OutlierDetector:
             return None
         p = self.policy
         if s.errors >= p.consecutive_errors > 0:
-            return self._eject(i, now, f"{s.errors} consecutive {_ERROR_WORD[outcome]}")
+            return self._eject(i, now, f"{s.errors} consecutive {_ERROR_WORD[outcome]}", _CAUSE[outcome])
         if s.fives >= p.consecutive_5xx > 0:
-            return self._eject(i, now, f"{s.fives} consecutive 5xx")
+            return self._eject(i, now, f"{s.fives} consecutive 5xx", "5xx")
         return None
 
     # -- timed
@@ -466,7 +467,7 @@ class OutlierDetector:
         lp = self.policy.latency
         if lp is not None:
             for i, why in self.latency_outliers(now):
-                e = self._eject(i, now, why)
+                e = self._eject(i, now, why, "latency")
                 if e is not None:
                     ejections.append(e)
         return ejections, reinstated
@@ -497,7 +498,7 @@ class OutlierDetector:
         return [(i, why) for _, i, why in out]
 
     # -- state
-    def _eject(self, i: int, now: float, reason: str) -> Ejection | None:
+    def _eject(self, i: int, now: float, reason: str, cause: str) -> Ejection | None:
         s = self._t[i]
         if s.until:
             return None
@@ -512,7 +513,7 @@ class OutlierDetector:
         s.count += 1
         s.until = now + self.policy.ejection_time(s.count)
         self.ejected_count += 1
-        return Ejection(i, now, s.until, s.count, reason)
+        return Ejection(i, now, s.until, s.count, reason, cause)
 
     def ejected(self, i: int) -> bool:
         return self._t[i].until != 0.0
@@ -539,6 +540,8 @@ class OutlierDetector:
         s = self._t[i]
         return {"consecutive_errors": s.errors, "consecutive_5xx": s.fives, "ejections": s.count}
 
+
+_CAUSE = {int(Outcome.CONNECT): "connect", int(Outcome.RESET): "reset", int(Outcome.TIMEOUT): "timeout"}
 
 _ERROR_WORD = {
     int(Outcome.CONNECT): "connect errors",

@@ -43,6 +43,7 @@ class Backend:
         "id",
         "idle",
         "in_flight",
+        "index",
         "max_idle",
         "port",
         "requests",
@@ -60,6 +61,7 @@ class Backend:
         self.weight = weight
         self.idle: list[PooledConnection] = []
         self.max_idle = max_idle
+        self.index = 0  # position in its group (set by BackendGroup.add): the passive detector's key
         self.in_flight = 0  # HTTP requests or TCP connections now on this target
         self.requests = 0  # attempts sent (HTTP) or connections opened (TCP)
         self.connections = 0  # upstream connections opened
@@ -148,6 +150,7 @@ class BackendGroup:
         "counters",
         "hash_on",
         "name",
+        "observe",
         "observers",
         "retry",
         "serving",
@@ -180,6 +183,9 @@ class BackendGroup:
         self.clock = clock
         self.counters = GroupCounters()
         self.observers: list[Callable[[str, BackendGroup, Any], None]] = []
+        # The passive-outcome hook: (backend index, core.detect.Outcome, latency, now) of every
+        # attempt of a real request. Called on the hot path: it must be cheap and allocate nothing.
+        self.observe: Callable[[int, int, float, float], None] | None = None
         self._by_token: dict[bytes, Backend] = {}
 
     @classmethod
@@ -211,6 +217,8 @@ class BackendGroup:
 
     def add(self, backend: Backend) -> Backend:
         backend.group = self.name
+        if backend.id not in self.backends:
+            backend.index = len(self.backends)
         self.backends[backend.id] = backend
         self._by_token[sticky_token(self.name, backend.id)] = backend
         return backend

@@ -50,6 +50,7 @@ from typing import Any
 import httptools
 
 from fivenines.core.balance import key_hash
+from fivenines.core.detect import Outcome
 from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
@@ -94,6 +95,18 @@ _REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+# core.detect.Outcome of a failed attempt (ints: the passive hook allocates nothing)
+_OUTCOME = {
+    Failure.CONNECT: int(Outcome.CONNECT),
+    Failure.CONNECT_TIMEOUT: int(Outcome.CONNECT),
+    Failure.RESET: int(Outcome.RESET),
+    Failure.PROTOCOL: int(Outcome.RESET),
+    Failure.TIMEOUT: int(Outcome.TIMEOUT),
+    Failure.STATUS: int(Outcome.HTTP_5XX),
+}
+
+_OK, _HTTP_5XX = int(Outcome.OK), int(Outcome.HTTP_5XX)
+
 _STATUS_FOR = {
     Failure.CONNECT: 502,
     Failure.CONNECT_TIMEOUT: 504,
@@ -199,6 +212,7 @@ class Exchange:
         "reply_when_read",
         "request_done",
         "response_started",
+        "sent_at",
         "started",
         "sticky",
         "tried",
@@ -236,6 +250,7 @@ class Exchange:
         self.attempts = 0
         self.last_failure: Failure | None = None
         self.started = 0.0
+        self.sent_at = 0.0  # loop time the current attempt was sent (passive latency)
         self.done = False
 
 
@@ -265,7 +280,7 @@ class Listener:
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for the slow timeouts
         self.no_clients = asyncio.Event()  # set whenever the last client connection closes
         # Attempts waiting for a response head, each with its deadline: checked by a timer
-        # (cheaper per request than a timer per attempt; fires up to a quarter late).
+        # (cheaper per request than a timer per attempt; fires up to a tenth late).
         self.waiting: set[UpstreamConnection] = set()
         self.time: Callable[[], float] = lambda: 0.0
 
@@ -291,7 +306,7 @@ class Listener:
         ts += [g.retry.per_try_timeout for g in self.all_groups() if g.retry.per_try_timeout]
         if self.settings.retry is not None and self.settings.retry.per_try_timeout:
             ts.append(self.settings.retry.per_try_timeout)
-        return max(0.02, min(1.0, min(ts) / 4))
+        return max(0.02, min(1.0, min(ts) / 10))
 
     def _watch(self) -> None:
         """Per-try timeouts: attempts whose response head is late."""
@@ -335,6 +350,17 @@ class Listener:
 
     def in_flight(self) -> int:
         return sum(1 for c in self.clients if c.busy())
+
+    def rescue(self, backend: Backend) -> int:
+        """Give up now on the attempts waiting for ``backend``'s answer (it was just ejected as hung or
+        slow), as their per-try timeout would: idempotent ones are retried on another target at once;
+        the others keep waiting (trying them twice could do them twice). Returns how many."""
+        n = 0
+        for conn in [c for c in self.waiting if c.backend is backend]:
+            ex, client = conn.exchange, conn.client
+            if ex is not None and client is not None and ex.idempotent and not ex.response_started:
+                n += client.rescue(ex, conn)
+        return n
 
     def cut(self, backend: Backend) -> int:
         """Abort every client exchange now on ``backend`` (a drained target's deadline). Returns how many."""
@@ -771,6 +797,7 @@ class ClientConnection(asyncio.Protocol):
             group.budget.deposit()
             group.counters.requests += 1
         ex.backend = backend
+        ex.sent_at = self._listener.time()
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
@@ -845,8 +872,13 @@ class ClientConnection(asyncio.Protocol):
             group.counters.budget_exhausted += 1
         return verdict
 
-    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None) -> None:
-        """An attempt failed before any response byte reached the client."""
+    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None,
+                        *, passive: bool = True) -> None:
+        """An attempt failed before any response byte reached the client.
+
+        ``passive``: the failure is the target's doing and is reported to the group's
+        passive detector (not a deregistration cut nor the client's request deadline).
+        """
         if ex.done:
             return
         backend = ex.backend
@@ -856,6 +888,12 @@ class ClientConnection(asyncio.Protocol):
         if failure is Failure.STALE:
             ex.attempts -= 1
         self._release_attempt(ex, reusable=False)
+        if passive and backend is not None and failure is not Failure.STALE and ex.group is not None:
+            observe = ex.group.observe
+            if observe is not None and not backend.draining:
+                now = self._listener.time()
+                # may eject the target: it leaves the serving set before the retry below picks
+                observe(backend.index, _OUTCOME[failure], now - ex.sent_at, now)
         if self._closing and self._transport.is_closing():
             ex.done = True
             return
@@ -958,6 +996,15 @@ class ClientConnection(asyncio.Protocol):
         if not ex.request_done:
             ex.keep_alive = False
         self._finish(ex)
+
+    def observed(self, ex: Exchange, status: int) -> None:
+        """A response head arrived (and goes to the client): tell the passive detector."""
+        group, backend = ex.group, ex.backend
+        if group is not None and backend is not None:
+            observe = group.observe
+            if observe is not None:
+                now = self._listener.time()
+                observe(backend.index, _HTTP_5XX if status >= 500 else _OK, now - ex.sent_at, now)
 
     def upstream_failed(self, ex: Exchange, failure: Failure, detail: str) -> None:
         if ex.response_started:
@@ -1120,7 +1167,7 @@ class ClientConnection(asyncio.Protocol):
                     self.upstream_failed(ex, Failure.TIMEOUT, "request timeout")
                 else:
                     ex.replay = None  # no retry past the request deadline
-                    self._attempt_failed(ex, Failure.TIMEOUT, "request timeout")
+                    self._attempt_failed(ex, Failure.TIMEOUT, "request timeout", passive=False)
             return
         if self.head_started is not None:
             if now - self.head_started > s.header_timeout:
@@ -1129,6 +1176,19 @@ class ClientConnection(asyncio.Protocol):
         elif now - self.last_active > s.idle_timeout:
             self.abort()
 
+    def rescue(self, ex: Exchange, conn: UpstreamConnection) -> int:
+        """Move ``ex`` off its ejected target now. Not charged to the retry budget: the pool keeps a
+        target able to serve, and these would be retried at their per-try timeout anyway."""
+        verdict = self._policy(ex).decide(
+            Failure.TIMEOUT, attempts_made=ex.attempts, replayable=ex.replay is not None,
+            response_started=ex.response_started, idempotent=ex.idempotent, budget=None)
+        if not verdict.retry:
+            return 0
+        conn.detach_timer()
+        self._attempt_failed(ex, Failure.TIMEOUT, f"{conn.backend.id} ejected", verdict)
+        self.flush()
+        return 1
+
     def cut(self, backend: Backend) -> int:
         for ex in self._exchanges:
             if ex.backend is backend and not ex.done:
@@ -1136,7 +1196,7 @@ class ClientConnection(asyncio.Protocol):
                     self.upstream_failed(ex, Failure.RESET, f"{backend.id} deregistered")
                 else:
                     ex.replay = None
-                    self._attempt_failed(ex, Failure.RESET, f"{backend.id} deregistered")
+                    self._attempt_failed(ex, Failure.RESET, f"{backend.id} deregistered", passive=False)
                 return 1
         return 0
 
@@ -1383,6 +1443,17 @@ class UpstreamConnection(asyncio.Protocol):
             waiting.discard(self)
             self._waiting = None
 
+    @property
+    def exchange(self) -> Exchange | None:
+        return self._ex
+
+    @property
+    def client(self) -> ClientConnection | None:
+        return self._client
+
+    def detach_timer(self) -> None:
+        self._cancel_timer()
+
     def timed_out(self) -> None:
         self._cancel_timer()
         ex, client = self._ex, self._client
@@ -1437,6 +1508,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.keep_alive = False
             self._retry_status = True
             raise _HeadDone
+        client.observed(ex, status)
         has_cl = b"\r\ncontent-length:" in lower
         has_te = b"\r\ntransfer-encoding:" in lower
         # ambiguous framing (both): never reuse this connection

@@ -206,6 +206,9 @@ class Controller:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self._build_groups()
+        for g in self.groups.values():
+            if g.failover.outliers is not None:
+                g.backends.observe = lambda i, o, lat, now, g=g: self.on_outcome(g, i, o, lat, now)
         from fivenines.admin.server import AdminServer
 
         host, port = split_hostport(self.spec.admin.listen)
@@ -654,12 +657,12 @@ class Controller:
                 self._rollout_step(g, now)
         return decisions
 
-    def on_outcome(self, g: GroupRuntime, index: int, outcome: int, latency: float) -> None:
+    def on_outcome(self, g: GroupRuntime, index: int, outcome: int, latency: float, now: float) -> None:
         """The passive hook: one attempt of a real request on ``g.targets[index]`` ended so."""
         out = g.failover.outliers
         if out is None:
             return
-        e = out.record(index, outcome, latency, self.now())
+        e = out.record(index, outcome, latency, now)
         if e is not None:
             self._apply_ejection(g, e)
 
@@ -669,7 +672,15 @@ class Controller:
         if t.health.state is HealthState.HEALTHY:
             g.failover.flaps.lost(t.id, e.at)
         self._event("ejection", t, "", "ejected", f"{e} (ejection #{e.count})")
-        self._reconcile(g)
+        self._reconcile(g)  # it leaves the serving set now
+        if e.cause in ("timeout", "latency") and self._loop is not None:
+            # hung or slow: what waits for it is retried elsewhere now (after this call stack unwinds)
+            self._loop.call_soon(self._rescue, t)
+
+    def _rescue(self, t: TargetRuntime) -> None:
+        n = sum(lst.rescue(t.backend) for _, lst in self.listeners if hasattr(lst, "rescue"))
+        if n:
+            log.info("%s: %d requests waiting for %s retried elsewhere", t.group.name, n, t.id)
 
     def _ejection_over(self, t: TargetRuntime, now: float, why: str) -> None:
         if not t.ejection:
