@@ -177,3 +177,100 @@ def test_command_checks_judge_the_target(run_fivenines: Any) -> None:
     t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unhealthy" and x, 5, what="unhealthy by command")
     assert t["reason"] == "Target.FailedHealthChecks" and t["detail"].startswith("exit 1")
     assert f.status()["target_groups"]["web"]["serving"] == ["web-2"]
+
+
+# --------------------------------------------------------------------------- passive detection through the proxy
+
+
+def _load_until(f: Fivenines, done: Any, results: list[tuple[float, int, str]], limit: int = 5000) -> None:
+    """Requests one after another over keep-alive until ``done()`` (or ``limit``)."""
+    import http.client
+
+    conn: http.client.HTTPConnection | None = None
+    for _ in range(limit):
+        if done():
+            break
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(f.host, f.port, timeout=10)
+            start = time.monotonic()
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            body = r.read().decode()
+            results.append((time.monotonic() - start, r.status, body.split()[1] if r.status == 200 else body))
+        except (OSError, http.client.HTTPException) as exc:
+            results.append((0.0, 0, repr(exc)))
+            if conn is not None:
+                conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+
+
+def test_5xx_ejects_at_once_and_clients_see_none(run_fivenines: Any) -> None:
+    spec = demo_spec(count=2, standby=1, interval="1s", timeout="500ms")
+    spec["target_groups"]["web"]["outlier_detection"] = {"consecutive_5xx": 1, "latency": None}
+    spec["target_groups"]["web"]["retries"] = {"attempts": 2}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    direct(f.target("web-1"), "/_fail")
+    results: list[tuple[float, int, str]] = []
+    _load_until(f, lambda: len(results) >= 20, results)
+    assert [r for r in results if r[1] != 200] == []
+    t = f.target("web-1")
+    assert t["excluded"] == "ejected (1 consecutive 5xx)" and t["state"] == "healthy"  # checks have not noticed
+    assert t["ejection"]["ejected"] and t["ejection"]["remaining_s"] > 5
+    st = f.status()["target_groups"]["web"]
+    assert st["ejected"] == ["web-1"] and st["serving"] == ["web-2", "web-3"]
+    ev = [e for e in events(f) if e["kind"] == "ejection"]
+    assert ev[0]["target"] == "web-1" and ev[0]["reason"].startswith("ejected for 10s: 1 consecutive 5xx")
+    # web-1 answered exactly one real request before it was taken out
+    assert sum(1 for _, _, inst in results if inst == "web-1") == 0
+    assert t["errors"] == 1
+
+
+def test_a_hung_target_costs_one_per_try_timeout_then_is_ejected(run_fivenines: Any) -> None:
+    spec = demo_spec(count=2, standby=1, interval="1s", timeout="500ms")
+    spec["target_groups"]["web"]["retries"] = {"attempts": 2, "per_try_timeout": "300ms"}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    victim = f.target("web-1")
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        results: list[tuple[float, int, str]] = []
+        _load_until(f, lambda: len(results) >= 30, results)
+        t = f.target("web-1")
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    assert [r for r in results if r[1] != 200] == []
+    slow = [r for r in results if r[0] > 0.25]
+    assert len(slow) <= 1 and all(r[0] < 0.3 + 0.2 for r in results)  # one per-try timeout at most
+    assert t["excluded"] == "ejected (1 consecutive per-try timeouts)"
+    assert f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"]
+
+
+def test_latency_outlier_is_ejected(run_fivenines: Any) -> None:
+    spec = demo_spec(count=3, standby=0, interval="1s", timeout="500ms")
+    spec["target_groups"]["web"]["outlier_detection"] = {
+        "latency": {"factor": 5, "min_latency": "50ms", "window": "10s", "min_requests": 5}}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    direct(f.target("web-2"), "/_slow?ms=150")
+    results: list[tuple[float, int, str]] = []
+    _load_until(f, lambda: bool(f.target("web-2")["excluded"]), results, limit=400)
+    t = f.target("web-2")
+    assert t["excluded"].startswith("ejected (latency outlier: p90 ")
+    assert "x peers' median" in t["excluded"] and t["state"] == "healthy"
+    assert [r for r in results if r[1] != 200] == []
+    assert f.status()["target_groups"]["web"]["serving"] == ["web-1", "web-3"]
+
+
+def test_the_last_target_able_to_serve_is_never_ejected(run_fivenines: Any) -> None:
+    spec = demo_spec(count=1, standby=0, interval="1s", timeout="500ms")
+    spec["target_groups"]["web"]["outlier_detection"] = {"consecutive_5xx": 1}
+    spec["target_groups"]["web"]["retries"] = {"attempts": 1}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    direct(f.target("web-1"), "/_fail")
+    assert [f.get("/")[0] for _ in range(3)] == [500, 500, 500]  # its answer beats no answer
+    assert not f.target("web-1")["excluded"]

@@ -149,6 +149,7 @@ class BackendGroup:
         "clock",
         "counters",
         "hash_on",
+        "hedge_delay",
         "name",
         "observe",
         "observers",
@@ -186,6 +187,7 @@ class BackendGroup:
         # The passive-outcome hook: (backend index, core.detect.Outcome, latency, now) of every
         # attempt of a real request. Called on the hot path: it must be cheap and allocate nothing.
         self.observe: Callable[[int, int, float, float], None] | None = None
+        self.hedge_delay: float | None = None  # hedging: send a copy after this (idempotent requests)
         self._by_token: dict[bytes, Backend] = {}
 
     @classmethod
@@ -204,7 +206,7 @@ class BackendGroup:
             else:
                 hash_on = ("uri", b"")
         r = spec.retries
-        return cls(
+        group = cls(
             name,
             spec.algorithm,
             slow_start=spec.slow_start,
@@ -214,6 +216,9 @@ class BackendGroup:
             hash_on=hash_on,
             clock=clock,
         )
+        hedging = getattr(spec, "hedging", None)
+        group.hedge_delay = hedging.delay if hedging is not None else None
+        return group
 
     def add(self, backend: Backend) -> Backend:
         backend.group = self.name

@@ -524,6 +524,7 @@ class Controller:
                 "responses": c.responses,
                 "failed": c.failed,
                 "retries": c.retries,
+                "hedges": getattr(c, "hedges", 0),
                 "redirects": c.redirects,
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
