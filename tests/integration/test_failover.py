@@ -274,3 +274,22 @@ def test_the_last_target_able_to_serve_is_never_ejected(run_fivenines: Any) -> N
     direct(f.target("web-1"), "/_fail")
     assert [f.get("/")[0] for _ in range(3)] == [500, 500, 500]  # its answer beats no answer
     assert not f.target("web-1")["excluded"]
+
+
+def test_passive_ejection_in_worker_processes(run_fivenines: Any) -> None:
+    """workers: 2: a worker ejects at once on its own evidence, the main process decides for the group."""
+    spec = demo_spec(count=2, standby=1, interval="1s", timeout="500ms")
+    spec["workers"] = 2
+    spec["target_groups"]["web"]["outlier_detection"] = {"consecutive_5xx": 1, "latency": None}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    wait_until(lambda: f.status()["workers_synced"], 5, what="workers synced")
+    direct(f.target("web-1"), "/_fail")
+    statuses = []
+    for _ in range(30):  # a new connection each: both workers see traffic
+        statuses.append(f.get("/")[0])
+    assert statuses == [200] * 30
+    t = wait_until(lambda: (x := f.target("web-1"))["excluded"] and x, 5, what="ejected in the main process")
+    assert t["excluded"] == "ejected (1 consecutive 5xx)" and t["state"] == "healthy"
+    wait_until(lambda: f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"], 5, what="standby in")
+    wait_until(lambda: f.status()["workers_synced"], 5, what="workers follow")

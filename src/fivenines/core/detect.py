@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from fivenines.core.health import CheckResult, HealthState, Reason, TargetHealth, Transition
 
@@ -371,6 +371,24 @@ class OutlierPolicy:
         return max(1, int(members * self.max_ejection_percent / 100.0))
 
 
+def outlier_policy(tg: Any) -> OutlierPolicy | None:
+    """The policy of a :class:`~fivenines.spec.TargetGroupSpec`'s ``outlier_detection`` (None: disabled)."""
+    od = tg.outlier_detection
+    if not od.enabled:
+        return None
+    lat = od.latency
+    return OutlierPolicy(
+        consecutive_errors=od.consecutive_errors,
+        consecutive_5xx=od.consecutive_5xx,
+        base_ejection_time=od.base_ejection_time,
+        max_ejection_time=od.max_ejection_time,
+        max_ejection_percent=od.max_ejection_percent,
+        latency=None if lat is None else LatencyPolicy(
+            factor=lat.factor, min_latency=lat.min_latency, window=lat.window, min_requests=lat.min_requests
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Ejection:
     index: int
@@ -514,6 +532,10 @@ class OutlierDetector:
         s.until = now + self.policy.ejection_time(s.count)
         self.ejected_count += 1
         return Ejection(i, now, s.until, s.count, reason, cause)
+
+    def eject(self, i: int, now: float, reason: str, cause: str = "") -> Ejection | None:
+        """Eject ``i`` on evidence gathered elsewhere (another process's detector), within the same caps."""
+        return self._eject(i, now, reason, cause)
 
     def ejected(self, i: int) -> bool:
         return self._t[i].until != 0.0

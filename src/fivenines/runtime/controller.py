@@ -235,6 +235,7 @@ class Controller:
         settings = self.settings if self._settings_given else None
         if self.spec.workers > 1:
             self.workers = WorkerPool(self.spec, groups, self.spec.workers, self.state_dir / "logs", settings)
+            self.workers.on_eject = self.on_worker_ejection
             await self.workers.start()
             self.listeners.extend(self.workers.listeners)
             return
@@ -666,6 +667,18 @@ class Controller:
         e = out.record(index, outcome, latency, now)
         if e is not None:
             self._apply_ejection(g, e)
+
+    def on_worker_ejection(self, msg: dict[str, Any]) -> None:
+        """A worker's passive detector ejected a target (and took it out of its own serving set)."""
+        g = self.groups.get(msg.get("group", ""))
+        t = g.by_id(msg.get("id", "")) if g is not None else None
+        if g is None or t is None or g.failover.outliers is None:
+            return
+        e = g.failover.outliers.eject(t.index, self.now(), str(msg.get("reason", "")), str(msg.get("cause", "")))
+        if e is not None:
+            self._apply_ejection(g, e)
+        elif not t.ejection:
+            g.backends.set_serving([b.id for b in g.backends.serving])  # not ejected: the workers serve it again
 
     def _apply_ejection(self, g: GroupRuntime, e: Ejection) -> None:
         t = g.targets[e.index]

@@ -11,11 +11,10 @@ from __future__ import annotations
 from fivenines.core.detect import (
     Detector,
     HealthJudge,
-    LatencyPolicy,
     OutlierDetector,
-    OutlierPolicy,
     PhiAccrualDetector,
     ThresholdDetector,
+    outlier_policy,
 )
 from fivenines.core.health import TargetHealth
 from fivenines.core.pool import FailOpen, FlapHistory, ServingSet
@@ -39,23 +38,6 @@ def make_detector(hc: HealthCheckSpec) -> Detector:
 
 def make_judge(hc: HealthCheckSpec, now: float) -> HealthJudge:
     return HealthJudge(TargetHealth(hc.healthy_threshold, 1, since=now), make_detector(hc))
-
-
-def outlier_policy(tg: TargetGroupSpec) -> OutlierPolicy | None:
-    od = tg.outlier_detection
-    if not od.enabled:
-        return None
-    lat = od.latency
-    return OutlierPolicy(
-        consecutive_errors=od.consecutive_errors,
-        consecutive_5xx=od.consecutive_5xx,
-        base_ejection_time=od.base_ejection_time,
-        max_ejection_time=od.max_ejection_time,
-        max_ejection_percent=od.max_ejection_percent,
-        latency=None if lat is None else LatencyPolicy(
-            factor=lat.factor, min_latency=lat.min_latency, window=lat.window, min_requests=lat.min_requests
-        ),
-    )
 
 
 def rollout_policy(tg: TargetGroupSpec, active_count: int) -> RolloutPolicy:
