@@ -77,11 +77,19 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 16384) -> list[str]:
 
 
 class RotatingLog:
-    """An append-only log file rotated when it would grow past ``max_bytes``.
+    r"""An append-only log file rotated when it would grow past ``max_bytes``.
 
     Rotation renames ``path.(k-1)`` → ``path.k`` down to ``path`` → ``path.1`` and
-    drops what falls beyond ``keep``. A chunk larger than ``max_bytes`` is written
-    whole to a fresh file (lines are never split across files by us).
+    drops what falls beyond ``keep``. Files are cut at line ends; only a single line
+    longer than ``max_bytes`` makes a file larger (it is not split).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> log = RotatingLog(d / "x.log", max_bytes=10, keep=2)
+    >>> log.write(b"aaaa\nbbbb\ncccc\n" + b"d" * 12 + b"\ne\n")
+    >>> log.close()
+    >>> [(p.name, p.read_bytes()) for p in sorted(d.iterdir())]
+    [('x.log', b'e\n'), ('x.log.1', b'dddddddddddd\n'), ('x.log.2', b'cccc\n')]
     """
 
     def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
@@ -94,10 +102,23 @@ class RotatingLog:
         self.rotations = 0
 
     def write(self, data: bytes) -> None:
-        if self._fd < 0:
-            return
-        if self.size and self.size + len(data) > self.max_bytes:
-            self.rotate()
+        """Append ``data``, rotating at line ends so no file grows past ``max_bytes``."""
+        while data and self._fd >= 0:
+            room = self.max_bytes - self.size
+            if len(data) <= room:
+                self._put(data)
+                return
+            cut = data.rfind(b"\n", 0, room) + 1  # the whole lines that still fit
+            if cut == 0 and self.size == 0:
+                # a single line longer than a file may be: it goes whole into a file of its own
+                cut = data.find(b"\n") + 1 or len(data)
+            if cut:
+                self._put(data[:cut])
+                data = data[cut:]
+            if data:
+                self.rotate()
+
+    def _put(self, data: bytes) -> None:
         os.write(self._fd, data)
         self.size += len(data)
 
