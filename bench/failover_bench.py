@@ -64,6 +64,7 @@ PER_TRY = 0.5
 ATTEMPTS = 3  # tries in all; HAProxy: retries = ATTEMPTS - 1
 ACTIVE_DETECTION_BOUND = INTERVAL * FALL + TIMEOUT
 CONSECUTIVE_5XX = 1  # fivenines' passive detection: eject on the first 5xx (the default is 3)
+HEDGE = 0.05  # the extra fivenines run: hedging.delay
 CLIENT_TIMEOUT = 10.0
 
 
@@ -357,8 +358,11 @@ class System:
 class FiveninesSystem(System):
     name = "fivenines"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hedge: float | None = None) -> None:
         self.tmp = tmp
+        self.hedge = hedge
+        if hedge is not None:
+            self.name = f"f9+hedge{int(hedge * 1000)}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin = ""
         self.admin_host = "127.0.0.1"
@@ -384,6 +388,7 @@ class FiveninesSystem(System):
                 "outlier_detection": {"base_ejection_time": "5s", "consecutive_5xx": CONSECUTIVE_5XX},
                 "failover": {"hold_time": "2s"},
                 "deregistration_delay": "5s",
+                **({"hedging": {"delay": f"{int(self.hedge * 1000)}ms"}} if self.hedge is not None else {}),
             }},
         }
 
@@ -721,14 +726,14 @@ def print_table(results: list[Result], rate: float) -> None:
           f"{INTERVAL * 1000:.0f}ms, timeout {TIMEOUT * 1000:.0f}ms, rise {RISE} fall {FALL}; per-try timeout "
           f"{PER_TRY * 1000:.0f}ms, {ATTEMPTS} tries; fivenines outlier_detection: consecutive_errors 1, "
           f"consecutive_5xx {CONSECUTIVE_5XX}, retry budget 100%")
-    head = f"| {'scenario':<22} | {'system':<9} | {'sent':>6} | {'failed':>6} | {'p99 ms':>7} | {'max ms':>7} | " \
+    head = f"| {'scenario':<22} | {'system':<14} | {'sent':>6} | {'failed':>6} | {'p99 ms':>7} | {'max ms':>7} | " \
            f"{'detected':>8} | {'how':<34} | {'standby served':>14} |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for key, title in SCENARIOS.items():
         for r in (r for r in results if r.scenario == key):
             how = r.detect_how or r.note
-            print(f"| {key + ') ' + title:<22} | {r.system:<9} | {r.sent:>6} | {r.failed:>6} | {r.p99_ms:>7.1f} | "
+            print(f"| {key + ') ' + title:<22} | {r.system:<14} | {r.sent:>6} | {r.failed:>6} | {r.p99_ms:>7.1f} | "
                   f"{r.max_ms:>7.1f} | {fmt(r.detect_s):>8} | {how[:34]:<34} | {fmt(r.standby_s):>14} |")
     print()
     for r in results:
@@ -766,13 +771,17 @@ async def main_async(args: argparse.Namespace) -> int:
     if "haproxy" in args.systems:
         (tmp / "hap").mkdir()
         systems.append(HAProxySystem(tmp / "hap"))
+    if args.hedge_scenarios:
+        (tmp / "f9h").mkdir()
+        systems.append(FiveninesSystem(tmp / "f9h", hedge=HEDGE))
     results: list[Result] = []
     try:
         for s in systems:
             print(f"== {s.name}", flush=True)
             await s.start()
             try:
-                for key in args.scenarios:
+                keys = args.hedge_scenarios if isinstance(s, FiveninesSystem) and s.hedge is not None else args.scenarios
+                for key in keys:
                     post = {"a": 4.0, "b": 2.0, "c": 4.0, "d": 4.0, "e": 0.0}[key] * (0.5 if args.quick else 1.0)
                     r = await run_scenario(s, key, args.rate, 2.0 if not args.quick else 1.0, post)
                     results.append(r)
@@ -806,6 +815,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="requests per second (default 2000)")
     ap.add_argument("--systems", default="fivenines,haproxy", help="comma-separated: fivenines,haproxy")
     ap.add_argument("--scenarios", default="abcde", help="which scenarios, e.g. abc")
+    ap.add_argument("--hedge-scenarios", default="bd",
+                    help=f"also run these with fivenines hedging ({int(HEDGE * 1000)}ms); '' for none (default bd)")
     ap.add_argument("--quick", action="store_true", help="shorter phases (smoke test)")
     ap.add_argument("--keep", action="store_true", help="keep the logs directory")
     args = ap.parse_args()
