@@ -293,3 +293,17 @@ def test_passive_ejection_in_worker_processes(run_fivenines: Any) -> None:
     assert t["excluded"] == "ejected (1 consecutive 5xx)" and t["state"] == "healthy"
     wait_until(lambda: f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"], 5, what="standby in")
     wait_until(lambda: f.status()["workers_synced"], 5, what="workers follow")
+
+
+def test_agent_weight_scales_a_targets_share(run_fivenines: Any) -> None:
+    from collections import Counter
+
+    spec = demo_spec(count=2, standby=0, algorithm="weighted_round_robin")
+    spec["target_groups"]["web"]["health_check"]["agent"] = {"path": "/_agent", "interval": "100ms"}
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    assert [t["weight"] for t in f.targets()] == [100, 100]
+    direct(f.target("web-1"), "/_agent?say=25%25")
+    wait_until(lambda: f.target("web-1")["weight"] == 25, 5, what="weight from the agent")
+    seen = Counter(f.get("/")[1].split()[1].decode() for _ in range(50))
+    assert seen == {"web-1": 10, "web-2": 40}  # 25 : 100

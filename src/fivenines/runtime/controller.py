@@ -91,6 +91,9 @@ class TargetRuntime:
         self.available_since = now  # when it last stopped being excluded
         self.agent: AgentReport | None = None
         self.agent_error = ""
+        self.base_weight = weight  # the spec's weight; an agent's N% scales it
+        if hc.agent is not None:
+            self.backend.weight = weight * 100  # in percent, so that an agent's 75% is exact
         self.drain_started: float | None = None
 
     @property
@@ -726,6 +729,12 @@ class Controller:
         now = self.now()
         before = t.excluded
         t.agent, t.agent_error = report, error
+        # With an agent, weights are in percent of the spec's weight (an agent's 0% drains instead).
+        pct = report.weight_percent if report is not None and report.weight_percent else 100
+        if t.base_weight * pct != t.backend.weight:
+            t.backend.weight = t.base_weight * pct
+            g = t.group.backends
+            g.set_serving([b.id for b in g.serving])  # the balancer takes the new weight
         if report is not None and report.down:
             detail = "agent: down" + (f" ({report.description})" if report.description else "")
             self._transition(t, t.judge.check(CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, detail), now))
@@ -810,6 +819,7 @@ class Controller:
             "ejection": ej,
             "flaps": hold.count(t.id, now),
             "ready_in_s": round(max(0.0, m.ready_at - now), 3) if m.can_serve and m.role is Role.STANDBY else None,
+            "weight": t.backend.weight,
             "agent": None if t.agent is None and not t.agent_error else {
                 "state": t.agent.state if t.agent else None,
                 "weight_percent": t.agent.weight_percent if t.agent else None,
