@@ -11,7 +11,7 @@ open-loop load of ``--rate`` requests/s over keep-alive connections, and injects
   b. ``SIGSTOP`` of one for 10 s, then ``SIGCONT``;
   c. one starts answering 500 (demo ``/_fail``);
   d. one becomes 2 s slow (demo ``/_slow?ms=2000``);
-  e. a rolling restart of the whole group (fivenines: ``POST /groups/web/restart``;
+  e. a rolling restart of the whole group (fivenines: ``POST /target_groups/web/restart``;
      HAProxy: the usual runtime-API script: drain, wait for no sessions, stop,
      start, ready, wait for UP — one server at a time).
 
@@ -267,11 +267,14 @@ class LoadGen:
 # --------------------------------------------------------------------------- small async helpers
 
 
-async def http(method: str, host: str, port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+async def http(method: str, host: str, port: int, path: str, timeout: float = 5.0,
+               headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     async with asyncio.timeout(timeout):
         r, w = await asyncio.open_connection(host, port)
         try:
-            w.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            w.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
+                    .encode())
             data = await r.read()
         finally:
             w.close()
@@ -469,7 +472,9 @@ class FiveninesSystem(System):
 
     async def rolling_restart(self) -> float:
         t0 = time.monotonic()
-        status, body = await http("POST", self.admin_host, self.admin_port, "/groups/web/restart")
+        token = (self.tmp / "state" / "admin.token").read_text().strip()
+        status, body = await http("POST", self.admin_host, self.admin_port, "/target_groups/web/restart",
+                                  headers={"Authorization": f"Bearer {token}"})
         if status != 202:
             raise RuntimeError(f"restart refused: {status} {body!r}")
 

@@ -130,7 +130,11 @@ def render_status(status: dict[str, Any]) -> Table:
             inst = t.get("instance") or {}
             if inst.get("state") == "crash_loop":
                 reason = f"crash loop ({inst.get('last_exit')})"
-            elif t.get("excluded"):
+            role = t["role"]
+            if t.get("replication"):  # a replicated store: primary / replica, and its position
+                r = t["replication"]
+                role = r["role"] + (f" @{r['position']}" if r.get("position") is not None else "")
+            if t.get("excluded") and inst.get("state") != "crash_loop":
                 reason = t["excluded"]
             table.add_row(
                 gname,
@@ -138,7 +142,7 @@ def render_status(status: dict[str, Any]) -> Table:
                 t["address"],
                 f"[{style}]{t['state']}[/]" if style else t["state"],
                 reason,
-                t["role"],
+                role,
                 str(t.get("pid") or ""),
                 str(t.get("since", ""))[11:19],
                 str(t.get("requests", 0)),
@@ -159,6 +163,11 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     out.print(render_status(data))
+    for gname, g in data.get("target_groups", {}).items():
+        rep = g.get("replication")
+        if rep:
+            out.print(f"{gname}: {rep['kind']} {rep['phase']}, primary {rep['primary']} (epoch {rep['epoch']}), "
+                      f"durability {rep['durability']}: {rep['durability_note']}")
     for lst in data.get("listeners", []):
         out.print(
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
@@ -179,8 +188,42 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
                 out.print(f"    {line}", markup=False)
 
 
-def _post_json(url: str) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=b"", method="POST")
+# ------------------------------------------------------------------ switchover (replicated groups)
+
+
+def _token_for(spec_file: str | None, token_file: str | None) -> str:
+    from pathlib import Path
+
+    if token_file:
+        path = Path(token_file)
+    elif spec_file:
+        from fivenines.runtime.controller import admin_token_path, state_dir_of
+
+        try:
+            spec = load_spec(spec_file)
+        except SpecError as exc:
+            _fail_spec(exc)
+        state_dir, base = state_dir_of(spec, spec_file)
+        path = admin_token_path(spec, state_dir, base)
+    else:
+        path = Path("fivenines.yaml")
+        if not path.exists():
+            err.print("[bold red]error[/]: give -f SPEC or --token-file for the admin token", markup=True)
+            sys.exit(EXIT_USAGE)
+        return _token_for(str(path), None)
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        err.print(f"[bold red]error[/]: cannot read the admin token {path}: {exc.strerror or exc}", markup=True)
+        sys.exit(1)
+    if not token or any(c.isspace() for c in token):
+        err.print(f"[bold red]error[/]: {path} is not an admin token file (one line, no spaces)", markup=True)
+        sys.exit(EXIT_USAGE)
+    return token
+
+
+def _post_json(url: str, token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
@@ -198,10 +241,12 @@ def _post_json(url: str) -> tuple[int, Any]:
 @main.command()
 @click.argument("group")
 @click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
-@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the admin address from SPEC.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="The spec (admin address, token).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Admin token file (default: from the spec).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the restart until it ends.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to follow it at most.")
-def restart(group: str, admin: str | None, spec_file: str | None, wait: bool, timeout: float) -> None:
+def restart(group: str, admin: str | None, spec_file: str | None, token_file: str | None, wait: bool,
+            timeout: float) -> None:
     """Rolling restart of GROUP's instances, one at a time, without failing a request.
 
     Each instance is deregistered (a standby takes over), drained, stopped,
@@ -209,9 +254,10 @@ def restart(group: str, admin: str | None, spec_file: str | None, wait: bool, ti
     Exits 0 when every instance was restarted, 1 when the restart stopped.
     """
     import time
+    from urllib.parse import quote
 
     base = _admin_url(admin, spec_file)
-    code, body = _post_json(f"{base}/groups/{group}/restart")
+    code, body = _post_json(f"{base}/target_groups/{quote(group)}/restart", _token_for(spec_file, token_file))
     if code != 202:
         err.print(f"[bold red]error[/]: {body.get('error', body)}", markup=True)
         sys.exit(1)
@@ -235,6 +281,36 @@ def restart(group: str, admin: str | None, spec_file: str | None, wait: bool, ti
             err.print(f"[bold red]error[/]: still running after {timeout:g}s: {ro.get('steps')}", markup=True)
             sys.exit(1)
         time.sleep(0.2)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--to", "to", help="Target to promote (default: the most advanced healthy replica).")
+@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="The spec (admin address, token).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Admin token file (default: from the spec).")
+def switchover(group: str, to: str | None, admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+    """Planned change of GROUP's primary: writes pause, the replica catches up, then it is promoted."""
+    from urllib.parse import quote
+
+    base = _admin_url(admin, spec_file)
+    token = _token_for(spec_file, token_file)
+    url = f"{base}/target_groups/{quote(group)}/switchover" + (f"?to={quote(to)}" if to else "")
+    req = urllib.request.Request(url, method="POST", data=b"", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            msg = exc.reason
+        err.print(f"[bold red]error[/]: switchover of {group}: {msg}", markup=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[bold red]error[/]: cannot reach fivenines at {base}: {getattr(exc, 'reason', exc)}", markup=True)
+        sys.exit(1)
+    out.print(f"{group}: primary {data['old']} -> {data['new']} in {data['seconds']}s (epoch {data['epoch']})")
 
 
 @main.command()

@@ -83,6 +83,46 @@ Duration = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------- sizes
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 1 << 20, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(value: Any) -> int:
+    """Parse ``64KiB``, ``1MB``, ``8192`` (bytes) into a number of bytes.
+
+    >>> parse_size("64KiB"), parse_size("1MB"), parse_size(8192)
+    (65536, 1000000, 8192)
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8KiB, 1MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    raise ValueError(f"{value!r} is not a size; use e.g. 8192, 64KiB, 10MB")
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "A size in bytes: 8192, 64KiB, 10MB, 1GiB.",
+        }
+    ),
+]
+
+
 # --------------------------------------------------------------------------- matcher
 
 
@@ -444,6 +484,73 @@ class HedgingSpec(_Strict):
     delay: Duration = Field(description="Send the hedge when no response head arrived within this.")
 
 
+# --------------------------------------------------------------------------- replicated stores
+
+
+class CustomStoreSpec(_Strict):
+    """Commands that let fivenines manage a store it has no built-in support for (kind: custom).
+
+    Each is an argv list; ``{host}``, ``{port}`` and ``{id}`` name the target, and
+    ``{primary_host}``/``{primary_port}`` the primary to follow."""
+
+    role_command: list[str] = Field(
+        min_length=1,
+        description="Prints one line: 'primary POSITION' or 'replica POSITION [HOST:PORT]'; non-zero exit: unreachable.",
+    )
+    promote_command: list[str] = Field(min_length=1, description="Makes the target the primary; exit 0 on success.")
+    follow_command: list[str] = Field(
+        min_length=1, description="Makes the target a replica of {primary_host}:{primary_port}; exit 0 on success."
+    )
+    command_timeout: Duration = Field(10.0, description="Longest promote_command or follow_command may run.")
+
+
+class ReadListenerSpec(_Strict):
+    """A second TCP listener spreading connections over replicas within a lag bound (reads only)."""
+
+    port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    max_lag: int = Field(1048576, ge=0, description="Replicas further behind the primary than this (position units) get no reads.")
+
+
+class LeaseSpec(_Strict):
+    """Several fivenines nodes managing one group: only the holder of this etcd lease acts and routes writes."""
+
+    etcd: list[str] = Field(min_length=1, description="etcd client URLs, e.g. [http://127.0.0.1:2379].")
+    ttl: Duration = Field(5.0, description="Lease time to live; the holder stops routing writes before it can expire.")
+    prefix: str = Field("/fivenines", description="etcd key prefix; keys are PREFIX/NAME/GROUP/...")
+
+    @field_validator("etcd")
+    @classmethod
+    def _check_endpoints(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.fullmatch(r"https?://[^/\s]+/?", url):
+                raise ValueError(f"{url!r} is not an etcd client URL, e.g. http://127.0.0.1:2379")
+        return v
+
+    @field_validator("ttl")
+    @classmethod
+    def _check_ttl(cls, v: float) -> float:
+        if v < 2:
+            raise ValueError("ttl must be at least 2s (etcd's smallest lease)")
+        return v
+
+
+class ReplicatedSpec(_Strict):
+    """The target group is a replicated store: one primary takes writes, the others replicate it."""
+
+    kind: Literal["redis", "postgres", "custom"] = Field(description="redis (built in), postgres (not yet) or custom (commands).")
+    durability: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: a write is acknowledged only once a replica has it; async: faster, a failover may lose the last writes.",
+    )
+    max_lag_on_failover: int = Field(
+        1048576, ge=0, description="Never promote a replica further behind than this (bytes of replication position)."
+    )
+    read_listener: ReadListenerSpec | None = Field(None, description="Optional listener for reads from replicas.")
+    lease: LeaseSpec | None = Field(None, description="Optional etcd lease for several fivenines nodes.")
+    custom: CustomStoreSpec | None = Field(None, description="Commands, for kind custom.")
+
+
 class TargetGroupSpec(_Strict):
     algorithm: Algorithm = Field("round_robin", description="How requests are spread over serving targets.")
     hash_on: HashOnSpec | None = Field(None, description="For algorithm hash: what to hash.")
@@ -462,6 +569,7 @@ class TargetGroupSpec(_Strict):
         "route_all", description="No target healthy: route to all that failed checks (as ELB), or reject with 503 + Retry-After."
     )
     hedging: HedgingSpec | None = Field(None, description="Optional hedged requests (idempotent requests only).")
+    replicated: ReplicatedSpec | None = Field(None, description="A replicated store: one primary, replicas, failover.")
     reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
     @field_validator("targets")
@@ -567,6 +675,25 @@ class TimeoutsSpec(_Strict):
     upstream_idle: Duration = Field(15.0, description="Pooled keep-alive connections to targets are closed after this long unused.")
 
 
+class RateLimitSpec(_Strict):
+    """Per client IP token bucket; requests over it are answered 429 with Retry-After."""
+
+    requests_per_second: float = Field(gt=0, le=1_000_000, description="Sustained requests per second per client IP.")
+    burst: int = Field(20, ge=1, le=1_000_000, description="Requests a client may make at once before the rate applies.")
+
+
+class LimitsSpec(_Strict):
+    """What one client may send or hold; each limit answers with its own status and closes."""
+
+    max_request_line: Size = Field(8192, ge=64, le=1 << 20, description="Method, target and version; longer: 414.")
+    max_header_bytes: Size = Field(65536, ge=1024, le=1 << 20, description="All header fields together; more: 431.")
+    max_headers: int = Field(100, ge=8, le=10_000, description="Number of header fields; more: 431.")
+    max_body: Size | None = Field(None, description="Request body size; larger: 413 (unset: no limit; bodies are streamed).")
+    max_connections: int = Field(20_000, ge=1, le=1_000_000, description="Open client connections on this listener; more are refused (503, closed).")
+    max_connections_per_ip: int | None = Field(None, ge=1, le=1_000_000, description="Open connections from one client IP; more are refused (unset: no cap).")
+    rate_limit: RateLimitSpec | None = Field(None, description="Optional request rate limit per client IP (429).")
+
+
 class ListenerSpec(_Strict):
     port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
     host: str = Field("127.0.0.1", description="Address to bind.")
@@ -574,6 +701,7 @@ class ListenerSpec(_Strict):
     default_target_group: str = Field(description="Target group that receives the listener's traffic.")
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
 
 class AwsSpec(_Strict):
@@ -732,6 +860,7 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
                     )
                 )
     errors.extend(_failover_errors(spec))
+    errors.extend(replicated_errors(spec))
     return errors
 
 
@@ -769,6 +898,52 @@ def _failover_errors(spec: Spec) -> list[FieldError]:
                 errors.append(FieldError(hpath, "must be greater than 0"))
             elif ptt is not None and tg.hedging.delay >= ptt:
                 errors.append(FieldError(hpath, f"must be less than retries.per_try_timeout ({format_duration(ptt)})"))
+    return errors
+
+
+def replicated_errors(spec: Spec) -> list[FieldError]:
+    """Cross-field rules of ``replicated:`` groups (one primary, at least one replica, TCP only)."""
+    errors: list[FieldError] = []
+    for name, tg in spec.target_groups.items():
+        rep = tg.replicated
+        if rep is None:
+            continue
+        path = f"target_groups.{name}"
+        if rep.kind == "postgres":
+            errors.append(FieldError(f"{path}.replicated.kind", "postgres is not built in yet; use kind: custom with "
+                                     "role, promote and follow commands (docs/replication.md)"))
+        if (rep.kind == "custom") != (rep.custom is not None):
+            errors.append(FieldError(f"{path}.replicated.custom", "give custom: {role_command, promote_command, "
+                                     "follow_command} exactly when kind is custom"))
+        inst = tg.instances
+        if inst is not None:
+            if inst.count != 1:
+                errors.append(FieldError(f"{path}.instances.count", f"a replicated group has one primary: count must "
+                                         f"be 1 (got {inst.count}); replicas are standby: M"))
+            if inst.standby < 1:
+                errors.append(FieldError(f"{path}.instances.standby", "a replicated group needs at least one replica "
+                                         "(standby: 1 or more)"))
+            if rep.kind == "redis" and isinstance(inst.command, str):
+                errors.append(FieldError(f"{path}.instances.command", "kind redis needs an argv list, e.g. "
+                                         "[redis-server, --port, '{port}']: fivenines appends replication options"))
+            if rep.lease is not None:
+                errors.append(FieldError(f"{path}.replicated.lease", "several fivenines nodes must manage the same "
+                                         "servers: with a lease, list them as targets, not instances"))
+        elif tg.targets is not None and len(tg.targets) < 2:
+            errors.append(FieldError(f"{path}.targets", "a replicated group needs a primary and at least one replica"))
+        if rep.lease is not None and spec.workers > 1:
+            errors.append(FieldError(f"{path}.replicated.lease", "a lease needs workers: 1 (worker processes "
+                                     "cannot check the lease deadline themselves)"))
+        for i, lst in enumerate(spec.listeners):
+            if lst.default_target_group == name and lst.protocol != "tcp":
+                errors.append(FieldError(f"listeners.{i}.protocol", f"target group {name!r} is a replicated "
+                                         f"{rep.kind} store: use protocol: tcp"))
+        rl = rep.read_listener
+        if rl is not None and rl.port != 0:
+            for i, lst in enumerate(spec.listeners):
+                if (lst.host, lst.port) == (rl.host, rl.port):
+                    errors.append(FieldError(f"{path}.replicated.read_listener.port",
+                                             f"port {rl.port} already used by listeners.{i}"))
     return errors
 
 

@@ -40,7 +40,8 @@ def keepalive_load(f: Fivenines, stop: threading.Event, results: list[tuple[int,
 
 
 def restart(f: Fivenines, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "fivenines", "restart", *args, "--admin", f.admin],
+    """``fivenines restart`` with the spec (for the admin token) and the admin address."""
+    return subprocess.run([PY, "-m", "fivenines", "restart", *args, "--admin", f.admin, "-f", str(f.spec_path)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -77,6 +78,25 @@ def test_rolling_restart_under_load_fails_no_request(run_fivenines: Any) -> None
     assert all(len(s) == 2 for s in serving[1:]), serving
     st = f.status()["target_groups"]["web"]["rollout"]
     assert st["state"] == "done" and st["steps"] == {"web-3": "done", "web-1": "done", "web-2": "done"}
+
+
+def test_restart_needs_the_admin_token(run_fivenines: Any, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    f = run_fivenines(demo_spec(count=1, standby=1))
+    f.wait_healthy()
+    req = urllib.request.Request(f"{f.admin}/target_groups/web/restart", method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 401
+    info.value.close()  # the error holds the response's socket
+    bad = tmp_path / "wrong.token"
+    bad.write_text("not-the-token\n")
+    r = subprocess.run([PY, "-m", "fivenines", "restart", "web", "--admin", f.admin, "--token-file", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "bearer token" in r.stderr
+    assert f.status()["target_groups"]["web"]["rollout"] is None
 
 
 def test_restart_refuses_what_it_cannot_do(run_fivenines: Any, demos: list[Any]) -> None:

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fivenines.core import pool
 from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
@@ -37,9 +37,12 @@ from fivenines.proxy.http import ProxySettings
 from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.events import EventLog, iso
 from fivenines.runtime.failover import GroupFailover, make_judge
-from fivenines.runtime.probe import agent_check, make_check, probe_loop
+from fivenines.runtime.probe import Check, agent_check, make_check, probe_loop
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
 from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+
+if TYPE_CHECKING:
+    from fivenines.runtime.replication import ReplicationManager
 
 log = logging.getLogger("fivenines")
 
@@ -62,6 +65,7 @@ class InstanceSlot:
         self.stderr = log_dir / f"{target_id}.err.log"
         self.restart_handle: asyncio.TimerHandle | None = None
         self.running = asyncio.Event()
+        self.extra_args: Callable[[], list[str]] | None = None  # appended at each start (replicated groups)
 
     def command(self) -> list[str]:
         def sub(s: str) -> str:
@@ -69,7 +73,8 @@ class InstanceSlot:
 
         if isinstance(self.argv, str):
             return [sub(self.argv)]
-        return resolve_argv([sub(a) for a in self.argv])
+        extra = self.extra_args() if self.extra_args is not None else []
+        return resolve_argv([sub(a) for a in self.argv] + extra)
 
 
 class TargetRuntime:
@@ -131,6 +136,7 @@ class GroupRuntime:
             # passive ejection never takes out the last member able to serve
             self.failover.outliers.may_eject = lambda i: pool.can_spare(
                 [t.member() for t in self.targets], self.targets[i].id)
+        self.replication: ReplicationManager | None = None  # replicated: groups
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -185,6 +191,7 @@ class Controller:
         self.on_decision: Callable[[str], None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self.tick_interval = 0.05
+        self.admin_token = ""
 
     # ------------------------------------------------------------------ clock
 
@@ -207,7 +214,11 @@ class Controller:
         self._wall_offset = time.time() - loop.time()
         self.started_at = loop.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
+        os.chmod(self.state_dir / "logs", 0o700)
+        from fivenines.admin.token import load_or_create
+
+        self.admin_token = load_or_create(admin_token_path(self.spec, self.state_dir, self.base_dir))
         self._build_groups()
         for g in self.groups.values():
             if g.failover.outliers is not None:
@@ -219,6 +230,9 @@ class Controller:
         try:
             await self.admin.start(host, port)
             await self._start_data_plane()
+            for g in self.groups.values():
+                if g.replication is not None:
+                    await g.replication.start()
         except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
@@ -280,6 +294,10 @@ class Controller:
                     t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now, weight=wt.weight)
                     g.targets.append(t)
                     g.backends.add(t.backend)
+            if tg.replicated is not None:
+                from fivenines.runtime.replication import ReplicationManager
+
+                g.replication = ReplicationManager(self, g)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -301,6 +319,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(g.replication.close() for g in self.groups.values() if g.replication))
         await asyncio.gather(*(self._stop_instance(t) for g in self.groups.values() for t in g.targets if t.slot))
         for g in self.groups.values():
             for t in g.targets:
@@ -397,8 +416,17 @@ class Controller:
     async def _probe_loop(self, t: TargetRuntime) -> None:
         hc = t.group.spec.health_check
         slot = t.slot
-        check = make_check(hc, lambda: (t.backend.host, t.backend.port), t.id,
-                           env=slot.env if slot else None, cwd=slot.cwd if slot else None)
+        replication = t.group.replication
+        check: Check
+        if replication is not None:
+            async def check_role() -> CheckResult:  # replicated: role and position are the check
+                assert replication is not None
+                return await replication.check(t)
+
+            check = check_role
+        else:
+            check = make_check(hc, lambda: (t.backend.host, t.backend.port), t.id,
+                               env=slot.env if slot else None, cwd=slot.cwd if slot else None)
         await probe_loop(check, hc.interval, lambda r: self.on_check(t, r), rng=self.rng,
                          ready=slot.running if slot else None)
 
@@ -473,6 +501,8 @@ class Controller:
 
     def _reconcile(self, g: GroupRuntime) -> list[str]:
         """Re-plan roles and publish the serving set. Returns the decisions taken."""
+        if g.replication is not None:
+            return g.replication.reconcile()
         now = self.now()
         changes = pool.plan_roles([t.member(now) for t in g.targets], g.active_count, now=now)
         decisions = []
@@ -532,10 +562,14 @@ class Controller:
                 "redirects": c.redirects,
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
+                "rejected": c.rejected,
+                "refused_connections": c.refused,
+                "rate_limited": c.rate_limited,
                 "rules": len(ls.rules),
             })
-        groups = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
+            rep = g.replication.status() if g.replication is not None else None  # first: applies a lapsed lease
             targets = [self._target_status(t, now) for t in g.targets]
             groups[name] = {
                 "algorithm": g.spec.algorithm,
@@ -552,6 +586,10 @@ class Controller:
                 "ramping": sorted(g.backends.balancer.joined),
                 **self._failover_status(g, now),
             }
+            if g.replication is not None:
+                groups[name]["replication"] = rep
+                for ts in targets:
+                    ts["replication"] = g.replication.target_status(ts["id"])
         return {
             "name": self.spec.name,
             "pid": os.getpid(),
@@ -761,6 +799,9 @@ class Controller:
             return 404, {"error": f"no target group {name!r}; defined: {', '.join(sorted(self.groups))}"}
         if g.spec.instances is None:
             return 409, {"error": f"{name}: its targets are not run by fivenines, so it cannot restart them"}
+        if g.replication is not None:
+            return 409, {"error": f"{name} is a replicated store: restart its replicas one by one and use "
+                                  "fivenines switchover for the primary"}
         now = self.now()
         ro = g.failover.rollout
         if ro is not None and ro.running:
@@ -829,12 +870,25 @@ class Controller:
         }
 
 
+def admin_token_path(spec: Spec, state_dir: Path, base_dir: Path) -> Path:
+    """Where the admin bearer token is kept: ``admin.token_file`` or ``STATE_DIR/admin.token``."""
+    return base_dir / spec.admin.token_file if spec.admin.token_file else state_dir / "admin.token"
+
+
+def state_dir_of(spec: Spec, spec_path: str | Path) -> tuple[Path, Path]:
+    """(state_dir, base_dir) of a spec file, as :class:`Controller` resolves them."""
+    base = Path(spec_path).parent.resolve()
+    return base / (spec.state_dir or f".fivenines/{spec.name}"), base
+
+
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
     """Atomically write the addresses fivenines serves on (for scripts and tests)."""
     import json
 
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(info))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only, like every file we write
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
     tmp.replace(path)
 
 
