@@ -51,6 +51,10 @@ class AdminServer:
         if not authorized(req.headers.get("authorization"), self.controller.admin_token):
             return Response.json({"error": "missing or wrong bearer token (see the admin.token file in the "
                                            "state dir)"}, 401)
+        restart = re.fullmatch(r"/target_groups/([^/]+)/restart", path)
+        if restart is not None:  # a rolling restart (fivenines restart GROUP)
+            code, body = self.controller.restart_group(restart.group(1))
+            return Response.json(body, code)
         m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
         if m is None:
             return Response.json({"error": f"no such path {path}"}, 404)
