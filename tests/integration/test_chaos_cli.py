@@ -24,7 +24,8 @@ def chaos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def spec_file(tmp_path: Path) -> Path:
-    spec = demo_spec()
+    # a target ejected by passive detection is out for base_ejection_time: short, so the run is short
+    spec = demo_spec(outlier_detection={"base_ejection_time": "1s"})
     spec["state_dir"] = str(tmp_path / "state")
     return write_spec(tmp_path / "fivenines.yaml", spec)
 

@@ -395,6 +395,14 @@ class ChaosRun:
                 faults.cancel()
                 await asyncio.gather(faults, return_exceptions=True)
             end = self.now()
+            seen = {r.id for r in self.records}
+            for fid, pf in enumerate(planned, 1):  # due too late, or still waiting for the group
+                if fid not in seen:
+                    rec = _FaultRecord(fid, pf, min(pf.at, end), self.group, pf.target or "")
+                    rec.skipped = ("the run ended while it waited for the group to be whole again" if pf.at < end
+                                   else "due after the end of the run")
+                    self.records.append(rec)
+            self.records.sort(key=lambda r: r.id)
             restore["undone"] = await self.injector.restore_all()
             for r in self.records:
                 if r.restore_task is not None and not r.restore_task.done():
