@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
+from fivenines.runtime.supervisor import die_with_parent
 from tests.helpers import PY, demo_spec, pid_alive, require_binary, wait_until, write_spec
 
 pytestmark = pytest.mark.slow
 
 
 def chaos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "fivenines", "chaos", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([PY, "-m", "fivenines", "chaos", *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=die_with_parent(os.getpid()))  # a killed test run leaves nothing behind
 
 
 @pytest.fixture
@@ -164,7 +166,7 @@ def test_ctrl_c_restores_the_hung_target_then_stops(spec_file: Path, tmp_path: P
     with err.open("w") as ef:
         p = subprocess.Popen([PY, "-m", "fivenines", "chaos", str(spec_file), "--duration", "60s", "--rate", "100",
                               "--schedule", "2s:hang", "--fault-duration", "50s", "--report", str(report)],
-                             stdout=subprocess.DEVNULL, stderr=ef)
+                             stdout=subprocess.DEVNULL, stderr=ef, preexec_fn=die_with_parent(os.getpid()))
     try:
         line = wait_until(lambda: re.search(r"hang\s+(web-\d): SIGSTOP pid (\d+)", err.read_text()), 30,
                           what="the hang to be injected")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,7 @@ from fivenines.chaos.loadgen import LoadGen
 from fivenines.chaos.outcomes import Err
 from fivenines.chaos.schedule import FaultKind
 from fivenines.runtime.supervisor import die_with_parent
-from tests.helpers import PY, Demo, free_port, wait_until
+from tests.helpers import PY, Demo, free_port, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +30,16 @@ pytestmark = pytest.mark.slow
 def parent() -> Iterator[subprocess.Popen[bytes]]:
     """A stand-in for fivenines: a process whose child is a demo instance (chaos may touch the child only)."""
     code = (
-        "import subprocess, sys, time\n"
+        "import os, subprocess, sys, time\n"
+        "from fivenines.runtime.supervisor import die_with_parent\n"
         "c = subprocess.Popen([sys.executable, '-m', 'fivenines.demo', '--port', '0', '--id', 'web-1'],"
-        " stderr=subprocess.PIPE, text=True, start_new_session=True)\n"
+        " stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent(os.getpid()))\n"
         "print(c.pid, c.stderr.readline().strip().rsplit(':', 1)[1], flush=True)\n"
         "time.sleep(60)\n"
     )
     p = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, preexec_fn=die_with_parent(os.getpid()))
     yield p
+    # the child dies with the stand-in (PR_SET_PDEATHSIG, SIGKILL: even when stopped)
     p.kill()
     p.wait()
     if p.stdout is not None:
@@ -47,6 +50,14 @@ def _child(parent: subprocess.Popen[bytes]) -> tuple[int, int]:
     assert parent.stdout is not None
     pid, port = parent.stdout.readline().split()
     return int(pid), int(port)
+
+
+def test_the_stand_ins_child_dies_with_it(parent: subprocess.Popen[bytes]) -> None:
+    pid, _ = _child(parent)
+    os.kill(pid, signal.SIGSTOP)
+    parent.kill()
+    parent.wait()
+    wait_until(lambda: not pid_alive(pid), 5, what="the stopped child killed with its parent")
 
 
 def test_guard_accepts_the_child_and_refuses_everyone_else(parent: subprocess.Popen[bytes], demo: Demo) -> None:
