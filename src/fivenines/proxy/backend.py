@@ -7,6 +7,7 @@ group's balancer to pick, so a request never allocates routing tables.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -18,10 +19,19 @@ class PooledConnection(Protocol):
     def close(self) -> None: ...
 
 
-class Backend:
-    """One target: where it is, its idle upstream connections and its traffic counters."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the per-target latency histogram; a last bucket holds the rest."""
 
-    __slots__ = ("address", "errors", "group", "host", "id", "idle", "in_flight", "max_idle", "port", "requests")
+
+class Backend:
+    """One target: where it is, its idle upstream connections and its traffic counters.
+
+    The counters are plain ints and lists incremented in place on the hot path; the
+    admin API and ``/metrics`` read them when asked (nothing is allocated per request).
+    """
+
+    __slots__ = ("address", "errors", "group", "host", "id", "idle", "in_flight", "latency_counts", "latency_sum",
+                 "max_idle", "port", "requests", "responses", "retries", "weight")
 
     def __init__(self, target_id: str, host: str, port: int, group: str = "", max_idle: int = 64) -> None:
         self.id = target_id
@@ -34,6 +44,23 @@ class Backend:
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
+        self.retries = 0  # failed attempts on this target that were retried elsewhere
+        self.weight = 1
+        self.responses = [0] * 10  # by status class: responses[2] counts 2xx
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        """A response from this target completed: count its status class and latency."""
+        self.responses[status // 100 % 10] += 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def responses_by_class(self) -> dict[str, int]:
+        return {f"{k}xx": n for k, n in enumerate(self.responses) if 1 <= k <= 5}
+
+    def latency_count(self) -> int:
+        return sum(self.latency_counts)
 
     def take_idle(self) -> PooledConnection | None:
         idle = self.idle

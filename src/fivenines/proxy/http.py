@@ -23,10 +23,12 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from time import monotonic
+from typing import Any, Protocol
 
 import httptools
 
@@ -117,6 +119,8 @@ class Exchange:
         "replay",
         "request_done",
         "response_started",
+        "started",
+        "status",
         "tried",
         "version10",
     )
@@ -139,6 +143,8 @@ class Exchange:
         self.tried: list[Backend] = []
         self.attempts = 0
         self.done = False
+        self.started = 0.0  # monotonic time the current attempt was dispatched
+        self.status = 0
 
 
 class Listener:
@@ -159,12 +165,18 @@ class Listener:
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.no_clients = asyncio.Event()  # set whenever the last client connection closes
+        self.access_log: AccessLogSink | None = None  # None: no access log, and no cost
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048,
+                    sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock`` (already bound; e.g. handed over on a reload)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
-        )
+        if sock is not None:
+            self.server = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=backlog)
+        else:
+            self.server = await loop.create_server(
+                lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+            )
         actual = self.server.sockets[0].getsockname()[1]
         self.port = actual
         self.port_bytes = str(actual).encode()
@@ -210,6 +222,12 @@ class Listener:
         if self._sweeper is not None:
             self._sweeper.cancel()
         return cut
+
+
+class AccessLogSink(Protocol):
+    """Where a listener reports finished exchanges when access logging is on."""
+
+    def record(self, peer_ip: bytes, ex: Exchange, target: str) -> None: ...
 
 
 def _status_reply(status: int, close: bool = True, extra: bytes = b"") -> bytes:
@@ -423,6 +441,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.attempts += 1
         ex.backend = backend
+        ex.started = monotonic()
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
@@ -489,6 +508,8 @@ class ClientConnection(asyncio.Protocol):
             response_started=ex.response_started,
         ):
             self._listener.counters.retries += 1
+            if backend is not None:
+                backend.retries += 1
             log.debug("retrying after %s on %s: %s", failure.value, backend.id if backend else "?", detail)
             assert ex.replay is not None
             ex.body = list(ex.replay)
@@ -503,6 +524,7 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
         """Write the response head to the client. Returns True when the body is chunk-encoded for it."""
         ex.response_started = True
+        ex.status = status
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         append = lines.append
         upstream_chunked = False
@@ -546,6 +568,11 @@ class ClientConnection(asyncio.Protocol):
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
         if not ex.request_done:
             ex.keep_alive = False  # answered before the body ended: cannot resync, close after
+        backend = ex.backend
+        if backend is not None:
+            backend.observe(ex.status, monotonic() - ex.started)
+            if self._listener.access_log is not None:
+                self._listener.access_log.record(self._peer_ip, ex, backend.id)
         self._release_attempt(ex, upstream_reusable)
         self._finish(ex)
 
@@ -588,6 +615,9 @@ class ClientConnection(asyncio.Protocol):
         extra = b"Retry-After: 1\r\n" if status == 503 else b""
         self._transport.write(_status_reply(status, close=close, extra=extra))
         ex.response_started = True
+        ex.status = status
+        if self._listener.access_log is not None:
+            self._listener.access_log.record(self._peer_ip, ex, "-")
         self._finish(ex)
 
     def _fail_protocol(self, status: int) -> None:

@@ -28,13 +28,21 @@ from fivenines.core import pool
 from fivenines.core.health import CheckResult, HealthState, TargetHealth, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
+from fivenines.core.restore import AdminState, fingerprint
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import Listener, ProxySettings
-from fivenines.runtime.events import EventLog, iso
+from fivenines.runtime.events import Event, EventLog, iso
 from fivenines.runtime.probe import http_check, tcp_check
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
-from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+from fivenines.spec import (
+    ListenerSpec,
+    Spec,
+    TargetGroupSpec,
+    parse_port_range,
+    port_is_free,
+    split_hostport,
+)
 
 log = logging.getLogger("fivenines")
 
@@ -69,7 +77,7 @@ class InstanceSlot:
 
 class TargetRuntime:
     def __init__(self, group: GroupRuntime, index: int, target_id: str, host: str, port: int,
-                 role: Role, slot: InstanceSlot | None, now: float) -> None:
+                 role: Role, slot: InstanceSlot | None, now: float, weight: int = 1) -> None:
         self.group = group
         self.index = index
         self.id = target_id
@@ -79,7 +87,12 @@ class TargetRuntime:
         self.role_since = now
         self.slot = slot
         self.backend = Backend(target_id, host, port)
+        self.backend.weight = weight
         self.probe_task: asyncio.Task[None] | None = None
+        self.admin_state: AdminState | None = None  # what an operator asked (drain, maintenance)
+        self.weight = weight
+        self.spec_weight = weight  # the spec's; weight differs when an operator set it
+        self.fingerprint = fingerprint(group.name, group.spec, None if slot else self.backend.address)
 
     def member(self) -> Member:
         h = self.health
@@ -100,6 +113,36 @@ class GroupRuntime:
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
+
+    def add(self, t: TargetRuntime) -> None:
+        self.targets.append(t)
+        self.backends.add(t.backend)
+
+    def remove(self, t: TargetRuntime) -> None:
+        if t in self.targets:
+            self.targets.remove(t)
+        self.backends.backends.pop(t.id, None)
+        self.backends.serving = [b for b in self.backends.serving if b is not t.backend]
+
+
+def restart_policy(tg: TargetGroupSpec) -> RestartPolicy:
+    assert tg.instances is not None
+    r = tg.instances.restart
+    return RestartPolicy(r.initial_delay, r.max_delay, r.multiplier, r.jitter, r.stable_after, r.crash_loop_after)
+
+
+def spec_base_dir(spec_path: Path | None) -> Path:
+    """The folder relative paths in a spec are relative to: the spec file's."""
+    return (spec_path.parent if spec_path else Path.cwd()).resolve()
+
+
+def resolve_state_dir(spec: Spec, spec_path: str | Path | None) -> Path:
+    """Where a spec's state goes: ``state_dir``, else ``.fivenines/NAME`` beside the spec file."""
+    return state_dir_for(spec.name, spec.state_dir, spec_path)
+
+
+def state_dir_for(name: str, state_dir: str | None, spec_path: str | Path | None) -> Path:
+    return spec_base_dir(Path(spec_path) if spec_path else None) / (state_dir or f".fivenines/{name}")
 
 
 def allocate_ports(spec_ports: str, n: int, taken: set[int]) -> list[int]:
@@ -131,10 +174,9 @@ class Controller:
                  settings: ProxySettings | None = None) -> None:
         self.spec = spec
         self.spec_path = Path(spec_path) if spec_path else None
-        base = (self.spec_path.parent if self.spec_path else Path.cwd()).resolve()
         # relative paths in the spec are relative to the spec file's folder
-        self.state_dir = base / (spec.state_dir or f".fivenines/{spec.name}")
-        self.base_dir = base
+        self.base_dir = spec_base_dir(self.spec_path)
+        self.state_dir = resolve_state_dir(spec, self.spec_path)
         self.rng = rng or random.Random()
         self.settings = settings or ProxySettings()
         self.events = EventLog()
@@ -147,6 +189,12 @@ class Controller:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
+        # operations (admin API, metrics, reload, state file): set up in start()
+        self.metrics: Any = None
+        self.reloader: Any = None
+        self.statefile: Any = None
+        self.access_log: Any = None
+        self._drains: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ clock
 
@@ -171,15 +219,22 @@ class Controller:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self._build_groups()
+        from fivenines.admin.metrics import Metrics
         from fivenines.admin.server import AdminServer
+        from fivenines.runtime.reload import Reloader
+        from fivenines.runtime.statefile import StateFile
 
+        self.events.open_file(self.state_dir / "events.jsonl")
+        self.metrics = Metrics(self)
+        self.reloader = Reloader(self)
+        self.statefile = StateFile(self, self.state_dir / "health-state.json")
+        self.statefile.restore()
         host, port = split_hostport(self.spec.admin.listen)
         self.admin = AdminServer(self)
         try:
             await self.admin.start(host, port)
             for ls in self.spec.listeners:
-                group = self.groups[ls.default_target_group].backends
-                listener = Listener(lambda g=group: g, ls.port, self.settings)  # type: ignore[misc]
+                listener = self.make_listener(ls)
                 await listener.start(ls.host, ls.port)
                 self.listeners.append((ls, listener))
         except OSError as exc:
@@ -187,10 +242,33 @@ class Controller:
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
             for t in g.targets:
-                if t.slot is not None:
-                    self._start_instance(t)
-                t.probe_task = loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
+                self.launch_target(t)
             self._reconcile(g)
+        self.statefile.start()
+
+    def make_listener(self, ls: ListenerSpec) -> Listener:
+        """A listener (not yet bound) routing new requests as ``ls`` says."""
+        listener = Listener(self.route_for(ls), ls.port, self.settings)
+        if self.access_log is not None:
+            listener.access_log = self.access_log
+        return listener
+
+    def route_for(self, ls: ListenerSpec) -> Callable[[], BackendGroup | None]:
+        group = self.groups[ls.default_target_group].backends
+        return lambda: group
+
+    def launch_target(self, t: TargetRuntime) -> None:
+        """Start the target's instance (if supervised) and its health checks."""
+        if t.slot is not None:
+            self._start_instance(t)
+        self.restart_probe(t)
+
+    def restart_probe(self, t: TargetRuntime) -> None:
+        """(Re)start the probe loop of ``t``, e.g. after its group's health check changed."""
+        if t.probe_task is not None:
+            t.probe_task.cancel()
+        assert self._loop is not None
+        t.probe_task = self._loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
 
     def _build_groups(self) -> None:
         now = self.now()
@@ -204,27 +282,29 @@ class Controller:
                 taken.update(ports)
                 ids = [f"{name}-{i + 1}" for i in range(inst.total)]
                 roles = pool.initial_roles(ids, inst.count)
-                r = inst.restart
-                policy = RestartPolicy(r.initial_delay, r.max_delay, r.multiplier, r.jitter, r.stable_after,
-                                       r.crash_loop_after)
-                cwd = inst.cwd or str(self.base_dir)
                 for i, (tid, port) in enumerate(zip(ids, ports, strict=True)):
-                    env = dict(os.environ)
-                    env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
-                    env["FIVENINES_TARGET_ID"] = tid
-                    env["FIVENINES_PORT"] = str(port)
-                    slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, policy,
-                                        self.state_dir / "logs")
-                    t = TargetRuntime(g, i, tid, "127.0.0.1", port, roles[tid], slot, now)
-                    g.targets.append(t)
-                    g.backends.add(t.backend)
+                    g.add(self.new_instance_target(g, i, tid, port, roles[tid], now))
             else:
                 for i, wt in enumerate(tg.target_list()):
-                    host, port = split_hostport(wt.address)
-                    tid = f"{name}-{i + 1}"
-                    t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now)
-                    g.targets.append(t)
-                    g.backends.add(t.backend)
+                    g.add(self.new_static_target(g, i, f"{name}-{i + 1}", wt.address, wt.weight, now))
+
+    def new_instance_target(self, g: GroupRuntime, index: int, tid: str, port: int, role: Role,
+                            now: float) -> TargetRuntime:
+        inst = g.spec.instances
+        assert inst is not None
+        env = dict(os.environ)
+        env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
+        env["FIVENINES_TARGET_ID"] = tid
+        env["FIVENINES_PORT"] = str(port)
+        cwd = inst.cwd or str(self.base_dir)
+        slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, restart_policy(g.spec),
+                            self.state_dir / "logs")
+        return TargetRuntime(g, index, tid, "127.0.0.1", port, role, slot, now)
+
+    def new_static_target(self, g: GroupRuntime, index: int, tid: str, address: str, weight: int,
+                          now: float) -> TargetRuntime:
+        host, port = split_hostport(address)
+        return TargetRuntime(g, index, tid, host, port, Role.ACTIVE, None, now, weight)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -232,6 +312,12 @@ class Controller:
             await self.stopped.wait()
             return
         self._stopping = True
+        if self.statefile is not None:
+            self.statefile.stop()
+        if self.reloader is not None:
+            await self.reloader.stop()
+        for task in list(self._drains.values()):
+            task.cancel()
         cut = 0
         if self.listeners:
             results = await asyncio.gather(*(lst.drain(drain_timeout) for _, lst in self.listeners))
@@ -247,6 +333,7 @@ class Controller:
             for t in g.targets:
                 t.backend.close_idle()
         await self._close_servers()
+        self.events.close()
         self.stopped.set()
 
     async def _close_servers(self) -> None:
@@ -279,7 +366,7 @@ class Controller:
         slot.lifecycle.started(proc.pid, now)
         t.backend.move_to("127.0.0.1", slot.port)
         self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
-        if slot.lifecycle.restarts:
+        if slot.lifecycle.restarts and t.admin_state is None:
             self._transition(t, t.health.register(now))
         slot.running.set()
 
@@ -345,6 +432,8 @@ class Controller:
         now = self.now()
         if t.slot is not None:
             t.slot.lifecycle.mark_stable(now)
+        if self.metrics is not None:
+            self.metrics.observe_check(t, result)
         self._transition(t, t.health.check(result, now))
 
     def _transition(self, t: TargetRuntime, tr: Transition | None) -> None:
@@ -370,7 +459,8 @@ class Controller:
             t.role_since = now
             self._event("role", t, c.old.value, c.new.value, c.reason)
             decisions.append(str(c))
-        ids = pool.serving([t.member() for t in g.targets])
+        # weight 0 (an operator's, or the spec's): healthy but sent no new requests
+        ids = [i for i in pool.serving([t.member() for t in g.targets]) if g.backends.backends[i].weight > 0]
         before = [b.id for b in g.backends.serving]
         if ids != before:
             g.backends.set_serving(ids)
@@ -383,19 +473,128 @@ class Controller:
                 self.on_decision(d)
         return decisions
 
-    def _event(self, kind: str, t: TargetRuntime, old: str, new: str, reason: str) -> None:
+    def _event(self, kind: str, t: TargetRuntime, old: str, new: str, reason: str) -> Event:
         ev = self.events.emit(self.wall(self.now()), kind, t.group.name, t.id, old, new, reason)
-        log.info("%s", ev)
+        log.info("%s", ev, extra={"event": ev.to_json()})
+        return ev
+
+    # ------------------------------------------------------------------ operator actions
+    # Small hooks others reuse: drain_target (rolling restarts, reload), enable, maintenance, weight.
+
+    async def drain_target(self, t: TargetRuntime, why: str, timeout: float | None = None) -> int:
+        """Send ``t`` no new requests and wait until its in-flight ones finish, at most
+        ``timeout`` (default: the group's ``deregistration_delay``). Returns how many were
+        still in flight at the deadline (0: drained cleanly). The target stays ``draining``:
+        the caller decides what comes next (unused, removed, restarted)."""
+        self.begin_drain(t, why)
+        return await self.wait_drained(t, timeout)
+
+    def begin_drain(self, t: TargetRuntime, why: str) -> None:
+        """``t`` gets no new requests from now on (state ``draining``); in-flight ones go on."""
+        if t.health.state not in (HealthState.DRAINING, HealthState.UNUSED):
+            self._transition(t, t.health.drain(self.now()))
+        self._event("drain", t, "", "draining", why)
+        t.backend.close_idle()
+
+    async def wait_drained(self, t: TargetRuntime, timeout: float | None = None) -> int:
+        """Wait until nothing is in flight on ``t``, at most ``timeout`` (default: deregistration_delay)."""
+        now = self.now()
+        limit = t.group.spec.deregistration_delay if timeout is None else timeout
+        deadline = now + limit
+        # in_flight is a plain counter of the hot path (no callback there): poll it from here
+        while t.backend.in_flight > 0 and self.now() < deadline and not self._stopping:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = t.backend.in_flight
+        t.backend.close_idle()
+        if left:
+            self._event("drain", t, "draining", "deadline",
+                        f"{left} request(s) still in flight after deregistration_delay {limit:g}s")
+        else:
+            self._event("drain", t, "draining", "drained", f"nothing in flight after {self.now() - now:.2f}s")
+        return left
+
+    def operator(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
+        """``drain`` | ``enable`` | ``maintenance`` a target. Raises KeyError (no such target)
+        or ValueError (not possible in its state). Returns its new status."""
+        t = self.target(target_id)
+        if t is None:
+            raise KeyError(target_id)
+        now = self.now()
+        old = t.admin_state.value if t.admin_state else "enabled"
+        if action == "drain":
+            if t.admin_state is AdminState.MAINTENANCE:
+                raise ValueError(f"{t.id} is in maintenance: enable it first")
+            if t.admin_state is not AdminState.DRAINED:
+                t.admin_state = AdminState.DRAINED
+                self._event("admin", t, old, "drained", f"drain requested via {source}")
+                self.begin_drain(t, "drained by an operator")
+                self._drains[t.id] = asyncio.get_running_loop().create_task(self._drain_then_unuse(t))
+        elif action == "maintenance":
+            task = self._drains.pop(t.id, None)
+            if task is not None:
+                task.cancel()
+            t.admin_state = AdminState.MAINTENANCE
+            self._event("admin", t, old, "maintenance", f"maintenance requested via {source}")
+            self._transition(t, t.health.unuse(now))
+            t.backend.close_idle()
+        elif action == "enable":
+            task = self._drains.pop(t.id, None)
+            if task is not None:
+                task.cancel()
+            if t.admin_state is not None:
+                t.admin_state = None
+                self._event("admin", t, old, "enabled", f"enabled via {source}: checked before it serves again")
+                if t.health.state in (HealthState.DRAINING, HealthState.UNUSED):
+                    self._transition(t, t.health.register(now))
+        else:
+            raise ValueError(f"unknown action {action!r}; use drain, enable or maintenance")
+        return self._target_status(t, now)
+
+    async def _drain_then_unuse(self, t: TargetRuntime) -> None:
+        try:
+            await self.wait_drained(t)
+        finally:
+            if self._drains.get(t.id) is asyncio.current_task():
+                del self._drains[t.id]
+        if t.admin_state is AdminState.DRAINED and t.health.state is HealthState.DRAINING:
+            self._transition(t, t.health.unuse(self.now()))
+
+    def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> dict[str, Any]:
+        """Set a target's weight (0-1000; 0: no new requests). Raises KeyError / ValueError."""
+        t = self.target(target_id)
+        if t is None:
+            raise KeyError(target_id)
+        if not 0 <= weight <= 1000:
+            raise ValueError("weight must be 0-1000")
+        old, t.weight, t.backend.weight = t.weight, weight, weight
+        if old != weight:
+            self._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
+            self._reconcile(t.group)
+        return self._target_status(t, self.now())
+
+    async def retire_target(self, t: TargetRuntime) -> None:
+        """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
+        if t.probe_task is not None:
+            t.probe_task.cancel()
+            await asyncio.gather(t.probe_task, return_exceptions=True)
+            t.probe_task = None
+        if t.slot is not None:
+            await self._stop_instance(t)
+        t.group.remove(t)
+        t.backend.close_idle()
+        self._reconcile(t.group)
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
         now = self.now()
         listeners = []
-        for ls, lst in self.listeners:
+        for i, (ls, lst) in enumerate(self.listeners):
             c = lst.counters
             host, port = lst.address
             listeners.append({
+                "index": i,
+                "rules": len(ls.rules),
                 "address": f"{host}:{port}",
                 "host": host,
                 "port": port,
@@ -419,7 +618,10 @@ class Controller:
                 "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
                 "targets": targets,
             }
-        return {
+        extra: dict[str, Any] = {}
+        if self.reloader is not None:
+            extra["config"] = self.reloader.status()
+        return extra | {
             "name": self.spec.name,
             "pid": os.getpid(),
             "started": iso(self.wall(self.started_at)),
@@ -427,6 +629,7 @@ class Controller:
             "admin": self.admin.url if self.admin else None,
             "listeners": listeners,
             "target_groups": groups,
+            "events_seq": self.events.last_seq,
         }
 
     def _target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
@@ -445,6 +648,11 @@ class Controller:
             "errors": t.backend.errors,
             "in_flight": t.backend.in_flight,
             "last_check": None,
+            "weight": t.weight,
+            "admin_state": t.admin_state.value if t.admin_state else None,
+            "retries": t.backend.retries,
+            "responses": t.backend.responses_by_class(),
+            "latency": {"count": t.backend.latency_count(), "sum_s": round(t.backend.latency_sum, 6)},
         }
         if h.last_check is not None:
             lc = h.last_check
@@ -496,20 +704,29 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
 
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps(info))
+    os.chmod(tmp, 0o600)
     tmp.replace(path)
 
 
 async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
-              announce: Callable[[Controller], None] | None = None) -> int:
-    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly. Returns the exit status."""
+              announce: Callable[[Controller], None] | None = None, access_log: str | None = None) -> int:
+    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly; SIGHUP reloads. Returns the exit status."""
     import signal
 
     ctl = Controller(spec, spec_path)
+    if access_log is not None:
+        from fivenines.runtime.logs import AccessLog
+
+        ctl.access_log = AccessLog(access_log)
+        ctl.access_log.open()
     await ctl.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ctl.reloader.request, "SIGHUP")
+    run_file = ctl.state_dir / RUN_FILE
+    write_ready_file(str(run_file), ctl.ready_info())
     if ready_file:
         write_ready_file(ready_file, ctl.ready_info())
     if announce:
@@ -517,7 +734,15 @@ async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | Non
     await stop.wait()
     log.info("stopping: draining in-flight requests, then stopping instances")
     await ctl.stop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    if ctl.access_log is not None:
+        ctl.access_log.close()
+    with contextlib.suppress(OSError):
+        run_file.unlink()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
     return 0
+
+
+RUN_FILE = "run.json"
+"""In STATE_DIR while fivenines runs: its pid and admin URL (how the CLI finds it with -f SPEC)."""
