@@ -48,6 +48,43 @@ def token_of(state_dir: Path) -> str:
     return (state_dir / "admin.token").read_text().strip()
 
 
+class Lines:
+    """Lines of a subprocess pipe, read by a thread so the test can wait with a deadline."""
+
+    def __init__(self, stream: Any) -> None:
+        import queue
+
+        self.q: queue.Queue[str] = queue.Queue()
+        self._t = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self.q.put(raw.decode("utf-8", "replace"))
+        stream.close()
+
+    def until(self, pred: Any, timeout: float = 10.0) -> list[str]:
+        """Lines read until one satisfies ``pred`` (included); fails the test at the deadline."""
+        import queue
+
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching line within {timeout}s; got {seen!r}")
+            try:
+                line = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if pred(line):
+                return seen
+
+    def join(self) -> None:
+        self._t.join(10)
+
+
 # --------------------------------------------------------------------------- load
 
 

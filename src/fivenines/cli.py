@@ -356,6 +356,7 @@ def _follow(base: str, since: int, as_json: bool) -> None:
         if resp.status != 200:
             err.print(f"[bold red]error[/]: {base}/events/stream: HTTP {resp.status}", markup=True)
             sys.exit(1)
+        err.print(f"following events after #{since} (Ctrl-C stops)")
         while True:
             raw = resp.readline()
             if not raw:

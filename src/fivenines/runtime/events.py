@@ -130,6 +130,9 @@ class EventLog:
         return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
 
     def recent(self, limit: int = 100, since: int = 0) -> list[Event]:
+        """The latest ``limit`` events after seq ``since``, oldest first."""
+        if limit <= 0:
+            return []
         return [e for e in self._ring if e.seq > since][-limit:]
 
     @property

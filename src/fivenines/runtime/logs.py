@@ -112,7 +112,9 @@ class AccessLog:
             self._timer = asyncio.get_running_loop().call_later(self.flush_every, self.flush)
 
     def flush(self) -> None:
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()  # harmless when the timer itself is calling
+            self._timer = None
         pending, self._pending = self._pending, []
         if not pending or self._out is None:
             return
@@ -130,8 +132,6 @@ class AccessLog:
             self._out = None
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         self.flush()
         if self._out is not None and self._out is not sys.stdout:
             self._out.close()
