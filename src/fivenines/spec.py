@@ -187,6 +187,92 @@ class RestartSpec(_Strict):
     crash_loop_after: int = Field(5, ge=1, description="Consecutive short-lived runs that mark a crash loop.")
 
 
+# ---- reliability and SLO: inputs of `fivenines model` (fivenines.model.layout), nothing else reads them
+
+
+def _positive_duration(v: float | None) -> float | None:
+    if v is not None and v <= 0:
+        raise ValueError("must be greater than 0")
+    return v
+
+
+class UnitReliabilitySpec(_Strict):
+    """How often one unit fails and how long it takes to get it back."""
+
+    mtbf: Duration | None = Field(
+        None, description="Mean time between failures of one unit (default: 30d, and the output says so)."
+    )
+    mttr: Duration | None = Field(
+        None,
+        description="Mean time from a failure until the unit serves again (default for instances: "
+        "detection + first restart delay + healthy_threshold x interval; for targets: 1h; "
+        "for the load balancer: 1m).",
+    )
+
+    @field_validator("mtbf", "mttr")
+    @classmethod
+    def _check_positive(cls, v: float | None) -> float | None:
+        return _positive_duration(v)
+
+
+class ReliabilitySpec(UnitReliabilitySpec):
+    """Failure and repair of a target group's members, for `fivenines model` (see docs/availability.md)."""
+
+    repair_crews: int | None = Field(
+        None, ge=1, description="Failed members repaired at the same time (default: unlimited, each on its own)."
+    )
+    standby_mode: Literal["hot", "warm", "cold"] = Field(
+        "hot", description="hot: standbys fail like actives; warm: at standby_failure_ratio of that; cold: never while waiting."
+    )
+    standby_failure_ratio: float | None = Field(
+        None, ge=0, le=1, description="warm only: a standby's failure rate as a share of an active's (default 0.5)."
+    )
+    coverage: float = Field(
+        1.0, ge=0, le=1, description="Probability that a failure is handled automatically (ejected, standby promoted)."
+    )
+    manual_recovery: Duration = Field(
+        3600.0, description="Mean time for a person to recover a failure that was not handled automatically."
+    )
+    common_cause_beta: float = Field(
+        0.0, ge=0, le=1, description="Share of failures that hit every member at once (beta-factor)."
+    )
+
+    @field_validator("standby_failure_ratio")
+    @classmethod
+    def _check_ratio(cls, v: float | None, info: Any) -> float | None:
+        mode = info.data.get("standby_mode")
+        if v is not None and mode is not None and mode != "warm":
+            raise ValueError(f"applies only to standby_mode: warm (standby_mode is {mode})")
+        return v
+
+    @field_validator("manual_recovery")
+    @classmethod
+    def _check_recovery(cls, v: float) -> float:
+        _positive_duration(v)
+        return v
+
+
+class LoadBalancerSpec(_Strict):
+    """The load balancer itself, one unit in series with every target group (see docs/availability.md)."""
+
+    reliability: UnitReliabilitySpec = Field(
+        default_factory=UnitReliabilitySpec, description="Failure and repair of the load balancer itself."
+    )
+
+
+class SloSpec(_Strict):
+    """A service level objective: the error budget and burn-rate alerts are computed against it."""
+
+    target: float = Field(gt=0, lt=100, description="Percent of requests that must succeed, e.g. 99.9.")
+    window: Duration = Field(30 * 86400.0, description="Rolling window of the objective (default 30d).")
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: float) -> float:
+        _positive_duration(v)
+        return v
+
+
 def parse_port_range(text: str) -> tuple[int, int] | None:
     """``"9101-9199"`` → ``(9101, 9199)``; ``"9101"`` → ``(9101, 9101)``; ``"auto"`` → None.
 
@@ -292,6 +378,7 @@ class TargetGroupSpec(_Strict):
     stickiness: StickinessSpec | None = Field(None, description="Optional load-balancer cookie stickiness.")
     deregistration_delay: Duration = Field(30.0, description="Longest a draining target may finish in-flight requests.")
     slow_start: Duration = Field(0.0, description="Ramp a joining target's share linearly over this time (0: off).")
+    reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
     @field_validator("targets")
     @classmethod
@@ -392,6 +479,59 @@ class ListenerSpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
 
 
+class AwsSpec(_Strict):
+    """Where and how ``fivenines aws`` deploys the service: EC2 instances behind Elastic Load Balancing."""
+
+    region: str | None = Field(None, description="AWS region (default: --region, else the boto3 chain: AWS_REGION, profile).")
+    vpc_id: str | None = Field(None, description="VPC of the stack (default: the VPC of subnets, else the default VPC).")
+    subnets: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Subnet ids in at least two availability zones (default: the default VPC's default subnets).",
+    )
+    ami: str = Field(
+        "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+        description="AMI id (ami-...) or resolve:ssm:PARAMETER of the instances.",
+    )
+    instance_type: str = Field("t3.micro", description="EC2 instance type.")
+    key_name: str | None = Field(None, description="EC2 key pair for SSH (default: none).")
+    security_groups: list[str] = Field(
+        default_factory=list, description="Existing security group ids added to the instances (e.g. SSH access)."
+    )
+    allow_from: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0/0"], description="CIDRs allowed to reach the listeners."
+    )
+    instance_port: int = Field(8080, ge=1, le=65535, description="Port the command listens on ({port}) on each instance.")
+    user_data: str | None = Field(
+        None, description="Shell script run as root on each instance before the service starts (e.g. install it)."
+    )
+    health_check_grace_period: Duration = Field(
+        300.0, description="Time a new instance has to pass ELB checks before Auto Scaling may replace it."
+    )
+    internal: bool = Field(False, description="Internal load balancers (no internet-facing address).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on every resource.")
+
+    @field_validator("allow_from")
+    @classmethod
+    def _check_allow_from(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError:
+                raise ValueError(f"{c!r} is not a CIDR, e.g. 0.0.0.0/0 or 203.0.113.0/24") from None
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower().startswith(("fivenines:", "aws:")):
+                raise ValueError(f"tag {key!r}: the fivenines: and aws: prefixes are reserved")
+        return v
+
+
 _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
 
 
@@ -404,6 +544,9 @@ class Spec(_Strict):
     workers: int = Field(1, ge=1, le=64, description="Data-plane processes sharing each listening port.")
     listeners: list[ListenerSpec] = Field(min_length=1)
     target_groups: dict[str, TargetGroupSpec] = Field(min_length=1)
+    load_balancer: LoadBalancerSpec | None = Field(None, description="The load balancer itself, for fivenines model.")
+    slo: SloSpec | None = Field(None, description="Service level objective: target percent over a window.")
+    aws: AwsSpec | None = Field(None, description="Deployment on AWS by `fivenines aws` (default: all defaults below).")
 
     @field_validator("target_groups")
     @classmethod

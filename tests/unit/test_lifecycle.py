@@ -37,6 +37,11 @@ def test_crash_loop_after_consecutive_short_runs() -> None:
         now = d.restart_at
     assert states == [InstanceState.BACKOFF] * 3 + [InstanceState.CRASH_LOOP] * 2
     assert lc.last_exit_code == 2 and "crash loop" in d.reason
+    # shown as crash_loop while running again, until a run lasts stable_after
+    lc.started(9, now)
+    assert lc.state is InstanceState.RUNNING and lc.shown_state() is InstanceState.CRASH_LOOP
+    assert not lc.mark_stable(now + 1.0) and lc.shown_state() is InstanceState.CRASH_LOOP
+    assert lc.mark_stable(now + 10.0) and lc.shown_state() is InstanceState.RUNNING
 
 
 def test_stable_run_resets_backoff() -> None:

@@ -122,6 +122,15 @@ class InstanceLifecycle:
             self.state = InstanceState.STOPPED
             self.restart_at = None
 
+    @property
+    def crash_looping(self) -> bool:
+        """In a crash loop until a run lasts ``stable_after``: also while briefly running between crashes."""
+        return self.consecutive_failures >= self.policy.crash_loop_after and self.state is not InstanceState.STOPPED
+
+    def shown_state(self) -> InstanceState:
+        """The state to show an operator: ``crash_loop`` sticks until a stable run."""
+        return InstanceState.CRASH_LOOP if self.crash_looping else self.state
+
     def stable(self, now: float) -> bool:
         """True once the current run has lasted long enough to count as a success."""
         return (

@@ -661,7 +661,7 @@ class Controller:
             lc_ = t.slot.lifecycle
             out["pid"] = lc_.pid
             inst: dict[str, Any] = {
-                "state": lc_.state.value,
+                "state": lc_.shown_state().value,
                 "restarts": lc_.restarts,
                 "consecutive_failures": lc_.consecutive_failures,
                 "last_exit_code": lc_.last_exit_code,
