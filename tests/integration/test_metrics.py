@@ -95,3 +95,23 @@ def test_metrics_parse_and_move_as_traffic_flows(run_fivenines: Any) -> None:
                           v(m[0], "fivenines_target_restarts_total", group="web", target="web-1") == 1 and m, 10, 0.05,
                           what="web-1 restarted")
     assert v(m4, "fivenines_reloads_total", result="ok") == 0 and v(m4, "fivenines_config_generation") == 1
+
+
+def test_grafana_dashboard_queries_only_metrics_fivenines_exposes(run_fivenines: Any) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] for v in dash["templating"]["list"]]
+    used = {m for e in exprs for m in re.findall(r"fivenines_[a-z_]+", e)}
+    assert len(used) >= 15
+    f = run_fivenines(demo_spec(count=1, standby=0))
+    f.wait_healthy()
+    assert f.get("/")[0] == 200
+    samples, _, _ = scrape(f.admin)
+    exposed = {name for name, _ in samples}
+    assert used <= exposed, sorted(used - exposed)
+    for p in dash["panels"]:
+        assert p["type"] == "row" or p["targets"], p["title"]
