@@ -129,7 +129,8 @@ class StartupProgress:
     def _on_event(self, ev: Any) -> None:
         if ev.kind == "health":
             mark = {"healthy": "[green]✓[/]", "unhealthy": "[red]✗[/]"}.get(ev.new, "·")
-            self.console.print(f"  {mark} {ev.target} {ev.new}: {ev.reason}  ({self.healthy()}/{self.total} healthy)",
+            why = "" if ev.new == "healthy" else f": {ev.reason}"
+            self.console.print(f"  {mark} {ev.target} {ev.new}{why} ({self.healthy()}/{self.total} healthy)",
                                markup=True, highlight=False)
         if self.ctl.all_healthy():
             self._done()
@@ -169,7 +170,9 @@ def _locate(spec_file: str | None) -> tuple[str | None, Path | None]:
         err.print(f"[bold red]error[/]: {path}: cannot find the running fivenines from it: {exc}", markup=True)
         sys.exit(EXIT_USAGE)
     token_file = admin.get("token_file")
-    token = spec_base_dir(Path(path)) / str(token_file) if token_file else state_dir / "admin.token"
+    from fivenines.admin.auth import TOKEN_NAME
+
+    token = spec_base_dir(Path(path)) / str(token_file) if token_file else state_dir / TOKEN_NAME
     try:
         info = json.loads((state_dir / RUN_FILE).read_text())
         os.kill(int(info["pid"]), 0)

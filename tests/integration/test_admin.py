@@ -182,6 +182,11 @@ def test_cli_status_events_and_operator_commands(run_fivenines: Any, tmp_path: P
     f = run_fivenines(demo_spec(count=2, standby=1))
     f.wait_healthy()
     spec = str(f.spec_path)
+    # `up` showed its progress while it waited for the targets
+    log = wait_until(lambda: "all 3 target(s) healthy after" in (x := f.log.read_text()) and x, 5, 0.05,
+                     what="up's progress")
+    assert "waiting for 3 target(s) to pass their health checks" in log
+    assert all(f"✓ web-{i} healthy" in log for i in (1, 2, 3)) and "(3/3 healthy)" in log
     # -f SPEC finds the running fivenines (its admin port is 0 in the spec) and its token
     r = cli("status", "-f", spec, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "t"

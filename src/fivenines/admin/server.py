@@ -134,7 +134,7 @@ class AdminServer:
         if len(parts) == 1:
             if req.method not in ("GET", "HEAD"):
                 return _error(405, f"{req.method} not allowed on {path}", [("Allow", "GET, HEAD")])
-            return Response.json(ctl._target_status(t, ctl.now()))
+            return Response.json(ctl.target_status(t))
         action = parts[1]
         if len(parts) == 2 and action in _TARGET_ACTIONS:
             if req.method != "POST":

@@ -548,7 +548,7 @@ class Controller:
                     self._transition(t, t.health.register(now))
         else:
             raise ValueError(f"unknown action {action!r}; use drain, enable or maintenance")
-        return self._target_status(t, now)
+        return self.target_status(t)
 
     async def _drain_then_unuse(self, t: TargetRuntime) -> None:
         try:
@@ -570,7 +570,7 @@ class Controller:
         if old != weight:
             self._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
             self._reconcile(t.group)
-        return self._target_status(t, self.now())
+        return self.target_status(t)
 
     async def retire_target(self, t: TargetRuntime) -> None:
         """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
@@ -618,10 +618,7 @@ class Controller:
                 "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
                 "targets": targets,
             }
-        extra: dict[str, Any] = {}
-        if self.reloader is not None:
-            extra["config"] = self.reloader.status()
-        return extra | {
+        out: dict[str, Any] = {
             "name": self.spec.name,
             "pid": os.getpid(),
             "started": iso(self.wall(self.started_at)),
@@ -631,6 +628,12 @@ class Controller:
             "target_groups": groups,
             "events_seq": self.events.last_seq,
         }
+        if self.reloader is not None:
+            out["config"] = self.reloader.status()
+        return out
+
+    def target_status(self, t: TargetRuntime) -> dict[str, Any]:
+        return self._target_status(t, self.now())
 
     def _target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
         h = t.health
