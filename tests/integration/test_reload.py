@@ -265,3 +265,55 @@ def test_health_state_survives_a_restart_unless_the_target_changed(demos: list[D
                            "web-2": "not restored: definition changed since it was saved"}
     finally:
         f.stop()
+
+
+def test_socket_handover_keeps_the_port_accepting(demo: Demo) -> None:
+    """Rebinding on the same address (a protocol change) hands the listening socket over:
+    the port never stops accepting, and the old listener's connections stay open."""
+    from fivenines.proxy.backend import Backend, BackendGroup
+    from fivenines.proxy.http import Listener
+    from fivenines.runtime.reload import _dup_listening
+    from tests.helpers import LoopThread
+
+    lt = LoopThread()
+    clients: list[socket.socket] = []
+    group = BackendGroup("web")
+    group.add(Backend("web-1", demo.host, demo.port))
+    group.set_serving(["web-1"])
+    old = Listener(lambda: group, 0)
+    new = Listener(lambda: group, 0)
+    try:
+        lt.call(old.start("127.0.0.1", 0))
+        port = old.address[1]
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        clients.append(kept)
+        buf = bytearray()
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _read_response(kept, buf)[0] == 200
+        sock = _dup_listening(old)
+        # a client connecting during the handover is served by one of the two, never refused
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)
+        clients.append(waiting)
+
+        async def swap() -> None:
+            old.stop_accepting()
+            await new.start("127.0.0.1", port, sock=sock)
+
+        lt.call(swap())
+        assert new.address == ("127.0.0.1", port)
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _read_response(waiting, bytearray())[0] == 200
+        before = new.counters.connections
+        assert http_get("127.0.0.1", port, "/")[0] == 200  # after the swap: the new listener
+        assert new.counters.connections == before + 1
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # the old listener's connection goes on
+        assert _read_response(kept, buf)[0] == 200
+        assert old.counters.connections + new.counters.connections == 3
+    finally:
+        for c in clients:
+            c.close()
+        lt.call(old.drain(1.0))
+        if new.server is not None:
+            lt.call(new.drain(1.0))
+        lt.loop.call_soon_threadsafe(group.backends["web-1"].close_idle)
+        lt.close()

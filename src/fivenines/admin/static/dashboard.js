@@ -106,6 +106,7 @@
 
   async function get(path) {
     const r = await fetch(path, { headers, cache: "no-store" });
+    if (r.status === 401) throw new Error("the admin API needs its token here: open this page as /#token=TOKEN");
     if (!r.ok) throw new Error(path + ": HTTP " + r.status);
     return r.json();
   }
