@@ -140,7 +140,7 @@ class AdminServer:
             if req.method != "POST":
                 return _error(405, f"use POST {path}", [("Allow", "POST")])
             try:
-                return Response.json(ctl.operator(tid, action, source))
+                return Response.json(ctl.operator.act(tid, action, source))
             except ValueError as exc:
                 return _error(409, str(exc))
         if len(parts) == 2 and action == "weight":
@@ -154,7 +154,7 @@ class AdminServer:
             except (ValueError, KeyError, TypeError):
                 return _error(400, 'body must be {"weight": N} with N an integer 0-1000')
             try:
-                return Response.json(ctl.set_weight(tid, weight, source))
+                return Response.json(ctl.operator.set_weight(tid, weight, source))
             except ValueError as exc:
                 return _error(400, str(exc))
         return _error(404, f"no such path {path}; use /targets/{tid}/drain|enable|maintenance|weight")

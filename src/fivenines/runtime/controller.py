@@ -194,7 +194,7 @@ class Controller:
         self.reloader: Any = None
         self.statefile: Any = None
         self.access_log: Any = None
-        self._drains: dict[str, asyncio.Task[None]] = {}
+        self.operator: Any = None
 
     # ------------------------------------------------------------------ clock
 
@@ -221,12 +221,14 @@ class Controller:
         self._build_groups()
         from fivenines.admin.metrics import Metrics
         from fivenines.admin.server import AdminServer
+        from fivenines.runtime.operator import Operator
         from fivenines.runtime.reload import Reloader
         from fivenines.runtime.statefile import StateFile
 
         self.events.open_file(self.state_dir / "events.jsonl")
         self.metrics = Metrics(self)
         self.reloader = Reloader(self)
+        self.operator = Operator(self)
         self.statefile = StateFile(self, self.state_dir / "health-state.json")
         self.statefile.restore()
         host, port = split_hostport(self.spec.admin.listen)
@@ -316,8 +318,8 @@ class Controller:
             self.statefile.stop()
         if self.reloader is not None:
             await self.reloader.stop()
-        for task in list(self._drains.values()):
-            task.cancel()
+        if self.operator is not None:
+            self.operator.stop()
         cut = 0
         if self.listeners:
             results = await asyncio.gather(*(lst.drain(drain_timeout) for _, lst in self.listeners))
@@ -478,8 +480,8 @@ class Controller:
         log.info("%s", ev, extra={"event": ev.to_json()})
         return ev
 
-    # ------------------------------------------------------------------ operator actions
-    # Small hooks others reuse: drain_target (rolling restarts, reload), enable, maintenance, weight.
+    # ------------------------------------------------------------------ draining
+    # Small hooks others reuse (operator actions, reload, rolling restarts).
 
     async def drain_target(self, t: TargetRuntime, why: str, timeout: float | None = None) -> int:
         """Send ``t`` no new requests and wait until its in-flight ones finish, at most
@@ -512,65 +514,6 @@ class Controller:
         else:
             self._event("drain", t, "draining", "drained", f"nothing in flight after {self.now() - now:.2f}s")
         return left
-
-    def operator(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
-        """``drain`` | ``enable`` | ``maintenance`` a target. Raises KeyError (no such target)
-        or ValueError (not possible in its state). Returns its new status."""
-        t = self.target(target_id)
-        if t is None:
-            raise KeyError(target_id)
-        now = self.now()
-        old = t.admin_state.value if t.admin_state else "enabled"
-        if action == "drain":
-            if t.admin_state is AdminState.MAINTENANCE:
-                raise ValueError(f"{t.id} is in maintenance: enable it first")
-            if t.admin_state is not AdminState.DRAINED:
-                t.admin_state = AdminState.DRAINED
-                self._event("admin", t, old, "drained", f"drain requested via {source}")
-                self.begin_drain(t, "drained by an operator")
-                self._drains[t.id] = asyncio.get_running_loop().create_task(self._drain_then_unuse(t))
-        elif action == "maintenance":
-            task = self._drains.pop(t.id, None)
-            if task is not None:
-                task.cancel()
-            t.admin_state = AdminState.MAINTENANCE
-            self._event("admin", t, old, "maintenance", f"maintenance requested via {source}")
-            self._transition(t, t.health.unuse(now))
-            t.backend.close_idle()
-        elif action == "enable":
-            task = self._drains.pop(t.id, None)
-            if task is not None:
-                task.cancel()
-            if t.admin_state is not None:
-                t.admin_state = None
-                self._event("admin", t, old, "enabled", f"enabled via {source}: checked before it serves again")
-                if t.health.state in (HealthState.DRAINING, HealthState.UNUSED):
-                    self._transition(t, t.health.register(now))
-        else:
-            raise ValueError(f"unknown action {action!r}; use drain, enable or maintenance")
-        return self.target_status(t)
-
-    async def _drain_then_unuse(self, t: TargetRuntime) -> None:
-        try:
-            await self.wait_drained(t)
-        finally:
-            if self._drains.get(t.id) is asyncio.current_task():
-                del self._drains[t.id]
-        if t.admin_state is AdminState.DRAINED and t.health.state is HealthState.DRAINING:
-            self._transition(t, t.health.unuse(self.now()))
-
-    def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> dict[str, Any]:
-        """Set a target's weight (0-1000; 0: no new requests). Raises KeyError / ValueError."""
-        t = self.target(target_id)
-        if t is None:
-            raise KeyError(target_id)
-        if not 0 <= weight <= 1000:
-            raise ValueError("weight must be 0-1000")
-        old, t.weight, t.backend.weight = t.weight, weight, weight
-        if old != weight:
-            self._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
-            self._reconcile(t.group)
-        return self.target_status(t)
 
     async def retire_target(self, t: TargetRuntime) -> None:
         """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
