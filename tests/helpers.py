@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from fivenines.runtime.supervisor import die_with_parent
+
 T = TypeVar("T")
 PY = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -68,6 +70,7 @@ class Demo:
             [PY, "-m", "fivenines.demo", "--port", "0", "--id", instance_id],
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_parent(os.getpid()),
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
@@ -157,6 +160,7 @@ class Fivenines:
             [PY, "-m", "fivenines", "up", str(self.spec_path), "--ready-file", str(self.ready), *(extra_args or [])],
             stdout=self._logf,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(os.getpid()),  # a killed test run leaves nothing behind
         )
         info = wait_until(self._read_ready, 15, what="fivenines ready file")
         self.admin: str = info["admin"]

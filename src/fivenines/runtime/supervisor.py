@@ -32,7 +32,7 @@ _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
     """preexec_fn: die with the parent. Runs in the child between fork and exec."""
     libc = _load_libc()
 
@@ -102,7 +102,7 @@ class Process:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
                 close_fds=True,
             )
         except OSError as exc:
