@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fivenines.runtime.supervisor import die_with_parent
 from tests.helpers import wait_until
 
 # --------------------------------------------------------------------------- admin calls
@@ -273,7 +274,8 @@ class Chromium:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={self.profile}", "--remote-debugging-port=0", url],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()))
         self._ids = itertools.count(1)
         self.ws: WebSocket | None = None
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fivenines.runtime.supervisor import die_with_parent
 from tests.helpers import PY, demo_spec, get_json, wait_until, write_spec
 from tests.ops_helpers import Lines, admin_call, token_of
 
@@ -191,9 +192,9 @@ def test_cli_status_events_and_operator_commands(run_fivenines: Any, tmp_path: P
     r = cli("status", "-f", spec, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "t"
     follow = subprocess.Popen([PY, "-m", "fivenines", "events", "-f", spec, "--follow", "-n", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent(os.getpid()))
     watch = subprocess.Popen([PY, "-m", "fivenines", "status", "-f", spec, "--watch", "--interval", "0.2"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid()))
     follow_out, follow_err, watch_out = Lines(follow.stdout), Lines(follow.stderr), Lines(watch.stdout)
     try:
         follow_err.until(lambda x: x.startswith("following events after #"))
