@@ -104,6 +104,7 @@ class Exchange:
     """One request and its response on a client connection."""
 
     __slots__ = (
+        "attempt_started",
         "attempts",
         "backend",
         "body",
@@ -119,7 +120,6 @@ class Exchange:
         "replay",
         "request_done",
         "response_started",
-        "started",
         "status",
         "tried",
         "version10",
@@ -143,7 +143,7 @@ class Exchange:
         self.tried: list[Backend] = []
         self.attempts = 0
         self.done = False
-        self.started = 0.0  # monotonic time the current attempt was dispatched
+        self.attempt_started = 0.0  # monotonic time the current attempt was dispatched
         self.status = 0
 
 
@@ -441,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.attempts += 1
         ex.backend = backend
-        ex.started = monotonic()
+        ex.attempt_started = monotonic()
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
@@ -570,7 +570,7 @@ class ClientConnection(asyncio.Protocol):
             ex.keep_alive = False  # answered before the body ended: cannot resync, close after
         backend = ex.backend
         if backend is not None:
-            backend.observe(ex.status, monotonic() - ex.started)
+            backend.observe(ex.status, monotonic() - ex.attempt_started)
             if self._listener.access_log is not None:
                 self._listener.access_log.record(self._peer_ip, ex, backend.id)
         self._release_attempt(ex, upstream_reusable)

@@ -106,7 +106,7 @@ class AccessLog:
             self._out = os.fdopen(fd, "a", encoding="utf-8")
 
     def record(self, peer_ip: bytes, ex: Exchange, target: str) -> None:
-        took = time.monotonic() - ex.started if ex.started else -1.0
+        took = time.monotonic() - ex.attempt_started if ex.attempt_started else -1.0
         self._pending.append((peer_ip, time.time(), ex.head, ex.status, target, took))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_every, self.flush)
