@@ -4,8 +4,10 @@ Runs one nginx backend (a fixed 200 answer) and fivenines in front of it, from t
 tree and, with ``--baseline-src``, from another source tree (e.g. ``main`` without
 the hooks: ``git archive main src | tar -x -C /tmp/fn-main``). The contenders are
 measured in interleaved rounds (A B A B ...) so that the noise of a shared machine
-falls on both; it prints requests/s and p50/p99 latency per round and the median
-ratio, and writes them as JSON.
+falls on both; it prints requests/s, p50/p99 latency and the CPU time the proxy
+process used per request (user + system, from /proc: much less sensitive to other
+load on the machine than requests/s) per round, the medians and ratios, and writes
+them as JSON.
 
     python bench/metrics_overhead.py --baseline-src /tmp/fn-main/src --rounds 3 --duration 5
 
@@ -103,7 +105,14 @@ def start_fivenines(tmp: Path, src: Path, backend: int, name: str) -> tuple[subp
     return proc, port
 
 
-def wrk(port: int, duration: float, connections: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, duration: float, connections: int, pid: int | None = None) -> dict[str, float]:
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run([need("wrk"), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -114,7 +123,10 @@ def wrk(port: int, duration: float, connections: int) -> dict[str, float]:
         return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "non_2xx": float(errors.group(1)) if errors else 0}
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_us = (cpu_seconds(pid) - cpu0) / total * 1e6 if pid else 0.0
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "cpu_us_per_req": cpu_us,
+            "non_2xx": float(errors.group(1)) if errors else 0}
 
 
 def main() -> None:
@@ -131,34 +143,44 @@ def main() -> None:
         backend = free_port()
         procs.append(start_nginx(tmp, backend))
         contenders: dict[str, int] = {}
+        pids: dict[str, int | None] = {}
         p, port = start_fivenines(tmp, SRC, backend, "this")
         procs.append(p)
-        contenders["this tree"] = port
+        contenders["this tree"], pids["this tree"] = port, p.pid
         if args.baseline_src:
             p, port = start_fivenines(tmp, args.baseline_src.resolve(), backend, "baseline")
             procs.append(p)
-            contenders["baseline"] = port
-        contenders["direct (nginx)"] = backend
+            contenders["baseline"], pids["baseline"] = port, p.pid
+        contenders["direct (nginx)"], pids["direct (nginx)"] = backend, None
         results: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
         for port in contenders.values():
             wrk(port, 1.0, args.connections)  # warm-up
         for r in range(args.rounds):
             for name, port in contenders.items():
-                res = wrk(port, args.duration, args.connections)
+                res = wrk(port, args.duration, args.connections, pids[name])
                 results[name].append(res)
                 print(f"round {r + 1} {name:15s} {res['rps']:9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
-                      f"p99 {res['p99_ms']:.3f} ms  non-2xx {res['non_2xx']:.0f}", flush=True)
+                      f"p99 {res['p99_ms']:.3f} ms  cpu {res['cpu_us_per_req']:.2f} us/req  "
+                      f"non-2xx {res['non_2xx']:.0f}", flush=True)
         summary: dict[str, Any] = {}
         for name, rs in results.items():
-            summary[name] = {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms")}
+            summary[name] = {k: statistics.median(x[k] for x in rs)
+                             for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
         print()
         for name, s in summary.items():
-            print(f"median {name:15s} {s['rps']:9.0f} req/s  p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms")
+            print(f"median {name:15s} {s['rps']:9.0f} req/s  p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  "
+                  f"cpu {s['cpu_us_per_req']:.2f} us/req")
         if "baseline" in summary:
+            this, base = results["this tree"], results["baseline"]
             ratio = summary["this tree"]["rps"] / summary["baseline"]["rps"]
-            pairs = [a["rps"] / b["rps"] for a, b in zip(results["this tree"], results["baseline"], strict=True)]
-            print(f"this tree / baseline: {ratio:.3f} (per round: {', '.join(f'{x:.3f}' for x in pairs)})")
+            pairs = [a["rps"] / b["rps"] for a, b in zip(this, base, strict=True)]
+            print(f"requests/s, this tree / baseline: {ratio:.3f} (per round: {', '.join(f'{x:.3f}' for x in pairs)})")
+            cpu = summary["this tree"]["cpu_us_per_req"] - summary["baseline"]["cpu_us_per_req"]
+            cpairs = [a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in zip(this, base, strict=True)]
+            print(f"CPU per request, this tree - baseline: {cpu:+.2f} us "
+                  f"(per round: {', '.join(f'{x:+.2f}' for x in cpairs)})")
             summary["ratio_rps"] = ratio
+            summary["cpu_us_per_req_delta"] = cpu
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rounds": results, "median": summary}, indent=2))
         print(f"written to {args.out}")
