@@ -471,12 +471,25 @@ class RuleSpec(_Strict):
         return dict(self.forward.target_groups)
 
 
+class TimeoutsSpec(_Strict):
+    """A listener's timeouts; each expiry answers as ALB does (408, 502 or 504) or closes."""
+
+    connect: Duration = Field(3.0, description="Connecting to a target; past it the try fails (retried elsewhere, else 504).")
+    client_header: Duration = Field(10.0, description="A client must send a whole request head within this, else 408.")
+    idle: Duration = Field(60.0, description="A client connection with nothing in flight is closed after this (tcp: no byte either way).")
+    response: Duration = Field(60.0, description="Per try: time for the target's response head, unless retries.per_try_timeout is set; 504.")
+    request: Duration | None = Field(None, description="Whole request, retries included: no response head by then gives 504 (unset: no limit).")
+    tunnel: Duration = Field(3600.0, description="An upgraded (WebSocket) connection with no byte either way is closed after this.")
+    upstream_idle: Duration = Field(15.0, description="Pooled keep-alive connections to targets are closed after this long unused.")
+
+
 class ListenerSpec(_Strict):
     port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
     host: str = Field("127.0.0.1", description="Address to bind.")
     protocol: Literal["http", "tcp"] = Field("http", description="http: HTTP/1.1 reverse proxy; tcp: byte stream.")
     default_target_group: str = Field(description="Target group that receives the listener's traffic.")
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
+    timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
 
 
 class AwsSpec(_Strict):

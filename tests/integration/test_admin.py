@@ -79,7 +79,8 @@ def test_drain_lets_in_flight_requests_finish_then_enable_brings_it_back(run_fiv
     t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unused" and x, 5, 0.02, what="drained")
     assert t["reason"] == "Target.NotInUse" and t["admin_state"] == "drained" and t["role"] == "standby"
     drained = [e for e in get_json(f"{f.admin}/events")["events"] if e["kind"] == "drain"]
-    assert drained[-1]["new"] == "drained" and drained[-1]["reason"].startswith("nothing in flight after 0.")
+    assert [e["new"] for e in drained] == ["draining", "unused"]
+    assert drained[0]["reason"] == "drained by an operator" and drained[1]["reason"].startswith("drained in 0.")
     # a target in maintenance cannot be drained: 409 says why
     assert admin_call(f.admin, "POST", "/targets/web-2/maintenance", token)[0] == 200
     status, data, _ = admin_call(f.admin, "POST", "/targets/web-2/drain", token)
@@ -141,7 +142,10 @@ def test_openapi_describes_every_route(run_fivenines: Any) -> None:
         assert key in target
     # and every field the server really sends is described
     st = f.status()
-    assert set(st) <= set(doc["components"]["schemas"]["Status"]["properties"])
+    schemas = doc["components"]["schemas"]
+    assert set(st) <= set(schemas["Status"]["properties"])
+    assert set(st["listeners"][0]) <= set(schemas["Listener"]["properties"])
+    assert set(st["target_groups"]["web"]) <= set(schemas["TargetGroup"]["properties"])
     assert set(st["target_groups"]["web"]["targets"][0]) <= set(target)
 
 
@@ -199,7 +203,7 @@ def test_cli_status_events_and_operator_commands(run_fivenines: Any, tmp_path: P
     try:
         follow_err.until(lambda x: x.startswith("following events after #"))
         r = cli("drain", "web-2", "-f", spec)
-        assert r.returncode == 0 and r.stdout.startswith("web-2: draining (drained)"), r.stderr
+        assert r.returncode == 0 and r.stdout.startswith("web-2: unused (drained)"), r.stderr  # nothing in flight
         follow_out.until(lambda x: "admin    web/web-2 enabled -> drained: drain requested via admin API from "
                          "127.0.0.1" in x)
         r = cli("maintenance", "web-2", "-f", spec)

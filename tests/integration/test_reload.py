@@ -71,8 +71,8 @@ def test_reload_under_load_adds_a_group_removes_a_target_and_reroutes_without_dr
                                 deregistration_delay="10s")
             spec2["state_dir"] = spec["state_dir"]
             write_spec(f.spec_path, spec2)
-            n_before = main.count()
             seq_before = get_json(f"{f.admin}/events?limit=1")["last_seq"]
+            started = time.monotonic()
             r = reload_cli(f, tmp_path / "state")
             reloaded = time.monotonic()
             assert r.returncode == 0, r.stderr
@@ -82,18 +82,26 @@ def test_reload_under_load_adds_a_group_removes_a_target_and_reroutes_without_dr
                 assert line in r.stdout, r.stdout
             # web-3 drains (its in-flight requests finish) and goes; traffic keeps flowing meanwhile
             wait_until(lambda: [t["id"] for t in f.targets()] == ["web-1", "web-2"], 15, 0.05, what="web-3 removed")
-            wait_until(lambda: main.count() > n_before + 100 and side.count() > 20, 15, 0.01, what="more load")
+            gone = time.monotonic()
+            wait_until(lambda: sum(1 for t, _, _ in main.result.answers if t > gone) > 100
+                       and sum(1 for t, _, _ in side.result.answers if t > gone) > 20, 15, 0.01,
+                       what="more load after the reload")
         finally:
             res, side_res = main.stop(), side.stop()
         assert res.failed == [] and side_res.failed == [], (res.failed[:5], side_res.failed[:5])
         assert res.closed == [] and side_res.closed == [], (res.closed, side_res.closed)  # no connection closed
         assert res.ok > 150 and side_res.ok > 20
         assert [x["retries"] for x in f.status()["listeners"]] == [0, 0]
-        # listener 1 follows its new default at once for new requests; c gets nothing new once drained
+        # the new rule and listener 1's new default apply to new requests at once; before the
+        # reload /api/x went to web; c gets nothing new once drained
+        assert {i for t, p, i in res.answers if t > reloaded and p == "/api/x"} == {"demo-d"}
+        assert {i for t, p, i in res.answers if t > gone and p == "/"} == {"demo-a", "demo-b"}
+        assert {i for t, p, i in res.answers if t < started and p == "/api/x"} <= {"demo-a", "demo-b", "demo-c"}
         assert {i for t, _, i in side_res.answers if t > reloaded} == {"demo-d"}
-        assert not [x for x in res.answers if x[2] == "demo-c" and x[0] > reloaded + 0.5]
+        assert not [x for x in res.answers if x[2] == "demo-c" and x[0] > gone]
         drained = [e for e in events(f) if e["kind"] == "drain" and e["target"] == "web-3"]
-        assert [e["new"] for e in drained] == ["draining", "drained"], drained
+        assert [e["new"] for e in drained] == ["draining", "unused"], drained
+        assert drained[-1]["reason"].startswith("drained in ")  # its in-flight requests finished, none cut
         # health state survived: kept targets were not re-checked from scratch
         after = {t["id"]: t for t in f.targets()}
         for tid in ("web-1", "web-2"):
@@ -317,3 +325,34 @@ def test_socket_handover_keeps_the_port_accepting(demo: Demo) -> None:
             lt.call(new.drain(1.0))
         lt.loop.call_soon_threadsafe(group.backends["web-1"].close_idle)
         lt.close()
+
+
+def test_protocol_change_on_the_same_port_hands_the_socket_over(run_fivenines: Any, demo: Demo,
+                                                                 tmp_path: Path) -> None:
+    port = free_port()
+    spec = static_spec({"web": [demo.address]}, [{"port": port, "default_target_group": "web"}])
+    f = run_fivenines(spec)
+    f.wait_healthy()
+
+    def echo_headers(sock: socket.socket, buf: bytearray) -> list[str]:
+        sock.sendall(b"GET /_echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, body = _read_response(sock, buf)
+        assert status == 200
+        return [k.lower() for k, _ in json.loads(body)["headers"]]
+
+    kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+    buf = bytearray()
+    with kept:
+        assert "x-forwarded-for" in echo_headers(kept, buf)  # http: the proxy adds it
+        spec2 = static_spec({"web": [demo.address]}, [{"port": port, "default_target_group": "web",
+                                                       "protocol": "tcp"}])
+        spec2["state_dir"] = spec["state_dir"]
+        write_spec(f.spec_path, spec2)
+        r = reload_cli(f, tmp_path / "state")
+        assert r.returncode == 0, r.stderr
+        assert f"rebind listeners.0 from 127.0.0.1:{port}/http to 127.0.0.1:{port}/tcp" in r.stdout
+        assert f.status()["listeners"][0]["protocol"] == "tcp"
+        # the established connection goes on, as http; a new one on the same port is tcp (bytes as sent)
+        assert "x-forwarded-for" in echo_headers(kept, buf)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as fresh:
+            assert "x-forwarded-for" not in echo_headers(fresh, bytearray())

@@ -165,7 +165,7 @@ def test_restart_policy_and_stop_timeout_apply_in_place() -> None:
     old = mk({"web": instances(1)})
     new = mk({"web": instances(1, stop_timeout="1s", restart={"max_delay": "5s"})})
     assert plan(old, new, running_of(old)).actions == (
-        UpdateGroup("web", ("instances.restart", "instances.stop_timeout")),)
+        UpdateGroup("web", ("instances.stop_timeout", "instances.restart")),)
 
 
 def test_switching_between_instances_and_targets_replaces_all() -> None:
@@ -294,3 +294,23 @@ def test_ready_deadline_covers_a_slow_recovery_and_is_capped() -> None:
     assert ready_deadline([fast.target_groups["web"]]) == 0.1 * 6 + 0.05 + 5.0
     assert ready_deadline([slow.target_groups["web"]]) == 60.0
     assert ready_deadline([]) == 0.0
+
+
+def test_listener_timeouts_reroute_and_workers_hold_the_data_plane() -> None:
+    from fivenines.core.reconfig import held_by_workers
+
+    old = mk({"web": static("127.0.0.1:9001"), "api": static("127.0.0.1:9002")})
+    new = mk({"web": static("127.0.0.1:9001", health_check={"path": "/ready"}, deregistration_delay="1s"),
+              "api": static("127.0.0.1:9002", algorithm="random")},
+             [{"port": 0, "default_target_group": "web", "timeouts": {"idle": "5s"}}])
+    p = plan(old, new, running_of(old))
+    assert p.actions == (UpdateGroup("web", ("health_check", "deregistration_delay")),
+                         UpdateGroup("api", ("algorithm",)), RerouteListener(0, ("timeouts",)))
+    # with workers > 1 only what the main process holds can change on a reload
+    assert held_by_workers(p) == [UpdateGroup("api", ("algorithm",)), RerouteListener(0, ("timeouts",))]
+    grow = plan(mk({"web": instances(2, 1)}), mk({"web": instances(2, 1, restart={"max_delay": "1s"})}),
+                running_of(mk({"web": instances(2, 1)})))
+    assert held_by_workers(grow) == []
+    assert [str(a) for a in held_by_workers(plan(old, mk({"web": static("127.0.0.1:9001", "127.0.0.1:9003"),
+                                                           "api": static("127.0.0.1:9002")}), running_of(old)))] == \
+        ["add target web-2 (127.0.0.1:9003) to web as active"]

@@ -19,7 +19,7 @@ only carries the actions out. The rules:
 * **Group settings** (algorithm, health check, retries, stickiness, deregistration
   delay, slow start) apply in place: health state survives a health-check change.
 * **Listeners.** A changed address or protocol rebinds (established connections stay
-  open); a changed default target group or rules reroute new requests.
+  open); a changed default target group, rules or timeouts reroute new requests.
 * **Refused.** ``name``, ``state_dir``, ``workers`` and ``admin`` cannot change on a
   reload (they need a restart); such a reload is refused as a whole, with the field path.
 
@@ -36,7 +36,7 @@ from typing import TypeVar
 from fivenines.core.health import HealthState
 from fivenines.core.pool import Role
 from fivenines.errors import FieldError
-from fivenines.spec import ListenerSpec, Spec, TargetGroupSpec
+from fivenines.spec import InstancesSpec, ListenerSpec, Spec, TargetGroupSpec
 
 # ----------------------------------------------------------------------------- what runs now
 
@@ -211,10 +211,13 @@ class Plan:
 # ----------------------------------------------------------------------------- the diff
 
 _FIXED = ("name", "state_dir", "workers", "admin")
-_GROUP_SETTINGS = ("algorithm", "hash_on", "health_check", "retries", "stickiness", "deregistration_delay",
-                   "slow_start")
+# Every other field of a target group is a setting applied in place (so a field added to the
+# model later is never silently ignored by a reload).
+_GROUP_SETTINGS = tuple(f for f in TargetGroupSpec.model_fields if f not in ("instances", "targets"))
 _INSTANCE_IDENTITY = ("command", "env", "cwd", "shell", "ports")
-_INSTANCE_IN_PLACE = ("restart", "stop_timeout")
+_INSTANCE_IN_PLACE = tuple(f for f in InstancesSpec.model_fields if f not in (*_INSTANCE_IDENTITY, "count", "standby"))
+_LISTENER_ADDRESS = ("host", "port", "protocol")
+_LISTENER_ROUTES = tuple(f for f in ListenerSpec.model_fields if f not in _LISTENER_ADDRESS)
 
 
 def _dump(model: object) -> object:
@@ -375,12 +378,38 @@ def _listener_diff(old: Sequence[ListenerSpec], new: Sequence[ListenerSpec]) -> 
             if was.protocol != ls.protocol:
                 old_addr, new_addr = f"{old_addr}/{was.protocol}", f"{new_addr}/{ls.protocol}"
             actions.append(RebindListener(i, old_addr, new_addr))
-        changed = tuple(f for f in ("default_target_group", "rules") if _dump(getattr(was, f)) != _dump(getattr(ls, f)))
+        changed = tuple(f for f in _LISTENER_ROUTES if _dump(getattr(was, f)) != _dump(getattr(ls, f)))
         if changed:
             actions.append(RerouteListener(i, changed))
     for i in range(len(new), len(old)):
         actions.append(RemoveListener(i))
     return actions
+
+
+# ----------------------------------------------------------------------------- workers
+
+MAIN_PROCESS_GROUP_FIELDS = frozenset({"health_check", "deregistration_delay", "reliability"})
+"""Group settings only the main process uses (checks, draining, the model); the rest is held
+by the data plane, which with ``workers > 1`` lives in worker processes."""
+
+
+def held_by_workers(plan: Plan) -> list[Action]:
+    """The actions of ``plan`` a reload cannot carry out while worker processes hold the data
+    plane (``workers > 1``): their listeners, targets and balancing were set up at start.
+
+    >>> p = Plan((UpdateGroup("web", ("health_check",)), SetActiveCount("web", 2), AddGroup("api")))
+    >>> [str(a) for a in held_by_workers(p)]
+    ['add target group api']
+    """
+    out: list[Action] = []
+    for a in plan.actions:
+        if isinstance(a, SetActiveCount | Demote):
+            continue  # roles: the serving sets reach the workers as they change
+        if isinstance(a, UpdateGroup) and all(
+                f in MAIN_PROCESS_GROUP_FIELDS or f.startswith("instances.") for f in a.fields):
+            continue
+        out.append(a)
+    return out
 
 
 # ----------------------------------------------------------------------------- readiness

@@ -1,20 +1,32 @@
 """Targets as the data plane sees them: addresses, idle upstream connections, counters.
 
 The controller owns the decisions (who serves); it publishes them here by calling
-:meth:`BackendGroup.set_serving`. The proxy only reads ``serving`` and asks the
-group's balancer to pick, so a request never allocates routing tables.
+:meth:`BackendGroup.set_serving`. The proxy asks the group to :meth:`~BackendGroup.pick`
+a target per request; the group's balancer (:mod:`fivenines.core.balance`) was
+told the serving set when it changed, so a request never allocates routing tables.
+
+A group also carries the per-group policies the proxy applies: retries and their
+budget (:mod:`fivenines.core.retry`), stickiness (a load-balancer cookie naming
+the target by an opaque token), what the ``hash`` algorithm hashes, and counters.
+Observers (the worker pool, in multi-process mode) are told of every change.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from fivenines.core.balance import Balancer, make_balancer
+from fivenines.core.retry import RetryBudget, RetryPolicy
 
 
 class PooledConnection(Protocol):
+    idle_since: float
+
     def is_usable(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -30,22 +42,42 @@ class Backend:
     admin API and ``/metrics`` read them when asked (nothing is allocated per request).
     """
 
-    __slots__ = ("address", "errors", "group", "host", "id", "idle", "in_flight", "latency_counts", "latency_sum",
-                 "max_idle", "port", "requests", "responses", "retries", "weight")
+    __slots__ = (
+        "address",
+        "connections",
+        "draining",
+        "errors",
+        "group",
+        "host",
+        "id",
+        "idle",
+        "in_flight",
+        "latency_counts",
+        "latency_sum",
+        "max_idle",
+        "port",
+        "requests",
+        "responses",
+        "retries",
+        "weight",
+    )
 
-    def __init__(self, target_id: str, host: str, port: int, group: str = "", max_idle: int = 64) -> None:
+    def __init__(self, target_id: str, host: str, port: int, group: str = "", max_idle: int = 64,
+                 weight: int = 1) -> None:
         self.id = target_id
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
         self.group = group
+        self.weight = weight
         self.idle: list[PooledConnection] = []
         self.max_idle = max_idle
-        self.in_flight = 0
-        self.requests = 0
+        self.in_flight = 0  # HTTP requests or TCP connections now on this target
+        self.requests = 0  # attempts sent (HTTP) or connections opened (TCP)
+        self.connections = 0  # upstream connections opened
         self.errors = 0
-        self.retries = 0  # failed attempts on this target that were retried elsewhere
-        self.weight = 1
+        self.retries = 0  # failed attempts on this target that were retried (elsewhere)
+        self.draining = False
         self.responses = [0] * 10  # by status class: responses[2] counts 2xx
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -55,6 +87,18 @@ class Backend:
         self.responses[status // 100 % 10] += 1
         self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
+
+    def stats_row(self) -> list[float]:
+        """Every counter in one flat row: a worker process sends it, the main one sums them."""
+        return [self.requests, self.errors, self.in_flight, self.retries, self.connections,
+                *self.responses, *self.latency_counts, self.latency_sum]
+
+    def set_stats_row(self, row: Sequence[float]) -> None:
+        n, m = len(self.responses), len(self.latency_counts)
+        self.requests, self.errors, self.in_flight, self.retries, self.connections = (int(x) for x in row[:5])
+        self.responses = [int(x) for x in row[5:5 + n]]
+        self.latency_counts = [int(x) for x in row[5 + n:5 + n + m]]
+        self.latency_sum = float(row[5 + n + m])
 
     def responses_by_class(self) -> dict[str, int]:
         return {f"{k}xx": n for k, n in enumerate(self.responses) if 1 <= k <= 5}
@@ -70,16 +114,25 @@ class Backend:
                 return conn
         return None
 
-    def put_idle(self, conn: PooledConnection) -> None:
-        if len(self.idle) < self.max_idle:
+    def put_idle(self, conn: PooledConnection, now: float = 0.0) -> None:
+        if len(self.idle) < self.max_idle and not self.draining:
+            conn.idle_since = now
             self.idle.append(conn)
         else:
             conn.close()
 
-    def close_idle(self) -> None:
-        idle, self.idle = self.idle, []
+    def close_idle(self, older_than: float | None = None) -> int:
+        """Close pooled connections (all, or those idle since before ``older_than``)."""
+        if older_than is None:
+            idle, self.idle = self.idle, []
+        else:
+            idle = [c for c in self.idle if c.idle_since < older_than or not c.is_usable()]
+            if not idle:
+                return 0
+            self.idle = [c for c in self.idle if c not in idle]
         for conn in idle:
             conn.close()
+        return len(idle)
 
     def move_to(self, host: str, port: int) -> None:
         """The target now listens elsewhere (a restarted instance): forget old connections."""
@@ -91,30 +144,169 @@ class Backend:
         return f"<Backend {self.id} {self.address} in_flight={self.in_flight} idle={len(self.idle)}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Stickiness:
+    cookie: bytes
+    duration: float
+
+    def set_cookie(self, token: bytes) -> bytes:
+        return b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly\r\n" % (self.cookie, token, int(self.duration))
+
+
+HashOn = tuple[Literal["header", "cookie", "uri", "ip"], bytes]
+
+
+def sticky_token(group: str, target_id: str) -> bytes:
+    """An opaque, stable cookie value naming a target (the same in every worker).
+
+    >>> sticky_token("web", "web-1") == sticky_token("web", "web-1") != sticky_token("web", "web-2")
+    True
+    """
+    return hashlib.blake2b(f"{group}/{target_id}".encode(), digest_size=8).hexdigest().encode()
+
+
+class GroupCounters:
+    __slots__ = ("budget_exhausted", "failed", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.failed = 0
+        self.budget_exhausted = 0
+
+
 class BackendGroup:
     """A target group: its backends, the ones serving now, and how to pick among them."""
 
-    __slots__ = ("backends", "balancer", "name", "serving")
+    __slots__ = (
+        "_by_token",
+        "backends",
+        "balancer",
+        "budget",
+        "clock",
+        "counters",
+        "hash_on",
+        "name",
+        "observers",
+        "retry",
+        "serving",
+        "stickiness",
+    )
 
-    def __init__(self, name: str, algorithm: str = "round_robin") -> None:
+    def __init__(
+        self,
+        name: str,
+        algorithm: str = "round_robin",
+        *,
+        slow_start: float = 0.0,
+        retry: RetryPolicy | None = None,
+        budget_percent: float = 20.0,
+        stickiness: Stickiness | None = None,
+        hash_on: HashOn | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        balancer: Balancer[Any] | None = None,
+    ) -> None:
         self.name = name
-        self.balancer: Balancer = make_balancer(algorithm)
+        self.balancer: Balancer[Any] = balancer or make_balancer(algorithm, slow_start)
         self.backends: dict[str, Backend] = {}
         self.serving: list[Backend] = []
+        self.retry = retry or RetryPolicy()
+        self.budget = RetryBudget(budget_percent)
+        self.stickiness = stickiness
+        self.hash_on: HashOn | None = hash_on
+        if hash_on is None and self.balancer.name == "ip_hash":
+            self.hash_on = ("ip", b"")
+        self.clock = clock
+        self.counters = GroupCounters()
+        self.observers: list[Callable[[str, BackendGroup, Any], None]] = []
+        self._by_token: dict[bytes, Backend] = {}
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Any, clock: Callable[[], float] = time.monotonic) -> BackendGroup:
+        """A group configured from a :class:`~fivenines.spec.TargetGroupSpec` (no backends yet)."""
+        sticky = None
+        if spec.stickiness is not None and spec.stickiness.enabled:
+            sticky = Stickiness(spec.stickiness.cookie_name.encode(), spec.stickiness.duration)
+        hash_on: HashOn | None = None
+        if spec.algorithm == "hash" and spec.hash_on is not None:
+            ho = spec.hash_on
+            if ho.header is not None:
+                hash_on = ("header", ho.header.lower().encode())
+            elif ho.cookie is not None:
+                hash_on = ("cookie", ho.cookie.encode())
+            else:
+                hash_on = ("uri", b"")
+        r = spec.retries
+        return cls(
+            name,
+            spec.algorithm,
+            slow_start=spec.slow_start,
+            retry=RetryPolicy(r.attempts, r.per_try_timeout),
+            budget_percent=r.budget_percent,
+            stickiness=sticky,
+            hash_on=hash_on,
+            clock=clock,
+        )
 
     def add(self, backend: Backend) -> Backend:
         backend.group = self.name
         self.backends[backend.id] = backend
+        self._by_token[sticky_token(self.name, backend.id)] = backend
         return backend
 
     def set_serving(self, ids: Iterable[str]) -> None:
+        """Publish the serving set (in a stable order). Backends that left it are not interrupted."""
         self.serving = [self.backends[i] for i in ids]
+        for b in self.serving:
+            b.draining = False
+        self.balancer.set_members(self.serving, self.clock())
+        for obs in self.observers:
+            obs("serving", self, [b.id for b in self.serving])
 
-    def pick(self, exclude: Sequence[Backend] = (), key: bytes | None = None) -> Backend | None:
-        serving = self.serving
-        if exclude:
-            serving = [b for b in serving if b not in exclude]
-        return self.balancer.pick(serving, key)
+    def remove(self, target_id: str) -> Backend | None:
+        """Forget a target (a reload removed it, after draining): out of the serving set too."""
+        b = self.backends.pop(target_id, None)
+        if b is None:
+            return None
+        self._by_token.pop(sticky_token(self.name, target_id), None)
+        if b in self.serving:
+            self.set_serving([x.id for x in self.serving if x is not b])
+        return b
+
+    def configure_like(self, other: BackendGroup) -> None:
+        """Take ``other``'s policies (balancer, retries and budget, stickiness, hashing), keeping
+        this group's backends, serving set and counters: a reload changed the group's settings."""
+        self.balancer = other.balancer
+        self.retry = other.retry
+        self.budget = other.budget
+        self.stickiness = other.stickiness
+        self.hash_on = other.hash_on
+        self.balancer.set_members(self.serving, self.clock())
+
+    def set_draining(self, target_id: str, draining: bool) -> None:
+        b = self.backends[target_id]
+        b.draining = draining
+        if draining:
+            b.close_idle()
+        for obs in self.observers:
+            obs("draining", self, (target_id, draining))
+
+    def notify(self, what: str, data: Any) -> None:
+        for obs in self.observers:
+            obs(what, self, data)
+
+    def pick(self, exclude: Sequence[Backend] = (), key: int | None = None,
+             sticky: bytes | None = None) -> Backend | None:
+        """The target for the next try; a sticky client's own target when it still serves."""
+        if sticky is not None:
+            b = self._by_token.get(sticky)
+            if b is not None and b in self.serving and b not in exclude:
+                return b
+        bal = self.balancer
+        return bal.pick(key, exclude or (), self.clock() if bal.ramping else 0.0)
+
+    def token(self, backend: Backend) -> bytes:
+        return sticky_token(self.name, backend.id)
 
     def __repr__(self) -> str:
         return f"<BackendGroup {self.name} serving={[b.id for b in self.serving]}>"

@@ -5,16 +5,34 @@ each one, as an :class:`Exchange`, to an upstream connection taken from the chos
 backend's idle pool (or freshly connected). One :class:`UpstreamConnection` per
 upstream connection parses the response and streams it back.
 
-* keep-alive on both sides; pipelined requests are answered in order (one exchange
+* Routing: the listener's :class:`~fivenines.core.route.Router` (compiled once)
+  picks an action per request: forward to a target group (or a weighted split),
+  redirect, or a fixed response. A listener without rules skips routing.
+* keep-alive on both sides (per-target idle pools, closed after
+  ``upstream_idle``); pipelined requests are answered in order (one exchange
   upstream at a time per client connection, later ones wait with reading paused);
 * bodies are streamed both ways, never buffered whole: reading from one side pauses
   while the other side's write buffer is full (``pause_writing``/``resume_writing``);
-* hop-by-hop headers are removed (RFC 9110 §7.6.1) and ``X-Forwarded-For``,
-  ``-Proto``, ``-Port`` and ``X-Request-Id`` added;
-* an attempt that fails before any response byte (connect error, reset, stale
-  pooled connection) is retried on another target when :mod:`fivenines.core.retry`
-  says so; otherwise the client gets 502, or 504 when the target did not answer in
-  time. Nothing is retried after a response byte reached the client.
+  the writes of one upstream read are coalesced into one client write;
+* hop-by-hop headers are removed (RFC 9110 §7.6.1, including those the
+  ``Connection`` header names) and ``X-Forwarded-For``, ``-Proto``, ``-Port`` and
+  ``X-Request-Id`` added;
+* ``Expect: 100-continue`` is forwarded and the target's ``100 Continue`` relayed
+  (never to an HTTP/1.0 client);
+* ``Connection: Upgrade`` (WebSocket) is forwarded with its ``Upgrade`` header; on
+  the target's ``101`` both connections become a byte tunnel with back-pressure
+  and half-close, closed after ``tunnel`` seconds without traffic;
+* failures before any byte reached the client are retried on another target when
+  :mod:`fivenines.core.retry` says so (connect errors and resets for every method;
+  5xx, per-try timeouts and bad responses only for idempotent requests; within
+  the group's retry budget); otherwise the client gets 502, or 504 when the
+  target did not answer in time. Nothing is retried after a byte reached the client;
+* timeouts: connect, client header (408), client idle, per try (504), whole
+  request (504), tunnel idle. One timer per listener sweeps the slow ones; the
+  per-try timeout is a timer per attempt.
+
+No logging on the hot path: failures are counted (listener, group, target) and
+logged at debug level only.
 """
 
 from __future__ import annotations
@@ -23,16 +41,18 @@ import asyncio
 import itertools
 import logging
 import os
-import socket
+import re
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
 
 import httptools
 
-from fivenines.core.retry import Failure, RetryPolicy
+from fivenines.core.balance import key_hash
+from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent
+from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
 
 log = logging.getLogger("fivenines.proxy")
@@ -50,18 +70,39 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-# Headers the proxy sets itself; a client's own copies are replaced or appended to.
 _XFF = b"x-forwarded-for"
-_OWN = frozenset({b"x-forwarded-proto", b"x-forwarded-port", b"content-length"})
 _REQUEST_ID = b"x-request-id"
+# Request headers that need more than copying (one set lookup per header on the hot path).
+_SPECIAL = HOP_BY_HOP | {
+    _XFF,
+    b"x-forwarded-proto",
+    b"x-forwarded-port",
+    b"content-length",
+    _REQUEST_ID,
+    b"host",
+    b"cookie",
+    b"idempotency-key",
+    b"expect",
+}
+_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+}
+_STATUS_FOR = {
+    Failure.CONNECT: 502,
+    Failure.CONNECT_TIMEOUT: 504,
+    Failure.RESET: 502,
+    Failure.STALE: 502,
+    Failure.TIMEOUT: 504,
+    Failure.STATUS: 502,
+    Failure.PROTOCOL: 502,
 }
 
 # Pause reasons for the client transport (a bit set, so each is undone independently).
@@ -70,6 +111,7 @@ _P_UPSTREAM = 2  # the upstream's write buffer is full
 _P_BUFFER = 4  # request body waits for an upstream connection
 
 BUFFER_LIMIT = 256 * 1024
+MAX_HEAD = 64 * 1024  # a request or response head larger than this is refused (431 / 502)
 
 
 @dataclass(slots=True)
@@ -78,15 +120,38 @@ class ProxySettings:
     response_timeout: float = 60.0  # per try: until the response head arrives
     idle_timeout: float = 60.0  # client keep-alive connection with nothing in flight
     header_timeout: float = 10.0  # client must send a whole request head in this time
+    request_timeout: float | None = None  # whole request, retries included (None: no limit)
+    tunnel_timeout: float = 3600.0  # upgraded connection without traffic
+    upstream_idle_timeout: float = 15.0  # pooled upstream connection unused this long is closed
     replay_limit: int = 64 * 1024  # request body kept for a retry up to this size
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None  # overrides every group's policy when set (tests)
     proto: bytes = b"http"
+
+    @classmethod
+    def from_spec(cls, timeouts: Any, **kw: Any) -> ProxySettings:
+        """From a :class:`~fivenines.spec.TimeoutsSpec`."""
+        return cls(
+            connect_timeout=timeouts.connect,
+            response_timeout=timeouts.response,
+            idle_timeout=timeouts.idle,
+            header_timeout=timeouts.client_header,
+            request_timeout=timeouts.request,
+            tunnel_timeout=timeouts.tunnel,
+            upstream_idle_timeout=timeouts.upstream_idle,
+            **kw,
+        )
+
+    def sweep_interval(self) -> float:
+        ts = [self.idle_timeout, self.header_timeout, self.tunnel_timeout, self.upstream_idle_timeout]
+        if self.request_timeout:
+            ts.append(self.request_timeout)
+        return max(0.05, min(1.0, min(ts) / 4))
 
 
 class Counters:
     """Per-listener traffic counters (read by status and metrics)."""
 
-    __slots__ = ("connections", "failed", "requests", "responses", "retries")
+    __slots__ = ("connections", "failed", "fixed", "redirects", "requests", "responses", "retries", "upgrades")
 
     def __init__(self) -> None:
         self.connections = 0
@@ -94,6 +159,12 @@ class Counters:
         self.responses = 0
         self.failed = 0
         self.retries = 0
+        self.redirects = 0
+        self.fixed = 0
+        self.upgrades = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 _ids = itertools.count(1)
@@ -112,16 +183,29 @@ class Exchange:
         "buffered",
         "chunked",
         "conn",
+        "discard_rest",
         "done",
+        "expect",
+        "group",
+        "group_cookie",
         "head",
         "head_only",
+        "idempotent",
         "keep_alive",
+        "key",
+        "last_failure",
+        "local",
+        "local_body",
         "method",
         "replay",
+        "reply_when_read",
         "request_done",
         "response_started",
+        "started",
         "status",
+        "sticky",
         "tried",
+        "upgrade",
         "version10",
     )
 
@@ -132,16 +216,29 @@ class Exchange:
         self.keep_alive = keep_alive
         self.version10 = version10
         self.head_only = method == b"HEAD"
+        self.idempotent = True
+        self.upgrade = False
         self.body: list[bytes] = []  # encoded body bytes not yet written upstream
         self.body_size = 0
         self.buffered = 0  # bytes in body
         self.replay: list[bytes] | None = []  # all encoded body bytes while replayable
         self.request_done = False
+        self.reply_when_read = False
+        self.discard_rest = False  # answered early: the rest of the request body is dropped
+        self.expect = False
         self.response_started = False
+        self.group: BackendGroup | None = None
+        self.local: bytes | None = None  # head of a reply made here (redirect, fixed), without the blank line
+        self.local_body = b""
+        self.key: int | None = None  # hash key for the hashing algorithms
+        self.sticky: bytes | None = None  # the client's stickiness token
+        self.group_cookie: bytes | None = None  # Set-Cookie line of a sticky weighted forward
         self.backend: Backend | None = None
         self.conn: UpstreamConnection | None = None
         self.tried: list[Backend] = []
         self.attempts = 0
+        self.last_failure: Failure | None = None
+        self.started = 0.0
         self.done = False
         self.attempt_started = 0.0  # monotonic time the current attempt was dispatched
         self.status = 0
@@ -155,22 +252,35 @@ class Listener:
         group_for: Callable[[], BackendGroup | None],
         port: int,
         settings: ProxySettings | None = None,
+        *,
+        router: Router | None = None,
+        groups: Mapping[str, BackendGroup] | None = None,
     ) -> None:
         self.group_for = group_for
         self.port = port
         self.port_bytes = str(port).encode()
         self.settings = settings or ProxySettings()
+        self.router = router if router is not None and not router.trivial else None
+        self.groups: Mapping[str, BackendGroup] = groups or {}
         self.counters = Counters()
         self.clients: set[ClientConnection] = set()
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.TimerHandle | None = None
+        self.tick = 0.0  # loop time of the last sweep: a coarse clock for the slow timeouts
         self.no_clients = asyncio.Event()  # set whenever the last client connection closes
         self.access_log: AccessLogSink | None = None  # None: no access log, and no cost
+        # Attempts waiting for a response head, each with its deadline: checked by a timer
+        # (cheaper per request than a timer per attempt; fires up to a quarter late).
+        self.waiting: set[UpstreamConnection] = set()
+        self.time: Callable[[], float] = lambda: 0.0
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048,
-                    sock: socket.socket | None = None) -> None:
+                    sock: Any = None) -> None:
         """Listen on ``host:port``, or on ``sock`` (already bound; e.g. handed over on a reload)."""
         loop = asyncio.get_running_loop()
+        self.time = loop.time
+        self.tick = loop.time()
         if sock is not None:
             self.server = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=backlog)
         else:
@@ -180,7 +290,23 @@ class Listener:
         actual = self.server.sockets[0].getsockname()[1]
         self.port = actual
         self.port_bytes = str(actual).encode()
-        self._sweeper = loop.call_later(1.0, self._sweep)
+        self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
+        self._watcher = loop.call_later(self._watch_interval(), self._watch)
+
+    def _watch_interval(self) -> float:
+        ts = [self.settings.response_timeout]
+        ts += [g.retry.per_try_timeout for g in self.all_groups() if g.retry.per_try_timeout]
+        if self.settings.retry is not None and self.settings.retry.per_try_timeout:
+            ts.append(self.settings.retry.per_try_timeout)
+        return max(0.02, min(1.0, min(ts) / 4))
+
+    def _watch(self) -> None:
+        """Per-try timeouts: attempts whose response head is late."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in [c for c in self.waiting if c.deadline <= now]:
+            conn.timed_out()
+        self._watcher = loop.call_later(self._watch_interval(), self._watch)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -188,14 +314,27 @@ class Listener:
         name = self.server.sockets[0].getsockname()
         return name[0], name[1]
 
+    def all_groups(self) -> list[BackendGroup]:
+        out = list(self.groups.values())
+        g = self.group_for()
+        if g is not None and g not in out:
+            out.append(g)
+        return out
+
     def _sweep(self) -> None:
-        """Close idle and too-slow client connections (one timer for all of them)."""
+        """Close idle and too-slow connections (one timer for all of them)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self.tick = now
         s = self.settings
         for c in list(self.clients):
             c.check_timeouts(now, s)
-        self._sweeper = loop.call_later(1.0, self._sweep)
+        older = now - s.upstream_idle_timeout
+        for g in self.all_groups():
+            for b in g.backends.values():
+                if b.idle:
+                    b.close_idle(older_than=older)
+        self._sweeper = loop.call_later(s.sweep_interval(), self._sweep)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -203,6 +342,13 @@ class Listener:
 
     def in_flight(self) -> int:
         return sum(1 for c in self.clients if c.busy())
+
+    def cut(self, backend: Backend) -> int:
+        """Abort every client exchange now on ``backend`` (a drained target's deadline). Returns how many."""
+        n = 0
+        for c in list(self.clients):
+            n += c.cut(backend)
+        return n
 
     async def drain(self, timeout: float) -> int:
         """Stop accepting, let in-flight exchanges finish; returns how many were cut."""
@@ -221,6 +367,8 @@ class Listener:
             c.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         return cut
 
 
@@ -243,12 +391,29 @@ def _status_reply(status: int, close: bool = True, extra: bytes = b"") -> bytes:
     )
 
 
+def _cookie(values: list[bytes] | None, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in Cookie header values."""
+    if not values:
+        return None
+    for v in values:
+        for part in v.split(b";"):
+            k, sep, val = part.strip().partition(b"=")
+            if sep and k == name:
+                return val.strip().strip(b'"')
+    return None
+
+
+GROUP_COOKIE = b"FIVENINES_TG"
+
+
 class ClientConnection(asyncio.Protocol):
     """A downstream (client) connection."""
 
     __slots__ = (
         "_closing",
+        "_eof",
         "_exchanges",
+        "_head_bytes",
         "_headers",
         "_listener",
         "_parser",
@@ -256,8 +421,10 @@ class ClientConnection(asyncio.Protocol):
         "_paused",
         "_peer_ip",
         "_transport",
-        "_upgrade",
+        "_tunnel",
+        "_upgraded",
         "_url",
+        "_wbuf",
         "_write_paused",
         "head_started",
         "last_active",
@@ -274,13 +441,18 @@ class ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._closing = False
-        self._upgrade = False
+        self._eof = False
+        self._upgraded = False  # the parser saw an upgrade request: later bytes are tunnel bytes
+        self._tunnel: UpstreamConnection | None = None  # set once the target switched protocols
         self._peer_ip = b""
+        self._wbuf: list[bytes] = []
+        self._head_bytes = 0
         self.last_active = 0.0
         self.head_started: float | None = None
 
     def __repr__(self) -> str:
-        return f"<ClientConnection {self._peer_ip.decode()} exchanges={len(self._exchanges)} paused={self._paused}>"
+        mode = " tunnel" if self._tunnel is not None else ""
+        return f"<ClientConnection {self._peer_ip.decode()} exchanges={len(self._exchanges)} paused={self._paused}{mode}>"
 
     # ------------------------------------------------------------------ transport events
 
@@ -288,9 +460,10 @@ class ClientConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0].encode() if peer else b""
-        self._listener.clients.add(self)
-        self._listener.counters.connections += 1
-        self.last_active = asyncio.get_running_loop().time()
+        listener = self._listener
+        listener.clients.add(self)
+        listener.counters.connections += 1
+        self.last_active = listener.tick
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -303,14 +476,43 @@ class ClientConnection(asyncio.Protocol):
                 self._release_attempt(ex, reusable=False)
                 ex.done = True
         self._exchanges.clear()
+        self._wbuf = []
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.write_eof()
+            # half-close: the target may still answer; both directions ended: close
+            return None if tunnel.eof_seen else True
+        if self._exchanges:
+            # a client that half-closed after its request still gets the answer
+            self._closing = True
+            return True
+        return None
 
     def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            self._tunnel_in(data)
+            return
+        if self._parsing is None:  # a request head is being read: it is bounded
+            self._head_bytes += len(data)  # (reset when a head completes)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail_protocol(501 if self._upgrade else 400)
+        except httptools.HttpParserUpgrade as exc:
+            ex = self._exchanges[-1] if self._exchanges else None
+            if ex is None or not ex.upgrade:
+                self._fail_protocol(501)  # CONNECT, or an upgrade answered already
+                return
+            self._upgraded = True
+            rest = data[exc.args[0]:]
+            if rest:
+                self._tunnel_in(rest)
         except httptools.HttpParserError:
             self._fail_protocol(400)
+            return
+        if self._head_bytes > MAX_HEAD and self._parsing is None:
+            self._fail_protocol(431)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -331,7 +533,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self.head_started = asyncio.get_running_loop().time()
+        self.head_started = self._listener.tick
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -343,49 +545,103 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = None
+        too_big = self._head_bytes > MAX_HEAD and (
+            len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) > MAX_HEAD)
+        self._head_bytes = 0
         parser = self._parser
+        listener = self._listener
         method = parser.get_method()
-        version10 = parser.get_http_version() == "1.0"
-        if parser.should_upgrade():
-            self._upgrade = True  # tunnelling is not supported yet: answered 501 below
-            return
+        url = self._url
         chunked = False
+        idem_key = False
+        expect = False
+        te_value = b""
         xff = b""
         rid = b""
-        lines = [method + b" " + self._url + b" HTTP/1.1\r\n"]
+        host = b""
+        conn_value = b""
+        upgrade_value = b""
+        cookies: list[bytes] | None = None
+        lines = [method + b" " + url + b" HTTP/1.1\r\n"]
         append = lines.append
-        drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+        special = _SPECIAL
         for name, value in self._headers:
             lname = name.lower()
-            if lname == b"connection":
-                # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
-                drop = set(drop) | {t.strip().lower() for t in value.split(b",")}
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname in drop:
-                if lname == b"transfer-encoding":
-                    chunked = True
-                continue
-            if lname == _XFF:
+            if lname not in special:
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"host":
+                host = value
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"content-length":
+                append(b"Content-Length: " + value + b"\r\n")
+            elif lname == b"transfer-encoding":
+                chunked = True
+                te_value = value
+            elif lname == _XFF:
                 xff += value + b", "
-                continue
-            if lname in _OWN:
-                if lname == b"content-length":
-                    append(b"Content-Length: " + value + b"\r\n")
-                continue
-            if lname == _REQUEST_ID:
+            elif lname == _REQUEST_ID:
                 rid = value
-            append(name + b": " + value + b"\r\n")
-        listener = self._listener
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"cookie":
+                if cookies is None:
+                    cookies = []
+                cookies.append(value)
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"idempotency-key":
+                idem_key = True
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"expect":
+                expect = True
+                append(name + b": " + value + b"\r\n")
+            elif lname == b"connection":
+                conn_value = conn_value + b"," + value if conn_value else value
+            elif lname == b"upgrade":
+                upgrade_value = value
+            # other hop-by-hop headers and our own X-Forwarded-Proto/-Port: dropped
+        if conn_value and conn_value.lower() not in _CONNECTION_TOKENS:
+            named = {t.strip().lower() for t in conn_value.split(b",")} - _CONNECTION_TOKENS
+            if named:  # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
+                lines = [lines[0]] + [
+                    ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
+                ]
+                append = lines.append
+        upgrade = parser.should_upgrade() and method != b"CONNECT"
+        if upgrade:
+            append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
         if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            # llhttp accepts a request only when chunked is its last coding: keep the others
+            append(b"Transfer-Encoding: chunked\r\n" if te_value.lower() == b"chunked"
+                   else b"Transfer-Encoding: " + te_value + b"\r\n")
         if not rid:
             rid = _ID_PREFIX + b"-%x" % next(_ids)
-            lines.append(b"X-Request-Id: " + rid + b"\r\n")
-        lines.append(b"X-Forwarded-For: " + xff + self._peer_ip + b"\r\n")
-        lines.append(b"X-Forwarded-Proto: " + listener.settings.proto + b"\r\n")
-        lines.append(b"X-Forwarded-Port: " + listener.port_bytes + b"\r\n\r\n")
-        ex = Exchange(method, b"".join(lines), chunked, parser.should_keep_alive(), version10)
+            append(b"X-Request-Id: " + rid + b"\r\n")
+        append(b"X-Forwarded-For: " + xff + self._peer_ip + b"\r\n")
+        append(b"X-Forwarded-Proto: " + listener.settings.proto + b"\r\n")
+        append(b"X-Forwarded-Port: " + listener.port_bytes + b"\r\n\r\n")
+        ex = Exchange(method, b"".join(lines), chunked, parser.should_keep_alive(), parser.get_http_version() == "1.0")
+        ex.upgrade = upgrade
+        ex.expect = expect
+        if idem_key or method not in _IDEMPOTENT:
+            ex.idempotent = is_idempotent(method, idem_key)
+        if listener.settings.request_timeout:
+            ex.started = asyncio.get_running_loop().time()
+        if too_big:
+            ex.local = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n"
+            ex.local_body = b"Request Header Fields Too Large\n"
+            ex.keep_alive = False
+        elif method == b"CONNECT":
+            ex.local = _NOT_IMPLEMENTED_HEAD
+            ex.local_body = b"Not Implemented\n"
+        elif listener.router is None:
+            ex.group = listener.group_for()
+        else:
+            self._route(ex, method, url, host, cookies)
+        group = ex.group
+        if group is not None:
+            if group.hash_on is not None:
+                ex.key = self._hash_key(group, url, cookies)
+            if group.stickiness is not None:
+                ex.sticky = _cookie(cookies, group.stickiness.cookie)
         self._parsing = ex
         listener.counters.requests += 1
         self._exchanges.append(ex)
@@ -393,6 +649,58 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch(ex)
         else:
             self._pause(_P_PIPELINE)
+
+    def _route(self, ex: Exchange, method: bytes, url: bytes, host: bytes, cookies: list[bytes] | None) -> None:
+        listener = self._listener
+        router = listener.router
+        assert router is not None
+        path, _, query = url.partition(b"?")
+        headers: dict[bytes, bytes] | None = None
+        if router.needs_headers:
+            headers = {}
+            for name, value in self._headers:
+                lname = name.lower()
+                headers[lname] = headers[lname] + b"," + value if lname in headers else value
+        source = ip_to_int(self._peer_ip) if router.needs_source else None
+        action = router.route(RequestView(method, path, query, host, headers, source))
+        if isinstance(action, Forward):
+            gname = action.single
+            if gname is None:
+                sticky: str | None = None
+                if action.stickiness:
+                    got = _cookie(cookies, GROUP_COOKIE)
+                    sticky = got.decode("latin-1") if got else None
+                gname = action.choose(sticky)
+                if action.stickiness:
+                    ex.group_cookie = b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly\r\n" % (
+                        GROUP_COOKIE, gname.encode(), int(action.stickiness))
+            ex.group = listener.groups.get(gname)
+        elif isinstance(action, Redirect):
+            listener.counters.redirects += 1
+            loc = action.location(listener.settings.proto, _host_only(host), listener.port_bytes, path, query)
+            ex.local = (
+                b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\n"
+                % (action.status, _REDIRECT_REASONS.get(action.status, b"Redirect"), loc)
+            )
+        elif isinstance(action, FixedResponse):
+            listener.counters.fixed += 1
+            ex.local = action.head
+            ex.local_body = action.body
+
+    def _hash_key(self, group: BackendGroup, url: bytes, cookies: list[bytes] | None) -> int | None:
+        assert group.hash_on is not None
+        kind, arg = group.hash_on
+        if kind == "ip":
+            return key_hash(self._peer_ip)
+        if kind == "uri":
+            return key_hash(url)
+        if kind == "cookie":
+            v = _cookie(cookies, arg)
+            return key_hash(v) if v else None
+        for name, value in self._headers:
+            if name.lower() == arg:
+                return key_hash(value)
+        return None
 
     def on_body(self, body: bytes) -> None:
         ex = self._parsing
@@ -408,14 +716,26 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         ex.request_done = True
+        if ex.reply_when_read:
+            self._reply_local(ex)
+            return
+        if ex.discard_rest:
+            self._finish(ex, counted=True)
+            return
         if ex.chunked:
             self._send_body(ex, b"0\r\n\r\n")
+        if ex.body_size:
+            conn = ex.conn
+            if conn is not None and conn.ready and not ex.upgrade:
+                conn.arm(ex)  # the per-try timeout runs from the request's last byte
 
     # ------------------------------------------------------------------ request path
 
     def _send_body(self, ex: Exchange, data: bytes) -> None:
-        if ex.done:
-            return  # answered already (an error, or the target replied early): drop the rest
+        if ex.done or ex.local is not None:
+            # answered (or to be answered) here, or the target replied early: drop the rest
+            self.last_active = self._listener.tick
+            return
         replay = ex.replay
         if replay is not None:
             ex.body_size += len(data)
@@ -432,14 +752,37 @@ class ClientConnection(asyncio.Protocol):
             if ex.buffered > BUFFER_LIMIT:
                 self._pause(_P_BUFFER)
 
-    def _dispatch(self, ex: Exchange) -> None:
-        """Choose a target and an upstream connection for ``ex`` (first try or retry)."""
-        group = self._listener.group_for()
-        backend = group.pick(ex.tried) if group is not None else None
-        if backend is None:
-            self._reply_error(ex, 503)
+    def _tunnel_in(self, data: bytes) -> None:
+        """Bytes after an upgrade request: to the target as they come."""
+        self.last_active = self._listener.tick
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.write(data)
             return
+        ex = self._exchanges[-1] if self._exchanges else None
+        if ex is None or ex.done:
+            return
+        ex.request_done = True
+        self._send_body(ex, data)
+
+    def _dispatch(self, ex: Exchange) -> None:
+        """Answer ``ex`` here, or choose a target and an upstream connection (first try or retry)."""
+        if ex.local is not None:
+            self._reply_local(ex)
+            return
+        group = ex.group
+        backend = group.pick(ex.tried, ex.key, ex.sticky) if group is not None else None
+        if backend is None:
+            if ex.last_failure is not None:
+                self._reply_error(ex, _STATUS_FOR[ex.last_failure])
+            else:
+                self._local_error(ex, 503)  # no target serves: answered once the request is read
+            return
+        assert group is not None
         ex.attempts += 1
+        if ex.attempts == 1:
+            group.budget.deposit()
+            group.counters.requests += 1
         ex.backend = backend
         ex.attempt_started = monotonic()
         backend.in_flight += 1
@@ -453,27 +796,35 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, ex: Exchange, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
+        backend.connections += 1
         try:
             async with asyncio.timeout(self._listener.settings.connect_timeout):
                 _, conn = await loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
-        except (OSError, TimeoutError) as exc:
-            self._attempt_failed(ex, Failure.CONNECT, f"connect: {exc or 'timeout'}")
+        except TimeoutError:
+            self._attempt_failed(ex, Failure.CONNECT_TIMEOUT, f"connect to {backend.address}: timeout")
             return
-        if ex.done or self._closing:
-            backend.put_idle(conn)
+        except OSError as exc:
+            self._attempt_failed(ex, Failure.CONNECT, f"connect to {backend.address}: {exc}")
+            return
+        if ex.done or self._transport.is_closing() or ex.backend is not backend:
+            backend.put_idle(conn, self._listener.tick)
             return
         self._attach(ex, conn, reused=False)
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection, reused: bool) -> None:
         ex.conn = conn
-        conn.start(self, ex, reused, self._listener.settings.response_timeout)
-        conn.write(ex.head)
+        group = ex.group
+        timeout = None
+        if group is not None:
+            timeout = group.retry.per_try_timeout
+        conn.start(self, ex, reused, timeout or self._listener.settings.response_timeout)
         if ex.body:
-            for chunk in ex.body:
-                conn.write(chunk)
-            ex.body = []
+            body, ex.body = ex.body, []
             ex.buffered = 0
+            conn.write(b"".join([ex.head, *body]))
             self._resume(_P_BUFFER)
+        else:
+            conn.write(ex.head)
         if self._write_paused:
             conn.pause_reading()
 
@@ -484,9 +835,31 @@ class ClientConnection(asyncio.Protocol):
             backend.in_flight -= 1
             ex.backend = None
         if conn is not None:
-            conn.finish(reusable)
+            conn.finish(reusable and not ex.upgrade)
+            if self._paused & _P_UPSTREAM:
+                self._resume(_P_UPSTREAM)  # that connection's full buffer no longer holds us back
 
-    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str) -> None:
+    def _policy(self, ex: Exchange) -> RetryPolicy:
+        forced = self._listener.settings.retry
+        if forced is not None:
+            return forced
+        return ex.group.retry if ex.group is not None else RetryPolicy()
+
+    def retry_verdict(self, ex: Exchange, failure: Failure) -> Verdict:
+        group = ex.group
+        verdict = self._policy(ex).decide(
+            failure,
+            attempts_made=ex.attempts,
+            replayable=ex.replay is not None,
+            response_started=ex.response_started,
+            idempotent=ex.idempotent,
+            budget=group.budget if group is not None else None,
+        )
+        if verdict is Verdict.BUDGET_EXHAUSTED and group is not None:
+            group.counters.budget_exhausted += 1
+        return verdict
+
+    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None) -> None:
         """An attempt failed before any response byte reached the client."""
         if ex.done:
             return
@@ -497,83 +870,115 @@ class ClientConnection(asyncio.Protocol):
         if failure is Failure.STALE:
             ex.attempts -= 1
         self._release_attempt(ex, reusable=False)
-        s = self._listener.settings
-        if self._closing:
+        if self._closing and self._transport.is_closing():
             ex.done = True
             return
-        if s.retry.should_retry(
-            failure,
-            attempts_made=ex.attempts,
-            replayable=ex.replay is not None,
-            response_started=ex.response_started,
-        ):
-            self._listener.counters.retries += 1
-            if backend is not None:
-                backend.retries += 1
+        ex.last_failure = failure if failure is not Failure.STALE else ex.last_failure
+        if verdict is None:
+            verdict = self.retry_verdict(ex, failure)
+        group = ex.group
+        if verdict.retry:
+            if verdict is Verdict.RETRY:
+                self._listener.counters.retries += 1
+                if group is not None:
+                    group.counters.retries += 1
+                if backend is not None:
+                    backend.retries += 1
             log.debug("retrying after %s on %s: %s", failure.value, backend.id if backend else "?", detail)
             assert ex.replay is not None
             ex.body = list(ex.replay)
             ex.buffered = ex.body_size
             self._dispatch(ex)
             return
-        log.info("request failed (%s): %s", failure.value, detail)
-        self._reply_error(ex, 504 if failure is Failure.TIMEOUT else 502)
+        log.debug("request failed (%s, %s): %s", failure.value, verdict.value, detail)
+        self._reply_error(ex, _STATUS_FOR[failure])
 
     # ------------------------------------------------------------------ response path
 
-    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Write the response head to the client. Returns True when the body is chunk-encoded for it."""
+    def response_head(self, ex: Exchange, status: int, head: bytes, lower: bytes) -> bool:
+        """Queue the response head for the client. Returns True when the body is chunk-encoded for it.
+
+        ``head`` is the target's status line and header lines as received (each ending in
+        CRLF, the blank line excluded), ``lower`` the same lower-cased. Hop-by-hop lines
+        (and those the target's ``Connection`` header names) are cut out with one regex;
+        no per-header Python work is done.
+        """
         ex.response_started = True
         ex.status = status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        append = lines.append
-        upstream_chunked = False
-        has_length = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    upstream_chunked = True
-                continue
-            if lname == b"content-length":
-                has_length = True
-            append(name + b": " + value + b"\r\n")
-        no_body = ex.head_only or status in (204, 304) or status < 200
+        upgrade_value = b""
+        if status == 101:
+            m = _UPGRADE_VALUE.search(lower)
+            if m is not None:
+                upgrade_value = head[m.start(1):m.end(1)]
+        head = strip_hop_by_hop(head, lower)
+        if not head.startswith(b"HTTP/1.1 "):
+            head = b"HTTP/1.1 " + head[9:]  # an HTTP/1.0 target; we speak 1.1 to the client
+        parts = [head]
+        append = parts.append
+        group = ex.group
+        backend = ex.backend
+        if group is not None and group.stickiness is not None and backend is not None:
+            append(group.stickiness.set_cookie(group.token(backend)))
+        if ex.group_cookie is not None:
+            append(ex.group_cookie)
+        if status == 101:
+            append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n\r\n")
+            self._wbuf.append(b"".join(parts))
+            return False
         chunk_out = False
-        if not no_body and not has_length:
+        if not (ex.head_only or status == 204 or status == 304) and b"\r\ncontent-length:" not in lower:
             if ex.version10:
                 ex.keep_alive = False  # close-delimited for an HTTP/1.0 client
             else:
                 chunk_out = True
-                append(b"Transfer-Encoding: chunked\r\n")
-        elif upstream_chunked and has_length:
-            pass  # ambiguous upstream framing: the upstream parser went by chunked; see conn.reusable
+                append(_chunked_header(head, lower))
+        if ex.upgrade:
+            ex.keep_alive = False  # the upgrade was refused: the connection cannot carry HTTP on
         if not ex.keep_alive or self._closing:
             append(b"Connection: close\r\n\r\n")
         elif ex.version10:
             append(b"Connection: keep-alive\r\n\r\n")
         else:
             append(b"\r\n")
-        self._transport.write(b"".join(lines))
-        if status >= 500 and ex.backend is not None:
-            ex.backend.errors += 1
+        self._wbuf.append(b"".join(parts))
+        if status >= 500 and backend is not None:
+            backend.errors += 1
         return chunk_out
 
-    def interim(self, status: int, reason: bytes) -> None:
-        self._transport.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+    def interim(self, ex: Exchange, status: int, reason: bytes) -> None:
+        if ex.version10:
+            return  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
+        ex.response_started = True  # a byte reached the client: no retry from here on
+        self._wbuf.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
 
     def response_body(self, data: bytes) -> None:
-        self._transport.write(data)
+        self._wbuf.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced, in one write."""
+        buf = self._wbuf
+        if buf:
+            self._wbuf = []
+            if not self._transport.is_closing():
+                self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
-        if not ex.request_done:
-            ex.keep_alive = False  # answered before the body ended: cannot resync, close after
         backend = ex.backend
         if backend is not None:
             backend.observe(ex.status, monotonic() - ex.attempt_started)
             if self._listener.access_log is not None:
                 self._listener.access_log.record(self._peer_ip, ex, backend.id)
-        self._release_attempt(ex, upstream_reusable)
+        self._release_attempt(ex, upstream_reusable and ex.request_done)
+        if not ex.request_done and ex.keep_alive and not self._closing and not ex.upgrade:
+            # Answered before its body ended (an early 413, a target that does not read it):
+            # the rest of the body is read and dropped, then the connection carries on.
+            ex.done = True
+            ex.discard_rest = True
+            self.flush()
+            self._listener.counters.responses += 1
+            return
+        if not ex.request_done:
+            ex.keep_alive = False
         self._finish(ex)
 
     def upstream_failed(self, ex: Exchange, failure: Failure, detail: str) -> None:
@@ -584,35 +989,104 @@ class ClientConnection(asyncio.Protocol):
             self._release_attempt(ex, reusable=False)
             ex.done = True
             self._listener.counters.failed += 1
+            if ex.group is not None:
+                ex.group.counters.failed += 1
+            self.flush()
             self.abort()
             return
         self._attempt_failed(ex, failure, detail)
 
-    def _finish(self, ex: Exchange) -> None:
+    def start_tunnel(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        """The target switched protocols: from now on bytes flow both ways unparsed."""
+        self._tunnel = conn
+        self._listener.counters.upgrades += 1
+        self.last_active = self._listener.tick
+        if not self._upgraded:
+            self._upgraded = True  # a 101 to a request the parser did not see as an upgrade
+
+    def tunnel_out(self, data: bytes) -> None:
+        self.last_active = self._listener.tick
+        self._transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        self.flush()
+        self._closing = True
+        self._transport.close()
+
+    def tunnel_eof(self) -> bool:
+        """The target ended its direction; True when the client had ended its own too."""
+        self.flush()
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        return self._eof
+
+    def _finish(self, ex: Exchange, counted: bool = False) -> None:
         ex.done = True
-        self._listener.counters.responses += 1
+        self.flush()
+        if not counted:
+            self._listener.counters.responses += 1
         if self._exchanges and self._exchanges[0] is ex:
             self._exchanges.popleft()
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._listener.tick
         if not ex.keep_alive or self._closing:
             self._closing = True
             self._transport.close()
             return
         if self._exchanges:
             nxt = self._exchanges[0]
-            if len(self._exchanges) == 1:
+            if len(self._exchanges) == 1 and self._paused:
                 self._resume(_P_PIPELINE)
             self._dispatch(nxt)
-        else:
+        elif self._paused:
             self._resume(_P_PIPELINE)
+
+    def _local_error(self, ex: Exchange, status: int) -> None:
+        self._listener.counters.failed += 1
+        if ex.group is not None:
+            ex.group.counters.failed += 1
+        reason = _REASONS.get(status, b"Error")
+        ex.local = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s" % (
+            status, reason, len(reason) + 1, b"Retry-After: 1\r\n" if status == 503 else b"")
+        ex.local_body = reason + b"\n"
+        self._reply_local(ex)
+
+    def _reply_local(self, ex: Exchange) -> None:
+        """A response made here: a redirect, a fixed response, 503 or 501 for CONNECT.
+
+        It waits until the request is read whole (its body is dropped), so that the
+        connection stays usable; but not for a client that waits for 100 Continue.
+        """
+        if not ex.request_done and not ex.expect and not ex.upgrade:
+            ex.reply_when_read = True
+            return
+        if not ex.request_done or ex.upgrade:
+            ex.keep_alive = False  # the rest of its body (or tunnel bytes) may still come: close after
+        close = not ex.keep_alive or self._closing
+        assert ex.local is not None
+        if close:
+            tail = b"Connection: close\r\n\r\n"
+        elif ex.version10:
+            tail = b"Connection: keep-alive\r\n\r\n"
+        else:
+            tail = b"\r\n"
+        self.flush()
+        self._transport.write(ex.local + tail + (b"" if ex.head_only else ex.local_body))
+        ex.response_started = True
+        if self._listener.access_log is not None:
+            ex.status = int(ex.local[9:12])
+            self._listener.access_log.record(self._peer_ip, ex, "-")
+        self._finish(ex)
 
     def _reply_error(self, ex: Exchange, status: int) -> None:
         self._release_attempt(ex, reusable=False)
         self._listener.counters.failed += 1
-        if not ex.request_done:
+        if ex.group is not None:
+            ex.group.counters.failed += 1
+        if not ex.request_done or ex.upgrade:
             ex.keep_alive = False  # the rest of its body is still coming: close after
         close = not ex.keep_alive or self._closing
         extra = b"Retry-After: 1\r\n" if status == 503 else b""
+        self.flush()
         self._transport.write(_status_reply(status, close=close, extra=extra))
         ex.response_started = True
         ex.status = status
@@ -626,6 +1100,7 @@ class ClientConnection(asyncio.Protocol):
         self._parsing = None
         pending = [ex for ex in self._exchanges if not ex.done]
         if not pending:
+            self.flush()
             self._transport.write(_status_reply(status))
             self._closing = True
             self._transport.close()
@@ -659,7 +1134,21 @@ class ClientConnection(asyncio.Protocol):
         return bool(self._exchanges)
 
     def check_timeouts(self, now: float, s: ProxySettings) -> None:
+        if self._tunnel is not None:
+            if now - self.last_active > s.tunnel_timeout:
+                self.abort()
+            return
         if self._exchanges:
+            ex = self._exchanges[0]
+            if ex.discard_rest and now - self.last_active > s.idle_timeout:
+                self.abort()
+                return
+            if s.request_timeout and not ex.done and ex.started and now - ex.started > s.request_timeout:
+                if ex.response_started:
+                    self.upstream_failed(ex, Failure.TIMEOUT, "request timeout")
+                else:
+                    ex.replay = None  # no retry past the request deadline
+                    self._attempt_failed(ex, Failure.TIMEOUT, "request timeout")
             return
         if self.head_started is not None:
             if now - self.head_started > s.header_timeout:
@@ -668,6 +1157,17 @@ class ClientConnection(asyncio.Protocol):
         elif now - self.last_active > s.idle_timeout:
             self.abort()
 
+    def cut(self, backend: Backend) -> int:
+        for ex in self._exchanges:
+            if ex.backend is backend and not ex.done:
+                if ex.response_started or self._tunnel is not None:
+                    self.upstream_failed(ex, Failure.RESET, f"{backend.id} deregistered")
+                else:
+                    ex.replay = None
+                    self._attempt_failed(ex, Failure.RESET, f"{backend.id} deregistered")
+                return 1
+        return 0
+
     def close_when_idle(self) -> None:
         self._closing = True
         if not self._exchanges:
@@ -675,7 +1175,27 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._closing = True
-        self._transport.close()
+        t = self._transport
+        if t.is_closing():
+            t.abort()  # asked again (by a timeout sweep): a client that reads nothing is dropped
+        else:
+            t.close()
+
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+_REDIRECT_REASONS = {
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+}
+_NOT_IMPLEMENTED_HEAD = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n"
+
+
+def _host_only(host: bytes) -> bytes:
+    i = host.rfind(b":")
+    return host[:i] if i > 0 and not host.endswith(b"]") else host
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -686,16 +1206,23 @@ class UpstreamConnection(asyncio.Protocol):
         "_chunk_out",
         "_client",
         "_ex",
-        "_headers",
+        "_hbuf",
+        "_hpos",
         "_in_body",
         "_lost",
         "_parser",
-        "_reason",
+        "_paused",
+        "_retry_status",
         "_reused",
-        "_timer",
+        "_timeout",
         "_transport",
+        "_tunnel",
+        "_waiting",
         "backend",
+        "deadline",
+        "eof_seen",
         "got_bytes",
+        "idle_since",
         "keep_alive",
         "ready",
     )
@@ -706,17 +1233,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._client: ClientConnection | None = None
         self._ex: Exchange | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
+        self._hbuf = b""  # bytes of the response head(s) being received
+        self._hpos = 0  # where the next head starts in _hbuf (after a 1xx)
         self._chunk_out = False
         self._in_body = False
         self._lost = False
         self._reused = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._tunnel = False
+        self._retry_status = False
+        self._waiting: set[UpstreamConnection] | None = None  # the listener's set while a head is awaited
+        self._timeout = 0.0
+        self._paused = False
+        self.deadline = 0.0
         self._body_mode = 0  # 0: length or chunked, 2: delimited by the close
         self.got_bytes = False
         self.keep_alive = True
         self.ready = False
+        self.idle_since = 0.0
+        self.eof_seen = False
 
     def __repr__(self) -> str:
         state = "busy" if self._ex is not None else ("closed" if self._lost else "idle")
@@ -728,7 +1262,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._lost = True
-        self._transport.close()
+        t = self._transport
+        if t.get_write_buffer_size():
+            t.abort()  # bytes for a target we gave up on (it may not read them): dropped
+        else:
+            t.close()
 
     # -- transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -740,9 +1278,14 @@ class UpstreamConnection(asyncio.Protocol):
         ex, client = self._ex, self._client
         if ex is None or client is None or ex.done:
             return
+        if self._tunnel:
+            client.tunnel_closed()
+            client.response_done(ex, False)
+            return
         if self._in_body:
             if self._body_mode == 2:
                 self._end_response(reusable=False)  # close-delimited body: the close ends it
+                client.flush()
             else:
                 client.upstream_failed(ex, Failure.RESET, "upstream closed mid-response")
             return
@@ -752,18 +1295,56 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             client.upstream_failed(ex, Failure.PROTOCOL, "upstream closed inside the response head")
 
+    def eof_received(self) -> bool | None:
+        self.eof_seen = True
+        if self._tunnel and self._client is not None:
+            return None if self._client.tunnel_eof() else True
+        return None
+
     def data_received(self, data: bytes) -> None:
+        client = self._client
+        if self._tunnel:
+            if client is not None:
+                client.tunnel_out(data)
+            return
         self.got_bytes = True
+        if not self._in_body:
+            self._hbuf = self._hbuf + data if self._hbuf else data
+            if len(self._hbuf) > MAX_HEAD and self._hbuf.find(b"\r\n\r\n", self._hpos) < 0:
+                self._protocol_error("response head too large")
+                return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._switched(client, data[exc.args[0]:])
+            return
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadDone):
+            if isinstance(exc.__context__, _BadHead):
+                self._protocol_error("bad header line ends")
+            elif isinstance(exc.__context__, _HeadDone):
+                if self._retry_status:
+                    self._retry_status = False
+                    ex = self._ex
+                    if ex is not None and client is not None:
+                        client._attempt_failed(ex, Failure.STATUS, f"{self.backend.id} answered 5xx", Verdict.RETRY)
+                    return
                 if self._ex is None:
                     self.close()
-                return
-            self._protocol_error(str(exc))
+            else:
+                self._protocol_error(str(exc))
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
+        if client is not None:
+            client.flush()
+
+    def _switched(self, client: ClientConnection | None, rest: bytes) -> None:
+        """The parser stopped after a 101 head: ``rest`` is the first tunnel data."""
+        if not self._tunnel or client is None:
+            self._protocol_error("unexpected protocol switch")
+            return
+        client.flush()
+        if rest:
+            client.tunnel_out(rest)
 
     def pause_writing(self) -> None:
         if self._client is not None:
@@ -775,10 +1356,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if not self._lost:
+            self._paused = True
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
         if not self._lost:
+            self._paused = False
             self._transport.resume_reading()
 
     # -- exchange
@@ -789,33 +1372,51 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self._in_body = False
         self.ready = True
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        self._timeout = timeout
+        listener = client._listener
+        self.deadline = listener.time() + timeout
+        waiting = self._waiting = listener.waiting
+        waiting.add(self)
+
+    def arm(self, ex: Exchange) -> None:
+        """Restart the per-try timeout (the request's last byte was just sent)."""
+        if self._ex is ex and not self.got_bytes and self._client is not None:
+            self.deadline = self._client._listener.time() + self._timeout
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
+    def write_eof(self) -> None:
+        if not self._lost and self._transport.can_write_eof():
+            self._transport.write_eof()
+
     def finish(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool, or closed."""
         self._cancel_timer()
+        client = self._client
         self._client = None
         self._ex = None
         self.ready = False
-        if reusable and self.keep_alive and not self._lost:
-            self._transport.resume_reading()
-            self.backend.put_idle(self)
+        if reusable and self.keep_alive and not self._lost and not self._tunnel:
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+            self.backend.put_idle(self, client._listener.tick if client is not None else 0.0)
         else:
             self.close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.discard(self)
+            self._waiting = None
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        self._cancel_timer()
         ex, client = self._ex, self._client
-        if ex is not None and client is not None and not ex.done:
+        if ex is not None and client is not None and not ex.done and not self._tunnel:
             client.upstream_failed(ex, Failure.TIMEOUT, f"no response from {self.backend.id} in time")
+            client.flush()
 
     def _protocol_error(self, detail: str) -> None:
         ex, client = self._ex, self._client
@@ -825,45 +1426,56 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
 
-    # -- parser callbacks
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_body:
-            self._headers.append((name, value))
+    # -- parser callbacks (no per-header ones: the head is taken whole from the bytes received)
+    def _take_head(self) -> tuple[bytes, bytes] | None:
+        """The head just parsed, from the bytes received: (head, head lower-cased)."""
+        buf = self._hbuf
+        pos = self._hpos
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0 or end - pos > MAX_HEAD:
+            return None  # bare-LF line ends, or too large: not accepted from a target
+        self._hpos = end + 4
+        head = buf[pos:end + 2]
+        return head, head.lower()
 
     def on_headers_complete(self) -> None:
         ex, client = self._ex, self._client
         if ex is None or client is None:
             raise _HeadDone  # unsolicited response: the pool drops this connection
-        self._cancel_timer()
+        taken = self._take_head()
+        if taken is None:
+            raise _BadHead
+        head, lower = taken
         parser = self._parser
         status = parser.get_status_code()
-        if 100 <= status < 200:
-            if status != 101:
-                client.interim(status, self._reason)
+        if status == 101:
+            if not ex.upgrade:
+                raise _HeadDone  # the parser would take what follows as a tunnel; we did not ask
+            self._cancel_timer()
+            client.response_head(ex, 101, head, lower)
+            self._tunnel = True
+            client.start_tunnel(ex, self)
             return
-        self.keep_alive = parser.should_keep_alive()
-        has_te = has_cl = False
-        for name, _ in self._headers:
-            ln = name.lower()
-            if ln == b"transfer-encoding":
-                has_te = True
-            elif ln == b"content-length":
-                has_cl = True
-        if has_te and has_cl:
-            self.keep_alive = False  # ambiguous framing: never reuse this connection
-        self._chunk_out = client.response_head(ex, status, self._reason, self._headers)
+        if status < 200:
+            if status == 100 and not ex.response_started:
+                client.interim(ex, status, b"Continue")
+            return
+        self._cancel_timer()
+        if status >= 500 and not ex.response_started and client.retry_verdict(ex, Failure.STATUS) is Verdict.RETRY:
+            self.backend.observe(status, monotonic() - ex.attempt_started)  # the target's answer, retried
+            self.keep_alive = False
+            self._retry_status = True
+            raise _HeadDone
+        has_cl = b"\r\ncontent-length:" in lower
+        has_te = b"\r\ntransfer-encoding:" in lower
+        # ambiguous framing (both): never reuse this connection
+        self.keep_alive = parser.should_keep_alive() and not (has_te and has_cl)
+        self._chunk_out = client.response_head(ex, status, head, lower)
         if ex.head_only:
             self.keep_alive = False  # the parser would wait for a body a HEAD answer has not
             self._end_response(reusable=False)
             raise _HeadDone
-        self._body_mode = 0 if (has_te or has_cl or status in (204, 304)) else 2
+        self._body_mode = 0 if (has_te or has_cl or status == 204 or status == 304) else 2
         self._in_body = True
 
     def on_body(self, body: bytes) -> None:
@@ -883,6 +1495,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _end_response(self, reusable: bool) -> None:
         ex, client = self._ex, self._client
         self._in_body = False
+        self._hbuf = b""
+        self._hpos = 0
         if ex is None or client is None:
             return
         if self._chunk_out:
@@ -894,5 +1508,71 @@ class _HeadDone(Exception):
     """Raised from a parser callback to stop parsing after a body-less response head."""
 
 
-def make_listener(group_for: Callable[[], BackendGroup | None], port: int, **settings: Any) -> Listener:
-    return Listener(group_for, port, ProxySettings(**settings))
+class _BadHead(Exception):
+    """Raised from a parser callback when the head cannot be found in the bytes received."""
+
+
+_HOP_LINE = re.compile(
+    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+    rb"proxy-authenticate|proxy-authorization)[ \t]*:[^\r\n]*",
+    re.IGNORECASE,
+)
+_RARE_HOP = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
+_CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
+_UPGRADE_VALUE = re.compile(rb"\r\nupgrade[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+
+
+def strip_hop_by_hop(head: bytes, lower: bytes) -> bytes:
+    """``head`` (a status line and header lines, each ending in CRLF) without hop-by-hop lines.
+
+    Removes the RFC 9110 hop-by-hop fields and every field a ``Connection`` header names.
+    ``lower`` is ``head.lower()`` (computed once by the caller). The common case, a lone
+    ``Connection: keep-alive`` line, costs a few ``find`` calls and one regex search.
+
+    >>> strip_hop_by_hop(b"HTTP/1.1 200 OK\\r\\nA: 1\\r\\nConnection: keep-alive\\r\\nB: 2\\r\\n",
+    ...                  b"http/1.1 200 ok\\r\\na: 1\\r\\nconnection: keep-alive\\r\\nb: 2\\r\\n")
+    b'HTTP/1.1 200 OK\\r\\nA: 1\\r\\nB: 2\\r\\n'
+    """
+    i = lower.find(b"\r\nconnection:")
+    if i >= 0:
+        j = lower.find(b"\r\n", i + 2)
+        if (lower[i + 13:j].strip() in _CONNECTION_TOKENS and lower.find(b"\r\nconnection:", j) < 0
+                and _RARE_HOP.search(lower) is None):
+            return head[:i] + head[j:]  # the usual case: one plain Connection line, nothing else
+        named: set[bytes] = set()
+        for v in _CONNECTION_VALUE.findall(lower):
+            if v not in _CONNECTION_TOKENS:
+                named.update(t.strip() for t in v.split(b","))
+        named -= _CONNECTION_TOKENS
+        named.discard(b"")
+        if named:
+            head = _header_lines(named).sub(b"", head)
+        return _HOP_LINE.sub(b"", head)
+    if _RARE_HOP.search(lower) is None:
+        return head
+    return _HOP_LINE.sub(b"", head)
+
+
+_TE_VALUE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+
+
+def _chunked_header(head: bytes, lower: bytes) -> bytes:
+    """The Transfer-Encoding line for a body we chunk: the target's other codings kept.
+
+    >>> _chunked_header(b"HTTP/1.1 200 OK\\r\\n", b"http/1.1 200 ok\\r\\n")
+    b'Transfer-Encoding: chunked\\r\\n'
+    >>> h = b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: gzip, chunked\\r\\n"
+    >>> _chunked_header(h, h.lower())
+    b'Transfer-Encoding: gzip, chunked\\r\\n'
+    """
+    if b"\r\ntransfer-encoding" not in lower:
+        return b"Transfer-Encoding: chunked\r\n"
+    codings = [c.strip() for m in _TE_VALUE.finditer(lower) for c in head[m.start(1):m.end(1)].split(b",")]
+    kept = [c for c in codings if c and c.lower() != b"chunked"]
+    return b"Transfer-Encoding: " + b", ".join([*kept, b"chunked"]) + b"\r\n"
+
+
+def _header_lines(names: set[bytes]) -> re.Pattern[bytes]:
+    """A regex matching the header lines named (for headers a Connection header names)."""
+    alts = b"|".join(re.escape(n) for n in sorted(names))
+    return re.compile(rb"\r\n(?:" + alts + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.core import pool
+from fivenines.core.drain import DrainState, drain_step
 from fivenines.core.health import CheckResult, HealthState, TargetHealth, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
 from fivenines.core.restore import AdminState, fingerprint
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import Listener, ProxySettings
+from fivenines.proxy.http import ProxySettings
+from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.events import Event, EventLog, iso
 from fivenines.runtime.probe import http_check, tcp_check
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
@@ -86,9 +88,9 @@ class TargetRuntime:
         self.role = role
         self.role_since = now
         self.slot = slot
-        self.backend = Backend(target_id, host, port)
-        self.backend.weight = weight
+        self.backend = Backend(target_id, host, port, weight=weight)
         self.probe_task: asyncio.Task[None] | None = None
+        self.drain_started: float | None = None
         self.admin_state: AdminState | None = None  # what an operator asked (drain, maintenance)
         self.weight = weight
         self.spec_weight = weight  # the spec's; weight differs when an operator set it
@@ -103,10 +105,10 @@ class TargetRuntime:
 
 
 class GroupRuntime:
-    def __init__(self, name: str, spec: TargetGroupSpec) -> None:
+    def __init__(self, name: str, spec: TargetGroupSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.spec = spec
-        self.backends = BackendGroup(name, spec.algorithm)
+        self.backends = BackendGroup.from_spec(name, spec, clock=clock)
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
@@ -121,8 +123,7 @@ class GroupRuntime:
     def remove(self, t: TargetRuntime) -> None:
         if t in self.targets:
             self.targets.remove(t)
-        self.backends.backends.pop(t.id, None)
-        self.backends.serving = [b for b in self.backends.serving if b is not t.backend]
+        self.backends.remove(t.id)
 
 
 def restart_policy(tg: TargetGroupSpec) -> RestartPolicy:
@@ -181,12 +182,14 @@ class Controller:
         self.settings = settings or ProxySettings()
         self.events = EventLog()
         self.groups: dict[str, GroupRuntime] = {}
-        self.listeners: list[tuple[Any, Listener]] = []
+        self.listeners: list[tuple[Any, Any]] = []  # (ListenerSpec, Listener | TcpListener | RemoteListener)
+        self.workers: WorkerPool | None = None
         self.admin: Any = None
         self.started_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
         self._stopping = False
+        self._settings_given = settings is not None
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
         # operations (admin API, metrics, reload, state file): set up in start()
@@ -235,11 +238,8 @@ class Controller:
         self.admin = AdminServer(self)
         try:
             await self.admin.start(host, port)
-            for ls in self.spec.listeners:
-                listener = self.make_listener(ls)
-                await listener.start(ls.host, ls.port)
-                self.listeners.append((ls, listener))
-        except OSError as exc:
+            await self._start_data_plane()
+        except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
@@ -248,16 +248,23 @@ class Controller:
             self._reconcile(g)
         self.statefile.start()
 
-    def make_listener(self, ls: ListenerSpec) -> Listener:
-        """A listener (not yet bound) routing new requests as ``ls`` says."""
-        listener = Listener(self.route_for(ls), ls.port, self.settings)
-        if self.access_log is not None:
+    def make_listener(self, ls: ListenerSpec) -> Any:
+        """A listener (not yet bound) for ``ls``: its rules compiled over the groups running now."""
+        groups = {name: g.backends for name, g in self.groups.items()}
+        listener = make_listener(ls, groups, self.settings if self._settings_given else None)
+        if self.access_log is not None and hasattr(listener, "access_log"):
             listener.access_log = self.access_log
         return listener
 
-    def route_for(self, ls: ListenerSpec) -> Callable[[], BackendGroup | None]:
-        group = self.groups[ls.default_target_group].backends
-        return lambda: group
+    def reroute(self, listener: Any, ls: ListenerSpec) -> None:
+        """New requests on ``listener`` follow ``ls`` (default group, rules, timeouts) from now on;
+        requests in flight finish where they are."""
+        fresh = self.make_listener(ls)
+        listener.group_for = fresh.group_for
+        listener.settings = fresh.settings
+        for attr in ("router", "groups"):
+            if hasattr(fresh, attr):
+                setattr(listener, attr, getattr(fresh, attr))
 
     def launch_target(self, t: TargetRuntime) -> None:
         """Start the target's instance (if supervised) and its health checks."""
@@ -272,11 +279,25 @@ class Controller:
         assert self._loop is not None
         t.probe_task = self._loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
 
+    async def _start_data_plane(self) -> None:
+        """Listeners in this process (``workers: 1``), or N worker processes sharing the ports."""
+        groups = {name: g.backends for name, g in self.groups.items()}
+        settings = self.settings if self._settings_given else None
+        if self.spec.workers > 1:
+            self.workers = WorkerPool(self.spec, groups, self.spec.workers, self.state_dir / "logs", settings)
+            await self.workers.start()
+            self.listeners.extend(self.workers.listeners)
+            return
+        for ls in self.spec.listeners:
+            listener = self.make_listener(ls)
+            await listener.start(ls.host, ls.port)
+            self.listeners.append((ls, listener))
+
     def _build_groups(self) -> None:
         now = self.now()
         taken: set[int] = set()
         for name, tg in self.spec.target_groups.items():
-            g = GroupRuntime(name, tg)
+            g = GroupRuntime(name, tg, clock=self.now)
             self.groups[name] = g
             if tg.instances is not None:
                 inst = tg.instances
@@ -321,7 +342,9 @@ class Controller:
         if self.operator is not None:
             self.operator.stop()
         cut = 0
-        if self.listeners:
+        if self.workers is not None:
+            cut = await self.workers.stop(drain_timeout)
+        elif self.listeners:
             results = await asyncio.gather(*(lst.drain(drain_timeout) for _, lst in self.listeners))
             cut = sum(results)
         if cut:
@@ -339,8 +362,12 @@ class Controller:
         self.stopped.set()
 
     async def _close_servers(self) -> None:
-        for _, lst in self.listeners:
-            lst.stop_accepting()
+        if self.workers is not None:
+            if not self._stopping:
+                await self.workers.stop(0.0)
+        else:
+            for _, lst in self.listeners:
+                lst.stop_accepting()
         if self.admin is not None:
             await self.admin.close()
 
@@ -367,6 +394,7 @@ class Controller:
         slot.process = proc
         slot.lifecycle.started(proc.pid, now)
         t.backend.move_to("127.0.0.1", slot.port)
+        t.group.backends.notify("move", t.backend)
         self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
         if slot.lifecycle.restarts and t.admin_state is None:
             self._transition(t, t.health.register(now))
@@ -387,6 +415,7 @@ class Controller:
         now = self.now()
         decision = slot.lifecycle.exited(code, now, self.rng.random())
         t.backend.close_idle()
+        t.group.backends.notify("close_idle", t.id)
         self._event("instance", t, "running", decision.state.value, decision.reason)
         tr = t.health.exited(now, f"exit {describe_exit(code)}")
         self._transition(t, tr)
@@ -447,6 +476,52 @@ class Controller:
         self._event("health", t, tr.old.value, tr.new.value, reason)
         self._reconcile(t.group)
 
+    # ------------------------------------------------------------------ deregistration (draining)
+
+    def deregister(self, target_id: str) -> str:
+        """Start draining a target: no new requests; in-flight ones get ``deregistration_delay``."""
+        t = self.target(target_id)
+        if t is None:
+            raise ConfigError(f"no target {target_id!r}")
+        now = self.now()
+        tr = t.health.drain(now)
+        if tr is None:
+            return f"{t.id} is already draining"
+        t.drain_started = now
+        t.group.backends.set_draining(t.id, True)
+        self._transition(t, tr)
+        self._drain_tick(t)
+        return f"draining {t.id}: deregistration delay {t.group.spec.deregistration_delay:g}s"
+
+    def register(self, target_id: str) -> str:
+        """(Re-)register a target: it serves again after passing its health checks."""
+        t = self.target(target_id)
+        if t is None:
+            raise ConfigError(f"no target {target_id!r}")
+        t.drain_started = None
+        t.group.backends.set_draining(t.id, False)
+        self._transition(t, t.health.register(self.now()))
+        return f"registered {t.id}"
+
+    def _drain_tick(self, t: TargetRuntime) -> None:
+        if t.drain_started is None or t.health.state is not HealthState.DRAINING or self._stopping:
+            return
+        now = self.now()
+        step = drain_step(t.drain_started, t.group.spec.deregistration_delay, t.backend.in_flight, now)
+        if step.state is DrainState.WAITING:
+            assert self._loop is not None and step.check_again_in is not None
+            self._loop.call_later(step.check_again_in, self._drain_tick, t)
+            return
+        if step.state is DrainState.TIMED_OUT:
+            if self.workers is not None:
+                self.workers.cut(t.group.name, t.id)
+            for _, lst in self.listeners:
+                if hasattr(lst, "cut"):
+                    lst.cut(t.backend)
+        t.drain_started = None
+        self._transition(t, t.health.unuse(now))
+        self._event("drain", t, "draining", "unused", step.reason)
+
     # ------------------------------------------------------------------ roles and serving
 
     def _reconcile(self, g: GroupRuntime) -> list[str]:
@@ -483,37 +558,24 @@ class Controller:
     # ------------------------------------------------------------------ draining
     # Small hooks others reuse (operator actions, reload, rolling restarts).
 
-    async def drain_target(self, t: TargetRuntime, why: str, timeout: float | None = None) -> int:
-        """Send ``t`` no new requests and wait until its in-flight ones finish, at most
-        ``timeout`` (default: the group's ``deregistration_delay``). Returns how many were
-        still in flight at the deadline (0: drained cleanly). The target stays ``draining``:
-        the caller decides what comes next (unused, removed, restarted)."""
+    async def drain_target(self, t: TargetRuntime, why: str) -> None:
+        """Send ``t`` no new requests and wait until its draining is over (:meth:`deregister`:
+        in-flight requests finish, or are cut after ``deregistration_delay``); ``t`` is then
+        ``unused``, and the caller decides what comes next (removed, restarted, kept out)."""
         self.begin_drain(t, why)
-        return await self.wait_drained(t, timeout)
+        await self.wait_drained(t)
 
     def begin_drain(self, t: TargetRuntime, why: str) -> None:
-        """``t`` gets no new requests from now on (state ``draining``); in-flight ones go on."""
-        if t.health.state not in (HealthState.DRAINING, HealthState.UNUSED):
-            self._transition(t, t.health.drain(self.now()))
+        """``t`` gets no new requests from now on; ``why`` goes into a ``drain`` event."""
         self._event("drain", t, "", "draining", why)
-        t.backend.close_idle()
+        if t.health.state is not HealthState.UNUSED:
+            self.deregister(t.id)
 
-    async def wait_drained(self, t: TargetRuntime, timeout: float | None = None) -> int:
-        """Wait until nothing is in flight on ``t``, at most ``timeout`` (default: deregistration_delay)."""
-        now = self.now()
-        limit = t.group.spec.deregistration_delay if timeout is None else timeout
-        deadline = now + limit
-        # in_flight is a plain counter of the hot path (no callback there): poll it from here
-        while t.backend.in_flight > 0 and self.now() < deadline and not self._stopping:  # noqa: ASYNC110
+    async def wait_drained(self, t: TargetRuntime) -> None:
+        """Until ``t`` is no longer draining (its draining finished, timed out or was called off)."""
+        # the drain ticks of deregister() decide the end; watch for it from here
+        while t.health.state is HealthState.DRAINING and t.drain_started is not None and not self._stopping:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        left = t.backend.in_flight
-        t.backend.close_idle()
-        if left:
-            self._event("drain", t, "draining", "deadline",
-                        f"{left} request(s) still in flight after deregistration_delay {limit:g}s")
-        else:
-            self._event("drain", t, "draining", "drained", f"nothing in flight after {self.now() - now:.2f}s")
-        return left
 
     async def retire_target(self, t: TargetRuntime) -> None:
         """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
@@ -549,6 +611,9 @@ class Controller:
                 "responses": c.responses,
                 "failed": c.failed,
                 "retries": c.retries,
+                "redirects": c.redirects,
+                "fixed_responses": c.fixed,
+                "upgrades": c.upgrades,
             })
         groups = {}
         for name, g in self.groups.items():
@@ -560,6 +625,12 @@ class Controller:
                 "serving": [b.id for b in g.backends.serving],
                 "healthy": sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY),
                 "targets": targets,
+                "requests": g.backends.counters.requests,
+                "retries": g.backends.counters.retries,
+                "retry_budget_exhausted": g.backends.counters.budget_exhausted,
+                "failed": g.backends.counters.failed,
+                "slow_start_s": g.spec.slow_start,
+                "ramping": sorted(g.backends.balancer.joined),
             }
         out: dict[str, Any] = {
             "name": self.spec.name,
@@ -569,6 +640,8 @@ class Controller:
             "admin": self.admin.url if self.admin else None,
             "listeners": listeners,
             "target_groups": groups,
+            "workers": self.workers.status() if self.workers is not None else [],
+            "workers_synced": self.workers.synced() if self.workers is not None else True,
             "events_seq": self.events.last_seq,
         }
         if self.reloader is not None:

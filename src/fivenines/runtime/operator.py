@@ -15,7 +15,6 @@ Each action is an ``admin`` event naming where it came from.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fivenines.core.health import HealthState
@@ -30,14 +29,14 @@ ACTIONS = ("drain", "enable", "maintenance")
 class Operator:
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
-        self._drains: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
-        return f"<Operator draining={sorted(self._drains)}>"
+        held = sorted(f"{t.id}:{t.admin_state.value}" for g in self.ctl.groups.values() for t in g.targets
+                      if t.admin_state is not None)
+        return f"<Operator {' '.join(held) or 'nothing held'}>"
 
     def stop(self) -> None:
-        for task in self._drains.values():
-            task.cancel()
+        """Nothing runs in the background: draining is the controller's (:meth:`Controller.deregister`)."""
 
     def _target(self, target_id: str) -> TargetRuntime:
         t = self.ctl.target(target_id)
@@ -59,37 +58,21 @@ class Operator:
                 t.admin_state = AdminState.DRAINED
                 ctl._event("admin", t, old, "drained", f"drain requested via {source}")
                 ctl.begin_drain(t, "drained by an operator")
-                self._drains[t.id] = asyncio.get_running_loop().create_task(self._drain_then_unuse(t))
         elif action == "maintenance":
-            self._cancel(t.id)
             t.admin_state = AdminState.MAINTENANCE
             ctl._event("admin", t, old, "maintenance", f"maintenance requested via {source}")
+            t.drain_started = None  # a drain in progress ends here: out at once
             ctl._transition(t, t.health.unuse(now))
             t.backend.close_idle()
         elif action == "enable":
-            self._cancel(t.id)
             if t.admin_state is not None:
                 t.admin_state = None
                 ctl._event("admin", t, old, "enabled", f"enabled via {source}: checked before it serves again")
                 if t.health.state in (HealthState.DRAINING, HealthState.UNUSED):
-                    ctl._transition(t, t.health.register(now))
+                    ctl.register(t.id)
         else:
             raise ValueError(f"unknown action {action!r}; use {', '.join(ACTIONS)}")
         return ctl.target_status(t)
-
-    def _cancel(self, target_id: str) -> None:
-        task = self._drains.pop(target_id, None)
-        if task is not None:
-            task.cancel()
-
-    async def _drain_then_unuse(self, t: TargetRuntime) -> None:
-        try:
-            await self.ctl.wait_drained(t)
-        finally:
-            if self._drains.get(t.id) is asyncio.current_task():
-                del self._drains[t.id]
-        if t.admin_state is AdminState.DRAINED and t.health.state is HealthState.DRAINING:
-            self.ctl._transition(t, t.health.unuse(self.ctl.now()))
 
     def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> dict[str, Any]:
         """Set a target's weight (0-1000; 0: no new requests). Raises KeyError / ValueError."""
@@ -100,5 +83,16 @@ class Operator:
         old, t.weight, t.backend.weight = t.weight, weight, weight
         if old != weight:
             ctl._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
-            ctl._reconcile(t.group)
+            republish(ctl, t)
+
         return ctl.target_status(t)
+
+
+def republish(ctl: Controller, t: TargetRuntime) -> None:
+    """After a weight change: the serving set again (weight 0 leaves it), and the balancer's
+    weights (it reads them when the serving set is published)."""
+    g = t.group
+    before = [b.id for b in g.backends.serving]
+    ctl._reconcile(g)
+    if [b.id for b in g.backends.serving] == before:
+        g.backends.set_serving(before)

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fivenines.core import reconfig
-from fivenines.core.balance import make_balancer
 from fivenines.core.pool import Role
 from fivenines.core.restore import fingerprint
 from fivenines.errors import ConfigError, SpecError
+from fivenines.proxy.backend import BackendGroup
 from fivenines.proxy.http import Listener
 from fivenines.runtime.events import iso
 from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
 
 log = logging.getLogger("fivenines")
+
+_BALANCING = ("algorithm", "hash_on", "retries", "stickiness", "slow_start")
+"""Group settings the data plane holds in its BackendGroup (rebuilt from the spec on a reload)."""
 
 
 @dataclass(slots=True)
@@ -192,14 +195,19 @@ class Reloader:
         ctl = self.ctl
         prep = _Prepared()
         errors: list[str] = []
+        if ctl.spec.workers > 1:
+            errors += [f"{path}: cannot {a} on a reload with workers: {ctl.spec.workers} (the worker processes "
+                       "hold listeners, targets and balancing); restart fivenines for it"
+                       for a in reconfig.held_by_workers(plan)]
+            if errors:
+                raise _Rejected(errors)
         for a in plan.actions:
             if isinstance(a, reconfig.AddGroup) or (isinstance(a, reconfig.UpdateGroup)
-                                                    and {"algorithm", "hash_on"} & set(a.fields)):
-                tg = new.target_groups[a.group]
+                                                    and set(_BALANCING) & set(a.fields)):
                 try:
-                    prep.balancers[a.group] = make_balancer(tg.algorithm)
+                    prep.groups[a.group] = BackendGroup.from_spec(a.group, new.target_groups[a.group], clock=ctl.now)
                 except ValueError as exc:
-                    errors.append(f"{path}: target_groups.{a.group}.algorithm: {exc}")
+                    errors.append(f"{path}: target_groups.{a.group}: {exc}")
         # instance ports
         taken = {t.slot.port for g in ctl.groups.values() for t in g.targets if t.slot is not None}
         want: dict[str, int] = {}
@@ -267,8 +275,7 @@ class Reloader:
         ports = {g: list(p) for g, p in prep.ports.items()}
         for a in plan.actions:
             if isinstance(a, reconfig.AddGroup):
-                grp = GroupRuntime(a.group, new.target_groups[a.group])
-                grp.backends.balancer = prep.balancers[a.group]
+                grp = GroupRuntime(a.group, new.target_groups[a.group], clock=ctl.now)
                 ctl.groups[a.group] = grp
                 new_groups.append(a.group)
             elif isinstance(a, reconfig.AddTarget):
@@ -312,11 +319,11 @@ class Reloader:
             if isinstance(a, reconfig.RerouteListener):
                 ls = new.listeners[a.index]
                 _, lst = ctl.listeners[a.index]
-                lst.group_for = ctl.route_for(ls)
+                ctl.reroute(lst, ls)
                 ctl.listeners[a.index] = (ls, lst)
                 for i, old in self.retiring:
                     if i == a.index:
-                        old.group_for = lst.group_for
+                        ctl.reroute(old, ls)
             elif isinstance(a, reconfig.RebindListener):
                 await self._rebind(a.index, new.listeners[a.index], prep.sockets.pop(a.index))
             elif isinstance(a, reconfig.AddListener):
@@ -342,8 +349,8 @@ class Reloader:
         return t
 
     def _update_group(self, g: GroupRuntime, fields: tuple[str, ...], prep: _Prepared, restart_policy: Any) -> None:
-        if g.name in prep.balancers:
-            g.backends.balancer = prep.balancers[g.name]
+        if g.name in prep.groups:
+            g.backends.configure_like(prep.groups[g.name])
         hc = g.spec.health_check
         for t in g.targets:
             if "health_check" in fields:
@@ -380,7 +387,7 @@ class Reloader:
         lst = ctl.make_listener(ls)
         await lst.start(ls.host, ls.port, sock=sock)
         ctl.listeners[index] = (ls, lst)
-        old.group_for = lst.group_for
+        ctl.reroute(old, ls)
         self._retire_listener(old, index)
 
     def _retire_listener(self, lst: Listener, index: int | None = None) -> None:
@@ -424,7 +431,7 @@ class Reloader:
 class _Prepared:
     """What step 1 reserved: released again when the reload is rejected."""
 
-    balancers: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, BackendGroup] = field(default_factory=dict)  # configured from the new spec
     ports: dict[str, list[int]] = field(default_factory=dict)
     sockets: dict[int, socket.socket] = field(default_factory=dict)
 

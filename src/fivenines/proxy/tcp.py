@@ -1,0 +1,351 @@
+"""TCP mode (``protocol: tcp`` on a listener): a byte stream to one target per connection.
+
+Each accepted connection is paused until a target is connected: the group picks
+among the targets serving *now* (healthy, not draining), so a new connection
+never goes to an unhealthy target. A connect failure is tried on another target
+(up to ``retries.attempts`` in all, within the group's retry budget); when none
+is left the client connection is closed. Then bytes flow both ways unparsed:
+
+* back-pressure: when one side's write buffer is full, the other side stops
+  reading until it drains (``pause_writing``/``resume_writing``), so memory stays
+  flat whatever the volume;
+* half-close: an EOF from one side is passed on as an EOF to the other
+  (``write_eof``), and the connection closes once both directions ended;
+* a connection with no byte either way for the listener's ``idle`` timeout is
+  closed (one sweep timer per listener);
+* established connections stay on their target when it turns unhealthy (as NLB
+  does); a draining target's connections are cut at the end of its
+  deregistration delay (:meth:`TcpListener.cut`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fivenines.core.balance import key_hash
+from fivenines.core.retry import Failure, Verdict
+from fivenines.proxy.backend import Backend, BackendGroup
+from fivenines.proxy.http import Counters, ProxySettings
+
+log = logging.getLogger("fivenines.proxy.tcp")
+
+BUFFER_LIMIT = 256 * 1024
+
+
+class TcpListener:
+    """What every connection of one TCP listener shares."""
+
+    def __init__(self, group_for: Callable[[], BackendGroup | None], port: int,
+                 settings: ProxySettings | None = None) -> None:
+        self.group_for = group_for
+        self.port = port
+        self.settings = settings or ProxySettings()
+        self.counters = Counters()
+        self.clients: set[TcpClient] = set()
+        self.server: asyncio.Server | None = None
+        self.tick = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.no_clients = asyncio.Event()
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048,
+                    sock: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.tick = loop.time()
+        if sock is not None:
+            self.server = await loop.create_server(lambda: TcpClient(self), sock=sock, backlog=backlog)
+        else:
+            self.server = await loop.create_server(
+                lambda: TcpClient(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+            )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self._sweeper = loop.call_later(self._interval(), self._sweep)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        name = self.server.sockets[0].getsockname()
+        return name[0], name[1]
+
+    def _interval(self) -> float:
+        return max(0.05, min(1.0, self.settings.idle_timeout / 4))
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.tick = now
+        limit = self.settings.idle_timeout
+        for c in list(self.clients):
+            if now - c.last_active > limit:
+                c.abort()
+        self._sweeper = loop.call_later(self._interval(), self._sweep)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def in_flight(self) -> int:
+        return len(self.clients)
+
+    def cut(self, backend: Backend) -> int:
+        n = 0
+        for c in list(self.clients):
+            if c.backend is backend:
+                c.abort()
+                n += 1
+        return n
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting; let open connections finish within ``timeout``; returns how many were cut."""
+        self.stop_accepting()
+        if self.clients:
+            self.no_clients.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.no_clients.wait()
+            except TimeoutError:
+                pass
+        cut = len(self.clients)
+        for c in list(self.clients):
+            c.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        return cut
+
+
+class TcpClient(asyncio.Protocol):
+    """A downstream connection and, once connected, its upstream."""
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_eof_in",
+        "_eof_out",
+        "_forward",
+        "_listener",
+        "_peer_ip",
+        "_transport",
+        "attempts",
+        "backend",
+        "group",
+        "last_active",
+        "tried",
+        "upstream",
+    )
+
+    def __init__(self, listener: TcpListener) -> None:
+        self._listener = listener
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._buffer: list[bytes] = []
+        self._closed = False
+        self._eof_in = False  # the client sent EOF
+        self._eof_out = False  # the target sent EOF
+        self._peer_ip = b""
+        self.upstream: TcpUpstream | None = None
+        self._forward: Callable[[bytes], object] | None = None  # the upstream transport's write
+        self.backend: Backend | None = None
+        self.group: BackendGroup | None = None
+        self.tried: list[Backend] = []
+        self.attempts = 0
+        self.last_active = 0.0
+
+    def __repr__(self) -> str:
+        target = self.backend.id if self.backend else "-"
+        return f"<TcpClient {self._peer_ip.decode()} -> {target}>"
+
+    # -- client side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self._peer_ip = peer[0].encode() if peer else b""
+        listener = self._listener
+        listener.clients.add(self)
+        listener.counters.connections += 1
+        self.last_active = listener.tick
+        self.group = listener.group_for()
+        self._try_next(None)
+
+    def _try_next(self, failure: Failure | None) -> None:
+        group = self.group
+        if self._closed:
+            return
+        if group is not None and failure is not None:
+            verdict = group.retry.decide(failure, attempts_made=self.attempts, replayable=True,
+                                         response_started=False, idempotent=True, budget=group.budget)
+            if verdict is not Verdict.RETRY:
+                if verdict is Verdict.BUDGET_EXHAUSTED:
+                    group.counters.budget_exhausted += 1
+                self._give_up()
+                return
+            group.counters.retries += 1
+            self._listener.counters.retries += 1
+        key = None
+        if group is not None and group.hash_on is not None and group.hash_on[0] == "ip":
+            key = key_hash(self._peer_ip)
+        backend = group.pick(self.tried, key) if group is not None else None
+        if backend is None:
+            self._give_up()
+            return
+        assert group is not None
+        self.attempts += 1
+        if self.attempts == 1:
+            group.budget.deposit()
+            group.counters.requests += 1
+            self._listener.counters.requests += 1
+        self.backend = backend
+        backend.in_flight += 1
+        backend.requests += 1
+        backend.connections += 1
+        asyncio.get_running_loop().create_task(self._connect(backend))
+
+    async def _connect(self, backend: Backend) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._listener.settings.connect_timeout):
+                _, up = await loop.create_connection(lambda: TcpUpstream(self), backend.host, backend.port)
+        except (OSError, TimeoutError) as exc:
+            backend.in_flight -= 1
+            backend.errors += 1
+            self.backend = None
+            self.tried.append(backend)
+            log.debug("tcp connect to %s failed: %r", backend.address, exc)
+            self._try_next(Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError) else Failure.CONNECT)
+            return
+        if self._closed:
+            up.close()
+            return
+        self.upstream = up
+        self._forward = up._transport.write
+        if self._buffer:
+            up.write(b"".join(self._buffer))
+            self._buffer = []
+        if self._eof_in:
+            up.write_eof()
+        else:
+            self._transport.resume_reading()
+
+    def _give_up(self) -> None:
+        self._listener.counters.failed += 1
+        if self.group is not None:
+            self.group.counters.failed += 1
+        self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._listener.tick
+        forward = self._forward
+        if forward is not None:
+            forward(data)
+        else:
+            self._buffer.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof_in = True
+        up = self.upstream
+        if up is not None:
+            up.write_eof()
+            if self._eof_out:
+                self.abort()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        listener = self._listener
+        listener.clients.discard(self)
+        if not listener.clients:
+            listener.no_clients.set()
+        if self.upstream is not None:
+            self.upstream.close(listener.settings.idle_timeout)
+            listener.counters.responses += 1
+        self._release()
+
+    def _release(self) -> None:
+        if self.backend is not None:
+            self.backend.in_flight -= 1
+            self.backend = None
+
+    def abort(self) -> None:
+        t = self._transport
+        if t.is_closing():
+            t.abort()  # asked again (by the idle sweep): a client that reads nothing is dropped
+        else:
+            t.close()
+
+    # -- from the upstream
+    def upstream_eof(self) -> None:
+        self._eof_out = True
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        if self._eof_in:
+            self.abort()
+
+    def upstream_lost(self) -> None:
+        self._transport.close()  # flushes what is buffered first
+
+
+class TcpUpstream(asyncio.Protocol):
+    __slots__ = ("_back", "_client", "_lost", "_transport")
+
+    def __init__(self, client: TcpClient) -> None:
+        self._client = client
+        self._back = client._transport.write  # bytes from the target go straight to the client
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self._client
+        client.last_active = client._listener.tick
+        self._back(data)
+
+    def eof_received(self) -> bool:
+        self._client.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._client.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self._client._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client._transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self._lost:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._lost:
+            self._transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def write_eof(self) -> None:
+        if not self._lost and self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    def close(self, linger: float = 60.0) -> None:
+        """Close after flushing what is buffered; a target that does not read it within
+        ``linger`` seconds is dropped."""
+        self._lost = True
+        t = self._transport
+        t.close()
+        if t.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(linger, t.abort)
