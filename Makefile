@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit test-deps bench failover-bench clean
+.PHONY: demo test check lint typecheck unit test-deps bench failover-bench jepsen-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -41,3 +41,8 @@ failover-bench: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache
+
+## Jepsen-style check of replicated Redis: 24 primary failures, acknowledged writes lost (0 in sync).
+jepsen-redis: $(VENV)/.installed-dev
+	scripts/install-test-deps
+	$(BIN)/python bench/jepsen_redis.py --failures 24 --durability sync

@@ -247,13 +247,17 @@ def render_status(status: dict[str, Any]) -> Table:
                 reason = f"{t['admin_state']} by operator"
             if t.get("weight", 1) != 1:
                 reason = f"{reason} (weight {t['weight']})".strip()
+            role = t["role"]
+            if t.get("replication"):  # a replicated store: primary / replica, and its position
+                r = t["replication"]
+                role = r["role"] + (f" @{r['position']}" if r.get("position") is not None else "")
             table.add_row(
                 gname,
                 t["id"],
                 t["address"],
                 f"[{style}]{t['state']}[/]" if style else t["state"],
                 reason,
-                t["role"],
+                role,
                 str(t.get("pid") or ""),
                 str(t.get("since", ""))[11:19],
                 str(t.get("requests", 0)),
@@ -264,6 +268,11 @@ def render_status(status: dict[str, Any]) -> Table:
 
 def _print_status(data: dict[str, Any]) -> None:
     out.print(render_status(data))
+    for gname, g in data.get("target_groups", {}).items():
+        rep = g.get("replication")
+        if rep:
+            out.print(f"{gname}: {rep['kind']} {rep['phase']}, primary {rep['primary']} (epoch {rep['epoch']}), "
+                      f"durability {rep['durability']}: {rep['durability_note']}")
     for lst in data.get("listeners", []):
         out.print(
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
@@ -456,6 +465,70 @@ def reload(admin: str | None, spec_file: str | None, token_file: str | None) -> 
         out.print(f"  {a}")
     for w in data.get("warnings", []):
         err.print(f"[yellow]warning[/]: {w}", markup=True)
+
+
+# ------------------------------------------------------------------ switchover (replicated groups)
+
+
+def _token_for(spec_file: str | None, token_file: str | None) -> str:
+    from pathlib import Path
+
+    if token_file:
+        path = Path(token_file)
+    elif spec_file:
+        from fivenines.runtime.controller import admin_token_path, state_dir_of
+
+        try:
+            spec = load_spec(spec_file)
+        except SpecError as exc:
+            _fail_spec(exc)
+        state_dir, base = state_dir_of(spec, spec_file)
+        path = admin_token_path(spec, state_dir, base)
+    else:
+        path = Path("fivenines.yaml")
+        if not path.exists():
+            err.print("[bold red]error[/]: give -f SPEC or --token-file for the admin token", markup=True)
+            sys.exit(EXIT_USAGE)
+        return _token_for(str(path), None)
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        err.print(f"[bold red]error[/]: cannot read the admin token {path}: {exc.strerror or exc}", markup=True)
+        sys.exit(1)
+    if not token or any(c.isspace() for c in token):
+        err.print(f"[bold red]error[/]: {path} is not an admin token file (one line, no spaces)", markup=True)
+        sys.exit(EXIT_USAGE)
+    return token
+
+
+@main.command()
+@click.argument("group")
+@click.option("--to", "to", help="Target to promote (default: the most advanced healthy replica).")
+@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="The spec (admin address, token).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Admin token file (default: from the spec).")
+def switchover(group: str, to: str | None, admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+    """Planned change of GROUP's primary: writes pause, the replica catches up, then it is promoted."""
+    from urllib.parse import quote
+
+    base = _admin_url(admin, spec_file)
+    token = _token_for(spec_file, token_file)
+    url = f"{base}/target_groups/{quote(group)}/switchover" + (f"?to={quote(to)}" if to else "")
+    req = urllib.request.Request(url, method="POST", data=b"", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            msg = exc.reason
+        err.print(f"[bold red]error[/]: switchover of {group}: {msg}", markup=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[bold red]error[/]: cannot reach fivenines at {base}: {getattr(exc, 'reason', exc)}", markup=True)
+        sys.exit(1)
+    out.print(f"{group}: primary {data['old']} -> {data['new']} in {data['seconds']}s (epoch {data['epoch']})")
 
 
 @main.command()

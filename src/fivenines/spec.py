@@ -366,6 +366,73 @@ class RetriesSpec(_Strict):
     budget_percent: float = Field(20.0, ge=0, le=100, description="Retries at most this share of requests (per group).")
 
 
+# --------------------------------------------------------------------------- replicated stores
+
+
+class CustomStoreSpec(_Strict):
+    """Commands that let fivenines manage a store it has no built-in support for (kind: custom).
+
+    Each is an argv list; ``{host}``, ``{port}`` and ``{id}`` name the target, and
+    ``{primary_host}``/``{primary_port}`` the primary to follow."""
+
+    role_command: list[str] = Field(
+        min_length=1,
+        description="Prints one line: 'primary POSITION' or 'replica POSITION [HOST:PORT]'; non-zero exit: unreachable.",
+    )
+    promote_command: list[str] = Field(min_length=1, description="Makes the target the primary; exit 0 on success.")
+    follow_command: list[str] = Field(
+        min_length=1, description="Makes the target a replica of {primary_host}:{primary_port}; exit 0 on success."
+    )
+    command_timeout: Duration = Field(10.0, description="Longest promote_command or follow_command may run.")
+
+
+class ReadListenerSpec(_Strict):
+    """A second TCP listener spreading connections over replicas within a lag bound (reads only)."""
+
+    port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    max_lag: int = Field(1048576, ge=0, description="Replicas further behind the primary than this (position units) get no reads.")
+
+
+class LeaseSpec(_Strict):
+    """Several fivenines nodes managing one group: only the holder of this etcd lease acts and routes writes."""
+
+    etcd: list[str] = Field(min_length=1, description="etcd client URLs, e.g. [http://127.0.0.1:2379].")
+    ttl: Duration = Field(5.0, description="Lease time to live; the holder stops routing writes before it can expire.")
+    prefix: str = Field("/fivenines", description="etcd key prefix; keys are PREFIX/NAME/GROUP/...")
+
+    @field_validator("etcd")
+    @classmethod
+    def _check_endpoints(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.fullmatch(r"https?://[^/\s]+/?", url):
+                raise ValueError(f"{url!r} is not an etcd client URL, e.g. http://127.0.0.1:2379")
+        return v
+
+    @field_validator("ttl")
+    @classmethod
+    def _check_ttl(cls, v: float) -> float:
+        if v < 2:
+            raise ValueError("ttl must be at least 2s (etcd's smallest lease)")
+        return v
+
+
+class ReplicatedSpec(_Strict):
+    """The target group is a replicated store: one primary takes writes, the others replicate it."""
+
+    kind: Literal["redis", "postgres", "custom"] = Field(description="redis (built in), postgres (not yet) or custom (commands).")
+    durability: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: a write is acknowledged only once a replica has it; async: faster, a failover may lose the last writes.",
+    )
+    max_lag_on_failover: int = Field(
+        1048576, ge=0, description="Never promote a replica further behind than this (bytes of replication position)."
+    )
+    read_listener: ReadListenerSpec | None = Field(None, description="Optional listener for reads from replicas.")
+    lease: LeaseSpec | None = Field(None, description="Optional etcd lease for several fivenines nodes.")
+    custom: CustomStoreSpec | None = Field(None, description="Commands, for kind custom.")
+
+
 class TargetGroupSpec(_Strict):
     algorithm: Algorithm = Field("round_robin", description="How requests are spread over serving targets.")
     hash_on: HashOnSpec | None = Field(None, description="For algorithm hash: what to hash.")
@@ -378,6 +445,7 @@ class TargetGroupSpec(_Strict):
     stickiness: StickinessSpec | None = Field(None, description="Optional load-balancer cookie stickiness.")
     deregistration_delay: Duration = Field(30.0, description="Longest a draining target may finish in-flight requests.")
     slow_start: Duration = Field(0.0, description="Ramp a joining target's share linearly over this time (0: off).")
+    replicated: ReplicatedSpec | None = Field(None, description="A replicated store: one primary, replicas, failover.")
     reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
     @field_validator("targets")
@@ -672,6 +740,53 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
                         f"range {inst.ports} has {rng[1] - rng[0] + 1} ports but count + standby = {inst.total}",
                     )
                 )
+    errors.extend(replicated_errors(spec))
+    return errors
+
+
+def replicated_errors(spec: Spec) -> list[FieldError]:
+    """Cross-field rules of ``replicated:`` groups (one primary, at least one replica, TCP only)."""
+    errors: list[FieldError] = []
+    for name, tg in spec.target_groups.items():
+        rep = tg.replicated
+        if rep is None:
+            continue
+        path = f"target_groups.{name}"
+        if rep.kind == "postgres":
+            errors.append(FieldError(f"{path}.replicated.kind", "postgres is not built in yet; use kind: custom with "
+                                     "role, promote and follow commands (docs/replication.md)"))
+        if (rep.kind == "custom") != (rep.custom is not None):
+            errors.append(FieldError(f"{path}.replicated.custom", "give custom: {role_command, promote_command, "
+                                     "follow_command} exactly when kind is custom"))
+        inst = tg.instances
+        if inst is not None:
+            if inst.count != 1:
+                errors.append(FieldError(f"{path}.instances.count", f"a replicated group has one primary: count must "
+                                         f"be 1 (got {inst.count}); replicas are standby: M"))
+            if inst.standby < 1:
+                errors.append(FieldError(f"{path}.instances.standby", "a replicated group needs at least one replica "
+                                         "(standby: 1 or more)"))
+            if rep.kind == "redis" and isinstance(inst.command, str):
+                errors.append(FieldError(f"{path}.instances.command", "kind redis needs an argv list, e.g. "
+                                         "[redis-server, --port, '{port}']: fivenines appends replication options"))
+            if rep.lease is not None:
+                errors.append(FieldError(f"{path}.replicated.lease", "several fivenines nodes must manage the same "
+                                         "servers: with a lease, list them as targets, not instances"))
+        elif tg.targets is not None and len(tg.targets) < 2:
+            errors.append(FieldError(f"{path}.targets", "a replicated group needs a primary and at least one replica"))
+        if rep.lease is not None and spec.workers > 1:
+            errors.append(FieldError(f"{path}.replicated.lease", "a lease needs workers: 1 (worker processes "
+                                     "cannot check the lease deadline themselves)"))
+        for i, lst in enumerate(spec.listeners):
+            if lst.default_target_group == name and lst.protocol != "tcp":
+                errors.append(FieldError(f"listeners.{i}.protocol", f"target group {name!r} is a replicated "
+                                         f"{rep.kind} store: use protocol: tcp"))
+        rl = rep.read_listener
+        if rl is not None and rl.port != 0:
+            for i, lst in enumerate(spec.listeners):
+                if (lst.host, lst.port) == (rl.host, rl.port):
+                    errors.append(FieldError(f"{path}.replicated.read_listener.port",
+                                             f"port {rl.port} already used by listeners.{i}"))
     return errors
 
 

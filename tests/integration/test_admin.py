@@ -129,7 +129,8 @@ def test_openapi_describes_every_route(run_fivenines: Any) -> None:
     want = {"/": ["get"], "/status": ["get"], "/events": ["get"], "/events/stream": ["get"], "/metrics": ["get"],
             "/healthz": ["get"], "/targets/{id}": ["get"], "/targets/{id}/drain": ["post"],
             "/targets/{id}/enable": ["post"], "/targets/{id}/maintenance": ["post"],
-            "/targets/{id}/weight": ["put"], "/reload": ["post"], "/openapi.yaml": ["get"]}
+            "/targets/{id}/weight": ["put"], "/reload": ["post"], "/openapi.yaml": ["get"],
+            "/target_groups/{group}/switchover": ["post"], "/target_groups/{group}/targets/{id}/cut_off": ["post"]}
     assert {p: sorted(m for m in ops if m != "parameters") for p, ops in paths.items()} == want
     for p, ops in paths.items():
         for m in want[p]:

@@ -314,3 +314,24 @@ def test_listener_timeouts_reroute_and_workers_hold_the_data_plane() -> None:
     assert [str(a) for a in held_by_workers(plan(old, mk({"web": static("127.0.0.1:9001", "127.0.0.1:9003"),
                                                            "api": static("127.0.0.1:9002")}), running_of(old)))] == \
         ["add target web-2 (127.0.0.1:9003) to web as active"]
+
+
+def test_a_replicated_store_cannot_change_on_a_reload() -> None:
+    store = {"instances": {"command": ["redis-server", "--port", "{port}"], "count": 1, "standby": 1},
+             "replicated": {"kind": "redis"}, "health_check": {"protocol": "tcp"}}
+    groups = {"web": static("127.0.0.1:9001"), "cache": store}
+    old = mk(groups, [{"port": 0, "default_target_group": "web"},
+                      {"port": 0, "protocol": "tcp", "default_target_group": "cache"}])
+    changed = copy.deepcopy(groups)
+    changed["cache"]["instances"]["standby"] = 2
+    changed["web"] = static("127.0.0.1:9002")
+    p = plan(old, mk(changed, [{"port": 0, "default_target_group": "web"},
+                               {"port": 0, "protocol": "tcp", "default_target_group": "cache"}]), running_of(old))
+    assert not p.ok and [e.path for e in p.errors] == ["target_groups.cache"]
+    assert "a replicated store cannot change on a reload" in p.errors[0].message
+    # the rest of the spec may change when the store does not
+    only_web = copy.deepcopy(groups)
+    only_web["web"] = static("127.0.0.1:9002")
+    p = plan(old, mk(only_web, [{"port": 0, "default_target_group": "web"},
+                                {"port": 0, "protocol": "tcp", "default_target_group": "cache"}]), running_of(old))
+    assert p.ok and {a.group for a in p.actions if hasattr(a, "group")} == {"web"}

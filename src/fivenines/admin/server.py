@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -58,7 +59,9 @@ class AdminServer:
     async def start(self, host: str, port: int) -> None:
         ctl = self.controller
         path = token_path(ctl.spec, ctl.base_dir, ctl.state_dir)
-        self.auth = Auth(load_or_create_token(path))
+        token = load_or_create_token(path)
+        self.auth = Auth(token)
+        ctl.admin_token = token  # for the controller's own clients (one token for every admin call)
         self.token_file = str(path)
         await self._server.start(host, port)
         h, p = self._server.address
@@ -77,11 +80,13 @@ class AdminServer:
         assert self.auth is not None
         client = req.client[0] if req.client else None
         if not self.auth.allowed(req.headers.get("authorization"), client, mutating):
-            why = ("this call changes fivenines: it needs Authorization: Bearer TOKEN "
-                   "(the token is in admin.token_file, by default STATE_DIR/admin.token)")
+            why = ("this call changes fivenines: it needs the admin bearer token (Authorization: Bearer TOKEN; "
+                   "the token is in admin.token_file, by default STATE_DIR/admin.token)")
             if not mutating:
-                why = "calls from outside loopback need Authorization: Bearer TOKEN"
+                why = "calls from outside loopback need the admin bearer token (Authorization: Bearer TOKEN)"
             return _error(401, why, [("WWW-Authenticate", 'Bearer realm="fivenines"')])
+        if path.startswith("/target_groups/") and req.method == "POST":
+            return await self._group_call(req, path)
         if path.startswith("/targets/"):
             return self._target_call(req, path)
         if path == "/reload":
@@ -167,3 +172,27 @@ class AdminServer:
             else:
                 data = json.dumps(ev.to_json(), separators=(",", ":"))
                 yield f"id: {ev.seq}\ndata: {data}\n\n".encode()
+
+    async def _group_call(self, req: Request, path: str) -> Response:
+        """Replicated groups: ``POST /target_groups/G/switchover[?to=T]``, ``.../targets/T/cut_off``
+        (the token was checked by :meth:`handle`)."""
+        from fivenines.core.replication import ReplicationError
+
+        m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
+        if m is None:
+            return Response.json({"error": f"no such path {path}"}, 404)
+        g = self.controller.groups.get(m.group(1))
+        if g is None:
+            return Response.json({"error": f"no target group {m.group(1)!r}"}, 404)
+        if g.replication is None:
+            return Response.json({"error": f"target group {g.name!r} is not replicated"}, 409)
+        try:
+            if m.group(2) == "switchover":
+                return Response.json(await g.replication.switchover(req.query.get("to") or None))
+            seconds = float(req.query.get("seconds", "5"))
+            g.replication.cut_off(m.group(3), seconds)
+            return Response.json({"group": g.name, "target": m.group(3), "cut_off_s": seconds})
+        except ValueError:
+            return Response.json({"error": "seconds must be a number"}, 400)
+        except ReplicationError as exc:
+            return Response.json({"error": str(exc)}, 409)

@@ -21,7 +21,8 @@ only carries the actions out. The rules:
 * **Listeners.** A changed address or protocol rebinds (established connections stay
   open); a changed default target group, rules or timeouts reroute new requests.
 * **Refused.** ``name``, ``state_dir``, ``workers`` and ``admin`` cannot change on a
-  reload (they need a restart); such a reload is refused as a whole, with the field path.
+  reload (they need a restart), nor can a replicated store's group; such a reload is
+  refused as a whole, with the field path.
 
 Actions come out in the order they must be carried out: additions, in-place updates,
 listener changes, removals (so that nothing is drained before what replaces it is up).
@@ -183,6 +184,7 @@ Action = (
 )
 
 _A = TypeVar("_A")
+_GROUP_ACTIONS = (AddGroup, AddTarget, UpdateGroup, SetWeight, SetActiveCount, Demote, RemoveTarget, RemoveGroup)
 
 _ORDER: dict[type, int] = {
     AddGroup: 0, AddTarget: 1, UpdateGroup: 2, SetWeight: 3, SetActiveCount: 4, Demote: 5,
@@ -258,6 +260,13 @@ def plan(old: Spec, new: Spec, running: Running) -> Plan:
             actions.append(RemoveGroup(name))
     actions.extend(_listener_diff(old.listeners, new.listeners))
     actions.sort(key=lambda a: _ORDER[type(a)])
+    replicated = {n for s in (old, new) for n, tg in s.target_groups.items() if tg.replicated is not None}
+    touched = sorted({a.group for a in actions if isinstance(a, _GROUP_ACTIONS) and a.group in replicated})
+    if touched:
+        return Plan(errors=tuple(
+            FieldError(f"target_groups.{n}", "a replicated store cannot change on a reload (its primary, "
+                       "replicas and fencing are set up at start); restart fivenines for it, or use "
+                       "fivenines switchover") for n in touched))
     return Plan(tuple(actions))
 
 

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fivenines.core import pool
 from fivenines.core.drain import DrainState, drain_step
@@ -46,6 +46,9 @@ from fivenines.spec import (
     split_hostport,
 )
 
+if TYPE_CHECKING:
+    from fivenines.runtime.replication import ReplicationManager
+
 log = logging.getLogger("fivenines")
 
 
@@ -67,6 +70,7 @@ class InstanceSlot:
         self.stderr = log_dir / f"{target_id}.err.log"
         self.restart_handle: asyncio.TimerHandle | None = None
         self.running = asyncio.Event()
+        self.extra_args: Callable[[], list[str]] | None = None  # appended at each start (replicated groups)
 
     def command(self) -> list[str]:
         def sub(s: str) -> str:
@@ -74,7 +78,8 @@ class InstanceSlot:
 
         if isinstance(self.argv, str):
             return [sub(self.argv)]
-        return resolve_argv([sub(a) for a in self.argv])
+        extra = self.extra_args() if self.extra_args is not None else []
+        return resolve_argv([sub(a) for a in self.argv] + extra)
 
 
 class TargetRuntime:
@@ -112,6 +117,7 @@ class GroupRuntime:
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
+        self.replication: ReplicationManager | None = None  # replicated: groups
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -198,6 +204,7 @@ class Controller:
         self.statefile: Any = None
         self.access_log: Any = None
         self.operator: Any = None
+        self.admin_token = ""  # set by the admin server when it starts (admin.auth)
 
     # ------------------------------------------------------------------ clock
 
@@ -239,6 +246,9 @@ class Controller:
         try:
             await self.admin.start(host, port)
             await self._start_data_plane()
+            for g in self.groups.values():
+                if g.replication is not None:
+                    await g.replication.start()
         except (OSError, TimeoutError) as exc:
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
@@ -310,6 +320,10 @@ class Controller:
             else:
                 for i, wt in enumerate(tg.target_list()):
                     g.add(self.new_static_target(g, i, f"{name}-{i + 1}", wt.address, wt.weight, now))
+            if tg.replicated is not None:
+                from fivenines.runtime.replication import ReplicationManager
+
+                g.replication = ReplicationManager(self, g)
 
     def new_instance_target(self, g: GroupRuntime, index: int, tid: str, port: int, role: Role,
                             now: float) -> TargetRuntime:
@@ -353,6 +367,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(g.replication.close() for g in self.groups.values() if g.replication))
         await asyncio.gather(*(self._stop_instance(t) for g in self.groups.values() for t in g.targets if t.slot))
         for g in self.groups.values():
             for t in g.targets:
@@ -448,7 +463,9 @@ class Controller:
                 continue
             host, tport = t.backend.host, port or t.backend.port
             started = self.now()
-            if hc.protocol == "http":
+            if t.group.replication is not None:
+                result = await t.group.replication.check(t)
+            elif hc.protocol == "http":
                 result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
             else:
                 result = await tcp_check(host, tport, hc.timeout)
@@ -526,6 +543,8 @@ class Controller:
 
     def _reconcile(self, g: GroupRuntime) -> list[str]:
         """Re-plan roles and publish the serving set. Returns the decisions taken."""
+        if g.replication is not None:
+            return g.replication.reconcile()
         changes = pool.plan_roles([t.member() for t in g.targets], g.active_count)
         decisions = []
         now = self.now()
@@ -615,8 +634,9 @@ class Controller:
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
             })
-        groups = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
+            rep = g.replication.status() if g.replication is not None else None  # first: applies a lapsed lease
             targets = [self._target_status(t, now) for t in g.targets]
             groups[name] = {
                 "algorithm": g.spec.algorithm,
@@ -632,6 +652,10 @@ class Controller:
                 "slow_start_s": g.spec.slow_start,
                 "ramping": sorted(g.backends.balancer.joined),
             }
+            if g.replication is not None:
+                groups[name]["replication"] = rep
+                for ts in targets:
+                    ts["replication"] = g.replication.target_status(ts["id"])
         out: dict[str, Any] = {
             "name": self.spec.name,
             "pid": os.getpid(),
@@ -715,6 +739,17 @@ class Controller:
             if t is not None:
                 return t
         return None
+
+
+def admin_token_path(spec: Spec, state_dir: Path, base_dir: Path) -> Path:
+    """Where the admin bearer token is kept: ``admin.token_file`` or ``STATE_DIR/admin.token``."""
+    return base_dir / spec.admin.token_file if spec.admin.token_file else state_dir / "admin.token"
+
+
+def state_dir_of(spec: Spec, spec_path: str | Path) -> tuple[Path, Path]:
+    """(state_dir, base_dir) of a spec file, as :class:`Controller` resolves them."""
+    base = Path(spec_path).parent.resolve()
+    return base / (spec.state_dir or f".fivenines/{spec.name}"), base
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
