@@ -83,6 +83,46 @@ Duration = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------- sizes
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 1 << 20, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(value: Any) -> int:
+    """Parse ``64KiB``, ``1MB``, ``8192`` (bytes) into a number of bytes.
+
+    >>> parse_size("64KiB"), parse_size("1MB"), parse_size(8192)
+    (65536, 1000000, 8192)
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8KiB, 1MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    raise ValueError(f"{value!r} is not a size; use e.g. 8192, 64KiB, 10MB")
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "A size in bytes: 8192, 64KiB, 10MB, 1GiB.",
+        }
+    ),
+]
+
+
 # --------------------------------------------------------------------------- matcher
 
 
@@ -551,6 +591,25 @@ class TimeoutsSpec(_Strict):
     upstream_idle: Duration = Field(15.0, description="Pooled keep-alive connections to targets are closed after this long unused.")
 
 
+class RateLimitSpec(_Strict):
+    """Per client IP token bucket; requests over it are answered 429 with Retry-After."""
+
+    requests_per_second: float = Field(gt=0, le=1_000_000, description="Sustained requests per second per client IP.")
+    burst: int = Field(20, ge=1, le=1_000_000, description="Requests a client may make at once before the rate applies.")
+
+
+class LimitsSpec(_Strict):
+    """What one client may send or hold; each limit answers with its own status and closes."""
+
+    max_request_line: Size = Field(8192, ge=64, le=1 << 20, description="Method, target and version; longer: 414.")
+    max_header_bytes: Size = Field(65536, ge=1024, le=1 << 20, description="All header fields together; more: 431.")
+    max_headers: int = Field(100, ge=8, le=10_000, description="Number of header fields; more: 431.")
+    max_body: Size | None = Field(None, description="Request body size; larger: 413 (unset: no limit; bodies are streamed).")
+    max_connections: int = Field(20_000, ge=1, le=1_000_000, description="Open client connections on this listener; more are refused (503, closed).")
+    max_connections_per_ip: int | None = Field(None, ge=1, le=1_000_000, description="Open connections from one client IP; more are refused (unset: no cap).")
+    rate_limit: RateLimitSpec | None = Field(None, description="Optional request rate limit per client IP (429).")
+
+
 class ListenerSpec(_Strict):
     port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
     host: str = Field("127.0.0.1", description="Address to bind.")
@@ -558,6 +617,7 @@ class ListenerSpec(_Strict):
     default_target_group: str = Field(description="Target group that receives the listener's traffic.")
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
 
 class AwsSpec(_Strict):

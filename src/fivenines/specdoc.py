@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from fivenines.spec import Spec, format_duration, parse_duration
+from fivenines.spec import Spec, format_duration, parse_duration, parse_size
 
 HEADER = """# `fivenines.yaml` reference
 
@@ -23,7 +23,8 @@ Generated from the pydantic model in `src/fivenines/spec.py` by
 `python -m fivenines.specdoc > docs/spec.md`; do not edit by hand.
 `fivenines schema` prints the same model as JSON Schema (for editors).
 
-Durations are written `500ms`, `1s`, `2m`, `1h`, `30d` or as a number of seconds.
+Durations are written `500ms`, `1s`, `2m`, `1h`, `30d` or as a number of seconds;
+sizes as `8192` (bytes), `64KiB`, `10MB`, `1GiB`.
 Unknown keys are errors. Every error names the file and the field path, e.g.
 `fivenines.yaml: target_groups.web.health_check.timeout: timeout (2s) must be less than interval (1s)`,
 and exits with status 2 before anything starts.
@@ -55,8 +56,14 @@ def _is_duration(field: FieldInfo) -> bool:
     return any(getattr(m, "func", None) is parse_duration for m in field.metadata)
 
 
+def _is_size(field: FieldInfo) -> bool:
+    return any(getattr(m, "func", None) is parse_size for m in field.metadata)
+
+
 def _field_type(field: FieldInfo) -> str:
-    return "duration" if _is_duration(field) else _type_name(field.annotation)
+    if _is_duration(field):
+        return "duration"
+    return "size" if _is_size(field) else _type_name(field.annotation)
 
 
 def _default(field: FieldInfo) -> str:

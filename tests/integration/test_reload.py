@@ -356,3 +356,30 @@ def test_protocol_change_on_the_same_port_hands_the_socket_over(run_fivenines: A
         assert "x-forwarded-for" in echo_headers(kept, buf)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as fresh:
             assert "x-forwarded-for" not in echo_headers(fresh, bytearray())
+
+
+def test_changed_listener_limits_apply_to_new_connections_and_keep_the_open_ones(
+        run_fivenines: Any, demo: Demo, tmp_path: Path) -> None:
+    spec = static_spec({"web": [demo.address]})
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    kept = socket.create_connection((f.host, f.port), timeout=5)
+    buf = bytearray()
+    with kept:
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _read_response(kept, buf)[0] == 200
+        spec2 = static_spec({"web": [demo.address]})
+        spec2["state_dir"] = spec["state_dir"]
+        spec2["listeners"][0]["limits"] = {"max_connections_per_ip": 1}
+        write_spec(f.spec_path, spec2)
+        r = reload_cli(f, tmp_path / "state")
+        assert r.returncode == 0 and "reroute listeners.0: limits" in r.stdout, r.stdout + r.stderr
+        # the open connection still counts: a second one from this address is over the new limit
+        with socket.create_connection((f.host, f.port), timeout=5) as second:
+            second.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert _read_response(second, bytearray())[0] == 503
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _read_response(kept, buf)[0] == 200
+    wait_until(lambda: f.status()["listeners"][0]["connections_open"] == 0, 5, 0.02, what="connections closed")
+    assert http_get(f.host, f.port, "/")[0] == 200  # under the limit again
+    assert f.status()["listeners"][0]["refused_connections"] == 1

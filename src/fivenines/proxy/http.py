@@ -44,13 +44,15 @@ import os
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Protocol
 
 import httptools
 
 from fivenines.core.balance import key_hash
+from fivenines.core.framing import HeadSummary, Limits, check_head
+from fivenines.core.limits import Admission, RateLimiter
 from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
@@ -83,12 +85,17 @@ _SPECIAL = HOP_BY_HOP | {
     b"cookie",
     b"idempotency-key",
     b"expect",
+    b"content_length",  # CGI-style aliases of framing headers: ambiguous, refused
+    b"transfer_encoding",
 }
 _CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
@@ -111,6 +118,8 @@ _P_UPSTREAM = 2  # the upstream's write buffer is full
 _P_BUFFER = 4  # request body waits for an upstream connection
 
 BUFFER_LIMIT = 256 * 1024
+DEFER_LIMIT = 64 * 1024  # a chunked request body is validated up to this much before its head is sent
+LINGER = 2.0  # after an error reply, input is read and dropped this long before the connection closes
 MAX_HEAD = 64 * 1024  # a request or response head larger than this is refused (431 / 502)
 
 
@@ -126,10 +135,21 @@ class ProxySettings:
     replay_limit: int = 64 * 1024  # request body kept for a retry up to this size
     retry: RetryPolicy | None = None  # overrides every group's policy when set (tests)
     proto: bytes = b"http"
+    limits: Limits = field(default_factory=Limits)  # request line, header and body limits (414 / 431 / 413)
+    max_connections: int | None = 20_000  # open client connections; more are refused
+    max_connections_per_ip: int | None = None
+    rate_limit: tuple[float, int] | None = None  # (requests per second, burst) per client IP: 429
 
     @classmethod
-    def from_spec(cls, timeouts: Any, **kw: Any) -> ProxySettings:
-        """From a :class:`~fivenines.spec.TimeoutsSpec`."""
+    def from_spec(cls, timeouts: Any, limits: Any = None, **kw: Any) -> ProxySettings:
+        """From a :class:`~fivenines.spec.TimeoutsSpec` and a :class:`~fivenines.spec.LimitsSpec`."""
+        if limits is not None:
+            kw.setdefault("limits", Limits(limits.max_request_line, limits.max_header_bytes, limits.max_headers,
+                                           limits.max_body))
+            kw.setdefault("max_connections", limits.max_connections)
+            kw.setdefault("max_connections_per_ip", limits.max_connections_per_ip)
+            rl = limits.rate_limit
+            kw.setdefault("rate_limit", (rl.requests_per_second, rl.burst) if rl is not None else None)
         return cls(
             connect_timeout=timeouts.connect,
             response_timeout=timeouts.response,
@@ -151,7 +171,8 @@ class ProxySettings:
 class Counters:
     """Per-listener traffic counters (read by status and metrics)."""
 
-    __slots__ = ("connections", "failed", "fixed", "redirects", "requests", "responses", "retries", "upgrades")
+    __slots__ = ("connections", "failed", "fixed", "rate_limited", "redirects", "refused", "rejected", "requests",
+                 "responses", "retries", "upgrades")
 
     def __init__(self) -> None:
         self.connections = 0
@@ -162,6 +183,9 @@ class Counters:
         self.redirects = 0
         self.fixed = 0
         self.upgrades = 0
+        self.rejected = 0  # requests refused by the framing rules and limits (4xx; never forwarded)
+        self.refused = 0  # connections refused over max_connections / max_connections_per_ip
+        self.rate_limited = 0  # requests answered 429
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -183,6 +207,7 @@ class Exchange:
         "buffered",
         "chunked",
         "conn",
+        "deferred",
         "discard_rest",
         "done",
         "expect",
@@ -197,6 +222,7 @@ class Exchange:
         "local",
         "local_body",
         "method",
+        "received",
         "replay",
         "reply_when_read",
         "request_done",
@@ -220,11 +246,13 @@ class Exchange:
         self.upgrade = False
         self.body: list[bytes] = []  # encoded body bytes not yet written upstream
         self.body_size = 0
+        self.received = 0  # request body bytes read from the client (for limits.max_body)
         self.buffered = 0  # bytes in body
         self.replay: list[bytes] | None = []  # all encoded body bytes while replayable
         self.request_done = False
         self.reply_when_read = False
         self.discard_rest = False  # answered early: the rest of the request body is dropped
+        self.deferred = False  # a chunked body is validated (up to DEFER_LIMIT) before anything is sent
         self.expect = False
         self.response_started = False
         self.group: BackendGroup | None = None
@@ -274,6 +302,9 @@ class Listener:
         # (cheaper per request than a timer per attempt; fires up to a quarter late).
         self.waiting: set[UpstreamConnection] = set()
         self.time: Callable[[], float] = lambda: 0.0
+        s = self.settings
+        self.admission = Admission(s.max_connections, s.max_connections_per_ip)
+        self.rate: RateLimiter | None = RateLimiter(*s.rate_limit) if s.rate_limit else None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048,
                     sock: Any = None) -> None:
@@ -410,16 +441,20 @@ class ClientConnection(asyncio.Protocol):
     """A downstream (client) connection."""
 
     __slots__ = (
+        "_admitted",
         "_closing",
         "_eof",
+        "_error_after",
         "_exchanges",
         "_head_bytes",
         "_headers",
+        "_lingering",
         "_listener",
         "_parser",
         "_parsing",
         "_paused",
         "_peer_ip",
+        "_reject",
         "_transport",
         "_tunnel",
         "_upgraded",
@@ -447,6 +482,10 @@ class ClientConnection(asyncio.Protocol):
         self._peer_ip = b""
         self._wbuf: list[bytes] = []
         self._head_bytes = 0
+        self._admitted = False
+        self._lingering = False
+        self._error_after = 0  # status to answer once the request in flight is answered
+        self._reject = 0  # status of a request head refused by the framing rules or limits
         self.last_active = 0.0
         self.head_started: float | None = None
 
@@ -461,12 +500,23 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0].encode() if peer else b""
         listener = self._listener
-        listener.clients.add(self)
         listener.counters.connections += 1
+        if not listener.admission.admit(self._peer_ip.decode()):
+            listener.counters.refused += 1
+            self._closing = True
+            transport.write(_status_reply(503, extra=b"Retry-After: 1\r\n"))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._admitted = True
+        listener.clients.add(self)
         self.last_active = listener.tick
+        self.head_started = listener.tick  # the first request head is due within client_header too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if not self._admitted:
+            return
+        self._listener.admission.release(self._peer_ip.decode())
         clients = self._listener.clients
         clients.discard(self)
         if not clients:
@@ -492,6 +542,8 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         if self._upgraded:
             self._tunnel_in(data)
             return
@@ -509,10 +561,16 @@ class ClientConnection(asyncio.Protocol):
             if rest:
                 self._tunnel_in(rest)
         except httptools.HttpParserError:
-            self._fail_protocol(400)
+            status = self._reject or 400
+            self._reject = 0
+            if status < 0:
+                return  # answered and closing already
+            self._listener.counters.rejected += 1
+            self._fail_protocol(status)
             return
         if self._head_bytes > MAX_HEAD and self._parsing is None:
-            self._fail_protocol(431)
+            self._listener.counters.rejected += 1
+            self._fail_protocol(414 if len(self._url) > self._listener.settings.limits.max_request_line else 431)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -545,23 +603,26 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = None
-        too_big = self._head_bytes > MAX_HEAD and (
-            len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) > MAX_HEAD)
-        self._head_bytes = 0
         parser = self._parser
         listener = self._listener
+        limits = listener.settings.limits
+        summary = HeadSummary()  # for the framing verdict, filled in the one pass below
+        if self._head_bytes > limits.max_header_bytes:
+            summary.bytes = sum(len(n) + len(v) + 4 for n, v in self._headers)
+        self._head_bytes = 0
+        summary.count = len(self._headers)
         method = parser.get_method()
         url = self._url
         chunked = False
         idem_key = False
         expect = False
-        te_value = b""
         xff = b""
         rid = b""
         host = b""
         conn_value = b""
         upgrade_value = b""
         cookies: list[bytes] | None = None
+        host_line = 0
         lines = [method + b" " + url + b" HTTP/1.1\r\n"]
         append = lines.append
         special = _SPECIAL
@@ -571,12 +632,18 @@ class ClientConnection(asyncio.Protocol):
                 append(name + b": " + value + b"\r\n")
             elif lname == b"host":
                 host = value
+                summary.host = value
+                summary.host_count += 1
+                host_line = len(lines)
                 append(name + b": " + value + b"\r\n")
             elif lname == b"content-length":
+                summary.cl = value
+                summary.cl_count += 1
                 append(b"Content-Length: " + value + b"\r\n")
             elif lname == b"transfer-encoding":
                 chunked = True
-                te_value = value
+                summary.te = value
+                summary.te_count += 1
             elif lname == _XFF:
                 xff += value + b", "
             elif lname == _REQUEST_ID:
@@ -597,7 +664,24 @@ class ClientConnection(asyncio.Protocol):
                 conn_value = conn_value + b"," + value if conn_value else value
             elif lname == b"upgrade":
                 upgrade_value = value
+            elif lname == b"content_length" or lname == b"transfer_encoding":
+                summary.alias = name
             # other hop-by-hop headers and our own X-Forwarded-Proto/-Port: dropped
+        verdict = check_head(method, url, parser.get_http_version(), summary, limits)
+        if not verdict.ok:
+            # Refused before anything is forwarded; the parser is stopped here, so no byte
+            # of this request (or any after it) reaches a target. Answered, then closed.
+            self._reject = verdict.status
+            log.debug("refused request from %s: %d %s", self._peer_ip.decode(), verdict.status, verdict.reason)
+            raise _Refused(verdict.reason)
+        if verdict.target is not url:  # absolute-form: forwarded in origin-form, Host from its authority
+            url = verdict.target
+            host = verdict.host or b""
+            lines[0] = method + b" " + url + b" HTTP/1.1\r\n"
+            if host_line:
+                lines[host_line] = b"Host: " + host + b"\r\n"
+            else:
+                append(b"Host: " + host + b"\r\n")
         if conn_value and conn_value.lower() not in _CONNECTION_TOKENS:
             named = {t.strip().lower() for t in conn_value.split(b",")} - _CONNECTION_TOKENS
             if named:  # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
@@ -609,9 +693,7 @@ class ClientConnection(asyncio.Protocol):
         if upgrade:
             append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
         if chunked:
-            # llhttp accepts a request only when chunked is its last coding: keep the others
-            append(b"Transfer-Encoding: chunked\r\n" if te_value.lower() == b"chunked"
-                   else b"Transfer-Encoding: " + te_value + b"\r\n")
+            append(b"Transfer-Encoding: chunked\r\n")  # the verdict allows exactly chunked only
         if not rid:
             rid = _ID_PREFIX + b"-%x" % next(_ids)
             append(b"X-Request-Id: " + rid + b"\r\n")
@@ -625,10 +707,11 @@ class ClientConnection(asyncio.Protocol):
             ex.idempotent = is_idempotent(method, idem_key)
         if listener.settings.request_timeout:
             ex.started = asyncio.get_running_loop().time()
-        if too_big:
-            ex.local = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n"
-            ex.local_body = b"Request Header Fields Too Large\n"
-            ex.keep_alive = False
+        rate = listener.rate
+        if rate is not None and not rate.allow(self._peer_ip.decode(), listener.tick):
+            listener.counters.rate_limited += 1
+            ex.local = _TOO_MANY_HEAD
+            ex.local_body = b"Too Many Requests\n"
         elif method == b"CONNECT":
             ex.local = _NOT_IMPLEMENTED_HEAD
             ex.local_body = b"Not Implemented\n"
@@ -645,8 +728,13 @@ class ClientConnection(asyncio.Protocol):
         self._parsing = ex
         listener.counters.requests += 1
         self._exchanges.append(ex)
+        if chunked and not expect and not upgrade and ex.local is None:
+            # Hold the head until the body has been parsed (whole, or DEFER_LIMIT of it), so that a
+            # request whose chunked framing turns out invalid never reaches a target at all.
+            ex.deferred = True
         if len(self._exchanges) == 1:
-            self._dispatch(ex)
+            if not ex.deferred:
+                self._dispatch(ex)
         else:
             self._pause(_P_PIPELINE)
 
@@ -706,9 +794,30 @@ class ClientConnection(asyncio.Protocol):
         ex = self._parsing
         if ex is None or not body:
             return
+        max_body = self._listener.settings.limits.max_body
+        if max_body is not None:
+            ex.received += len(body)
+            if ex.received > max_body:
+                self._refuse_body(ex)
         if ex.chunked:
             body = b"%x\r\n%s\r\n" % (len(body), body)
         self._send_body(ex, body)
+
+    def _refuse_body(self, ex: Exchange) -> None:
+        """A body went over ``limits.max_body`` (a chunked one; a declared length was refused at once)."""
+        self._listener.counters.rejected += 1
+        if ex.response_started or not self._exchanges or self._exchanges[0] is not ex:
+            self._reject = 413  # answered after what is in flight, or closed mid-response
+            raise _Refused("body too large")
+        self._release_attempt(ex, reusable=False)  # the target got part of it: that connection goes
+        ex.keep_alive = False
+        ex.request_done = True
+        ex.local = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\n"
+        ex.local_body = b"Content Too Large\n"
+        self._parsing = None
+        self._reply_local(ex)
+        self._reject = -1  # answered already
+        raise _Refused("body too large")
 
     def on_message_complete(self) -> None:
         ex = self._parsing
@@ -724,6 +833,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.chunked:
             self._send_body(ex, b"0\r\n\r\n")
+        if ex.deferred:
+            self._undefer(ex)
         if ex.body_size:
             conn = ex.conn
             if conn is not None and conn.ready and not ex.upgrade:
@@ -749,8 +860,15 @@ class ClientConnection(asyncio.Protocol):
         else:
             ex.body.append(data)
             ex.buffered += len(data)
-            if ex.buffered > BUFFER_LIMIT:
+            if ex.deferred and ex.buffered >= DEFER_LIMIT:
+                self._undefer(ex)  # a large upload: validated so far, streamed from here
+            elif ex.buffered > BUFFER_LIMIT:
                 self._pause(_P_BUFFER)
+
+    def _undefer(self, ex: Exchange) -> None:
+        ex.deferred = False
+        if self._exchanges and self._exchanges[0] is ex:
+            self._dispatch(ex)
 
     def _tunnel_in(self, data: bytes) -> None:
         """Bytes after an upgrade request: to the target as they come."""
@@ -1028,6 +1146,11 @@ class ClientConnection(asyncio.Protocol):
         if self._exchanges and self._exchanges[0] is ex:
             self._exchanges.popleft()
         self.last_active = self._listener.tick
+        if self._error_after:
+            self._transport.write(_status_reply(self._error_after))  # for a refused pipelined request
+            self._error_after = 0
+            self._linger()
+            return
         if not ex.keep_alive or self._closing:
             self._closing = True
             self._transport.close()
@@ -1036,7 +1159,8 @@ class ClientConnection(asyncio.Protocol):
             nxt = self._exchanges[0]
             if len(self._exchanges) == 1 and self._paused:
                 self._resume(_P_PIPELINE)
-            self._dispatch(nxt)
+            if not nxt.deferred:
+                self._dispatch(nxt)
         elif self._paused:
             self._resume(_P_PIPELINE)
 
@@ -1097,19 +1221,47 @@ class ClientConnection(asyncio.Protocol):
     def _fail_protocol(self, status: int) -> None:
         """Unparseable input: answer ``status`` (after what is in flight) and close."""
         self._pause(_P_PIPELINE)
+        broken = self._parsing  # the error is inside this request's body: it can never complete
         self._parsing = None
         pending = [ex for ex in self._exchanges if not ex.done]
+        if broken is not None and broken in pending:
+            if broken.response_started:
+                self._release_attempt(broken, reusable=False)
+                broken.done = True
+                self.abort()
+                return
+            self._release_attempt(broken, reusable=False)  # a target got part of it: that connection goes
+            broken.done = True
+            pending.remove(broken)
+            self._exchanges = deque(pending)
         if not pending:
             self.flush()
             self._transport.write(_status_reply(status))
-            self._closing = True
-            self._transport.close()
+            self._linger()
         else:
             for ex in pending[1:]:
                 ex.done = True
             del pending[1:]
             self._exchanges = deque(pending)
             pending[0].keep_alive = False
+            self._error_after = status
+
+    def _linger(self) -> None:
+        """Close after an error reply without losing it: stop sending, read and drop what the client
+        is still sending for a moment (closing with unread input would send a reset, and the client
+        might never read the reply), then close."""
+        self._closing = True
+        self._lingering = True  # later bytes are dropped unparsed
+        t = self._transport
+        if self._paused:
+            self._paused = 0
+            t.resume_reading()
+        try:
+            t.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            t.close()
+            return
+        asyncio.get_running_loop().call_later(LINGER, t.abort)
 
     # ------------------------------------------------------------------ flow control & timeouts
 
@@ -1191,6 +1343,9 @@ _REDIRECT_REASONS = {
     308: b"Permanent Redirect",
 }
 _NOT_IMPLEMENTED_HEAD = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n"
+_TOO_MANY_HEAD = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nRetry-After: 1\r\n"
+)
 
 
 def _host_only(host: bytes) -> bytes:
@@ -1321,6 +1476,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _BadHead):
                 self._protocol_error("bad header line ends")
+            elif isinstance(exc.__context__, _BadFraming):
+                self._protocol_error("Transfer-Encoding other than chunked")
             elif isinstance(exc.__context__, _HeadDone):
                 if self._retry_status:
                     self._retry_status = False
@@ -1468,6 +1625,10 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadDone
         has_cl = b"\r\ncontent-length:" in lower
         has_te = b"\r\ntransfer-encoding:" in lower
+        if has_te:
+            m = _TE_VALUE.search(lower)
+            if m is None or m.group(1).strip() != b"chunked":
+                raise _BadFraming  # another coding (gzip, ...) would reach the client mislabelled
         # ambiguous framing (both): never reuse this connection
         self.keep_alive = parser.should_keep_alive() and not (has_te and has_cl)
         self._chunk_out = client.response_head(ex, status, head, lower)
@@ -1508,6 +1669,14 @@ class _HeadDone(Exception):
     """Raised from a parser callback to stop parsing after a body-less response head."""
 
 
+class _BadFraming(Exception):
+    """Raised from a parser callback when a response's framing is not one fivenines forwards."""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the framing rules refuse."""
+
+
 class _BadHead(Exception):
     """Raised from a parser callback when the head cannot be found in the bytes received."""
 
@@ -1518,6 +1687,7 @@ _HOP_LINE = re.compile(
     re.IGNORECASE,
 )
 _RARE_HOP = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
+_TE_VALUE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 _CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
 _UPGRADE_VALUE = re.compile(rb"\r\nupgrade[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fivenines.core.balance import key_hash
+from fivenines.core.limits import Admission
 from fivenines.core.retry import Failure, Verdict
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import Counters, ProxySettings
@@ -44,6 +45,7 @@ class TcpListener:
         self.port = port
         self.settings = settings or ProxySettings()
         self.counters = Counters()
+        self.admission = Admission(self.settings.max_connections, self.settings.max_connections_per_ip)
         self.clients: set[TcpClient] = set()
         self.server: asyncio.Server | None = None
         self.tick = 0.0
@@ -162,8 +164,13 @@ class TcpClient(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0].encode() if peer else b""
         listener = self._listener
-        listener.clients.add(self)
         listener.counters.connections += 1
+        if not listener.admission.admit(self._peer_ip.decode()):
+            listener.counters.refused += 1  # over max_connections (per listener or per IP): refused
+            self._closed = True
+            transport.close()
+            return
+        listener.clients.add(self)
         self.last_active = listener.tick
         self.group = listener.group_for()
         self._try_next(None)
@@ -263,6 +270,7 @@ class TcpClient(asyncio.Protocol):
             return
         self._closed = True
         listener = self._listener
+        listener.admission.release(self._peer_ip.decode())
         listener.clients.discard(self)
         if not listener.clients:
             listener.no_clients.set()

@@ -58,7 +58,7 @@ def make_listener(ls: ListenerSpec, groups: Mapping[str, BackendGroup],
                   settings: ProxySettings | None = None) -> AnyListener:
     """An unstarted listener for ``ls`` over ``groups`` (rules compiled here, once)."""
     default = groups[ls.default_target_group]
-    s = settings or ProxySettings.from_spec(ls.timeouts)
+    s = settings or ProxySettings.from_spec(ls.timeouts, ls.limits)
 
     def group_for() -> BackendGroup:
         return default

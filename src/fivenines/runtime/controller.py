@@ -227,7 +227,8 @@ class Controller:
         self._wall_offset = time.time() - loop.time()
         self.started_at = loop.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
+        os.chmod(self.state_dir / "logs", 0o700)
         self._build_groups()
         from fivenines.admin.metrics import Metrics
         from fivenines.admin.server import AdminServer
@@ -270,11 +271,18 @@ class Controller:
         """New requests on ``listener`` follow ``ls`` (default group, rules, timeouts) from now on;
         requests in flight finish where they are."""
         fresh = self.make_listener(ls)
+        old_settings = listener.settings
         listener.group_for = fresh.group_for
         listener.settings = fresh.settings
         for attr in ("router", "groups"):
             if hasattr(fresh, attr):
                 setattr(listener, attr, getattr(fresh, attr))
+        admission = getattr(listener, "admission", None)
+        if admission is not None:  # new limits; the connections open now stay counted
+            admission.max_total = fresh.admission.max_total
+            admission.max_per_ip = fresh.admission.max_per_ip
+        if hasattr(listener, "rate") and getattr(old_settings, "rate_limit", None) != fresh.settings.rate_limit:
+            listener.rate = fresh.rate
 
     def launch_target(self, t: TargetRuntime) -> None:
         """Start the target's instance (if supervised) and its health checks."""
@@ -633,6 +641,9 @@ class Controller:
                 "redirects": c.redirects,
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
+                "rejected": c.rejected,
+                "refused_connections": c.refused,
+                "rate_limited": c.rate_limited,
             })
         groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
@@ -757,8 +768,9 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
     import json
 
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only, like every file we write
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
     tmp.replace(path)
 
 

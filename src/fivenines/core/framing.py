@@ -1,0 +1,211 @@
+"""Strict, unambiguous HTTP/1.1 request framing. Pure: bytes in, a verdict out.
+
+The parser (llhttp, through httptools) already rejects most malformed input: both
+``Content-Length`` and ``Transfer-Encoding``, duplicate or non-numeric
+``Content-Length``, bad chunk sizes and extensions, invalid header names and
+values (spaces, control characters, NUL), obsolete line folding, bare CR or LF,
+invalid methods and targets. This module closes what it lets through, so that
+fivenines and the target can never disagree on where a request ends or what it
+asks for (request smuggling):
+
+* ``Transfer-Encoding`` must be exactly ``chunked`` (any case, surrounding
+  spaces): no other coding, no list (``gzip, chunked``), and none at all in an
+  HTTP/1.0 request (RFC 9112 §6.1: the framing is faulty);
+* ``Content_Length`` and ``Transfer_Encoding`` spellings that some
+  servers (CGI-style) read as the real header are rejected;
+* the version must be HTTP/1.0 or HTTP/1.1 (not 0.9, not 2.0 on an HTTP/1 line);
+* an HTTP/1.1 request has exactly one ``Host`` (RFC 9112 §3.2), and its value is
+  a valid authority;
+* the target is origin-form (``/path?query``), ``*`` for OPTIONS only, or
+  absolute-form, which is normalised to origin-form with ``Host`` taken from it
+  (RFC 9112 §3.2.2);
+* header count and sizes stay within the listener's limits (431), the request
+  line within its limit (414), a declared body within its limit (413).
+
+The verdict says what to forward: one framing (``Content-Length`` *or*
+``chunked``), and headers in canonical form.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]{0,5})?$")
+# Names some servers read as framing headers (CGI-style: ``_`` for ``-``): ambiguous, rejected.
+_ALIASES = frozenset({b"content_length", b"transfer_encoding"})
+_ABSOLUTE = re.compile(rb"^[hH][tT][tT][pP][sS]?://([^/?#]*)([^#]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits of a listener (defaults are safe for most services)."""
+
+    max_request_line: int = 8192
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    max_body: int | None = None  # None: no limit on the body size
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``status`` 0: forward it, with ``target`` and ``host`` (may be rewritten). Otherwise answer ``status``."""
+
+    status: int
+    reason: str = ""
+    target: bytes = b""
+    host: bytes | None = None
+    chunked: bool = False
+    content_length: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def reject(status: int, reason: str) -> Verdict:
+    return Verdict(status, reason)
+
+
+def check_request(
+    method: bytes,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    limits: Limits = Limits(),
+) -> Verdict:
+    """Decide whether a parsed request head may be forwarded.
+
+    >>> check_request(b"GET", b"/", "1.1", [(b"Host", b"example.com")]).ok
+    True
+    >>> check_request(b"POST", b"/", "1.1", [(b"Host", b"x"), (b"Transfer-Encoding", b"gzip, chunked")]).reason
+    'Transfer-Encoding must be exactly chunked'
+    >>> check_request(b"GET", b"http://a.example/x?y", "1.1", [(b"Host", b"b")]).host
+    b'a.example'
+    """
+    h = HeadSummary()
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            return reject(400, "invalid header name")
+        h.add(name.lower(), name, value)
+    return check_head(method, target, version, h, limits)
+
+
+class HeadSummary:
+    """What the framing verdict needs from a request's header fields, gathered in one pass."""
+
+    __slots__ = ("alias", "bytes", "cl", "cl_count", "count", "host", "host_count", "te", "te_count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self.host: bytes | None = None
+        self.host_count = 0
+        self.te = b""
+        self.te_count = 0
+        self.cl = b""
+        self.cl_count = 0
+        self.alias: bytes | None = None
+
+    def add(self, lname: bytes, name: bytes, value: bytes) -> None:
+        """Count one field (``lname`` is its lower-cased name)."""
+        self.count += 1
+        self.bytes += len(name) + len(value) + 4
+        if lname == b"host":
+            self.host = value
+            self.host_count += 1
+        elif lname == b"transfer-encoding":
+            self.te = value
+            self.te_count += 1
+        elif lname == b"content-length":
+            self.cl = value
+            self.cl_count += 1
+        elif lname in _ALIASES:
+            self.alias = name
+
+
+def check_head(method: bytes, target: bytes, version: str, h: HeadSummary, limits: Limits = Limits()) -> Verdict:
+    """The verdict on a request head summarised by ``h`` (see :func:`check_request`)."""
+    if version != "1.1" and version != "1.0":
+        return reject(400, f"unsupported HTTP version {version}")
+    if len(method) + len(target) + 10 > limits.max_request_line:
+        return reject(414, "request line too long")
+    if h.count > limits.max_headers:
+        return reject(431, f"more than {limits.max_headers} header fields")
+    if h.bytes > limits.max_header_bytes:
+        return reject(431, "request header fields too large")
+    if h.alias is not None:
+        return reject(400, f"ambiguous header name {h.alias.decode('latin-1')}")
+    chunked = False
+    length: int | None = None
+    if h.te_count:
+        if h.te_count > 1:
+            return reject(400, "more than one Transfer-Encoding")
+        if version == "1.0":
+            return reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if h.te.strip().lower() != b"chunked":
+            return reject(400, "Transfer-Encoding must be exactly chunked")
+        if h.cl_count:
+            return reject(400, "both Content-Length and Transfer-Encoding")
+        chunked = True
+    elif h.cl_count:
+        if h.cl_count > 1:
+            return reject(400, "more than one Content-Length")
+        if not h.cl.isdigit():
+            return reject(400, "invalid Content-Length")
+        length = int(h.cl)
+        if limits.max_body is not None and length > limits.max_body:
+            return reject(413, f"body over {limits.max_body} bytes")
+    host = h.host
+    if h.host_count > 1:
+        return reject(400, "more than one Host")
+    if version == "1.1" and host is None:
+        return reject(400, "missing Host")
+    if host is not None and not _HOST.match(host):
+        return reject(400, "invalid Host")
+    if target[:1] == b"/" or method == b"CONNECT":  # CONNECT (authority-form) is answered 501 by the proxy
+        return Verdict(0, "", target, host, chunked, length)
+    if target == b"*":
+        if method != b"OPTIONS":
+            return reject(400, "asterisk target is for OPTIONS only")
+        return Verdict(0, "", target, host, chunked, length)
+    m = _ABSOLUTE.match(target)
+    if m is None:
+        return reject(400, "invalid request target")
+    authority, rest = m.group(1), m.group(2) or b"/"
+    if b"@" in authority or not _HOST.match(authority) or not authority:
+        return reject(400, "invalid authority in request target")
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return Verdict(0, "", rest, authority, chunked, length)
+
+
+def check_response(status: int, headers: list[tuple[bytes, bytes]]) -> tuple[bool, str]:
+    """Is a response head's framing unambiguous? (False: answer 502, never reuse the connection.)
+
+    >>> check_response(200, [(b"Content-Length", b"3"), (b"Content-Length", b"4")])
+    (False, 'conflicting Content-Length')
+    """
+    te: bytes | None = None
+    cls: set[bytes] = set()
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            return False, "invalid header name"
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            if te is not None:
+                return False, "more than one Transfer-Encoding"
+            te = value
+        elif lname == b"content-length":
+            if not value.strip().isdigit():
+                return False, "invalid Content-Length"
+            cls.add(value.strip())
+    if len(cls) > 1:
+        return False, "conflicting Content-Length"
+    if te is not None:
+        if te.strip().lower() != b"chunked":
+            return False, "Transfer-Encoding must be exactly chunked"
+        if cls:
+            return False, "both Content-Length and Transfer-Encoding"
+    return True, ""
