@@ -251,6 +251,8 @@ def render_status(status: dict[str, Any]) -> Table:
             if t.get("replication"):  # a replicated store: primary / replica, and its position
                 r = t["replication"]
                 role = r["role"] + (f" @{r['position']}" if r.get("position") is not None else "")
+            if t.get("excluded") and inst.get("state") != "crash_loop":
+                reason = t["excluded"]
             table.add_row(
                 gname,
                 t["id"],
@@ -278,6 +280,13 @@ def _print_status(data: dict[str, Any]) -> None:
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
             f"{lst['requests']} requests, {lst['failed']} failed, {lst['retries']} retried"
         )
+    for gname, g in data.get("target_groups", {}).items():
+        fo = g.get("fail_open") or {}
+        if fo.get("in_force"):
+            out.print(f"[red]{gname}: no target can serve: fail-open {fo['policy']} in force[/]", markup=True)
+        ro = g.get("rollout") or {}
+        if ro.get("state") == "running":
+            out.print(f"{gname}: rolling restart at {ro.get('target')}: {ro.get('steps')}")
     for t in (t for g in data.get("target_groups", {}).values() for t in g["targets"]):
         inst = t.get("instance") or {}
         if inst.get("state") == "crash_loop" and inst.get("stderr_tail"):
@@ -499,6 +508,67 @@ def _token_for(spec_file: str | None, token_file: str | None) -> str:
         err.print(f"[bold red]error[/]: {path} is not an admin token file (one line, no spaces)", markup=True)
         sys.exit(EXIT_USAGE)
     return token
+
+
+def _post_json(url: str, token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except ValueError:
+            return exc.code, {"error": str(exc)}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        err.print(f"[bold red]error[/]: cannot reach fivenines at {url}: {reason}", markup=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="The spec (admin address, token).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Admin token file (default: from the spec).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the restart until it ends.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to follow it at most.")
+def restart(group: str, admin: str | None, spec_file: str | None, token_file: str | None, wait: bool,
+            timeout: float) -> None:
+    """Rolling restart of GROUP's instances, one at a time, without failing a request.
+
+    Each instance is deregistered (a standby takes over), drained, stopped,
+    started, and must pass its health checks before the next one is taken out.
+    Exits 0 when every instance was restarted, 1 when the restart stopped.
+    """
+    import time
+    from urllib.parse import quote
+
+    base = _admin_url(admin, spec_file)
+    code, body = _post_json(f"{base}/target_groups/{quote(group)}/restart", _token_for(spec_file, token_file))
+    if code != 202:
+        err.print(f"[bold red]error[/]: {body.get('error', body)}", markup=True)
+        sys.exit(1)
+    order = body["rollout"]["steps"]
+    out.print(f"rolling restart of {group}: {', '.join(order)}")
+    if not wait:
+        return
+    printed = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        ro = _get_json(f"{base}/status")["target_groups"][group].get("rollout") or {}
+        lines, total = ro.get("log", []), int(ro.get("log_total", 0))
+        new = min(len(lines), total - printed)  # status keeps the last entries only
+        for line in lines[len(lines) - new:] if new > 0 else []:
+            out.print(f"  {line}", markup=False)
+        printed = total
+        if ro.get("state") in ("done", "failed"):
+            out.print(f"{group}: {ro.get('outcome')} in {ro.get('elapsed_s')}s")
+            sys.exit(0 if ro["state"] == "done" else 1)
+        if time.monotonic() > deadline:
+            err.print(f"[bold red]error[/]: still running after {timeout:g}s: {ro.get('steps')}", markup=True)
+            sys.exit(1)
+        time.sleep(0.2)
 
 
 @main.command()

@@ -8,6 +8,7 @@ request, for demonstrations and tests:
 * ``/_hang``    → stops answering anything (``?s=N``: for N seconds only);
 * ``/_slow?ms=N`` → every request is delayed N ms until ``/_recover``;
 * ``/_recover`` → back to normal;
+* ``/_agent``   → the agent line it reports (``up``; ``/_agent?say=drain`` changes it);
 * ``/_echo``    → the request as JSON (method, path, headers, body length).
 """
 
@@ -31,6 +32,7 @@ class DemoApp:
         self.slow_ms = 0
         self.hang_until: float | None = None  # loop time; inf = for ever
         self.requests = 0
+        self.agent = "up"
         self._recovered = asyncio.Event()
 
     async def handle(self, req: Request) -> Response:
@@ -71,6 +73,9 @@ class DemoApp:
         elif path == "/_hang":
             secs = req.query.get("s")
             self.hang_until = loop.time() + float(secs) if secs else float("inf")
+        elif path == "/_agent":
+            self.agent = req.query.get("say", self.agent)
+            return Response.text(f"{self.agent}\n")
         elif path == "/_echo":
             return Response.json(
                 {

@@ -171,8 +171,35 @@ class AdminSpec(_Strict):
         return v
 
 
+class DetectorSpec(_Strict):
+    """How check results become a verdict: consecutive counting, or phi accrual on heartbeats."""
+
+    kind: Literal["threshold", "phi_accrual"] = Field(
+        "threshold", description="threshold: unhealthy_threshold failed checks in a row; phi_accrual: suspicion from heartbeat timing."
+    )
+    phi_threshold: float = Field(8.0, gt=0, le=100, description="phi_accrual: suspect the target when phi reaches this.")
+    window: int = Field(100, ge=2, le=10000, description="phi_accrual: heartbeat intervals remembered.")
+    min_std_dev: Duration | None = Field(None, description="phi_accrual: floor of the interval spread (default: interval / 10).")
+    acceptable_pause: Duration = Field(0.0, description="phi_accrual: added to the expected interval before suspecting.")
+
+
+class AgentCheckSpec(_Strict):
+    """The target reports its own state (HAProxy agent-check words): one line such as `75%`, `drain`, `up`, `down`.
+
+    Give `port` for a HAProxy-style TCP agent on the target's host, or `path` to GET it
+    over HTTP from the target's traffic port (the first line of the body).
+    """
+
+    port: int | None = Field(None, ge=1, le=65535, description="TCP port of the agent on the target's host.")
+    path: str | None = Field(None, description="Or: HTTP path on the target that answers the agent line.")
+    interval: Duration = Field(2.0, description="Time between agent queries.")
+    send: str = Field("", description="TCP agent: text sent before reading the reply (a newline is added).")
+
+
 class HealthCheckSpec(_Strict):
-    protocol: Literal["http", "tcp"] = Field("http", description="http: GET path and match status; tcp: connect.")
+    protocol: Literal["http", "tcp", "command"] = Field(
+        "http", description="http: request path and match status; tcp: connect; command: run it, exit status 0 passes."
+    )
     path: str = Field("/health", description="Request path of HTTP checks.")
     port: int | None = Field(None, ge=1, le=65535, description="Check this port instead of the traffic port.")
     interval: Duration = Field(1.0, description="Time between checks of one target.")
@@ -180,6 +207,14 @@ class HealthCheckSpec(_Strict):
     healthy_threshold: int = Field(2, ge=1, le=10, description="Consecutive passes to become healthy.")
     unhealthy_threshold: int = Field(2, ge=1, le=10, description="Consecutive failures to become unhealthy.")
     matcher: str = Field("200-399", description="Status codes that pass: 200, 200,302 or 200-399.")
+    method: Literal["GET", "HEAD", "OPTIONS", "POST"] = Field("GET", description="Method of HTTP checks.")
+    expect_body: str | None = Field(None, description="HTTP checks pass only when the body contains this text.")
+    command: list[str] | None = Field(
+        None, description="protocol command: argv run per check; {host}, {port}, {id} are substituted."
+    )
+    agent: AgentCheckSpec | None = Field(None, description="Optional agent the target reports its weight or drain through.")
+    detector: DetectorSpec = Field(default_factory=DetectorSpec)
+    startup_grace: Duration = Field(0.0, description="Failed checks of a just-started instance do not count for this long.")
 
     @field_validator("path")
     @classmethod
@@ -225,6 +260,13 @@ class RestartSpec(_Strict):
     jitter: float = Field(0.2, ge=0.0, le=1.0, description="Random spread of each delay, as a fraction.")
     stable_after: Duration = Field(10.0, description="Uptime after which the backoff resets.")
     crash_loop_after: int = Field(5, ge=1, description="Consecutive short-lived runs that mark a crash loop.")
+
+
+class LogsSpec(_Strict):
+    """stdout/stderr files of each instance, rotated by size."""
+
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate a log file when it would grow past this many bytes.")
+    keep: int = Field(3, ge=0, le=100, description="Rotated files kept (ID.err.log.1 ... .N).")
 
 
 # ---- reliability and SLO: inputs of `fivenines model` (fivenines.model.layout), nothing else reads them
@@ -342,6 +384,7 @@ class InstancesSpec(_Strict):
     shell: bool = Field(False, description="Run command through /bin/sh. Off unless written explicitly.")
     stop_timeout: Duration = Field(5.0, description="Time between SIGTERM and SIGKILL when stopping.")
     restart: RestartSpec = Field(default_factory=RestartSpec)
+    logs: LogsSpec = Field(default_factory=lambda: LogsSpec())
 
     @field_validator("command")
     @classmethod
@@ -404,6 +447,41 @@ class RetriesSpec(_Strict):
     attempts: int = Field(2, ge=1, le=5, description="Tries in all, the first included.")
     per_try_timeout: Duration | None = Field(None, description="No response head within this: the try failed.")
     budget_percent: float = Field(20.0, ge=0, le=100, description="Retries at most this share of requests (per group).")
+
+
+class LatencyOutlierSpec(_Strict):
+    """Eject a target whose recent latency is far above its peers'."""
+
+    factor: float = Field(5.0, gt=1, le=1000, description="Eject when its p90 exceeds this times the median of its peers' medians.")
+    min_latency: Duration = Field(0.1, description="... and its p90 exceeds this (fast enough is fast enough).")
+    window: Duration = Field(10.0, description="Latency samples younger than this are compared.")
+    min_requests: int = Field(20, ge=1, le=100000, description="Samples a target needs in the window to be judged.")
+
+
+class OutlierDetectionSpec(_Strict):
+    """Passive health: outcomes of real traffic eject a target before any check notices."""
+
+    enabled: bool = Field(True, description="Eject targets on the evidence of real traffic.")
+    consecutive_errors: int = Field(1, ge=0, le=1000, description="Connect errors, resets or per-try timeouts in a row that eject (0: never).")
+    consecutive_5xx: int = Field(3, ge=0, le=1000, description="5xx answers in a row that eject (0: never).")
+    base_ejection_time: Duration = Field(10.0, description="The n-th ejection in a row lasts n times this ...")
+    max_ejection_time: Duration = Field(300.0, description="... but at most this.")
+    max_ejection_percent: float = Field(50.0, ge=0, le=100, description="At most this share of the group is ejected at once (at least one).")
+    latency: LatencyOutlierSpec | None = Field(default_factory=LatencyOutlierSpec, description="Latency outlier ejection (null: off).")
+
+
+class FailoverSpec(_Strict):
+    """Hysteresis of N+M roles: no flapping between a recovered target and the standby that replaced it."""
+
+    hold_time: Duration = Field(30.0, description="A recovered home target is reinstated (its standby demoted back) after being healthy this long.")
+    flap_window: Duration = Field(300.0, description="Losses of a target within this window count as flaps ...")
+    max_hold_down: Duration = Field(300.0, description="... each doubling its hold time, up to this.")
+
+
+class HedgingSpec(_Strict):
+    """Send a second copy of an idempotent request to another target after a delay; the first answer wins."""
+
+    delay: Duration = Field(description="Send the hedge when no response head arrived within this.")
 
 
 # --------------------------------------------------------------------------- replicated stores
@@ -485,6 +563,12 @@ class TargetGroupSpec(_Strict):
     stickiness: StickinessSpec | None = Field(None, description="Optional load-balancer cookie stickiness.")
     deregistration_delay: Duration = Field(30.0, description="Longest a draining target may finish in-flight requests.")
     slow_start: Duration = Field(0.0, description="Ramp a joining target's share linearly over this time (0: off).")
+    outlier_detection: OutlierDetectionSpec = Field(default_factory=OutlierDetectionSpec)
+    failover: FailoverSpec = Field(default_factory=FailoverSpec)
+    fail_open: Literal["route_all", "reject"] = Field(
+        "route_all", description="No target healthy: route to all that failed checks (as ELB), or reject with 503 + Retry-After."
+    )
+    hedging: HedgingSpec | None = Field(None, description="Optional hedged requests (idempotent requests only).")
     replicated: ReplicatedSpec | None = Field(None, description="A replicated store: one primary, replicas, failover.")
     reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
 
@@ -800,7 +884,45 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
                         f"range {inst.ports} has {rng[1] - rng[0] + 1} ports but count + standby = {inst.total}",
                     )
                 )
+    errors.extend(_failover_errors(spec))
     errors.extend(replicated_errors(spec))
+    return errors
+
+
+def _failover_errors(spec: Spec) -> list[FieldError]:
+    """Cross-field checks of health checks, detectors and hedging."""
+    errors: list[FieldError] = []
+    for name, tg in spec.target_groups.items():
+        hc = tg.health_check
+        path = f"target_groups.{name}.health_check"
+        if hc.protocol == "command" and not hc.command:
+            errors.append(FieldError(f"{path}.command", "protocol command needs command: an argv list, e.g. [./check.sh, '{port}']"))
+        if hc.protocol != "command" and hc.command is not None:
+            errors.append(FieldError(f"{path}.command", f"only used with protocol command (protocol is {hc.protocol})"))
+        if hc.protocol != "http" and (hc.expect_body is not None or hc.method != "GET"):
+            errors.append(FieldError(path, f"method and expect_body are for http checks (protocol is {hc.protocol})"))
+        if hc.detector.min_std_dev is not None and hc.detector.min_std_dev <= 0:
+            errors.append(FieldError(f"{path}.detector.min_std_dev", "must be greater than 0"))
+        if hc.agent is not None:
+            if hc.agent.interval <= 0:
+                errors.append(FieldError(f"{path}.agent.interval", "must be greater than 0"))
+            if (hc.agent.port is None) == (hc.agent.path is None):
+                errors.append(FieldError(f"{path}.agent", "give exactly one of port (TCP agent) or path (HTTP agent)"))
+            elif hc.agent.path is not None and not hc.agent.path.startswith("/"):
+                errors.append(FieldError(f"{path}.agent.path", f"{hc.agent.path!r} must start with /"))
+        od = tg.outlier_detection
+        if od.base_ejection_time <= 0:
+            errors.append(FieldError(f"target_groups.{name}.outlier_detection.base_ejection_time", "must be greater than 0"))
+        if od.max_ejection_time < od.base_ejection_time:
+            errors.append(FieldError(f"target_groups.{name}.outlier_detection.max_ejection_time",
+                                     f"must be at least base_ejection_time ({format_duration(od.base_ejection_time)})"))
+        if tg.hedging is not None:
+            hpath = f"target_groups.{name}.hedging.delay"
+            ptt = tg.retries.per_try_timeout
+            if tg.hedging.delay <= 0:
+                errors.append(FieldError(hpath, "must be greater than 0"))
+            elif ptt is not None and tg.hedging.delay >= ptt:
+                errors.append(FieldError(hpath, f"must be less than retries.per_try_timeout ({format_duration(ptt)})"))
     return errors
 
 

@@ -383,3 +383,31 @@ def test_changed_listener_limits_apply_to_new_connections_and_keep_the_open_ones
     wait_until(lambda: f.status()["listeners"][0]["connections_open"] == 0, 5, 0.02, what="connections closed")
     assert http_get(f.host, f.port, "/")[0] == 200  # under the limit again
     assert f.status()["listeners"][0]["refused_connections"] == 1
+
+
+def test_passive_detection_follows_the_targets_a_reload_added_and_removed(
+        run_fivenines: Any, demos: list[Demo], tmp_path: Path) -> None:
+    a, b, c = demos
+    od = {"consecutive_5xx": 3, "max_ejection_percent": 100}
+    spec = static_spec({"web": [a.address, b.address]}, outlier_detection=od)
+    spec["target_groups"]["web"]["health_check"]["matcher"] = "200-599"  # only passive detection ejects
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    for _ in range(4):
+        assert f.get("/")[0] == 200
+    spec2 = static_spec({"web": [b.address, c.address]}, outlier_detection=od)
+    spec2["state_dir"] = spec["state_dir"]
+    spec2["target_groups"]["web"]["health_check"]["matcher"] = "200-599"
+    write_spec(f.spec_path, spec2)
+    r = reload_cli(f, tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: [t["id"] for t in f.targets()] == ["web-2", "web-3"], 10, 0.05, what="web-1 removed")
+    c.get("/_fail")  # the target the reload added answers 500 from now on
+    for _ in range(12):
+        f.get("/")  # retried on web-2 (idempotent): the client sees 200s
+    ejections = [e for e in events(f) if e["kind"] == "ejection" and e["new"] == "ejected"]
+    assert [e["target"] for e in ejections] == ["web-3"], ejections
+    t = {x["id"]: x for x in f.targets()}
+    assert t["web-3"]["ejection"]["ejected"] and not t["web-2"]["ejection"]["ejected"]
+    assert t["web-2"]["ejection"]["consecutive_5xx"] == 0
+    assert {f.get("/")[1].split()[1] for _ in range(4)} == {b"demo-b"}

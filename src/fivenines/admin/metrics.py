@@ -150,7 +150,8 @@ class _Collector(Collector):
         ejections = CounterMetricFamily("fivenines_target_ejections", "Passive-detection ejections.", labels=lab)
         restarts = CounterMetricFamily("fivenines_target_restarts", "Restarts of the target's instance.", labels=lab)
         in_flight = GaugeMetricFamily("fivenines_target_in_flight_requests", "Requests in flight.", labels=lab)
-        weight = GaugeMetricFamily("fivenines_target_weight", "Balancing weight (0: no new requests).", labels=lab)
+        weight = GaugeMetricFamily("fivenines_target_weight",
+                                   "Balancing weight as the balancer uses it (0: no new requests).", labels=lab)
         serving = GaugeMetricFamily("fivenines_target_serving", "1 when the target gets new requests.", labels=lab)
         state = GaugeMetricFamily("fivenines_target_health_state", "1 for the target's current health state.",
                                   labels=[*lab, "state"])
@@ -172,7 +173,7 @@ class _Collector(Collector):
                 ejections.add_metric(name, self.m.ejections[(gname, t.id)])
                 restarts.add_metric(name, t.slot.lifecycle.restarts if t.slot is not None else 0)
                 in_flight.add_metric(name, b.in_flight)
-                weight.add_metric(name, t.weight)
+                weight.add_metric(name, t.backend.weight)
                 serving.add_metric(name, 1 if t.id in serving_ids else 0)
                 for s in HealthState:
                     state.add_metric([*name, s.value], 1 if t.health.state is s else 0)

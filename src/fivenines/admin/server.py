@@ -174,10 +174,15 @@ class AdminServer:
                 yield f"id: {ev.seq}\ndata: {data}\n\n".encode()
 
     async def _group_call(self, req: Request, path: str) -> Response:
-        """Replicated groups: ``POST /target_groups/G/switchover[?to=T]``, ``.../targets/T/cut_off``
-        (the token was checked by :meth:`handle`)."""
+        """``POST /target_groups/G/restart`` (a rolling restart); replicated groups:
+        ``POST /target_groups/G/switchover[?to=T]``, ``.../targets/T/cut_off``.
+        The token was checked by :meth:`handle`."""
         from fivenines.core.replication import ReplicationError
 
+        restart = re.fullmatch(r"/target_groups/([^/]+)/restart", path)
+        if restart is not None:  # a rolling restart (fivenines restart GROUP)
+            code, body = self.controller.restart_group(restart.group(1))
+            return Response.json(body, code)
         m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
         if m is None:
             return Response.json({"error": f"no such path {path}"}, 404)

@@ -9,7 +9,10 @@ backoff delay and starts it again:
 * a run that lasted ``stable_after`` or longer resets the count;
 * after ``crash_loop_after`` consecutive short runs the slot is in ``crash_loop``: it
   keeps restarting at the capped delay, and is shown as such with its last exit
-  code, so an operator sees it instead of a silent flapping process.
+  code, so an operator sees it instead of a silent flapping process;
+* for ``startup_grace`` seconds after a start, failed health checks do not count
+  (:meth:`InstanceLifecycle.in_startup_grace`): a slow starter is not judged
+  before it could answer; passed checks count at once.
 """
 
 from __future__ import annotations
@@ -138,6 +141,26 @@ class InstanceLifecycle:
             and self.started_at is not None
             and now - self.started_at >= self.policy.stable_after
         )
+
+    def in_startup_grace(self, now: float, grace: float) -> bool:
+        """True while the current run is younger than ``grace`` seconds.
+
+        >>> lc = InstanceLifecycle()
+        >>> lc.started(7, 100.0)
+        >>> lc.in_startup_grace(104.0, 5.0), lc.in_startup_grace(105.0, 5.0), lc.in_startup_grace(101.0, 0.0)
+        (True, False, False)
+        """
+        return (
+            grace > 0
+            and self.state is InstanceState.RUNNING
+            and self.started_at is not None
+            and now - self.started_at < grace
+        )
+
+    @property
+    def starts(self) -> int:
+        """How many times a process was started in this slot."""
+        return 0 if self.started_at is None else self.restarts + 1
 
     def mark_stable(self, now: float) -> bool:
         """Reset the failure count once the run is stable. Returns True when it did."""

@@ -18,6 +18,10 @@ The rules (``TargetGroupSpec.retries``: ``attempts``, ``per_try_timeout``,
 6. The group's :class:`RetryBudget` must allow it (rules 3 and 4 only): retries
    may add at most ``budget_percent`` of the group's requests, so a group whose
    targets all fail does not multiply its load (a retry storm).
+
+Hedging (:func:`may_hedge`): with ``hedging.delay``, an idempotent request still
+waiting for its response head after the delay is also sent to another target;
+the first response head wins and the other attempt is dropped.
 """
 
 from __future__ import annotations
@@ -133,6 +137,22 @@ class RetryPolicy:
             idempotent=idempotent,
             budget=budget,
         ).retry
+
+
+def may_hedge(*, idempotent: bool, replayable: bool, request_done: bool, upgrade: bool,
+              response_started: bool, waiting: bool) -> bool:
+    """Whether a second copy of a request may be sent to another target (hedging).
+
+    Only an idempotent request (a copy may run twice), whose whole body was read
+    and can be replayed, that is no protocol upgrade, whose attempt is still
+    waiting for a response head and of which nothing reached the client. The
+    retry budget is charged too (by the caller), so hedges cannot double the load.
+
+    >>> kw = dict(replayable=True, request_done=True, upgrade=False, response_started=False, waiting=True)
+    >>> may_hedge(idempotent=True, **kw), may_hedge(idempotent=False, **kw)
+    (True, False)
+    """
+    return idempotent and replayable and request_done and not upgrade and not response_started and waiting
 
 
 class RetryBudget:

@@ -52,6 +52,7 @@ class Backend:
         "id",
         "idle",
         "in_flight",
+        "index",
         "latency_counts",
         "latency_sum",
         "max_idle",
@@ -72,6 +73,7 @@ class Backend:
         self.weight = weight
         self.idle: list[PooledConnection] = []
         self.max_idle = max_idle
+        self.index = 0  # position in its group (set by BackendGroup.add): the passive detector's key
         self.in_flight = 0  # HTTP requests or TCP connections now on this target
         self.requests = 0  # attempts sent (HTTP) or connections opened (TCP)
         self.connections = 0  # upstream connections opened
@@ -186,7 +188,9 @@ class BackendGroup:
         "clock",
         "counters",
         "hash_on",
+        "hedge_delay",
         "name",
+        "observe",
         "observers",
         "retry",
         "serving",
@@ -219,6 +223,10 @@ class BackendGroup:
         self.clock = clock
         self.counters = GroupCounters()
         self.observers: list[Callable[[str, BackendGroup, Any], None]] = []
+        # The passive-outcome hook: (backend index, core.detect.Outcome, latency, now) of every
+        # attempt of a real request. Called on the hot path: it must be cheap and allocate nothing.
+        self.observe: Callable[[int, int, float, float], None] | None = None
+        self.hedge_delay: float | None = None  # hedging: send a copy after this (idempotent requests)
         self._by_token: dict[bytes, Backend] = {}
 
     @classmethod
@@ -237,7 +245,7 @@ class BackendGroup:
             else:
                 hash_on = ("uri", b"")
         r = spec.retries
-        return cls(
+        group = cls(
             name,
             spec.algorithm,
             slow_start=spec.slow_start,
@@ -247,9 +255,14 @@ class BackendGroup:
             hash_on=hash_on,
             clock=clock,
         )
+        hedging = getattr(spec, "hedging", None)
+        group.hedge_delay = hedging.delay if hedging is not None else None
+        return group
 
     def add(self, backend: Backend) -> Backend:
         backend.group = self.name
+        if backend.id not in self.backends:
+            backend.index = len(self.backends)
         self.backends[backend.id] = backend
         self._by_token[sticky_token(self.name, backend.id)] = backend
         return backend
@@ -274,13 +287,14 @@ class BackendGroup:
         return b
 
     def configure_like(self, other: BackendGroup) -> None:
-        """Take ``other``'s policies (balancer, retries and budget, stickiness, hashing), keeping
+        """Take ``other``'s policies (balancer, retries and budget, stickiness, hashing, hedging), keeping
         this group's backends, serving set and counters: a reload changed the group's settings."""
         self.balancer = other.balancer
         self.retry = other.retry
         self.budget = other.budget
         self.stickiness = other.stickiness
         self.hash_on = other.hash_on
+        self.hedge_delay = other.hedge_delay
         self.balancer.set_members(self.serving, self.clock())
 
     def set_draining(self, target_id: str, draining: bool) -> None:

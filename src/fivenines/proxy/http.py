@@ -45,15 +45,15 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from time import monotonic
 from typing import Any, Protocol
 
 import httptools
 
 from fivenines.core.balance import key_hash
+from fivenines.core.detect import Outcome
 from fivenines.core.framing import HeadSummary, Limits, check_head
 from fivenines.core.limits import Admission, RateLimiter
-from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent
+from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent, may_hedge
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
 
@@ -102,6 +102,18 @@ _REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+# core.detect.Outcome of a failed attempt (ints: the passive hook allocates nothing)
+_OUTCOME = {
+    Failure.CONNECT: int(Outcome.CONNECT),
+    Failure.CONNECT_TIMEOUT: int(Outcome.CONNECT),
+    Failure.RESET: int(Outcome.RESET),
+    Failure.PROTOCOL: int(Outcome.RESET),
+    Failure.TIMEOUT: int(Outcome.TIMEOUT),
+    Failure.STATUS: int(Outcome.HTTP_5XX),
+}
+
+_OK, _HTTP_5XX = int(Outcome.OK), int(Outcome.HTTP_5XX)
+
 _STATUS_FOR = {
     Failure.CONNECT: 502,
     Failure.CONNECT_TIMEOUT: 504,
@@ -171,8 +183,8 @@ class ProxySettings:
 class Counters:
     """Per-listener traffic counters (read by status and metrics)."""
 
-    __slots__ = ("connections", "failed", "fixed", "rate_limited", "redirects", "refused", "rejected", "requests",
-                 "responses", "retries", "upgrades")
+    __slots__ = ("connections", "failed", "fixed", "hedges", "rate_limited", "redirects", "refused", "rejected",
+                 "requests", "responses", "retries", "upgrades")
 
     def __init__(self) -> None:
         self.connections = 0
@@ -186,6 +198,7 @@ class Counters:
         self.rejected = 0  # requests refused by the framing rules and limits (4xx; never forwarded)
         self.refused = 0  # connections refused over max_connections / max_connections_per_ip
         self.rate_limited = 0  # requests answered 429
+        self.hedges = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -199,7 +212,6 @@ class Exchange:
     """One request and its response on a client connection."""
 
     __slots__ = (
-        "attempt_started",
         "attempts",
         "backend",
         "body",
@@ -215,6 +227,10 @@ class Exchange:
         "group_cookie",
         "head",
         "head_only",
+        "hedge",
+        "hedge_at",
+        "hedge_backend",
+        "hedge_sent_at",
         "idempotent",
         "keep_alive",
         "key",
@@ -227,6 +243,7 @@ class Exchange:
         "reply_when_read",
         "request_done",
         "response_started",
+        "sent_at",
         "started",
         "status",
         "sticky",
@@ -267,8 +284,13 @@ class Exchange:
         self.attempts = 0
         self.last_failure: Failure | None = None
         self.started = 0.0
+        self.sent_at = 0.0  # loop time the current attempt was sent (passive latency)
+        # hedging: a second attempt racing the first (only while no response head arrived)
+        self.hedge: UpstreamConnection | None = None
+        self.hedge_backend: Backend | None = None
+        self.hedge_at = 0.0  # when to send the hedge (0: none planned)
+        self.hedge_sent_at = 0.0
         self.done = False
-        self.attempt_started = 0.0  # monotonic time the current attempt was dispatched
         self.status = 0
 
 
@@ -299,8 +321,9 @@ class Listener:
         self.no_clients = asyncio.Event()  # set whenever the last client connection closes
         self.access_log: AccessLogSink | None = None  # None: no access log, and no cost
         # Attempts waiting for a response head, each with its deadline: checked by a timer
-        # (cheaper per request than a timer per attempt; fires up to a quarter late).
+        # (cheaper per request than a timer per attempt; fires up to a tenth late).
         self.waiting: set[UpstreamConnection] = set()
+        self.hedging: dict[Exchange, ClientConnection] = {}  # exchanges with a hedge planned at ex.hedge_at
         self.time: Callable[[], float] = lambda: 0.0
         s = self.settings
         self.admission = Admission(s.max_connections, s.max_connections_per_ip)
@@ -327,9 +350,10 @@ class Listener:
     def _watch_interval(self) -> float:
         ts = [self.settings.response_timeout]
         ts += [g.retry.per_try_timeout for g in self.all_groups() if g.retry.per_try_timeout]
+        ts += [g.hedge_delay for g in self.all_groups() if g.hedge_delay]
         if self.settings.retry is not None and self.settings.retry.per_try_timeout:
             ts.append(self.settings.retry.per_try_timeout)
-        return max(0.02, min(1.0, min(ts) / 4))
+        return max(0.02, min(1.0, min(ts) / 10))
 
     def _watch(self) -> None:
         """Per-try timeouts: attempts whose response head is late."""
@@ -337,6 +361,10 @@ class Listener:
         now = loop.time()
         for conn in [c for c in self.waiting if c.deadline <= now]:
             conn.timed_out()
+        if self.hedging:
+            for ex, client in [(e, c) for e, c in self.hedging.items() if e.hedge_at <= now]:
+                self.hedging.pop(ex, None)
+                client.fire_hedge(ex)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
 
     @property
@@ -373,6 +401,20 @@ class Listener:
 
     def in_flight(self) -> int:
         return sum(1 for c in self.clients if c.busy())
+
+    def rescue(self, backend: Backend) -> int:
+        """Give up now on the attempts waiting for ``backend``'s answer (it was just ejected as hung or
+        slow), as their per-try timeout would: idempotent ones are retried on another target at once;
+        the others keep waiting (trying them twice could do them twice). Returns how many."""
+        n = 0
+        for conn in [c for c in self.waiting if c.backend is backend]:
+            ex, client = conn.exchange, conn.client
+            if ex is not None and client is not None and ex.idempotent and not ex.response_started:
+                if client.attempt_lost(ex, conn, Failure.TIMEOUT):
+                    n += 1  # one of two racing attempts: the other carries on
+                else:
+                    n += client.rescue(ex, conn)
+        return n
 
     def cut(self, backend: Backend) -> int:
         """Abort every client exchange now on ``backend`` (a drained target's deadline). Returns how many."""
@@ -902,7 +944,7 @@ class ClientConnection(asyncio.Protocol):
             group.budget.deposit()
             group.counters.requests += 1
         ex.backend = backend
-        ex.attempt_started = monotonic()
+        ex.sent_at = self._listener.time()
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
@@ -936,6 +978,9 @@ class ClientConnection(asyncio.Protocol):
         if group is not None:
             timeout = group.retry.per_try_timeout
         conn.start(self, ex, reused, timeout or self._listener.settings.response_timeout)
+        if group is not None and group.hedge_delay and ex.idempotent and not ex.upgrade and ex.hedge_backend is None:
+            ex.hedge_at = ex.sent_at + group.hedge_delay
+            self._listener.hedging[ex] = self
         if ex.body:
             body, ex.body = ex.body, []
             ex.buffered = 0
@@ -947,6 +992,11 @@ class ClientConnection(asyncio.Protocol):
             conn.pause_reading()
 
     def _release_attempt(self, ex: Exchange, reusable: bool) -> None:
+        if ex.hedge_at:
+            ex.hedge_at = 0.0
+            self._listener.hedging.pop(ex, None)
+        if ex.hedge_backend is not None:
+            self._release_hedge(ex)
         backend, conn = ex.backend, ex.conn
         ex.conn = None
         if backend is not None:
@@ -977,8 +1027,13 @@ class ClientConnection(asyncio.Protocol):
             group.counters.budget_exhausted += 1
         return verdict
 
-    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None) -> None:
-        """An attempt failed before any response byte reached the client."""
+    def _attempt_failed(self, ex: Exchange, failure: Failure, detail: str, verdict: Verdict | None = None,
+                        *, passive: bool = True) -> None:
+        """An attempt failed before any response byte reached the client.
+
+        ``passive``: the failure is the target's doing and is reported to the group's
+        passive detector (not a deregistration cut nor the client's request deadline).
+        """
         if ex.done:
             return
         backend = ex.backend
@@ -988,6 +1043,12 @@ class ClientConnection(asyncio.Protocol):
         if failure is Failure.STALE:
             ex.attempts -= 1
         self._release_attempt(ex, reusable=False)
+        if passive and backend is not None and failure is not Failure.STALE and ex.group is not None:
+            observe = ex.group.observe
+            if observe is not None and not backend.draining:
+                now = self._listener.time()
+                # may eject the target: it leaves the serving set before the retry below picks
+                observe(backend.index, _OUTCOME[failure], now - ex.sent_at, now)
         if self._closing and self._transport.is_closing():
             ex.done = True
             return
@@ -1083,7 +1144,7 @@ class ClientConnection(asyncio.Protocol):
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
         backend = ex.backend
         if backend is not None:
-            backend.observe(ex.status, monotonic() - ex.attempt_started)
+            backend.observe(ex.status, self._listener.time() - ex.sent_at)
             if self._listener.access_log is not None:
                 self._listener.access_log.record(self._peer_ip, ex, backend.id)
         self._release_attempt(ex, upstream_reusable and ex.request_done)
@@ -1098,6 +1159,15 @@ class ClientConnection(asyncio.Protocol):
         if not ex.request_done:
             ex.keep_alive = False
         self._finish(ex)
+
+    def observed(self, ex: Exchange, status: int) -> None:
+        """A response head arrived (and goes to the client): tell the passive detector."""
+        group, backend = ex.group, ex.backend
+        if group is not None and backend is not None:
+            observe = group.observe
+            if observe is not None:
+                now = self._listener.time()
+                observe(backend.index, _HTTP_5XX if status >= 500 else _OK, now - ex.sent_at, now)
 
     def upstream_failed(self, ex: Exchange, failure: Failure, detail: str) -> None:
         if ex.response_started:
@@ -1300,7 +1370,7 @@ class ClientConnection(asyncio.Protocol):
                     self.upstream_failed(ex, Failure.TIMEOUT, "request timeout")
                 else:
                     ex.replay = None  # no retry past the request deadline
-                    self._attempt_failed(ex, Failure.TIMEOUT, "request timeout")
+                    self._attempt_failed(ex, Failure.TIMEOUT, "request timeout", passive=False)
             return
         if self.head_started is not None:
             if now - self.head_started > s.header_timeout:
@@ -1309,6 +1379,147 @@ class ClientConnection(asyncio.Protocol):
         elif now - self.last_active > s.idle_timeout:
             self.abort()
 
+    # ------------------------------------------------------------------ hedging
+
+    def fire_hedge(self, ex: Exchange) -> None:
+        """The hedge delay passed without a response head: send a copy to another target."""
+        ex.hedge_at = 0.0
+        group, conn = ex.group, ex.conn
+        if ex.done or group is None or conn is None or ex.hedge_backend is not None or self._transport.is_closing():
+            return
+        if not may_hedge(idempotent=ex.idempotent, replayable=ex.replay is not None, request_done=ex.request_done,
+                         upgrade=ex.upgrade, response_started=ex.response_started, waiting=not conn.got_bytes):
+            return
+        exclude = [*ex.tried, ex.backend] if ex.backend is not None else ex.tried
+        backend = group.pick(exclude, ex.key, None)
+        if backend is None or not group.budget.withdraw():
+            return
+        self._listener.counters.hedges += 1
+        ex.hedge_backend = backend
+        ex.hedge_sent_at = self._listener.time()
+        backend.in_flight += 1
+        backend.requests += 1
+        idle = backend.take_idle()
+        if idle is not None:
+            assert isinstance(idle, UpstreamConnection)
+            self._attach_hedge(ex, idle, reused=True)
+        else:
+            asyncio.get_running_loop().create_task(self._connect_hedge(ex, backend))
+
+    async def _connect_hedge(self, ex: Exchange, backend: Backend) -> None:
+        loop = asyncio.get_running_loop()
+        backend.connections += 1
+        try:
+            async with asyncio.timeout(self._listener.settings.connect_timeout):
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
+        except (TimeoutError, OSError):
+            if ex.hedge_backend is backend and ex.hedge is None:
+                sent = ex.hedge_sent_at
+                self._release_hedge(ex)
+                self._observe(ex.group, backend, int(Outcome.CONNECT), sent)
+            return
+        if (ex.hedge_backend is not backend or ex.hedge is not None or ex.done or ex.response_started
+                or self._transport.is_closing()):
+            backend.put_idle(conn, self._listener.tick)  # the race is over (its in-flight was released)
+            return
+        self._attach_hedge(ex, conn, reused=False)
+
+    def _attach_hedge(self, ex: Exchange, conn: UpstreamConnection, reused: bool) -> None:
+        conn.hedge = True
+        ex.hedge = conn
+        group = ex.group
+        timeout = group.retry.per_try_timeout if group is not None else None
+        conn.start(self, ex, reused, timeout or self._listener.settings.response_timeout)
+        assert ex.replay is not None
+        conn.write(b"".join([ex.head, *ex.replay]))
+
+    def _release_hedge(self, ex: Exchange) -> None:
+        conn, backend = ex.hedge, ex.hedge_backend
+        ex.hedge = ex.hedge_backend = None
+        if backend is not None:
+            backend.in_flight -= 1
+        if conn is not None:
+            conn.hedge = False
+            conn.finish(False)
+
+    def _observe(self, group: BackendGroup | None, backend: Backend, outcome: int, sent_at: float) -> None:
+        if group is not None and group.observe is not None and not backend.draining:
+            now = self._listener.time()
+            group.observe(backend.index, outcome, now - sent_at, now)
+
+    def settle_hedge(self, ex: Exchange, winner: UpstreamConnection, status: int) -> bool:
+        """Two attempts race and ``winner`` got a response head first. True: go on with it (the
+        other is dropped); False: it answered 5xx while the other is still out: it is dropped and
+        the other carries on."""
+        drop = status >= 500 and ex.hedge is not None and ex.conn is not None
+        if winner is ex.hedge:
+            hb = ex.hedge_backend
+            assert hb is not None
+            if drop:
+                sent = ex.hedge_sent_at
+                self._release_hedge(ex)
+                self._observe(ex.group, hb, _HTTP_5XX, sent)
+                return False
+            loser_conn, loser_backend = ex.conn, ex.backend
+            ex.conn, ex.backend, ex.sent_at = winner, hb, ex.hedge_sent_at
+            ex.hedge = ex.hedge_backend = None
+            winner.hedge = False
+            if loser_backend is not None:
+                loser_backend.in_flight -= 1
+            if loser_conn is not None:
+                loser_conn.finish(False)
+            return True
+        if drop:
+            self._promote_hedge(ex, _HTTP_5XX)
+            return False
+        self._release_hedge(ex)  # a slower hedge says nothing about its target: not observed
+        return True
+
+    def _promote_hedge(self, ex: Exchange, outcome: int) -> None:
+        """The first attempt failed while its hedge is out: the hedge becomes the attempt."""
+        old_conn, old_backend, old_sent = ex.conn, ex.backend, ex.sent_at
+        hedge = ex.hedge
+        assert hedge is not None
+        ex.conn, ex.backend, ex.sent_at = hedge, ex.hedge_backend, ex.hedge_sent_at
+        ex.hedge = ex.hedge_backend = None
+        hedge.hedge = False
+        if old_backend is not None:
+            old_backend.in_flight -= 1
+            old_backend.errors += 1
+            ex.tried.append(old_backend)
+            self._observe(ex.group, old_backend, outcome, old_sent)
+        if old_conn is not None:
+            old_conn.finish(False)
+
+    def attempt_lost(self, ex: Exchange, conn: UpstreamConnection, failure: Failure) -> bool:
+        """One of two racing attempts failed. True when the other carries on (nothing else to do)."""
+        if ex.done or ex.response_started or ex.hedge is None:
+            return False
+        if conn is ex.hedge:
+            hb, sent = ex.hedge_backend, ex.hedge_sent_at
+            self._release_hedge(ex)
+            if hb is not None and failure is not Failure.STALE:
+                hb.errors += 1
+                self._observe(ex.group, hb, _OUTCOME[failure], sent)
+            return True
+        if conn is ex.conn:
+            self._promote_hedge(ex, _OUTCOME.get(failure, int(Outcome.RESET)))
+            return True
+        return False
+
+    def rescue(self, ex: Exchange, conn: UpstreamConnection) -> int:
+        """Move ``ex`` off its ejected target now. Not charged to the retry budget: the pool keeps a
+        target able to serve, and these would be retried at their per-try timeout anyway."""
+        verdict = self._policy(ex).decide(
+            Failure.TIMEOUT, attempts_made=ex.attempts, replayable=ex.replay is not None,
+            response_started=ex.response_started, idempotent=ex.idempotent, budget=None)
+        if not verdict.retry:
+            return 0
+        conn.detach_timer()
+        self._attempt_failed(ex, Failure.TIMEOUT, f"{conn.backend.id} ejected", verdict)
+        self.flush()
+        return 1
+
     def cut(self, backend: Backend) -> int:
         for ex in self._exchanges:
             if ex.backend is backend and not ex.done:
@@ -1316,7 +1527,7 @@ class ClientConnection(asyncio.Protocol):
                     self.upstream_failed(ex, Failure.RESET, f"{backend.id} deregistered")
                 else:
                     ex.replay = None
-                    self._attempt_failed(ex, Failure.RESET, f"{backend.id} deregistered")
+                    self._attempt_failed(ex, Failure.RESET, f"{backend.id} deregistered", passive=False)
                 return 1
         return 0
 
@@ -1377,6 +1588,7 @@ class UpstreamConnection(asyncio.Protocol):
         "deadline",
         "eof_seen",
         "got_bytes",
+        "hedge",
         "idle_since",
         "keep_alive",
         "ready",
@@ -1396,6 +1608,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reused = False
         self._tunnel = False
         self._retry_status = False
+        self.hedge = False  # the second of two racing attempts (hedging)
         self._waiting: set[UpstreamConnection] | None = None  # the listener's set while a head is awaited
         self._timeout = 0.0
         self._paused = False
@@ -1446,9 +1659,19 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if not self.got_bytes:
             kind = Failure.STALE if self._reused else Failure.RESET
-            client.upstream_failed(ex, kind, f"upstream closed before responding ({exc or 'eof'})")
+            self._fail(kind, f"upstream closed before responding ({exc or 'eof'})")
         else:
-            client.upstream_failed(ex, Failure.PROTOCOL, "upstream closed inside the response head")
+            self._fail(Failure.PROTOCOL, "upstream closed inside the response head")
+
+    def _fail(self, failure: Failure, detail: str) -> None:
+        """This attempt failed before its response head: tell the client connection."""
+        ex, client = self._ex, self._client
+        if ex is None or client is None or ex.done:
+            return
+        if ex.hedge is not None and client.attempt_lost(ex, self, failure):
+            client.flush()
+            return  # the racing attempt carries on
+        client.upstream_failed(ex, failure, detail)
 
     def eof_received(self) -> bool | None:
         self.eof_seen = True
@@ -1568,17 +1791,32 @@ class UpstreamConnection(asyncio.Protocol):
             waiting.discard(self)
             self._waiting = None
 
+    @property
+    def exchange(self) -> Exchange | None:
+        return self._ex
+
+    @property
+    def client(self) -> ClientConnection | None:
+        return self._client
+
+    def detach_timer(self) -> None:
+        self._cancel_timer()
+
     def timed_out(self) -> None:
         self._cancel_timer()
         ex, client = self._ex, self._client
         if ex is not None and client is not None and not ex.done and not self._tunnel:
-            client.upstream_failed(ex, Failure.TIMEOUT, f"no response from {self.backend.id} in time")
+            self._fail(Failure.TIMEOUT, f"no response from {self.backend.id} in time")
             client.flush()
 
     def _protocol_error(self, detail: str) -> None:
         ex, client = self._ex, self._client
         self.keep_alive = False
         if ex is not None and client is not None and not ex.done:
+            if ex.hedge is not None and not self._in_body:
+                self._fail(Failure.PROTOCOL, f"bad response from {self.backend.id}: {detail}")
+                self.close()
+                return
             client.upstream_failed(ex, Failure.PROTOCOL, f"bad response from {self.backend.id}: {detail}")
         else:
             self.close()
@@ -1614,15 +1852,18 @@ class UpstreamConnection(asyncio.Protocol):
             client.start_tunnel(ex, self)
             return
         if status < 200:
-            if status == 100 and not ex.response_started:
+            if status == 100 and not ex.response_started and not self.hedge:
                 client.interim(ex, status, b"Continue")
             return
+        if ex.hedge_backend is not None and not client.settle_hedge(ex, self, status):
+            raise _HeadDone  # this racing attempt is dropped (the connection is closed)
         self._cancel_timer()
         if status >= 500 and not ex.response_started and client.retry_verdict(ex, Failure.STATUS) is Verdict.RETRY:
-            self.backend.observe(status, monotonic() - ex.attempt_started)  # the target's answer, retried
+            self.backend.observe(status, client._listener.time() - ex.sent_at)  # the target's answer, retried
             self.keep_alive = False
             self._retry_status = True
             raise _HeadDone
+        client.observed(ex, status)
         has_cl = b"\r\ncontent-length:" in lower
         has_te = b"\r\ntransfer-encoding:" in lower
         if has_te:

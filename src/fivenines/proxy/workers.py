@@ -21,7 +21,10 @@ main → worker
     deadline), ``stop`` (drain and exit). Each carries a version number.
 worker → main
     ``ready``, then ``stats`` twice a second: listener counters, per-target
-    requests/errors/in-flight, per-group counters, and the last version applied.
+    requests/errors/in-flight, per-group counters, and the last version applied;
+    ``eject`` when the worker's own passive detector ejected a target (it has
+    already taken it out of its serving set; the main process decides for the
+    group and publishes the serving set every worker follows).
 
 Workers die with the main process (``PR_SET_PDEATHSIG``) and when the control
 socket closes; a worker that dies is started again.
@@ -42,6 +45,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fivenines.core.detect import Ejection, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import Counters, Listener, ProxySettings
@@ -132,6 +136,7 @@ class WorkerPool:
         self._workers = [_Worker(i) for i in range(count)]
         self._stopping = False
         self._draining: dict[str, set[str]] = {}
+        self.on_eject: Callable[[dict[str, Any]], None] | None = None  # a worker ejected a target
         for g in groups.values():
             g.observers.append(self._on_group_change)
 
@@ -202,6 +207,8 @@ class WorkerPool:
                     w.stats = msg
                     w.applied = msg.get("version", 0)
                     self._aggregate()
+                elif op == "eject" and self.on_eject is not None:
+                    self.on_eject(msg)
         except (ConnectionError, json.JSONDecodeError) as exc:
             log.warning("worker %d: control channel: %s", w.index + 1, exc)
         if w.proc is not None:
@@ -354,6 +361,8 @@ class WorkerState:
         self.version = 0
         self.stop = asyncio.Event()
         self.drain_timeout = 10.0
+        self.send: Callable[[dict[str, Any]], None] = lambda msg: None
+        self.detectors: dict[str, OutlierDetector] = {}
 
     async def setup(self, msg: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -368,6 +377,10 @@ class WorkerState:
                 self.groups[name].backends[tid].draining = True
         for name, ids in msg["serving"].items():
             self.groups[name].set_serving(ids)
+        for name, tg in spec.target_groups.items():
+            policy = outlier_policy(tg)
+            if policy is not None:
+                self._watch_outcomes(name, OutlierDetector(len(self.groups[name].backends), policy))
         settings = ProxySettings(**msg["settings"]) if msg.get("settings") else None
         for ls, (host, port) in zip(spec.listeners, msg["listeners"], strict=True):
             lst = make_listener(ls, self.groups, settings)
@@ -375,11 +388,48 @@ class WorkerState:
             self.listeners.append(lst)
         self.version = msg["version"]
 
+    def _watch_outcomes(self, name: str, det: OutlierDetector) -> None:
+        """Passive detection in this worker: eject at once here, and tell the main process."""
+        g = self.groups[name]
+        self.detectors[name] = det
+        det.may_eject = lambda i: any(b.index != i for b in g.serving)  # never the last one serving
+
+        def observe(i: int, outcome: int, latency: float, now: float) -> None:
+            e = det.record(i, outcome, latency, now)
+            if e is not None:
+                self._ejected(name, e)
+
+        g.observe = observe
+
+    def _ejected(self, name: str, e: Ejection) -> None:
+        g = self.groups[name]
+        b = next(b for b in g.backends.values() if b.index == e.index)
+        g.set_serving([x.id for x in g.serving if x is not b])
+        self.send({"op": "eject", "group": name, "id": b.id, "reason": e.reason, "cause": e.cause})
+        if e.cause in ("timeout", "latency"):
+            asyncio.get_running_loop().call_soon(self._rescue, b)
+
+    def _rescue(self, b: Backend) -> None:
+        for lst in self.listeners:
+            if isinstance(lst, Listener):
+                lst.rescue(b)
+
+    def sweep(self, now: float) -> None:
+        """Latency outliers (judged on this worker's traffic) and the ends of local ejections."""
+        for name, det in self.detectors.items():
+            ejections, _ = det.sweep(now)
+            for e in ejections:
+                self._ejected(name, e)
+
     def apply(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
         g = self.groups.get(msg.get("group", ""))
         if op == "serving" and g is not None:
             g.set_serving(msg["ids"])
+            det = self.detectors.get(g.name)
+            if det is not None:  # the main process decides: whoever it says serves is not ejected here
+                for tid in msg["ids"]:
+                    det.reinstate(g.backends[tid].index, asyncio.get_running_loop().time())
         elif op == "draining" and g is not None:
             g.set_draining(msg["id"], msg["on"])
         elif op == "move" and g is not None:
@@ -423,6 +473,8 @@ async def worker_main(fd: int, index: int, on_ready: Callable[[], None] | None =
         if not writer.is_closing():
             writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
 
+    state.send = send
+
     send({"op": "ready", "pid": os.getpid()})
     if on_ready:
         on_ready()
@@ -442,10 +494,15 @@ async def worker_main(fd: int, index: int, on_ready: Callable[[], None] | None =
             await asyncio.sleep(STATS_INTERVAL)
             send(state.stats())
 
+    async def sweep() -> None:
+        while state.detectors:
+            await asyncio.sleep(0.05)
+            state.sweep(asyncio.get_running_loop().time())
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, state.stop.set)
-    tasks = [loop.create_task(control()), loop.create_task(report())]
+    tasks = [loop.create_task(control()), loop.create_task(report()), loop.create_task(sweep())]
     await state.stop.wait()
     await asyncio.gather(*(lst.drain(state.drain_timeout) for lst in state.listeners))
     send(state.stats())

@@ -20,22 +20,25 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fivenines.core import pool
+from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
 from fivenines.core.drain import DrainState, drain_step
-from fivenines.core.health import CheckResult, HealthState, TargetHealth, Transition
+from fivenines.core.health import CheckResult, HealthState, Reason, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
 from fivenines.core.restore import AdminState, fingerprint
+from fivenines.core.rollout import ActionKind, RollingRestart, View, restart_order
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import ProxySettings
 from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.events import Event, EventLog, iso
-from fivenines.runtime.probe import http_check, tcp_check
+from fivenines.runtime.failover import GroupFailover, make_judge
+from fivenines.runtime.probe import Check, agent_check, make_check, probe_loop
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
 from fivenines.spec import (
     ListenerSpec,
@@ -89,24 +92,52 @@ class TargetRuntime:
         self.index = index
         self.id = target_id
         hc = group.spec.health_check
-        self.health = TargetHealth(hc.healthy_threshold, hc.unhealthy_threshold, since=now)
+        self.judge = make_judge(hc, now)
+        self.health = self.judge.health
         self.role = role
         self.role_since = now
         self.slot = slot
         self.backend = Backend(target_id, host, port, weight=weight)
         self.probe_task: asyncio.Task[None] | None = None
+        self.agent_task: asyncio.Task[None] | None = None
+        self.ejection = ""  # why passive detection ejected it (empty: not ejected)
+        self.available_since = now  # when it last stopped being excluded
+        self.agent: AgentReport | None = None
+        self.agent_error = ""
+        self.base_weight = weight  # the spec's weight; an agent's N% scales it
+        if hc.agent is not None:
+            self.backend.weight = weight * 100  # in percent, so that an agent's 75% is exact
         self.drain_started: float | None = None
         self.admin_state: AdminState | None = None  # what an operator asked (drain, maintenance)
-        self.weight = weight
-        self.spec_weight = weight  # the spec's; weight differs when an operator set it
+        self.spec_weight = weight  # the spec's; base_weight differs when an operator set it
         self.fingerprint = fingerprint(group.name, group.spec, None if slot else self.backend.address)
 
-    def member(self) -> Member:
+    @property
+    def excluded(self) -> str:
+        """Why it serves nothing though maybe healthy: ejected, or drained by its agent."""
+        if self.ejection:
+            return f"ejected ({self.ejection})"
+        if self.agent is not None and self.agent.drain:
+            return "drained by its agent" + (f" ({self.agent.description})" if self.agent.description else "")
+        return ""
+
+    def member(self, now: float | None = None) -> Member:
         h = self.health
-        return Member(self.id, self.role, h.state, h.since, self.index, h.reason)
+        ready_at = 0.0
+        if now is not None:
+            ready_at = max(h.since, self.available_since) + self.group.failover.flaps.hold(self.id, now)
+        running = self.slot is None or (self.slot.process is not None and self.slot.process.running)
+        return Member(self.id, self.role, h.state, h.since, self.index, h.reason, self.excluded, ready_at, running)
 
     def __repr__(self) -> str:
         return f"<Target {self.id} {self.backend.address} {self.health.state.value} {self.role.value}>"
+
+    def effective_weight(self) -> int:
+        """The balancer's weight: ``base_weight``, scaled by an agent's percentage when one is set up."""
+        if self.group.spec.health_check.agent is None:
+            return self.base_weight
+        r = self.agent
+        return self.base_weight * (r.weight_percent if r is not None and r.weight_percent else 100)
 
 
 class GroupRuntime:
@@ -117,7 +148,16 @@ class GroupRuntime:
         self.targets: list[TargetRuntime] = []
         self.active_count = spec.instances.count if spec.instances else len(spec.targets or [])
         self.matcher = spec.health_check.matcher_ranges
+        size = spec.instances.total if spec.instances else len(spec.targets or [])
+        self.failover = GroupFailover(spec, size, self.active_count)
+        self.guard_outliers()
         self.replication: ReplicationManager | None = None  # replicated: groups
+
+    def guard_outliers(self) -> None:
+        if self.failover.outliers is not None:
+            # passive ejection never takes out the last member able to serve
+            self.failover.outliers.may_eject = lambda i: pool.can_spare(
+                [t.member() for t in self.targets], self.targets[i].id)
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -198,6 +238,8 @@ class Controller:
         self._settings_given = settings is not None
         self.stopped = asyncio.Event()
         self.on_decision: Callable[[str], None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self.tick_interval = 0.05
         # operations (admin API, metrics, reload, state file): set up in start()
         self.metrics: Any = None
         self.reloader: Any = None
@@ -230,6 +272,8 @@ class Controller:
         os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
         os.chmod(self.state_dir / "logs", 0o700)
         self._build_groups()
+        for g in self.groups.values():
+            self.wire_group(g)
         from fivenines.admin.metrics import Metrics
         from fivenines.admin.server import AdminServer
         from fivenines.runtime.operator import Operator
@@ -257,7 +301,28 @@ class Controller:
             for t in g.targets:
                 self.launch_target(t)
             self._reconcile(g)
+        self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
         self.statefile.start()
+
+    def reindex_group(self, g: GroupRuntime, fresh: Collection[str] = ()) -> None:
+        """Targets came or went (a reload): make every target's index its position again (the
+        passive detector's key, the data plane's ``backend.index``), carrying each kept target's
+        passive history over; ``fresh`` targets start clean."""
+        order: list[int | None] = []
+        for i, t in enumerate(g.targets):
+            order.append(None if t.id in fresh else t.backend.index)
+            t.index = i
+            t.backend.index = i
+        out = g.failover.outliers
+        if out is not None:
+            out.remap(order)
+
+    def wire_group(self, g: GroupRuntime) -> None:
+        """Connect the group's data plane to its passive detector (when it has one)."""
+        if g.failover.outliers is not None:
+            g.backends.observe = lambda i, o, lat, now, g=g: self.on_outcome(g, i, o, lat, now)
+        else:
+            g.backends.observe = None
 
     def make_listener(self, ls: ListenerSpec) -> Any:
         """A listener (not yet bound) for ``ls``: its rules compiled over the groups running now."""
@@ -268,8 +333,8 @@ class Controller:
         return listener
 
     def reroute(self, listener: Any, ls: ListenerSpec) -> None:
-        """New requests on ``listener`` follow ``ls`` (default group, rules, timeouts) from now on;
-        requests in flight finish where they are."""
+        """New requests on ``listener`` follow ``ls`` (default group, rules, timeouts, limits) from
+        now on; requests in flight finish where they are."""
         fresh = self.make_listener(ls)
         old_settings = listener.settings
         listener.group_for = fresh.group_for
@@ -285,17 +350,21 @@ class Controller:
             listener.rate = fresh.rate
 
     def launch_target(self, t: TargetRuntime) -> None:
-        """Start the target's instance (if supervised) and its health checks."""
+        """Start the target's instance (if supervised), its health checks and its agent checks."""
         if t.slot is not None:
             self._start_instance(t)
         self.restart_probe(t)
 
     def restart_probe(self, t: TargetRuntime) -> None:
-        """(Re)start the probe loop of ``t``, e.g. after its group's health check changed."""
-        if t.probe_task is not None:
-            t.probe_task.cancel()
+        """(Re)start the probe (and agent) loops of ``t``, e.g. after its health check changed."""
         assert self._loop is not None
+        for task in (t.probe_task, t.agent_task):
+            if task is not None:
+                task.cancel()
         t.probe_task = self._loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
+        t.agent_task = None
+        if t.group.spec.health_check.agent is not None:
+            t.agent_task = self._loop.create_task(self._agent_loop(t), name=f"agent {t.id}")
 
     async def _start_data_plane(self) -> None:
         """Listeners in this process (``workers: 1``), or N worker processes sharing the ports."""
@@ -303,6 +372,7 @@ class Controller:
         settings = self.settings if self._settings_given else None
         if self.spec.workers > 1:
             self.workers = WorkerPool(self.spec, groups, self.spec.workers, self.state_dir / "logs", settings)
+            self.workers.on_eject = self.on_worker_ejection
             await self.workers.start()
             self.listeners.extend(self.workers.listeners)
             return
@@ -371,7 +441,9 @@ class Controller:
             cut = sum(results)
         if cut:
             log.warning("shutdown: %d client connections cut after %.0fs", cut, drain_timeout)
-        tasks = [t.probe_task for g in self.groups.values() for t in g.targets if t.probe_task]
+        tasks = [task for g in self.groups.values() for t in g.targets for task in (t.probe_task, t.agent_task) if task]
+        if self._tick_task is not None:
+            tasks.append(self._tick_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -404,8 +476,10 @@ class Controller:
             return
         now = self.now()
         try:
+            logs = t.group.spec.instances.logs if t.group.spec.instances else None
             proc = Process(slot.command(), env=slot.env, cwd=slot.cwd, stdout=slot.stdout, stderr=slot.stderr,
-                           shell=slot.shell, on_exit=lambda code, t=t: self._on_exit(t, code))  # type: ignore[misc]
+                           shell=slot.shell, on_exit=lambda code, t=t: self._on_exit(t, code),  # type: ignore[misc]
+                           log_max_bytes=logs.max_bytes if logs else 10 << 20, log_keep=logs.keep if logs else 3)
         except ProviderError as exc:
             log.error("%s: %s", t.id, exc)
             with slot.stderr.open("a") as f:
@@ -419,8 +493,17 @@ class Controller:
         t.backend.move_to("127.0.0.1", slot.port)
         t.group.backends.notify("move", t.backend)
         self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
-        if slot.lifecycle.restarts and t.admin_state is None:
-            self._transition(t, t.health.register(now))
+        if slot.lifecycle.restarts:
+            if t.admin_state is None and (t.drain_started is not None or t.backend.draining):
+                t.drain_started = None  # restarted after a deregistration
+                t.group.backends.set_draining(t.id, False)
+            outliers = t.group.failover.outliers
+            if outliers is not None:
+                outliers.reinstate(t.index, now)
+            self._ejection_over(t, now, "fresh process")
+            t.agent = None
+            if t.admin_state is None:  # drained or in maintenance by an operator: it stays out
+                self._transition(t, t.judge.reset(now))
         slot.running.set()
 
     def _on_exit(self, t: TargetRuntime, code: int) -> None:
@@ -462,35 +545,32 @@ class Controller:
 
     async def _probe_loop(self, t: TargetRuntime) -> None:
         hc = t.group.spec.health_check
-        port = hc.port
-        await asyncio.sleep(self.rng.uniform(0.05, 0.25) * hc.interval)
-        while not self._stopping:
-            if t.slot is not None and not t.slot.running.is_set():
-                await t.slot.running.wait()
-                await asyncio.sleep(self.rng.uniform(0.05, 0.25) * hc.interval)
-                continue
-            host, tport = t.backend.host, port or t.backend.port
-            started = self.now()
-            if t.group.replication is not None:
-                result = await t.group.replication.check(t)
-            elif hc.protocol == "http":
-                result = await http_check(host, tport, hc.path, hc.timeout, t.group.matcher)
-            else:
-                result = await tcp_check(host, tport, hc.timeout)
-            if self.stopping:
-                return
-            if t.slot is None or t.slot.running.is_set():
-                self.on_check(t, result)
-            elapsed = self.now() - started
-            await asyncio.sleep(max(0.0, hc.interval * self.rng.uniform(0.9, 1.1) - elapsed))
+        slot = t.slot
+        replication = t.group.replication
+        check: Check
+        if replication is not None:
+            async def check_role() -> CheckResult:  # replicated: role and position are the check
+                assert replication is not None
+                return await replication.check(t)
+
+            check = check_role
+        else:
+            check = make_check(hc, lambda: (t.backend.host, t.backend.port), t.id,
+                               env=slot.env if slot else None, cwd=slot.cwd if slot else None)
+        await probe_loop(check, hc.interval, lambda r: self.on_check(t, r), rng=self.rng,
+                         ready=slot.running if slot else None)
 
     def on_check(self, t: TargetRuntime, result: CheckResult) -> None:
+        if self._stopping:
+            return
         now = self.now()
+        grace = False
         if t.slot is not None:
             t.slot.lifecycle.mark_stable(now)
+            grace = t.slot.lifecycle.in_startup_grace(now, t.group.spec.health_check.startup_grace)
         if self.metrics is not None:
             self.metrics.observe_check(t, result)
-        self._transition(t, t.health.check(result, now))
+        self._transition(t, t.judge.check(result, now, in_grace=grace))
 
     def _transition(self, t: TargetRuntime, tr: Transition | None) -> None:
         if tr is None:
@@ -499,6 +579,8 @@ class Controller:
         if tr.detail:
             reason = f"{reason}: {tr.detail}"
         self._event("health", t, tr.old.value, tr.new.value, reason)
+        if tr.old is HealthState.HEALTHY and tr.new is HealthState.UNHEALTHY and not t.ejection:
+            t.group.failover.flaps.lost(t.id, tr.at)  # one loss per incident: not again after an ejection
         self._reconcile(t.group)
 
     # ------------------------------------------------------------------ deregistration (draining)
@@ -553,9 +635,9 @@ class Controller:
         """Re-plan roles and publish the serving set. Returns the decisions taken."""
         if g.replication is not None:
             return g.replication.reconcile()
-        changes = pool.plan_roles([t.member() for t in g.targets], g.active_count)
-        decisions = []
         now = self.now()
+        changes = pool.plan_roles([t.member(now) for t in g.targets], g.active_count, now=now)
+        decisions = []
         for c in changes:
             t = g.by_id(c.id)
             assert t is not None
@@ -563,15 +645,23 @@ class Controller:
             t.role_since = now
             self._event("role", t, c.old.value, c.new.value, c.reason)
             decisions.append(str(c))
-        # weight 0 (an operator's, or the spec's): healthy but sent no new requests
-        ids = [i for i in pool.serving([t.member() for t in g.targets]) if g.backends.backends[i].weight > 0]
+        fo = g.failover
+        plan = pool.plan_serving([t.member() for t in g.targets], fo.fail_open)
+        # weight 0 (an operator's): healthy but sent no new requests
+        ids = [i for i in plan.ids if g.backends.backends[i].weight > 0]
         before = [b.id for b in g.backends.serving]
+        if plan.fail_open != fo.serving.fail_open:
+            what = (f"no target can serve: fail-open {plan.policy.value} in force" if plan.fail_open
+                    else "fail-open over: a target can serve again")
+            self.events.emit(self.wall(now), "fail_open", g.name, "", "", plan.policy.value if plan.fail_open else "", what)
+            log.warning("%s: %s", g.name, what)
+        fo.serving = plan
         if ids != before:
             g.backends.set_serving(ids)
-            self.events.emit(self.wall(now), "serving", g.name, "", ",".join(before), ",".join(ids),
-                             f"{len(ids)} of {g.active_count} actives serving")
+            why = str(plan) if plan.fail_open else f"{len(ids)} of {g.active_count} actives serving"
+            self.events.emit(self.wall(now), "serving", g.name, "", ",".join(before), ",".join(ids), why)
             if not ids:
-                log.warning("%s: no healthy target: requests get 503", g.name)
+                log.warning("%s: no target serves: requests get 503", g.name)
         for d in decisions:
             if self.on_decision:
                 self.on_decision(d)
@@ -606,14 +696,16 @@ class Controller:
 
     async def retire_target(self, t: TargetRuntime) -> None:
         """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
-        if t.probe_task is not None:
-            t.probe_task.cancel()
-            await asyncio.gather(t.probe_task, return_exceptions=True)
-            t.probe_task = None
+        tasks = [x for x in (t.probe_task, t.agent_task) if x is not None]
+        for x in tasks:
+            x.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        t.probe_task = t.agent_task = None
         if t.slot is not None:
             await self._stop_instance(t)
         t.group.remove(t)
         t.backend.close_idle()
+        self.reindex_group(t.group)
         self._reconcile(t.group)
 
     # ------------------------------------------------------------------ status
@@ -638,6 +730,7 @@ class Controller:
                 "responses": c.responses,
                 "failed": c.failed,
                 "retries": c.retries,
+                "hedges": getattr(c, "hedges", 0),
                 "redirects": c.redirects,
                 "fixed_responses": c.fixed,
                 "upgrades": c.upgrades,
@@ -662,6 +755,7 @@ class Controller:
                 "failed": g.backends.counters.failed,
                 "slow_start_s": g.spec.slow_start,
                 "ramping": sorted(g.backends.balancer.joined),
+                **self._failover_status(g, now),
             }
             if g.replication is not None:
                 groups[name]["replication"] = rep
@@ -702,7 +796,6 @@ class Controller:
             "errors": t.backend.errors,
             "in_flight": t.backend.in_flight,
             "last_check": None,
-            "weight": t.weight,
             "admin_state": t.admin_state.value if t.admin_state else None,
             "retries": t.backend.retries,
             "responses": t.backend.responses_by_class(),
@@ -711,6 +804,7 @@ class Controller:
         if h.last_check is not None:
             lc = h.last_check
             out["last_check"] = {"ok": lc.ok, "detail": lc.detail, "duration_ms": round(lc.duration * 1000, 2)}
+        out.update(self._failover_target_status(t, now))
         if t.slot is not None:
             lc_ = t.slot.lifecycle
             out["pid"] = lc_.pid
@@ -750,6 +844,211 @@ class Controller:
             if t is not None:
                 return t
         return None
+
+    # ------------------------------------------------------------------ failover: tick, ejection, agent, rollout
+
+    async def _tick_loop(self) -> None:
+        """Time-driven decisions: phi suspicion, ejection ends and latency outliers, hysteresis, rollouts."""
+        while not self._stopping:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                self.tick()
+            except Exception:  # a bug here must not stop failover for good
+                log.exception("failover tick failed")
+
+    def tick(self) -> list[str]:
+        """One pass of the time-driven decisions. Returns the role decisions taken (readable)."""
+        now = self.now()
+        decisions: list[str] = []
+        for g in self.groups.values():
+            grace = g.spec.health_check.startup_grace
+            for t in g.targets:
+                if t.slot is not None:
+                    t.slot.lifecycle.mark_stable(now)
+                    if t.slot.lifecycle.in_startup_grace(now, grace):
+                        continue
+                self._transition(t, t.judge.poll(now))
+            out = g.failover.outliers
+            if out is not None:
+                ejections, back = out.sweep(now)
+                for i in back:
+                    self._ejection_over(g.targets[i], now, "ejection time over")
+                for e in ejections:
+                    self._apply_ejection(g, e)
+            decisions += self._reconcile(g)
+            ro = g.failover.rollout
+            if ro is not None and ro.running:
+                self._rollout_step(g, now)
+        return decisions
+
+    def on_outcome(self, g: GroupRuntime, index: int, outcome: int, latency: float, now: float) -> None:
+        """The passive hook: one attempt of a real request on ``g.targets[index]`` ended so."""
+        out = g.failover.outliers
+        if out is None:
+            return
+        e = out.record(index, outcome, latency, now)
+        if e is not None:
+            self._apply_ejection(g, e)
+
+    def on_worker_ejection(self, msg: dict[str, Any]) -> None:
+        """A worker's passive detector ejected a target (and took it out of its own serving set)."""
+        g = self.groups.get(msg.get("group", ""))
+        t = g.by_id(msg.get("id", "")) if g is not None else None
+        if g is None or t is None or g.failover.outliers is None:
+            return
+        e = g.failover.outliers.eject(t.index, self.now(), str(msg.get("reason", "")), str(msg.get("cause", "")))
+        if e is not None:
+            self._apply_ejection(g, e)
+        elif not t.ejection:
+            g.backends.set_serving([b.id for b in g.backends.serving])  # not ejected: the workers serve it again
+
+    def _apply_ejection(self, g: GroupRuntime, e: Ejection) -> None:
+        t = g.targets[e.index]
+        t.ejection = e.reason
+        if t.health.state is HealthState.HEALTHY:
+            g.failover.flaps.lost(t.id, e.at)
+        self._event("ejection", t, "", "ejected", f"{e} (ejection #{e.count})")
+        self._reconcile(g)  # it leaves the serving set now
+        if e.cause in ("timeout", "latency") and self._loop is not None:
+            # hung or slow: what waits for it is retried elsewhere now (after this call stack unwinds)
+            self._loop.call_soon(self._rescue, t)
+
+    def _rescue(self, t: TargetRuntime) -> None:
+        n = sum(lst.rescue(t.backend) for _, lst in self.listeners if hasattr(lst, "rescue"))
+        if n:
+            log.info("%s: %d requests waiting for %s retried elsewhere", t.group.name, n, t.id)
+
+    def _ejection_over(self, t: TargetRuntime, now: float, why: str) -> None:
+        if not t.ejection:
+            return
+        t.ejection = ""
+        t.available_since = now
+        self._event("ejection", t, "ejected", "", why)
+
+    async def _agent_loop(self, t: TargetRuntime) -> None:
+        hc = t.group.spec.health_check
+        ag = hc.agent
+        assert ag is not None
+        await asyncio.sleep(self.rng.uniform(0.05, 0.25) * ag.interval)
+        while not self._stopping:
+            if t.slot is not None and not t.slot.running.is_set():
+                await t.slot.running.wait()
+                continue
+            port = ag.port or hc.port or t.backend.port
+            try:
+                report = await agent_check(t.backend.host, port, min(hc.timeout, ag.interval), ag.send, ag.path)
+            except (OSError, TimeoutError, ValueError) as exc:
+                self.on_agent(t, None, str(exc) or type(exc).__name__)
+            else:
+                self.on_agent(t, report, "")
+            await asyncio.sleep(ag.interval * self.rng.uniform(0.9, 1.1))
+
+    def on_agent(self, t: TargetRuntime, report: AgentReport | None, error: str) -> None:
+        """An agent reply (or the failure to get one: no opinion, as HAProxy treats it)."""
+        now = self.now()
+        before = t.excluded
+        t.agent, t.agent_error = report, error
+        # With an agent, weights are in percent of the spec's weight (an agent's 0% drains instead).
+        pct = report.weight_percent if report is not None and report.weight_percent else 100
+        if t.base_weight * pct != t.backend.weight:
+            t.backend.weight = t.base_weight * pct
+            g = t.group.backends
+            g.set_serving([b.id for b in g.serving])  # the balancer takes the new weight
+        if report is not None and report.down:
+            detail = "agent: down" + (f" ({report.description})" if report.description else "")
+            self._transition(t, t.judge.check(CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, detail), now))
+        if t.excluded != before:
+            if not t.excluded:
+                t.available_since = now
+            self._event("agent", t, before or "serving", t.excluded or "serving",
+                        (report.description if report else error) or "agent reply")
+            self._reconcile(t.group)
+
+    def _views(self, g: GroupRuntime) -> list[View]:
+        out = []
+        for t in g.targets:
+            lc = t.slot.lifecycle if t.slot else None
+            running = t.slot is None or (t.slot.process is not None and t.slot.process.running)
+            out.append(View(t.id, t.role, t.health.state, t.backend.in_flight, running,
+                            lc.starts if lc else 1, bool(t.excluded), bool(lc and lc.crash_looping)))
+        return out
+
+    def restart_group(self, name: str) -> tuple[int, dict[str, Any]]:
+        """Start a rolling restart of group ``name``. Returns (HTTP status, body) for the admin API."""
+        g = self.groups.get(name)
+        if g is None:
+            return 404, {"error": f"no target group {name!r}; defined: {', '.join(sorted(self.groups))}"}
+        if g.spec.instances is None:
+            return 409, {"error": f"{name}: its targets are not run by fivenines, so it cannot restart them"}
+        if g.replication is not None:
+            return 409, {"error": f"{name} is a replicated store: restart its replicas one by one and use "
+                                  "fivenines switchover for the primary"}
+        now = self.now()
+        ro = g.failover.rollout
+        if ro is not None and ro.running:
+            return 409, {"error": f"{name}: a rolling restart is already running", "rollout": ro.snapshot(now)}
+        views = self._views(g)
+        ro = RollingRestart(restart_order(views), g.failover.rollout_policy, started_at=now)
+        g.failover.rollout = ro
+        self.events.emit(self.wall(now), "rollout", g.name, "", "", "running",
+                         f"rolling restart, one at a time: {', '.join(ro.order)}")
+        self._rollout_step(g, now)
+        return 202, {"group": name, "rollout": ro.snapshot(now)}
+
+    def _rollout_step(self, g: GroupRuntime, now: float) -> None:
+        ro = g.failover.rollout
+        assert ro is not None
+        for a in ro.step(self._views(g), now):
+            t = g.by_id(a.target) if a.target else None
+            if a.kind is ActionKind.DEREGISTER and t is not None:
+                self._event("rollout", t, "", "deregister", a.reason)
+                self.deregister(t.id)
+            elif a.kind is ActionKind.STOP and t is not None:
+                self._event("rollout", t, "deregister", "stop", a.reason)
+                assert self._loop is not None
+                self._loop.create_task(self._stop_instance(t), name=f"rollout stop {t.id}")
+            elif a.kind is ActionKind.START and t is not None:
+                self._event("rollout", t, "stop", "start", a.reason)
+                self._start_instance(t)
+            else:
+                state = "done" if a.kind is ActionKind.FINISHED else "failed"
+                self.events.emit(self.wall(now), "rollout", g.name, a.target, "running", state, a.reason)
+                (log.info if state == "done" else log.error)("%s: rolling restart %s: %s", g.name, state, a.reason)
+
+    def _failover_status(self, g: GroupRuntime, now: float) -> dict[str, Any]:
+        fo = g.failover
+        return {
+            "fail_open": {"policy": fo.fail_open.value, "in_force": fo.serving.fail_open},
+            "ejected": [t.id for t in g.targets if t.ejection],
+            "rollout": fo.rollout.snapshot(now) if fo.rollout is not None else None,
+        }
+
+    def _failover_target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
+        d = t.judge.detector
+        out = t.group.failover.outliers
+        hold = t.group.failover.flaps
+        m = t.member(now)
+        ej: dict[str, Any] | None = None
+        if out is not None:
+            until = out.ejected_until(t.index)
+            ej = {"ejected": bool(t.ejection), "reason": t.ejection or None,
+                  "remaining_s": round(max(0.0, until - now), 3) if until else None,
+                  **out.snapshot(t.index)}
+        return {
+            "excluded": t.excluded or None,
+            "detector": {"kind": d.kind, "level": round(d.level(now), 3),
+                         "samples": d.samples if isinstance(d, PhiAccrualDetector) else None},
+            "ejection": ej,
+            "flaps": hold.count(t.id, now),
+            "ready_in_s": round(max(0.0, m.ready_at - now), 3) if m.can_serve and m.role is Role.STANDBY else None,
+            "weight": t.backend.weight,
+            "agent": None if t.agent is None and not t.agent_error else {
+                "state": t.agent.state if t.agent else None,
+                "weight_percent": t.agent.weight_percent if t.agent else None,
+                "description": t.agent.description if t.agent else "",
+                "error": t.agent_error or None,
+            },
+        }
 
 
 def admin_token_path(spec: Spec, state_dir: Path, base_dir: Path) -> Path:

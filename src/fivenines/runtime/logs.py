@@ -106,10 +106,11 @@ class AccessLog:
             self._out = os.fdopen(fd, "a", encoding="utf-8")
 
     def record(self, peer_ip: bytes, ex: Exchange, target: str) -> None:
-        took = time.monotonic() - ex.attempt_started if ex.attempt_started else -1.0
+        loop = asyncio.get_running_loop()
+        took = loop.time() - ex.sent_at if ex.sent_at else -1.0
         self._pending.append((peer_ip, time.time(), ex.head, ex.status, target, took))
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_every, self.flush)
+            self._timer = loop.call_later(self.flush_every, self.flush)
 
     def flush(self) -> None:
         if self._timer is not None:

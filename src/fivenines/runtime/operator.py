@@ -80,7 +80,8 @@ class Operator:
         t = self._target(target_id)
         if not 0 <= weight <= 1000:
             raise ValueError("weight must be 0-1000")
-        old, t.weight, t.backend.weight = t.weight, weight, weight
+        old, t.base_weight = t.base_weight, weight
+        t.backend.weight = t.effective_weight()
         if old != weight:
             ctl._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
             republish(ctl, t)

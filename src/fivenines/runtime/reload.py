@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fivenines.core import reconfig
+from fivenines.core.detect import HealthJudge
 from fivenines.core.pool import Role
 from fivenines.core.restore import fingerprint
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy.backend import BackendGroup
 from fivenines.proxy.http import Listener
 from fivenines.runtime.events import iso
+from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
 from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fivenines")
 
-_BALANCING = ("algorithm", "hash_on", "retries", "stickiness", "slow_start")
+_BALANCING = ("algorithm", "hash_on", "retries", "stickiness", "slow_start", "hedging")
 """Group settings the data plane holds in its BackendGroup (rebuilt from the spec on a reload)."""
 
 
@@ -195,6 +197,12 @@ class Reloader:
         ctl = self.ctl
         prep = _Prepared()
         errors: list[str] = []
+        for name in sorted({a.group for a in plan.actions if hasattr(a, "group")}):
+            g = ctl.groups.get(name)
+            if g is not None and g.failover.rollout is not None and g.failover.rollout.running:
+                errors.append(f"{path}: target_groups.{name}: a rolling restart is running; reload when it has ended")
+        if errors:
+            raise _Rejected(errors)
         if ctl.spec.workers > 1:
             errors += [f"{path}: cannot {a} on a reload with workers: {ctl.spec.workers} (the worker processes "
                        "hold listeners, targets and balancing); restart fivenines for it"
@@ -277,6 +285,7 @@ class Reloader:
             if isinstance(a, reconfig.AddGroup):
                 grp = GroupRuntime(a.group, new.target_groups[a.group], clock=ctl.now)
                 ctl.groups[a.group] = grp
+                ctl.wire_group(grp)
                 new_groups.append(a.group)
             elif isinstance(a, reconfig.AddTarget):
                 grp = ctl.groups[a.group]
@@ -292,10 +301,13 @@ class Reloader:
                 touched.add(a.group)
             elif isinstance(a, reconfig.SetWeight):
                 t = self._target(a.group, a.id)
-                t.spec_weight = t.weight = t.backend.weight = a.weight
+                t.spec_weight = t.base_weight = a.weight
+                t.backend.weight = t.effective_weight()
                 touched.add(a.group)
             elif isinstance(a, reconfig.SetActiveCount):
-                ctl.groups[a.group].active_count = a.count
+                grp = ctl.groups[a.group]
+                grp.active_count = a.count
+                grp.failover.rollout_policy = rollout_policy(grp.spec, a.count)
                 touched.add(a.group)
             elif isinstance(a, reconfig.Demote):
                 t = self._target(a.group, a.id)
@@ -303,6 +315,8 @@ class Reloader:
                     t.role, t.role_since = Role.STANDBY, now
                     ctl.events.emit(ctl.wall(now), "role", a.group, t.id, "active", "standby", a.reason)
                 touched.add(a.group)
+        for name in {t.group.name for t in added}:
+            ctl.reindex_group(ctl.groups[name], {t.id for t in added})
         for t in added:
             ctl.launch_target(t)
         for name in touched | set(new_groups):
@@ -351,12 +365,27 @@ class Reloader:
     def _update_group(self, g: GroupRuntime, fields: tuple[str, ...], prep: _Prepared, restart_policy: Any) -> None:
         if g.name in prep.groups:
             g.backends.configure_like(prep.groups[g.name])
+        fo = g.failover
+        if {"outlier_detection", "failover", "fail_open"} & set(fields):
+            fresh = GroupFailover(g.spec, len(g.targets), g.active_count)
+            if "outlier_detection" in fields:  # a new detector: passive history starts over
+                fo.outliers = fresh.outliers
+                g.guard_outliers()
+                self.ctl.reindex_group(g, {t.id for t in g.targets})
+                self.ctl.wire_group(g)
+            if "failover" in fields:
+                fo.flaps = fresh.flaps
+            if "fail_open" in fields:
+                fo.fail_open = fresh.fail_open
+        fo.rollout_policy = rollout_policy(g.spec, g.active_count)
         hc = g.spec.health_check
         for t in g.targets:
             if "health_check" in fields:
+                # the state machine (and so the health state) stays; the failure detector is new
                 t.health.healthy_threshold = hc.healthy_threshold
-                t.health.unhealthy_threshold = hc.unhealthy_threshold
+                t.judge = HealthJudge(t.health, make_detector(hc))
                 t.fingerprint = fingerprint(g.name, g.spec, None if t.slot else t.backend.address)
+                t.backend.weight = t.effective_weight()  # an agent added or removed changes the scale
                 if t.probe_task is not None:
                     self.ctl.restart_probe(t)
             if t.slot is not None and g.spec.instances is not None:
@@ -364,6 +393,8 @@ class Reloader:
                     t.slot.lifecycle.policy = restart_policy(g.spec)
                 if "instances.stop_timeout" in fields:
                     t.slot.stop_timeout = g.spec.instances.stop_timeout
+        if "health_check" in fields:
+            g.backends.set_serving([b.id for b in g.backends.serving])  # the balancer takes the weights
 
     async def _wait_ready(self, added: list[TargetRuntime], new_groups: list[str], limit: float) -> tuple[str, ...]:
         ctl = self.ctl

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fivenines.core.health import HealthState, Reason, TargetHealth
+from fivenines.core.health import HealthState, Reason
 from fivenines.core.restore import MAX_AGE, AdminState, SavedTarget, decide
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def encode(ctl: Controller, saved_at: float) -> dict[str, Any]:
                 "reason": h.reason.value if h.reason else None,
                 "detail": h.detail,
                 "admin_state": t.admin_state.value if t.admin_state else None,
-                "weight": t.weight if t.weight != t.spec_weight else None,
+                "weight": t.base_weight if t.base_weight != t.spec_weight else None,
             }
     return {"version": VERSION, "name": ctl.spec.name, "saved_at": saved_at, "targets": targets}
 
@@ -108,16 +108,15 @@ class StateFile:
                     continue
                 old = t.health.state.value
                 if r.state is not None:
-                    hc = g.spec.health_check
-                    t.health = TargetHealth(hc.healthy_threshold, hc.unhealthy_threshold, state=r.state,
-                                            reason=r.reason, since=now_mono, detail=r.detail)
-                    if r.state is HealthState.HEALTHY:
-                        t.health.passes = hc.healthy_threshold
-                    elif r.state is HealthState.UNHEALTHY:
-                        t.health.failures = hc.unhealthy_threshold
+                    # in place: the target's health judge holds this very machine
+                    h = t.health
+                    h.state, h.reason, h.since, h.detail = r.state, r.reason, now_mono, r.detail
+                    h.passes = h.healthy_threshold if r.state is HealthState.HEALTHY else 0
+                    h.failures = h.unhealthy_threshold if r.state is HealthState.UNHEALTHY else 0
                 t.admin_state = r.admin_state
                 if r.weight is not None:
-                    t.weight = t.backend.weight = r.weight
+                    t.base_weight = r.weight
+                    t.backend.weight = t.effective_weight()
                 ctl.events.emit(ctl.wall(now_mono), "restore", g.name, t.id, old, t.health.state.value, r.why)
                 log.info("%s: %s", t.id, r.why)
                 done.append(f"{t.id}: {r.why}")

@@ -7,8 +7,11 @@
   with SIGKILL.
 * Exits are noticed at once through a pidfd on the event loop (no polling, no
   SIGCHLD handler shared with other code).
-* stdout and stderr go to per-instance log files; the tail of stderr is kept for
-  status when an instance crashes.
+* stdout and stderr go through pipes to per-instance log files that are rotated
+  by size (``ID.err.log`` → ``ID.err.log.1`` … ``.N``, as logrotate names them);
+  the tail of stderr is kept for status when an instance crashes. Nothing is
+  lost at rotation: fivenines owns the files, the instance only writes to a
+  pipe.
 """
 
 from __future__ import annotations
@@ -73,6 +76,119 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 16384) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()[-n:]
 
 
+class RotatingLog:
+    r"""An append-only log file rotated when it would grow past ``max_bytes``.
+
+    Rotation renames ``path.(k-1)`` → ``path.k`` down to ``path`` → ``path.1`` and
+    drops what falls beyond ``keep``. Files are cut at line ends; only a single line
+    longer than ``max_bytes`` makes a file larger (it is not split).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> log = RotatingLog(d / "x.log", max_bytes=10, keep=2)
+    >>> log.write(b"aaaa\nbbbb\ncccc\n" + b"d" * 12 + b"\ne\n")
+    >>> log.close()
+    >>> [(p.name, p.read_bytes()) for p in sorted(d.iterdir())]
+    [('x.log', b'e\n'), ('x.log.1', b'dddddddddddd\n'), ('x.log.2', b'cccc\n')]
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        self.rotations = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, rotating at line ends so no file grows past ``max_bytes``."""
+        while data and self._fd >= 0:
+            room = self.max_bytes - self.size
+            if len(data) <= room:
+                self._put(data)
+                return
+            cut = data.rfind(b"\n", 0, room) + 1  # the whole lines that still fit
+            if cut == 0 and self.size == 0:
+                # a single line longer than a file may be: it goes whole into a file of its own
+                cut = data.find(b"\n") + 1 or len(data)
+            if cut:
+                self._put(data[:cut])
+                data = data[cut:]
+            if data:
+                self.rotate()
+
+    def _put(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        os.close(self._fd)
+        if self.keep == 0:
+            os.unlink(self.path)
+        else:
+            for k in range(self.keep - 1, 0, -1):
+                src = Path(f"{self.path}.{k}")
+                if src.exists():
+                    src.replace(f"{self.path}.{k + 1}")
+            self.path.replace(f"{self.path}.1")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = 0
+        self.rotations += 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        return f"<RotatingLog {self.path} size={self.size} rotations={self.rotations}>"
+
+
+class _PipeToLog:
+    """Copies a child's pipe into a :class:`RotatingLog` from the event loop (no thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, log: RotatingLog) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._log = log
+        self.closed = asyncio.Event()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        self._read_once()
+
+    def _read_once(self) -> bool:
+        """Copy one chunk; False when nothing more is available now."""
+        if self._fd < 0:
+            return False
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if data:
+            self._log.write(data)
+            return True
+        self.close()
+        return False
+
+    def drain(self) -> None:
+        """Copy everything the pipe holds now."""
+        while self._read_once():
+            pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._log.close()
+            self.closed.set()
+
+
 class Process:
     """One running child process and its exit watch."""
 
@@ -86,12 +202,14 @@ class Process:
         stderr: Path,
         shell: bool = False,
         on_exit: Callable[[int], None],
+        log_max_bytes: int = 10 * 1024 * 1024,
+        log_keep: int = 3,
     ) -> None:
         self.argv = list(argv)
         self._on_exit = on_exit
-        stdout.parent.mkdir(parents=True, exist_ok=True)
-        out = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        err = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._loop = asyncio.get_running_loop()
+        out_r, out = os.pipe()
+        err_r, err = os.pipe()
         try:
             self.popen = subprocess.Popen(
                 self.argv[0] if shell else self.argv,
@@ -106,13 +224,18 @@ class Process:
                 close_fds=True,
             )
         except OSError as exc:
+            os.close(out_r)
+            os.close(err_r)
             raise ProviderError(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc
         finally:
             os.close(out)
             os.close(err)
+        self.logs = (
+            _PipeToLog(self._loop, out_r, RotatingLog(stdout, log_max_bytes, log_keep)),
+            _PipeToLog(self._loop, err_r, RotatingLog(stderr, log_max_bytes, log_keep)),
+        )
         self.pid = self.popen.pid
         self.returncode: int | None = None
-        self._loop = asyncio.get_running_loop()
         self._exited = asyncio.Event()
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._reap)
@@ -121,6 +244,11 @@ class Process:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self.returncode = self.popen.wait()
+        # What the process wrote before exiting is in the pipes: copy it now, so the
+        # stderr tail is complete when the exit is reported. (Pipes a grandchild still
+        # holds open stay attached until it closes them.)
+        for p in self.logs:
+            p.drain()
         self._exited.set()
         self._on_exit(self.returncode)
 
