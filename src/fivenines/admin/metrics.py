@@ -130,13 +130,16 @@ class _Collector(Collector):
         promos = CounterMetricFamily("fivenines_group_promotions", "Standbys promoted to active.", labels=lab)
         fails = CounterMetricFamily("fivenines_group_failovers",
                                     "Promotions that replaced a lost active.", labels=lab)
+        fail_open = GaugeMetricFamily("fivenines_group_fail_open",
+                                      "1 while no target can serve and the fail-open policy is in force.", labels=lab)
         for name, g in self.m.ctl.groups.items():
+            fail_open.add_metric([name], 1 if g.failover.serving.fail_open else 0)
             serving.add_metric([name], len(g.backends.serving))
             healthy.add_metric([name], sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY))
             wanted.add_metric([name], g.active_count)
             promos.add_metric([name], self.m.promotions[name])
             fails.add_metric([name], self.m.failovers[name])
-        yield from (serving, healthy, wanted, promos, fails)
+        yield from (serving, healthy, wanted, promos, fails, fail_open)
 
     def _targets(self) -> Iterator[Metric]:
         lab = ["group", "target"]
@@ -153,6 +156,8 @@ class _Collector(Collector):
         weight = GaugeMetricFamily("fivenines_target_weight",
                                    "Balancing weight as the balancer uses it (0: no new requests).", labels=lab)
         serving = GaugeMetricFamily("fivenines_target_serving", "1 when the target gets new requests.", labels=lab)
+        ejected = GaugeMetricFamily("fivenines_target_ejected", "1 while passive detection keeps the target out.",
+                                    labels=lab)
         state = GaugeMetricFamily("fivenines_target_health_state", "1 for the target's current health state.",
                                   labels=[*lab, "state"])
         role = GaugeMetricFamily("fivenines_target_role", "1 for the target's current role.", labels=[*lab, "role"])
@@ -175,6 +180,7 @@ class _Collector(Collector):
                 in_flight.add_metric(name, b.in_flight)
                 weight.add_metric(name, t.backend.weight)
                 serving.add_metric(name, 1 if t.id in serving_ids else 0)
+                ejected.add_metric(name, 1 if t.ejection else 0)
                 for s in HealthState:
                     state.add_metric([*name, s.value], 1 if t.health.state is s else 0)
                 for r in Role:
@@ -184,4 +190,5 @@ class _Collector(Collector):
                     acc += n
                     cumulative.append((bound, acc))
                 latency.add_metric(name, cumulative, b.latency_sum)
-        yield from (reqs, resps, errors, retries, ejections, restarts, in_flight, weight, serving, state, role, latency)
+        yield from (reqs, resps, errors, retries, ejections, restarts, in_flight, weight, serving, ejected, state, role,
+                    latency)

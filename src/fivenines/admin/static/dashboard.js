@@ -59,7 +59,7 @@
         const dn = p ? t.latency.count - p.latency_count : 0;
         const lat = p && dn > 0 ? (t.latency.sum_s - p.latency_sum) / dn : null;
         const pct = rq && rq > 0 && er !== null ? ((100 * er) / rq).toFixed(1) + "%" : "–";
-        const reason = t.admin_state ? t.admin_state + " by operator" : t.reason || "";
+        const reason = t.admin_state ? t.admin_state + " by operator" : t.excluded || t.reason || "";
         return el("tr", { "data-target": t.id, "data-state": t.state, "data-role": t.role, class: "state-" + t.state },
           el("td", {}, t.id),
           el("td", {}, el("span", { class: "badge " + t.state }, t.state)),
@@ -71,7 +71,9 @@
           el("td", { class: "num" }, t.in_flight), el("td", { class: "num" }, t.weight));
       });
       const summary = `${g.serving.length} serving · ${g.healthy}/${g.targets.length} healthy · ` +
-        `${g.active_count} active + ${g.standby_count} standby · ${g.algorithm}`;
+        `${g.active_count} active + ${g.standby_count} standby · ${g.algorithm}` +
+        (g.fail_open && g.fail_open.in_force ? ` · FAIL-OPEN (${g.fail_open.policy}) IN FORCE` : "") +
+        (g.rollout && g.rollout.state === "running" ? " · rolling restart running" : "");
       return el("section", { class: "group", "data-group": name },
         el("h3", {}, "target group ", el("code", {}, name), " ", el("span", { class: "muted" }, summary)),
         el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
