@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -64,28 +67,39 @@ def validate(spec_file: str, no_port_check: bool) -> None:
 @click.argument("spec_file", default="fivenines.yaml", type=click.Path(dir_okay=False))
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write addresses as JSON here once serving.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def up(spec_file: str, ready_file: str | None, log_level: str) -> None:
-    """Start the instances of SPEC_FILE behind the load balancer and keep them healthy."""
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]),
+              help="fivenines' own log on stderr: human-readable, or one JSON object per line.")
+@click.option("--access-log", metavar="PATH",
+              help="Log every proxied request (Common Log Format + target + duration) to PATH ('-': stdout).")
+def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, access_log: str | None) -> None:
+    """Start the instances of SPEC_FILE behind the load balancer and keep them healthy.
+
+    SIGHUP (or `fivenines reload`) re-reads SPEC_FILE and applies the difference.
+    """
     spec = _load(spec_file, check_ports=True)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    from fivenines.runtime.logs import setup_logging
+
+    setup_logging(log_level, log_format)
     from fivenines.runtime.controller import Controller, run
 
     def announce(ctl: Controller) -> None:
         urls = [f"http://{lst.address[0]}:{lst.address[1]}/" for _, lst in ctl.listeners]
+        if log_format == "json":
+            logging.getLogger("fivenines").info(
+                "up", extra={"service": spec.name, "loop": aio.loop_name(), "listeners": urls,
+                             "admin": ctl.admin.url, "state_dir": str(ctl.state_dir)})
+            return
         err.print(f"[bold green]fivenines[/] {spec.name} is up ({aio.loop_name()}).", markup=True)
         for u in urls:
             err.print(f"  open        {u}")
-        err.print(f"  status      {ctl.admin.url}/status   (fivenines status --admin {ctl.admin.url})")
+        err.print(f"  dashboard   {ctl.admin.url}/")
+        err.print(f"  status      fivenines status -f {spec_file}")
         err.print(f"  logs        {ctl.state_dir / 'logs'}")
-        err.print("  Ctrl-C stops it: in-flight requests finish, then the instances stop.")
+        err.print("  Ctrl-C stops it: in-flight requests finish, then the instances stop. SIGHUP reloads the spec.")
+        StartupProgress(ctl)
 
     try:
-        code = aio.run(run(spec, spec_file, ready_file=ready_file, announce=announce))
+        code = aio.run(run(spec, spec_file, ready_file=ready_file, announce=announce, access_log=access_log))
     except ConfigError as exc:
         err.print(f"[bold red]error[/]: {spec_file}: {exc}", markup=True)
         sys.exit(EXIT_USAGE)
@@ -95,25 +109,124 @@ def up(spec_file: str, ready_file: str | None, log_level: str) -> None:
     sys.exit(code)
 
 
+class StartupProgress:
+    """Prints each target's first health transitions while ``up`` waits for them all to be healthy."""
+
+    def __init__(self, ctl: Any, console: Console = err) -> None:
+        self.ctl = ctl
+        self.console = console
+        self.total = sum(len(g.targets) for g in ctl.groups.values())
+        self.started = ctl.now()
+        self._unsubscribe = ctl.events.subscribe(self._on_event)
+        if ctl.all_healthy():
+            self._done()
+        else:
+            console.print(f"  waiting for {self.total} target(s) to pass their health checks…")
+
+    def healthy(self) -> int:
+        return sum(1 for g in self.ctl.groups.values() for t in g.targets if t.health.state.value == "healthy")
+
+    def _on_event(self, ev: Any) -> None:
+        if ev.kind == "health":
+            mark = {"healthy": "[green]✓[/]", "unhealthy": "[red]✗[/]"}.get(ev.new, "·")
+            why = "" if ev.new == "healthy" else f": {ev.reason}"
+            self.console.print(f"  {mark} {ev.target} {ev.new}{why} ({self.healthy()}/{self.total} healthy)",
+                               markup=True, highlight=False)
+        if self.ctl.all_healthy():
+            self._done()
+
+    def _done(self) -> None:
+        self._unsubscribe()
+        self.console.print(f"  [green]all {self.total} target(s) healthy[/] after {self.ctl.now() - self.started:.1f}s",
+                           markup=True)
+
+
+# --------------------------------------------------------------------------- talking to a running fivenines
+
+
+def _find_spec(spec_file: str | None) -> str | None:
+    if spec_file:
+        return spec_file
+    return "fivenines.yaml" if os.path.exists("fivenines.yaml") else None
+
+
+def _locate(spec_file: str | None) -> tuple[str | None, Path | None]:
+    """(admin URL, token file) of the fivenines running SPEC. Reads only the few keys needed,
+    so that a spec with a pending (even invalid) edit still finds the running fivenines."""
+    path = _find_spec(spec_file)
+    if not path:
+        return None, None
+    import yaml
+
+    from fivenines.runtime.controller import RUN_FILE, spec_base_dir, state_dir_for
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        name = str(raw["name"])
+        admin = raw.get("admin") or {}
+        state_dir = state_dir_for(name, raw.get("state_dir"), path)
+        listen = str(admin.get("listen", "127.0.0.1:9900"))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        err.print(f"[bold red]error[/]: {path}: cannot find the running fivenines from it: {exc}", markup=True)
+        sys.exit(EXIT_USAGE)
+    token_file = admin.get("token_file")
+    from fivenines.admin.auth import TOKEN_NAME
+
+    token = spec_base_dir(Path(path)) / str(token_file) if token_file else state_dir / TOKEN_NAME
+    try:
+        info = json.loads((state_dir / RUN_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+        return str(info["admin"]), token
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"http://{listen}", token
+
+
 def _admin_url(admin: str | None, spec_file: str | None) -> str:
     if admin:
         return admin if admin.startswith("http") else f"http://{admin}"
-    if spec_file:
-        try:
-            return f"http://{load_spec(spec_file).admin.listen}"
-        except SpecError as exc:
-            _fail_spec(exc)
-    return "http://127.0.0.1:9900"
+    url, _ = _locate(spec_file)
+    return url or "http://127.0.0.1:9900"
 
 
-def _get_json(url: str) -> Any:
+def _token(token_file: str | None, spec_file: str | None) -> str | None:
+    from fivenines.admin.auth import read_token
+
+    if token_file:
+        return read_token(Path(token_file))
+    _, path = _locate(spec_file)
+    return read_token(path) if path else None
+
+
+def _request(method: str, url: str, token: str | None = None, body: Any = None,
+             timeout: float = 10.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = {"error": exc.reason}
+        return exc.code, payload
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         err.print(f"[bold red]error[/]: cannot reach fivenines at {url}: {reason}", markup=True)
         sys.exit(1)
+
+
+def _get_json(url: str) -> Any:
+    status, data = _request("GET", url)
+    if status != 200:
+        err.print(f"[bold red]error[/]: {url}: HTTP {status}: {(data or {}).get('error', '')}", markup=True)
+        sys.exit(1)
+    return data
 
 
 _STATE_STYLE = {"healthy": "green", "initial": "yellow", "unhealthy": "red", "draining": "blue", "unused": "dim"}
@@ -130,6 +243,10 @@ def render_status(status: dict[str, Any]) -> Table:
             inst = t.get("instance") or {}
             if inst.get("state") == "crash_loop":
                 reason = f"crash loop ({inst.get('last_exit')})"
+            if t.get("admin_state"):
+                reason = f"{t['admin_state']} by operator"
+            if t.get("weight", 1) != 1:
+                reason = f"{reason} (weight {t['weight']})".strip()
             role = t["role"]
             if t.get("replication"):  # a replicated store: primary / replica, and its position
                 r = t["replication"]
@@ -151,17 +268,7 @@ def render_status(status: dict[str, Any]) -> Table:
     return table
 
 
-@main.command()
-@click.option("--admin", help="Admin address (host:port or URL). Default: from -f SPEC, else 127.0.0.1:9900.")
-@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the admin address from SPEC.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
-    """Show every target's health, role and traffic."""
-    base = _admin_url(admin, spec_file)
-    data = _get_json(f"{base}/status")
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
+def _print_status(data: dict[str, Any]) -> None:
     out.print(render_status(data))
     for gname, g in data.get("target_groups", {}).items():
         rep = g.get("replication")
@@ -186,6 +293,187 @@ def status(admin: str | None, spec_file: str | None, as_json: bool) -> None:
             out.print(f"[red]{t['id']}[/] crash loop, last {inst.get('last_exit')}; stderr tail:", markup=True)
             for line in inst["stderr_tail"][-5:]:
                 out.print(f"    {line}", markup=False)
+
+
+_admin_opt = click.option("--admin", help="Admin address (host:port or URL). Default: found from -f SPEC.")
+_file_opt = click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False),
+                         help="The spec fivenines runs (default: ./fivenines.yaml when present).")
+_token_opt = click.option("--token-file", type=click.Path(dir_okay=False),
+                          help="Admin token file (default: admin.token_file, else STATE_DIR/admin.token).")
+
+
+@main.command()
+@_admin_opt
+@_file_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes with --watch.")
+def status(admin: str | None, spec_file: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Show every target's health, role and traffic."""
+    base = _admin_url(admin, spec_file)
+    if not watch:
+        data = _get_json(f"{base}/status")
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+        else:
+            _print_status(data)
+        return
+    try:
+        while True:
+            data = _get_json(f"{base}/status")
+            if as_json:
+                click.echo(json.dumps(data), nl=True)
+            else:
+                if out.is_terminal:
+                    out.clear()
+                else:
+                    out.print(f"--- {time.strftime('%H:%M:%S')}")
+                _print_status(data)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def format_event(e: dict[str, Any]) -> str:
+    who = f"{e['group']}/{e['target']}" if e.get("target") else e.get("group", "")
+    change = f"{e['old']} -> {e['new']}" if e.get("old") or e.get("new") else ""
+    return f"{e['at'][11:23]} {e['kind']:<8} {who} {change}: {e['reason']}".replace("  :", ":")
+
+
+@main.command()
+@_admin_opt
+@_file_opt
+@click.option("-n", "--lines", default=20, show_default=True, help="How many recent events to show.")
+@click.option("--follow", is_flag=True, help="Keep printing events as they happen, until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+def events(admin: str | None, spec_file: str | None, lines: int, follow: bool, as_json: bool) -> None:
+    """Show recent state changes (health, role, instance, drain, reload, ...)."""
+    base = _admin_url(admin, spec_file)
+    data = _get_json(f"{base}/events?limit={lines}")
+    last = 0
+    for e in data["events"]:
+        click.echo(json.dumps(e) if as_json else format_event(e))
+        last = e["seq"]
+    sys.stdout.flush()
+    if not follow:
+        return
+    last = max(last, int(data.get("last_seq", last)))
+    try:
+        _follow(base, last, as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+def _follow(base: str, since: int, as_json: bool) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=60)
+    try:
+        conn.request("GET", f"/events/stream?since={since}", headers={"Accept": "text/event-stream"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            err.print(f"[bold red]error[/]: {base}/events/stream: HTTP {resp.status}", markup=True)
+            sys.exit(1)
+        err.print(f"following events after #{since} (Ctrl-C stops)")
+        while True:
+            raw = resp.readline()
+            if not raw:
+                err.print("fivenines stopped: no more events")
+                sys.exit(1)
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data: "):
+                e = json.loads(line[6:])
+                click.echo(json.dumps(e) if as_json else format_event(e))
+                sys.stdout.flush()
+    except OSError as exc:
+        err.print(f"[bold red]error[/]: lost fivenines at {base}: {exc}", markup=True)
+        sys.exit(1)
+    finally:
+        conn.close()
+
+
+def _mutate(method: str, path: str, admin: str | None, spec_file: str | None, token_file: str | None,
+            body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    base = _admin_url(admin, spec_file)
+    token = _token(token_file, spec_file)
+    if token is None:
+        err.print("[bold red]error[/]: this needs the admin token: give -f SPEC (the token is in STATE_DIR/admin.token "
+                  "or admin.token_file) or --token-file PATH", markup=True)
+        sys.exit(1)
+    status, data = _request(method, f"{base}{path}", token, body, timeout)
+    if status == 401:
+        err.print(f"[bold red]error[/]: the admin token was refused: {(data or {}).get('error', '')}", markup=True)
+        sys.exit(1)
+    return status, data
+
+
+def _target_command(action: str) -> Any:
+    helps = {
+        "drain": "Stop sending TARGET new requests; in-flight ones finish (within deregistration_delay).",
+        "enable": "Undo drain/maintenance: TARGET serves again once it passes its health checks.",
+        "maintenance": "Take TARGET out at once (no new requests) until enabled.",
+    }
+
+    @click.argument("target")
+    @_admin_opt
+    @_file_opt
+    @_token_opt
+    def command(target: str, admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+        status, data = _mutate("POST", f"/targets/{target}/{action}", admin, spec_file, token_file)
+        if status != 200:
+            err.print(f"[bold red]error[/]: {action} {target}: {(data or {}).get('error', status)}", markup=True)
+            sys.exit(1)
+        out.print(f"{target}: {data['state']} ({data.get('admin_state') or 'enabled'}), role {data['role']}")
+
+    command.__doc__ = helps[action]
+    return main.command(name=action, help=helps[action])(command)
+
+
+for _action in ("drain", "enable", "maintenance"):
+    _target_command(_action)
+
+
+@main.command()
+@click.argument("target")
+@click.argument("weight", type=click.IntRange(0, 1000))
+@_admin_opt
+@_file_opt
+@_token_opt
+def weight(target: str, weight: int, admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+    """Set TARGET's balancing weight (0: no new requests)."""
+    status, data = _mutate("PUT", f"/targets/{target}/weight", admin, spec_file, token_file, {"weight": weight})
+    if status != 200:
+        err.print(f"[bold red]error[/]: weight {target}: {(data or {}).get('error', status)}", markup=True)
+        sys.exit(1)
+    out.print(f"{target}: weight {data['weight']}")
+
+
+@main.command()
+@_admin_opt
+@_file_opt
+@_token_opt
+def reload(admin: str | None, spec_file: str | None, token_file: str | None) -> None:
+    """Re-read the spec fivenines runs and apply the difference without dropping a request.
+
+    An invalid spec changes nothing: its problems are printed and the exit status is 2.
+    """
+    status, data = _mutate("POST", "/reload", admin, spec_file, token_file, timeout=120.0)
+    if status == 422:
+        for e in data.get("errors", []):
+            err.print(f"[bold red]error[/]: {e}", markup=True, soft_wrap=True)
+        err.print("reload rejected: the running configuration is unchanged")
+        sys.exit(EXIT_USAGE)
+    if status != 200:
+        err.print(f"[bold red]error[/]: reload: {(data or {}).get('error', status)}", markup=True)
+        sys.exit(1)
+    out.print(f"reloaded: configuration generation {data['generation']}")
+    for a in data.get("actions", []):
+        out.print(f"  {a}")
+    for w in data.get("warnings", []):
+        err.print(f"[yellow]warning[/]: {w}", markup=True)
 
 
 # ------------------------------------------------------------------ switchover (replicated groups)
@@ -667,8 +955,6 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     """
     import asyncio
     import random
-    import time as _time
-    from pathlib import Path
 
     from fivenines.chaos import ChaosError
     from fivenines.chaos.runner import ChaosConfig, ChaosRun, load_target, plan
@@ -721,7 +1007,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         from fivenines.runtime.controller import Controller
 
         state = Controller(spec, spec_file).state_dir
-        report_dir = str(state / "chaos" / _time.strftime("%Y%m%d-%H%M%S"))
+        report_dir = str(state / "chaos" / time.strftime("%Y%m%d-%H%M%S"))
     config = ChaosConfig(spec_file, Path(report_dir), duration=duration, rate=rate, kinds=kinds, mtbf=mtbf, seed=seed,
                          schedule=schedule, fault_duration=fault_duration, slow_ms=slow_ms, warmup=warmup, settle=settle,
                          timeout=req_timeout, max_connections=connections, overlap=overlap, path=path)

@@ -797,9 +797,34 @@ def split_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1, ``localhost`` (and IPv4-mapped loopback).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0"), is_loopback("localhost")
+    (True, True, False, True)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 def semantic_errors(spec: Spec) -> list[FieldError]:
     """Problems that involve more than one field."""
     errors: list[FieldError] = []
+    admin_host = split_hostport(spec.admin.listen)[0]
+    if not is_loopback(admin_host) and not spec.admin.token_file:
+        errors.append(FieldError(
+            "admin.listen",
+            f"{spec.admin.listen} is not a loopback address: set admin.token_file so that every admin "
+            "call needs the token, or listen on 127.0.0.1"))
     groups = sorted(spec.target_groups)
     for i, lst in enumerate(spec.listeners):
         if lst.default_target_group not in spec.target_groups:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
@@ -436,6 +436,18 @@ class OutlierDetector:
 
     def __len__(self) -> int:
         return len(self._t)
+
+    def remap(self, order: Sequence[int | None]) -> None:
+        """Members came or went (a reload): new member ``i`` was member ``order[i]`` (None: new).
+        Each kept member keeps its history and ejection; new ones start clean.
+
+        >>> d = OutlierDetector(3)
+        >>> _ = d.eject(2, 0.0, "test")
+        >>> d.remap([2, None, 0]); len(d), d.ejected(0), d.ejected(1), d.ejected(2)
+        (3, True, False, False)
+        """
+        old = self._t
+        self._t = [old[j] if j is not None and 0 <= j < len(old) else _Stats(self.ring) for j in order]
 
     def __repr__(self) -> str:
         ej = [i for i, s in enumerate(self._t) if s.until]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -30,8 +31,16 @@ class PooledConnection(Protocol):
     def close(self) -> None: ...
 
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the per-target latency histogram; a last bucket holds the rest."""
+
+
 class Backend:
-    """One target: where it is, its idle upstream connections and its traffic counters."""
+    """One target: where it is, its idle upstream connections and its traffic counters.
+
+    The counters are plain ints and lists incremented in place on the hot path; the
+    admin API and ``/metrics`` read them when asked (nothing is allocated per request).
+    """
 
     __slots__ = (
         "address",
@@ -44,9 +53,12 @@ class Backend:
         "idle",
         "in_flight",
         "index",
+        "latency_counts",
+        "latency_sum",
         "max_idle",
         "port",
         "requests",
+        "responses",
         "retries",
         "weight",
     )
@@ -66,8 +78,35 @@ class Backend:
         self.requests = 0  # attempts sent (HTTP) or connections opened (TCP)
         self.connections = 0  # upstream connections opened
         self.errors = 0
-        self.retries = 0  # attempts on this target that were retries
+        self.retries = 0  # failed attempts on this target that were retried (elsewhere)
         self.draining = False
+        self.responses = [0] * 10  # by status class: responses[2] counts 2xx
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        """A response from this target completed: count its status class and latency."""
+        self.responses[status // 100 % 10] += 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def stats_row(self) -> list[float]:
+        """Every counter in one flat row: a worker process sends it, the main one sums them."""
+        return [self.requests, self.errors, self.in_flight, self.retries, self.connections,
+                *self.responses, *self.latency_counts, self.latency_sum]
+
+    def set_stats_row(self, row: Sequence[float]) -> None:
+        n, m = len(self.responses), len(self.latency_counts)
+        self.requests, self.errors, self.in_flight, self.retries, self.connections = (int(x) for x in row[:5])
+        self.responses = [int(x) for x in row[5:5 + n]]
+        self.latency_counts = [int(x) for x in row[5 + n:5 + n + m]]
+        self.latency_sum = float(row[5 + n + m])
+
+    def responses_by_class(self) -> dict[str, int]:
+        return {f"{k}xx": n for k, n in enumerate(self.responses) if 1 <= k <= 5}
+
+    def latency_count(self) -> int:
+        return sum(self.latency_counts)
 
     def take_idle(self) -> PooledConnection | None:
         idle = self.idle
@@ -236,6 +275,27 @@ class BackendGroup:
         self.balancer.set_members(self.serving, self.clock())
         for obs in self.observers:
             obs("serving", self, [b.id for b in self.serving])
+
+    def remove(self, target_id: str) -> Backend | None:
+        """Forget a target (a reload removed it, after draining): out of the serving set too."""
+        b = self.backends.pop(target_id, None)
+        if b is None:
+            return None
+        self._by_token.pop(sticky_token(self.name, target_id), None)
+        if b in self.serving:
+            self.set_serving([x.id for x in self.serving if x is not b])
+        return b
+
+    def configure_like(self, other: BackendGroup) -> None:
+        """Take ``other``'s policies (balancer, retries and budget, stickiness, hashing, hedging), keeping
+        this group's backends, serving set and counters: a reload changed the group's settings."""
+        self.balancer = other.balancer
+        self.retry = other.retry
+        self.budget = other.budget
+        self.stickiness = other.stickiness
+        self.hash_on = other.hash_on
+        self.hedge_delay = other.hedge_delay
+        self.balancer.set_members(self.serving, self.clock())
 
     def set_draining(self, target_id: str, draining: bool) -> None:
         b = self.backends[target_id]

@@ -45,7 +45,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -245,6 +245,7 @@ class Exchange:
         "response_started",
         "sent_at",
         "started",
+        "status",
         "sticky",
         "tried",
         "upgrade",
@@ -290,6 +291,7 @@ class Exchange:
         self.hedge_at = 0.0  # when to send the hedge (0: none planned)
         self.hedge_sent_at = 0.0
         self.done = False
+        self.status = 0
 
 
 class Listener:
@@ -317,6 +319,7 @@ class Listener:
         self._watcher: asyncio.TimerHandle | None = None
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for the slow timeouts
         self.no_clients = asyncio.Event()  # set whenever the last client connection closes
+        self.access_log: AccessLogSink | None = None  # None: no access log, and no cost
         # Attempts waiting for a response head, each with its deadline: checked by a timer
         # (cheaper per request than a timer per attempt; fires up to a tenth late).
         self.waiting: set[UpstreamConnection] = set()
@@ -328,6 +331,7 @@ class Listener:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048,
                     sock: Any = None) -> None:
+        """Listen on ``host:port``, or on ``sock`` (already bound; e.g. handed over on a reload)."""
         loop = asyncio.get_running_loop()
         self.time = loop.time
         self.tick = loop.time()
@@ -439,6 +443,12 @@ class Listener:
         if self._watcher is not None:
             self._watcher.cancel()
         return cut
+
+
+class AccessLogSink(Protocol):
+    """Where a listener reports finished exchanges when access logging is on."""
+
+    def record(self, peer_ip: bytes, ex: Exchange, target: str) -> None: ...
 
 
 def _status_reply(status: int, close: bool = True, extra: bytes = b"") -> bytes:
@@ -1051,6 +1061,8 @@ class ClientConnection(asyncio.Protocol):
                 self._listener.counters.retries += 1
                 if group is not None:
                     group.counters.retries += 1
+                if backend is not None:
+                    backend.retries += 1
             log.debug("retrying after %s on %s: %s", failure.value, backend.id if backend else "?", detail)
             assert ex.replay is not None
             ex.body = list(ex.replay)
@@ -1071,6 +1083,7 @@ class ClientConnection(asyncio.Protocol):
         no per-header Python work is done.
         """
         ex.response_started = True
+        ex.status = status
         upgrade_value = b""
         if status == 101:
             m = _UPGRADE_VALUE.search(lower)
@@ -1129,6 +1142,11 @@ class ClientConnection(asyncio.Protocol):
                 self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
+        backend = ex.backend
+        if backend is not None:
+            backend.observe(ex.status, self._listener.time() - ex.sent_at)
+            if self._listener.access_log is not None:
+                self._listener.access_log.record(self._peer_ip, ex, backend.id)
         self._release_attempt(ex, upstream_reusable and ex.request_done)
         if not ex.request_done and ex.keep_alive and not self._closing and not ex.upgrade:
             # Answered before its body ended (an early 413, a target that does not read it):
@@ -1248,6 +1266,9 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
         self._transport.write(ex.local + tail + (b"" if ex.head_only else ex.local_body))
         ex.response_started = True
+        if self._listener.access_log is not None:
+            ex.status = int(ex.local[9:12])
+            self._listener.access_log.record(self._peer_ip, ex, "-")
         self._finish(ex)
 
     def _reply_error(self, ex: Exchange, status: int) -> None:
@@ -1262,6 +1283,9 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
         self._transport.write(_status_reply(status, close=close, extra=extra))
         ex.response_started = True
+        ex.status = status
+        if self._listener.access_log is not None:
+            self._listener.access_log.record(self._peer_ip, ex, "-")
         self._finish(ex)
 
     def _fail_protocol(self, status: int) -> None:
@@ -1835,6 +1859,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadDone  # this racing attempt is dropped (the connection is closed)
         self._cancel_timer()
         if status >= 500 and not ex.response_started and client.retry_verdict(ex, Failure.STATUS) is Verdict.RETRY:
+            self.backend.observe(status, client._listener.time() - ex.sent_at)  # the target's answer, retried
             self.keep_alive = False
             self._retry_status = True
             raise _HeadDone

@@ -269,12 +269,12 @@ class WorkerPool:
             lst.open = opened
         for gname, g in self.groups.items():
             for b in g.backends.values():
-                vals = [0, 0, 0, 0, 0]
+                vals: list[float] = [0] * len(b.stats_row())
                 for w in self._workers:
                     row = w.stats.get("targets", {}).get(gname, {}).get(b.id)
-                    if row:
+                    if row and len(row) == len(vals):
                         vals = [a + x for a, x in zip(vals, row, strict=True)]
-                b.requests, b.errors, b.in_flight, b.retries, b.connections = vals
+                b.set_stats_row(vals)
             gc: dict[str, int] = {}
             for w in self._workers:
                 for k, v in w.stats.get("groups", {}).get(gname, {}).items():
@@ -451,7 +451,7 @@ class WorkerState:
             "version": self.version,
             "listeners": [{"counters": lst.counters.as_dict(), "open": len(lst.clients)} for lst in self.listeners],
             "targets": {
-                name: {b.id: [b.requests, b.errors, b.in_flight, b.retries, b.connections] for b in g.backends.values()}
+                name: {b.id: b.stats_row() for b in g.backends.values()}
                 for name, g in self.groups.items()
             },
             "groups": {

@@ -20,7 +20,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +30,24 @@ from fivenines.core.drain import DrainState, drain_step
 from fivenines.core.health import CheckResult, HealthState, Reason, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
 from fivenines.core.pool import Member, Role
+from fivenines.core.restore import AdminState, fingerprint
 from fivenines.core.rollout import ActionKind, RollingRestart, View, restart_order
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import ProxySettings
 from fivenines.proxy.workers import WorkerPool, make_listener
-from fivenines.runtime.events import EventLog, iso
+from fivenines.runtime.events import Event, EventLog, iso
 from fivenines.runtime.failover import GroupFailover, make_judge
 from fivenines.runtime.probe import Check, agent_check, make_check, probe_loop
 from fivenines.runtime.supervisor import Process, resolve_argv, tail_lines
-from fivenines.spec import Spec, TargetGroupSpec, parse_port_range, port_is_free, split_hostport
+from fivenines.spec import (
+    ListenerSpec,
+    Spec,
+    TargetGroupSpec,
+    parse_port_range,
+    port_is_free,
+    split_hostport,
+)
 
 if TYPE_CHECKING:
     from fivenines.runtime.replication import ReplicationManager
@@ -100,6 +108,9 @@ class TargetRuntime:
         if hc.agent is not None:
             self.backend.weight = weight * 100  # in percent, so that an agent's 75% is exact
         self.drain_started: float | None = None
+        self.admin_state: AdminState | None = None  # what an operator asked (drain, maintenance)
+        self.spec_weight = weight  # the spec's; base_weight differs when an operator set it
+        self.fingerprint = fingerprint(group.name, group.spec, None if slot else self.backend.address)
 
     @property
     def excluded(self) -> str:
@@ -121,6 +132,13 @@ class TargetRuntime:
     def __repr__(self) -> str:
         return f"<Target {self.id} {self.backend.address} {self.health.state.value} {self.role.value}>"
 
+    def effective_weight(self) -> int:
+        """The balancer's weight: ``base_weight``, scaled by an agent's percentage when one is set up."""
+        if self.group.spec.health_check.agent is None:
+            return self.base_weight
+        r = self.agent
+        return self.base_weight * (r.weight_percent if r is not None and r.weight_percent else 100)
+
 
 class GroupRuntime:
     def __init__(self, name: str, spec: TargetGroupSpec, clock: Callable[[], float] = time.monotonic) -> None:
@@ -132,14 +150,46 @@ class GroupRuntime:
         self.matcher = spec.health_check.matcher_ranges
         size = spec.instances.total if spec.instances else len(spec.targets or [])
         self.failover = GroupFailover(spec, size, self.active_count)
+        self.guard_outliers()
+        self.replication: ReplicationManager | None = None  # replicated: groups
+
+    def guard_outliers(self) -> None:
         if self.failover.outliers is not None:
             # passive ejection never takes out the last member able to serve
             self.failover.outliers.may_eject = lambda i: pool.can_spare(
                 [t.member() for t in self.targets], self.targets[i].id)
-        self.replication: ReplicationManager | None = None  # replicated: groups
 
     def by_id(self, target_id: str) -> TargetRuntime | None:
         return next((t for t in self.targets if t.id == target_id), None)
+
+    def add(self, t: TargetRuntime) -> None:
+        self.targets.append(t)
+        self.backends.add(t.backend)
+
+    def remove(self, t: TargetRuntime) -> None:
+        if t in self.targets:
+            self.targets.remove(t)
+        self.backends.remove(t.id)
+
+
+def restart_policy(tg: TargetGroupSpec) -> RestartPolicy:
+    assert tg.instances is not None
+    r = tg.instances.restart
+    return RestartPolicy(r.initial_delay, r.max_delay, r.multiplier, r.jitter, r.stable_after, r.crash_loop_after)
+
+
+def spec_base_dir(spec_path: Path | None) -> Path:
+    """The folder relative paths in a spec are relative to: the spec file's."""
+    return (spec_path.parent if spec_path else Path.cwd()).resolve()
+
+
+def resolve_state_dir(spec: Spec, spec_path: str | Path | None) -> Path:
+    """Where a spec's state goes: ``state_dir``, else ``.fivenines/NAME`` beside the spec file."""
+    return state_dir_for(spec.name, spec.state_dir, spec_path)
+
+
+def state_dir_for(name: str, state_dir: str | None, spec_path: str | Path | None) -> Path:
+    return spec_base_dir(Path(spec_path) if spec_path else None) / (state_dir or f".fivenines/{name}")
 
 
 def allocate_ports(spec_ports: str, n: int, taken: set[int]) -> list[int]:
@@ -171,10 +221,9 @@ class Controller:
                  settings: ProxySettings | None = None) -> None:
         self.spec = spec
         self.spec_path = Path(spec_path) if spec_path else None
-        base = (self.spec_path.parent if self.spec_path else Path.cwd()).resolve()
         # relative paths in the spec are relative to the spec file's folder
-        self.state_dir = base / (spec.state_dir or f".fivenines/{spec.name}")
-        self.base_dir = base
+        self.base_dir = spec_base_dir(self.spec_path)
+        self.state_dir = resolve_state_dir(spec, self.spec_path)
         self.rng = rng or random.Random()
         self.settings = settings or ProxySettings()
         self.events = EventLog()
@@ -191,7 +240,13 @@ class Controller:
         self.on_decision: Callable[[str], None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self.tick_interval = 0.05
-        self.admin_token = ""
+        # operations (admin API, metrics, reload, state file): set up in start()
+        self.metrics: Any = None
+        self.reloader: Any = None
+        self.statefile: Any = None
+        self.access_log: Any = None
+        self.operator: Any = None
+        self.admin_token = ""  # set by the admin server when it starts (admin.auth)
 
     # ------------------------------------------------------------------ clock
 
@@ -216,15 +271,21 @@ class Controller:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)  # owner-only: logs, state and token live here
         os.chmod(self.state_dir / "logs", 0o700)
-        from fivenines.admin.token import load_or_create
-
-        self.admin_token = load_or_create(admin_token_path(self.spec, self.state_dir, self.base_dir))
         self._build_groups()
         for g in self.groups.values():
-            if g.failover.outliers is not None:
-                g.backends.observe = lambda i, o, lat, now, g=g: self.on_outcome(g, i, o, lat, now)
+            self.wire_group(g)
+        from fivenines.admin.metrics import Metrics
         from fivenines.admin.server import AdminServer
+        from fivenines.runtime.operator import Operator
+        from fivenines.runtime.reload import Reloader
+        from fivenines.runtime.statefile import StateFile
 
+        self.events.open_file(self.state_dir / "events.jsonl")
+        self.metrics = Metrics(self)
+        self.reloader = Reloader(self)
+        self.operator = Operator(self)
+        self.statefile = StateFile(self, self.state_dir / "health-state.json")
+        self.statefile.restore()
         host, port = split_hostport(self.spec.admin.listen)
         self.admin = AdminServer(self)
         try:
@@ -238,13 +299,72 @@ class Controller:
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
         for g in self.groups.values():
             for t in g.targets:
-                if t.slot is not None:
-                    self._start_instance(t)
-                t.probe_task = loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
-                if g.spec.health_check.agent is not None:
-                    t.agent_task = loop.create_task(self._agent_loop(t), name=f"agent {t.id}")
+                self.launch_target(t)
             self._reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
+        self.statefile.start()
+
+    def reindex_group(self, g: GroupRuntime, fresh: Collection[str] = ()) -> None:
+        """Targets came or went (a reload): make every target's index its position again (the
+        passive detector's key, the data plane's ``backend.index``), carrying each kept target's
+        passive history over; ``fresh`` targets start clean."""
+        order: list[int | None] = []
+        for i, t in enumerate(g.targets):
+            order.append(None if t.id in fresh else t.backend.index)
+            t.index = i
+            t.backend.index = i
+        out = g.failover.outliers
+        if out is not None:
+            out.remap(order)
+
+    def wire_group(self, g: GroupRuntime) -> None:
+        """Connect the group's data plane to its passive detector (when it has one)."""
+        if g.failover.outliers is not None:
+            g.backends.observe = lambda i, o, lat, now, g=g: self.on_outcome(g, i, o, lat, now)
+        else:
+            g.backends.observe = None
+
+    def make_listener(self, ls: ListenerSpec) -> Any:
+        """A listener (not yet bound) for ``ls``: its rules compiled over the groups running now."""
+        groups = {name: g.backends for name, g in self.groups.items()}
+        listener = make_listener(ls, groups, self.settings if self._settings_given else None)
+        if self.access_log is not None and hasattr(listener, "access_log"):
+            listener.access_log = self.access_log
+        return listener
+
+    def reroute(self, listener: Any, ls: ListenerSpec) -> None:
+        """New requests on ``listener`` follow ``ls`` (default group, rules, timeouts, limits) from
+        now on; requests in flight finish where they are."""
+        fresh = self.make_listener(ls)
+        old_settings = listener.settings
+        listener.group_for = fresh.group_for
+        listener.settings = fresh.settings
+        for attr in ("router", "groups"):
+            if hasattr(fresh, attr):
+                setattr(listener, attr, getattr(fresh, attr))
+        admission = getattr(listener, "admission", None)
+        if admission is not None:  # new limits; the connections open now stay counted
+            admission.max_total = fresh.admission.max_total
+            admission.max_per_ip = fresh.admission.max_per_ip
+        if hasattr(listener, "rate") and getattr(old_settings, "rate_limit", None) != fresh.settings.rate_limit:
+            listener.rate = fresh.rate
+
+    def launch_target(self, t: TargetRuntime) -> None:
+        """Start the target's instance (if supervised), its health checks and its agent checks."""
+        if t.slot is not None:
+            self._start_instance(t)
+        self.restart_probe(t)
+
+    def restart_probe(self, t: TargetRuntime) -> None:
+        """(Re)start the probe (and agent) loops of ``t``, e.g. after its health check changed."""
+        assert self._loop is not None
+        for task in (t.probe_task, t.agent_task):
+            if task is not None:
+                task.cancel()
+        t.probe_task = self._loop.create_task(self._probe_loop(t), name=f"probe {t.id}")
+        t.agent_task = None
+        if t.group.spec.health_check.agent is not None:
+            t.agent_task = self._loop.create_task(self._agent_loop(t), name=f"agent {t.id}")
 
     async def _start_data_plane(self) -> None:
         """Listeners in this process (``workers: 1``), or N worker processes sharing the ports."""
@@ -257,7 +377,7 @@ class Controller:
             self.listeners.extend(self.workers.listeners)
             return
         for ls in self.spec.listeners:
-            listener = make_listener(ls, groups, settings)
+            listener = self.make_listener(ls)
             await listener.start(ls.host, ls.port)
             self.listeners.append((ls, listener))
 
@@ -273,31 +393,33 @@ class Controller:
                 taken.update(ports)
                 ids = [f"{name}-{i + 1}" for i in range(inst.total)]
                 roles = pool.initial_roles(ids, inst.count)
-                r = inst.restart
-                policy = RestartPolicy(r.initial_delay, r.max_delay, r.multiplier, r.jitter, r.stable_after,
-                                       r.crash_loop_after)
-                cwd = inst.cwd or str(self.base_dir)
                 for i, (tid, port) in enumerate(zip(ids, ports, strict=True)):
-                    env = dict(os.environ)
-                    env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
-                    env["FIVENINES_TARGET_ID"] = tid
-                    env["FIVENINES_PORT"] = str(port)
-                    slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, policy,
-                                        self.state_dir / "logs")
-                    t = TargetRuntime(g, i, tid, "127.0.0.1", port, roles[tid], slot, now)
-                    g.targets.append(t)
-                    g.backends.add(t.backend)
+                    g.add(self.new_instance_target(g, i, tid, port, roles[tid], now))
             else:
                 for i, wt in enumerate(tg.target_list()):
-                    host, port = split_hostport(wt.address)
-                    tid = f"{name}-{i + 1}"
-                    t = TargetRuntime(g, i, tid, host, port, Role.ACTIVE, None, now, weight=wt.weight)
-                    g.targets.append(t)
-                    g.backends.add(t.backend)
+                    g.add(self.new_static_target(g, i, f"{name}-{i + 1}", wt.address, wt.weight, now))
             if tg.replicated is not None:
                 from fivenines.runtime.replication import ReplicationManager
 
                 g.replication = ReplicationManager(self, g)
+
+    def new_instance_target(self, g: GroupRuntime, index: int, tid: str, port: int, role: Role,
+                            now: float) -> TargetRuntime:
+        inst = g.spec.instances
+        assert inst is not None
+        env = dict(os.environ)
+        env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
+        env["FIVENINES_TARGET_ID"] = tid
+        env["FIVENINES_PORT"] = str(port)
+        cwd = inst.cwd or str(self.base_dir)
+        slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, restart_policy(g.spec),
+                            self.state_dir / "logs")
+        return TargetRuntime(g, index, tid, "127.0.0.1", port, role, slot, now)
+
+    def new_static_target(self, g: GroupRuntime, index: int, tid: str, address: str, weight: int,
+                          now: float) -> TargetRuntime:
+        host, port = split_hostport(address)
+        return TargetRuntime(g, index, tid, host, port, Role.ACTIVE, None, now, weight)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -305,6 +427,12 @@ class Controller:
             await self.stopped.wait()
             return
         self._stopping = True
+        if self.statefile is not None:
+            self.statefile.stop()
+        if self.reloader is not None:
+            await self.reloader.stop()
+        if self.operator is not None:
+            self.operator.stop()
         cut = 0
         if self.workers is not None:
             cut = await self.workers.stop(drain_timeout)
@@ -325,6 +453,7 @@ class Controller:
             for t in g.targets:
                 t.backend.close_idle()
         await self._close_servers()
+        self.events.close()
         self.stopped.set()
 
     async def _close_servers(self) -> None:
@@ -365,15 +494,16 @@ class Controller:
         t.group.backends.notify("move", t.backend)
         self._event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
         if slot.lifecycle.restarts:
-            if t.drain_started is not None or t.backend.draining:  # restarted after a deregistration
-                t.drain_started = None
+            if t.admin_state is None and (t.drain_started is not None or t.backend.draining):
+                t.drain_started = None  # restarted after a deregistration
                 t.group.backends.set_draining(t.id, False)
             outliers = t.group.failover.outliers
             if outliers is not None:
                 outliers.reinstate(t.index, now)
             self._ejection_over(t, now, "fresh process")
             t.agent = None
-            self._transition(t, t.judge.reset(now))
+            if t.admin_state is None:  # drained or in maintenance by an operator: it stays out
+                self._transition(t, t.judge.reset(now))
         slot.running.set()
 
     def _on_exit(self, t: TargetRuntime, code: int) -> None:
@@ -438,6 +568,8 @@ class Controller:
         if t.slot is not None:
             t.slot.lifecycle.mark_stable(now)
             grace = t.slot.lifecycle.in_startup_grace(now, t.group.spec.health_check.startup_grace)
+        if self.metrics is not None:
+            self.metrics.observe_check(t, result)
         self._transition(t, t.judge.check(result, now, in_grace=grace))
 
     def _transition(self, t: TargetRuntime, tr: Transition | None) -> None:
@@ -515,7 +647,8 @@ class Controller:
             decisions.append(str(c))
         fo = g.failover
         plan = pool.plan_serving([t.member() for t in g.targets], fo.fail_open)
-        ids = plan.ids
+        # weight 0 (an operator's): healthy but sent no new requests
+        ids = [i for i in plan.ids if g.backends.backends[i].weight > 0]
         before = [b.id for b in g.backends.serving]
         if plan.fail_open != fo.serving.fail_open:
             what = (f"no target can serve: fail-open {plan.policy.value} in force" if plan.fail_open
@@ -534,19 +667,58 @@ class Controller:
                 self.on_decision(d)
         return decisions
 
-    def _event(self, kind: str, t: TargetRuntime, old: str, new: str, reason: str) -> None:
+    def _event(self, kind: str, t: TargetRuntime, old: str, new: str, reason: str) -> Event:
         ev = self.events.emit(self.wall(self.now()), kind, t.group.name, t.id, old, new, reason)
-        log.info("%s", ev)
+        log.info("%s", ev, extra={"event": ev.to_json()})
+        return ev
+
+    # ------------------------------------------------------------------ draining
+    # Small hooks others reuse (operator actions, reload, rolling restarts).
+
+    async def drain_target(self, t: TargetRuntime, why: str) -> None:
+        """Send ``t`` no new requests and wait until its draining is over (:meth:`deregister`:
+        in-flight requests finish, or are cut after ``deregistration_delay``); ``t`` is then
+        ``unused``, and the caller decides what comes next (removed, restarted, kept out)."""
+        self.begin_drain(t, why)
+        await self.wait_drained(t)
+
+    def begin_drain(self, t: TargetRuntime, why: str) -> None:
+        """``t`` gets no new requests from now on; ``why`` goes into a ``drain`` event."""
+        self._event("drain", t, "", "draining", why)
+        if t.health.state is not HealthState.UNUSED:
+            self.deregister(t.id)
+
+    async def wait_drained(self, t: TargetRuntime) -> None:
+        """Until ``t`` is no longer draining (its draining finished, timed out or was called off)."""
+        # the drain ticks of deregister() decide the end; watch for it from here
+        while t.health.state is HealthState.DRAINING and t.drain_started is not None and not self._stopping:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def retire_target(self, t: TargetRuntime) -> None:
+        """Stop checking ``t``, stop its instance and forget it (after it was drained)."""
+        tasks = [x for x in (t.probe_task, t.agent_task) if x is not None]
+        for x in tasks:
+            x.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        t.probe_task = t.agent_task = None
+        if t.slot is not None:
+            await self._stop_instance(t)
+        t.group.remove(t)
+        t.backend.close_idle()
+        self.reindex_group(t.group)
+        self._reconcile(t.group)
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
         now = self.now()
         listeners = []
-        for ls, lst in self.listeners:
+        for i, (ls, lst) in enumerate(self.listeners):
             c = lst.counters
             host, port = lst.address
             listeners.append({
+                "index": i,
+                "rules": len(ls.rules),
                 "address": f"{host}:{port}",
                 "host": host,
                 "port": port,
@@ -565,7 +737,6 @@ class Controller:
                 "rejected": c.rejected,
                 "refused_connections": c.refused,
                 "rate_limited": c.rate_limited,
-                "rules": len(ls.rules),
             })
         groups: dict[str, dict[str, Any]] = {}
         for name, g in self.groups.items():
@@ -590,7 +761,7 @@ class Controller:
                 groups[name]["replication"] = rep
                 for ts in targets:
                     ts["replication"] = g.replication.target_status(ts["id"])
-        return {
+        out: dict[str, Any] = {
             "name": self.spec.name,
             "pid": os.getpid(),
             "started": iso(self.wall(self.started_at)),
@@ -600,7 +771,14 @@ class Controller:
             "target_groups": groups,
             "workers": self.workers.status() if self.workers is not None else [],
             "workers_synced": self.workers.synced() if self.workers is not None else True,
+            "events_seq": self.events.last_seq,
         }
+        if self.reloader is not None:
+            out["config"] = self.reloader.status()
+        return out
+
+    def target_status(self, t: TargetRuntime) -> dict[str, Any]:
+        return self._target_status(t, self.now())
 
     def _target_status(self, t: TargetRuntime, now: float) -> dict[str, Any]:
         h = t.health
@@ -617,8 +795,11 @@ class Controller:
             "requests": t.backend.requests,
             "errors": t.backend.errors,
             "in_flight": t.backend.in_flight,
-            "weight": t.backend.weight,
             "last_check": None,
+            "admin_state": t.admin_state.value if t.admin_state else None,
+            "retries": t.backend.retries,
+            "responses": t.backend.responses_by_class(),
+            "latency": {"count": t.backend.latency_count(), "sum_s": round(t.backend.latency_sum, 6)},
         }
         if h.last_check is not None:
             lc = h.last_check
@@ -893,16 +1074,24 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
 
 
 async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
-              announce: Callable[[Controller], None] | None = None) -> int:
-    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly. Returns the exit status."""
+              announce: Callable[[Controller], None] | None = None, access_log: str | None = None) -> int:
+    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly; SIGHUP reloads. Returns the exit status."""
     import signal
 
     ctl = Controller(spec, spec_path)
+    if access_log is not None:
+        from fivenines.runtime.logs import AccessLog
+
+        ctl.access_log = AccessLog(access_log)
+        ctl.access_log.open()
     await ctl.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ctl.reloader.request, "SIGHUP")
+    run_file = ctl.state_dir / RUN_FILE
+    write_ready_file(str(run_file), ctl.ready_info())
     if ready_file:
         write_ready_file(ready_file, ctl.ready_info())
     if announce:
@@ -910,7 +1099,15 @@ async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | Non
     await stop.wait()
     log.info("stopping: draining in-flight requests, then stopping instances")
     await ctl.stop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    if ctl.access_log is not None:
+        ctl.access_log.close()
+    with contextlib.suppress(OSError):
+        run_file.unlink()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
     return 0
+
+
+RUN_FILE = "run.json"
+"""In STATE_DIR while fivenines runs: its pid and admin URL (how the CLI finds it with -f SPEC)."""

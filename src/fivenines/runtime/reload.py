@@ -1,0 +1,474 @@
+"""Reload: re-read the spec and apply it as a diff, without dropping a request.
+
+Triggered by ``fivenines reload`` / ``POST /reload`` / SIGHUP. What changes is decided
+by :func:`fivenines.core.reconfig.plan`; this module carries it out in three steps:
+
+1. **Check everything first.** The file is loaded and validated exactly as at start;
+   the plan is made; new ports are checked and new listener sockets bound; instance
+   ports allocated. Any problem rejects the reload *as a whole*, with the same
+   ``FILE: field.path: what is wrong`` messages as ``fivenines validate``; the running
+   configuration is not touched.
+2. **Add, then wait.** New groups and targets start (``initial``: no traffic) next to
+   the old ones; in-place updates apply; then the reload waits (bounded) until what it
+   added has passed its health checks.
+3. **Switch, then drain.** Listeners are rerouted (new requests follow the new rules;
+   requests in flight finish where they are) or rebound (the new socket listens before
+   the old one stops; established connections stay open); removed targets drain (no
+   new requests, in-flight ones finish within ``deregistration_delay``) and are then
+   stopped and forgotten.
+
+Health state is untouched by a reload: kept targets keep their state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fivenines.core import reconfig
+from fivenines.core.detect import HealthJudge
+from fivenines.core.pool import Role
+from fivenines.core.restore import fingerprint
+from fivenines.errors import ConfigError, SpecError
+from fivenines.proxy.backend import BackendGroup
+from fivenines.proxy.http import Listener
+from fivenines.runtime.events import iso
+from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
+from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
+
+if TYPE_CHECKING:
+    from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
+
+log = logging.getLogger("fivenines")
+
+_BALANCING = ("algorithm", "hash_on", "retries", "stickiness", "slow_start", "hedging")
+"""Group settings the data plane holds in its BackendGroup (rebuilt from the spec on a reload)."""
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    ok: bool
+    source: str
+    generation: int
+    at: float
+    actions: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "source": self.source, "generation": self.generation, "at": iso(self.at),
+                "actions": self.actions, "errors": self.errors, "warnings": self.warnings}
+
+
+class _Rejected(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        raise
+    s.setblocking(False)
+    return s
+
+
+def _dup_listening(lst: Listener) -> socket.socket:
+    """A second handle on ``lst``'s listening socket: the queue of pending connections is kept."""
+    assert lst.server is not None
+    ts = lst.server.sockets[0]
+    s = socket.socket(ts.family, ts.type, ts.proto, fileno=socket.dup(ts.fileno()))
+    s.setblocking(False)
+    return s
+
+
+class Reloader:
+    """Serialises reloads and carries them out on one controller."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self.lock = asyncio.Lock()
+        self.generation = 1
+        self.last: ReloadResult | None = None
+        self.counts = {"ok": 0, "rejected": 0}
+        self.removing: set[str] = set()  # ids of targets being drained out
+        # listeners that stopped accepting (with the index they served); their connections finish
+        self.retiring: list[tuple[int | None, Listener]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return (f"<Reloader generation={self.generation} removing={sorted(self.removing)} "
+                f"retiring={len(self.retiring)}>")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "spec_file": str(self.ctl.spec_path) if self.ctl.spec_path else None,
+            "reloads": dict(self.counts),
+            "last_reload": self.last.to_json() if self.last else None,
+            "removing": sorted(self.removing),
+        }
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def request(self, source: str) -> None:
+        """Enqueue a reload (from a signal handler: only schedules)."""
+        self._spawn(self.reload(source), f"reload ({source})")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(lst.drain(5.0) for _, lst in self.retiring), return_exceptions=True)
+        self.retiring.clear()
+
+    # ------------------------------------------------------------------ the reload
+
+    async def reload(self, source: str = "admin API") -> ReloadResult:
+        async with self.lock:
+            ctl = self.ctl
+            at = time.time()
+            try:
+                result = await self._reload(source, at)
+            except _Rejected as rej:
+                result = ReloadResult(False, source, self.generation, at, errors=rej.errors)
+                self.counts["rejected"] += 1
+                for e in rej.errors:
+                    log.error("reload rejected: %s", e)
+                first = rej.errors[0] if rej.errors else ""
+                ctl.events.emit(ctl.wall(ctl.now()), "reload", "", "", f"generation {self.generation}", "rejected",
+                                f"{source}: {len(rej.errors)} problem(s), nothing changed; {first}")
+            self.last = result
+            return result
+
+    async def _reload(self, source: str, at: float) -> ReloadResult:
+        ctl = self.ctl
+        if ctl.spec_path is None:
+            raise _Rejected(["fivenines was started without a spec file: nothing to re-read"])
+        path = str(ctl.spec_path)
+        try:
+            new = load_spec(path)
+        except SpecError as exc:
+            raise _Rejected([f"{exc.file}: {e}" for e in exc.errors]) from None
+        plan = reconfig.plan(ctl.spec, new, self._running())
+        if not plan.ok:
+            raise _Rejected([f"{path}: {e}" for e in plan.errors])
+        prepared = self._prepare(plan, new, path)
+        try:
+            warnings = await self._commit(plan, new, prepared)
+        except BaseException:
+            prepared.close()
+            raise
+        self.generation += 1
+        self.counts["ok"] += 1
+        desc = plan.describe()
+        for line in desc:
+            log.info("reload: %s", line)
+        ctl.events.emit(ctl.wall(ctl.now()), "reload", "", "", f"generation {self.generation - 1}",
+                        f"generation {self.generation}", f"{source}: " + "; ".join(desc))
+        return ReloadResult(True, source, self.generation, at, desc, [], warnings)
+
+    def _running(self) -> reconfig.Running:
+        targets = {
+            name: [reconfig.RunningTarget(t.id, t.backend.address, t.role, t.health.state, t.index, t.spec_weight)
+                   for t in g.targets if t.id not in self.removing]
+            for name, g in self.ctl.groups.items()
+        }
+        taken = frozenset(t.id for g in self.ctl.groups.values() for t in g.targets)
+        return reconfig.Running(targets, taken)
+
+    # ------------------------------------------------------------------ step 1: check everything
+
+    def _prepare(self, plan: reconfig.Plan, new: Spec, path: str) -> _Prepared:
+        ctl = self.ctl
+        prep = _Prepared()
+        errors: list[str] = []
+        for name in sorted({a.group for a in plan.actions if hasattr(a, "group")}):
+            g = ctl.groups.get(name)
+            if g is not None and g.failover.rollout is not None and g.failover.rollout.running:
+                errors.append(f"{path}: target_groups.{name}: a rolling restart is running; reload when it has ended")
+        if errors:
+            raise _Rejected(errors)
+        if ctl.spec.workers > 1:
+            errors += [f"{path}: cannot {a} on a reload with workers: {ctl.spec.workers} (the worker processes "
+                       "hold listeners, targets and balancing); restart fivenines for it"
+                       for a in reconfig.held_by_workers(plan)]
+            if errors:
+                raise _Rejected(errors)
+        for a in plan.actions:
+            if isinstance(a, reconfig.AddGroup) or (isinstance(a, reconfig.UpdateGroup)
+                                                    and set(_BALANCING) & set(a.fields)):
+                try:
+                    prep.groups[a.group] = BackendGroup.from_spec(a.group, new.target_groups[a.group], clock=ctl.now)
+                except ValueError as exc:
+                    errors.append(f"{path}: target_groups.{a.group}: {exc}")
+        # instance ports
+        taken = {t.slot.port for g in ctl.groups.values() for t in g.targets if t.slot is not None}
+        want: dict[str, int] = {}
+        for a in plan.of(reconfig.AddTarget):
+            if a.address is None:
+                want[a.group] = want.get(a.group, 0) + 1
+        from fivenines.runtime.controller import allocate_ports
+
+        for group, n in want.items():
+            inst = new.target_groups[group].instances
+            assert inst is not None
+            try:
+                ports = allocate_ports(inst.ports, n, taken)
+            except ConfigError as exc:
+                errors.append(f"{path}: target_groups.{group}.instances.ports: {exc}")
+                continue
+            taken.update(ports)
+            prep.ports[group] = ports
+        # listener sockets: bound now, so a busy port rejects the reload before anything changes
+        held = {lst.address: i for i, (_, lst) in enumerate(ctl.listeners)}
+        for a in plan.actions:
+            if not isinstance(a, reconfig.AddListener | reconfig.RebindListener):
+                continue
+            ls = new.listeners[a.index]
+            if isinstance(a, reconfig.RebindListener):
+                old_ls, old_lst = ctl.listeners[a.index]
+                if (old_ls.host, old_ls.port) == (ls.host, ls.port) and ls.port != 0:
+                    prep.sockets[a.index] = _dup_listening(old_lst)  # same address: hand the socket over
+                    continue
+            owner = held.get((ls.host, ls.port)) if ls.port else None
+            if owner is not None and owner != a.index:
+                errors.append(f"{path}: listeners.{a.index}.port: {ls.host}:{ls.port} is served by listeners."
+                              f"{owner} now; move them in two reloads")
+                continue
+            if ls.port and not port_is_free(ls.host, ls.port):
+                errors.append(f"{path}: listeners.{a.index}.port: {ls.host}:{ls.port} is in use")
+                continue
+            try:
+                prep.sockets[a.index] = _bind(ls.host, ls.port)
+            except OSError as exc:
+                errors.append(f"{path}: listeners.{a.index}: cannot listen on {ls.host}:{ls.port}: "
+                              f"{exc.strerror or exc}")
+        if errors:
+            prep.close()
+            raise _Rejected(errors)
+        return prep
+
+    # ------------------------------------------------------------------ steps 2 and 3
+
+    async def _commit(self, plan: reconfig.Plan, new: Spec, prep: _Prepared) -> list[str]:
+        ctl = self.ctl
+        from fivenines.runtime.controller import GroupRuntime, restart_policy
+
+        now = ctl.now()
+        warnings: list[str] = []
+        touched: set[str] = set()
+        old_spec = ctl.spec
+        ctl.spec = new
+        for name, g in ctl.groups.items():
+            if name in new.target_groups and name in old_spec.target_groups:
+                g.spec = new.target_groups[name]
+                g.matcher = g.spec.health_check.matcher_ranges
+        added: list[TargetRuntime] = []
+        new_groups: list[str] = []
+        ports = {g: list(p) for g, p in prep.ports.items()}
+        for a in plan.actions:
+            if isinstance(a, reconfig.AddGroup):
+                grp = GroupRuntime(a.group, new.target_groups[a.group], clock=ctl.now)
+                ctl.groups[a.group] = grp
+                ctl.wire_group(grp)
+                new_groups.append(a.group)
+            elif isinstance(a, reconfig.AddTarget):
+                grp = ctl.groups[a.group]
+                if a.address is None:
+                    t = ctl.new_instance_target(grp, a.index, a.id, ports[a.group].pop(0), a.role, now)
+                else:
+                    t = ctl.new_static_target(grp, a.index, a.id, a.address, a.weight, now)
+                grp.add(t)
+                added.append(t)
+                touched.add(a.group)
+            elif isinstance(a, reconfig.UpdateGroup):
+                self._update_group(ctl.groups[a.group], a.fields, prep, restart_policy)
+                touched.add(a.group)
+            elif isinstance(a, reconfig.SetWeight):
+                t = self._target(a.group, a.id)
+                t.spec_weight = t.base_weight = a.weight
+                t.backend.weight = t.effective_weight()
+                touched.add(a.group)
+            elif isinstance(a, reconfig.SetActiveCount):
+                grp = ctl.groups[a.group]
+                grp.active_count = a.count
+                grp.failover.rollout_policy = rollout_policy(grp.spec, a.count)
+                touched.add(a.group)
+            elif isinstance(a, reconfig.Demote):
+                t = self._target(a.group, a.id)
+                if t.role is Role.ACTIVE:
+                    t.role, t.role_since = Role.STANDBY, now
+                    ctl.events.emit(ctl.wall(now), "role", a.group, t.id, "active", "standby", a.reason)
+                touched.add(a.group)
+        for name in {t.group.name for t in added}:
+            ctl.reindex_group(ctl.groups[name], {t.id for t in added})
+        for t in added:
+            ctl.launch_target(t)
+        for name in touched | set(new_groups):
+            ctl._reconcile(ctl.groups[name])
+        # step 2: wait (bounded) until what was added has passed its checks
+        if added or new_groups:
+            deadline = reconfig.ready_deadline([ctl.groups[g].spec for g in {t.group.name for t in added}])
+            waiting = await self._wait_ready(added, new_groups, deadline)
+            if waiting:
+                warnings.append(f"went ahead after {deadline:g}s without: {', '.join(waiting)}")
+                log.warning("reload: went ahead after %gs without: %s", deadline, ", ".join(waiting))
+        # step 3: switch listeners, then drain what goes
+        for a in plan.actions:
+            if isinstance(a, reconfig.RerouteListener):
+                ls = new.listeners[a.index]
+                _, lst = ctl.listeners[a.index]
+                ctl.reroute(lst, ls)
+                ctl.listeners[a.index] = (ls, lst)
+                for i, old in self.retiring:
+                    if i == a.index:
+                        ctl.reroute(old, ls)
+            elif isinstance(a, reconfig.RebindListener):
+                await self._rebind(a.index, new.listeners[a.index], prep.sockets.pop(a.index))
+            elif isinstance(a, reconfig.AddListener):
+                ls = new.listeners[a.index]
+                lst = ctl.make_listener(ls)
+                await lst.start(ls.host, ls.port, sock=prep.sockets.pop(a.index))
+                ctl.listeners.append((ls, lst))
+        for a in sorted(plan.of(reconfig.RemoveListener), key=lambda x: -x.index):
+            _, lst = ctl.listeners.pop(a.index)
+            self._retire_listener(lst)
+        for a in plan.actions:
+            if isinstance(a, reconfig.RemoveTarget):
+                t = self._target(a.group, a.id)
+                self.removing.add(t.id)
+                self._spawn(self._drain_and_remove(t, f"reload: {a.reason}"), f"remove {t.id}")
+            elif isinstance(a, reconfig.RemoveGroup):
+                self._spawn(self._remove_group(ctl.groups[a.group]), f"remove group {a.group}")
+        return warnings
+
+    def _target(self, group: str, tid: str) -> TargetRuntime:
+        t = self.ctl.groups[group].by_id(tid)
+        assert t is not None, f"{tid} not in {group}"
+        return t
+
+    def _update_group(self, g: GroupRuntime, fields: tuple[str, ...], prep: _Prepared, restart_policy: Any) -> None:
+        if g.name in prep.groups:
+            g.backends.configure_like(prep.groups[g.name])
+        fo = g.failover
+        if {"outlier_detection", "failover", "fail_open"} & set(fields):
+            fresh = GroupFailover(g.spec, len(g.targets), g.active_count)
+            if "outlier_detection" in fields:  # a new detector: passive history starts over
+                fo.outliers = fresh.outliers
+                g.guard_outliers()
+                self.ctl.reindex_group(g, {t.id for t in g.targets})
+                self.ctl.wire_group(g)
+            if "failover" in fields:
+                fo.flaps = fresh.flaps
+            if "fail_open" in fields:
+                fo.fail_open = fresh.fail_open
+        fo.rollout_policy = rollout_policy(g.spec, g.active_count)
+        hc = g.spec.health_check
+        for t in g.targets:
+            if "health_check" in fields:
+                # the state machine (and so the health state) stays; the failure detector is new
+                t.health.healthy_threshold = hc.healthy_threshold
+                t.judge = HealthJudge(t.health, make_detector(hc))
+                t.fingerprint = fingerprint(g.name, g.spec, None if t.slot else t.backend.address)
+                t.backend.weight = t.effective_weight()  # an agent added or removed changes the scale
+                if t.probe_task is not None:
+                    self.ctl.restart_probe(t)
+            if t.slot is not None and g.spec.instances is not None:
+                if "instances.restart" in fields:
+                    t.slot.lifecycle.policy = restart_policy(g.spec)
+                if "instances.stop_timeout" in fields:
+                    t.slot.stop_timeout = g.spec.instances.stop_timeout
+        if "health_check" in fields:
+            g.backends.set_serving([b.id for b in g.backends.serving])  # the balancer takes the weights
+
+    async def _wait_ready(self, added: list[TargetRuntime], new_groups: list[str], limit: float) -> tuple[str, ...]:
+        ctl = self.ctl
+        deadline = ctl.now() + limit
+        while True:
+            r = reconfig.readiness(
+                {t.id: t.health.state for t in added},
+                {g: len(ctl.groups[g].backends.serving) for g in new_groups if g in ctl.groups},
+            )
+            if r.ready or ctl.stopping:
+                return ()
+            if ctl.now() >= deadline:
+                return r.waiting
+            await asyncio.sleep(0.05)
+
+    async def _rebind(self, index: int, ls: ListenerSpec, sock: socket.socket) -> None:
+        """Listen on the new address first, then stop accepting on the old one; its open
+        connections stay and finish on their own (they follow the new routes)."""
+        ctl = self.ctl
+        _, old = ctl.listeners[index]
+        lst = ctl.make_listener(ls)
+        await lst.start(ls.host, ls.port, sock=sock)
+        ctl.listeners[index] = (ls, lst)
+        ctl.reroute(old, ls)
+        self._retire_listener(old, index)
+
+    def _retire_listener(self, lst: Listener, index: int | None = None) -> None:
+        lst.stop_accepting()
+        entry = (index, lst)
+        self.retiring.append(entry)
+
+        async def forget() -> None:
+            if lst.clients:
+                lst.no_clients.clear()
+                await lst.no_clients.wait()
+            await lst.drain(0)  # nothing left to cut: stops its timers
+            if entry in self.retiring:
+                self.retiring.remove(entry)
+
+        self._spawn(forget(), "retire listener")
+
+    async def _drain_and_remove(self, t: TargetRuntime, why: str) -> None:
+        try:
+            await self.ctl.drain_target(t, why)
+            await self.ctl.retire_target(t)
+            self.ctl.events.emit(self.ctl.wall(self.ctl.now()), "reload", t.group.name, t.id, t.health.state.value,
+                                 "removed", why)
+        finally:
+            self.removing.discard(t.id)
+
+    async def _remove_group(self, g: GroupRuntime) -> None:
+        for t in g.targets:
+            self.removing.add(t.id)
+        try:
+            await asyncio.gather(*(self._drain_and_remove(t, f"reload: target group {g.name} removed")
+                                   for t in list(g.targets)))
+        finally:
+            if self.ctl.groups.get(g.name) is g:
+                del self.ctl.groups[g.name]
+            self.ctl.events.emit(self.ctl.wall(self.ctl.now()), "reload", g.name, "", "", "removed",
+                                 "target group removed")
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What step 1 reserved: released again when the reload is rejected."""
+
+    groups: dict[str, BackendGroup] = field(default_factory=dict)  # configured from the new spec
+    ports: dict[str, list[int]] = field(default_factory=dict)
+    sockets: dict[int, socket.socket] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            with contextlib.suppress(OSError):
+                s.close()
+        self.sockets.clear()
+
