@@ -247,10 +247,20 @@ class LoopThread:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        self.call(_cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
+        import threading
+
+        try:
+            self.call(_cancel_all(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if self._thread.is_alive():
+            return  # never close a loop still running (uvloop can block for ever): it dies with the process
+        # Closing can block on a transport that never finished closing: bounded, so a failing
+        # test reports its failure instead of hanging the run.
+        closer = threading.Thread(target=self.loop.close, daemon=True)
+        closer.start()
+        closer.join(5)
 
 
 class ProxyUnderTest:
