@@ -361,7 +361,7 @@ class Listener:
     def _watch(self) -> None:
         """Per-try timeouts: attempts whose response head is late."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self.time()  # the clock the deadlines were set with
         for conn in [c for c in self.waiting if c.deadline <= now]:
             conn.timed_out()
         if self.hedging:

@@ -107,7 +107,7 @@ class AccessLog:
 
     def record(self, peer_ip: bytes, ex: Exchange, target: str) -> None:
         loop = asyncio.get_running_loop()
-        took = loop.time() - ex.sent_at if ex.sent_at else -1.0
+        took = time.monotonic() - ex.sent_at if ex.sent_at else -1.0  # sent_at is time.monotonic()
         self._pending.append((peer_ip, time.time(), ex.head, ex.status, target, took))
         if self._timer is None:
             self._timer = loop.call_later(self.flush_every, self.flush)
