@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]{0,5})?$")
@@ -48,9 +49,12 @@ class Limits:
     max_body: int | None = None  # None: no limit on the body size
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """``status`` 0: forward it, with ``target`` and ``host`` (may be rewritten). Otherwise answer ``status``."""
+class Verdict(NamedTuple):
+    """``status`` 0: forward it, with ``target`` and ``host`` (may be rewritten). Otherwise answer ``status``.
+
+    A named tuple, not a dataclass: one is made per request on the hot path, and a
+    tuple is the cheapest immutable record to build.
+    """
 
     status: int
     reason: str = ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -320,7 +321,7 @@ class Controller:
     def wire_group(self, g: GroupRuntime) -> None:
         """Connect the group's data plane to its passive detector (when it has one)."""
         if g.failover.outliers is not None:
-            g.backends.observe = lambda i, o, lat, now, g=g: self.on_outcome(g, i, o, lat, now)
+            g.backends.observe = functools.partial(self.on_outcome, g)  # C-level binding: one Python frame less per request
         else:
             g.backends.observe = None
 
