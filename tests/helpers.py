@@ -86,15 +86,38 @@ class Demo:
         return http_get(self.host, self.port, path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc.stderr:
             self.proc.stderr.close()
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate ``proc`` (kill it if it takes over 5 s) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def raw_exchange(host: str, port: int, data: bytes, timeout: float = 5.0, until_close: bool = True) -> bytes:
+    """Send raw bytes; read until the server closes (or ``timeout``, or the first read unless ``until_close``)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+                if not until_close:
+                    break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
 
 
 def http_get(host: str, port: int, path: str = "/", timeout: float = 5.0,
@@ -284,21 +307,7 @@ class ProxyUnderTest:
         return http_get(self.host, self.port, path, **kw)
 
     def raw(self, data: bytes, timeout: float = 5.0, until_close: bool = True) -> bytes:
-        """Send raw bytes, read until the server closes (or ``timeout``)."""
-        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
-            s.sendall(data)
-            chunks = []
-            try:
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    chunks.append(b)
-                    if not until_close:
-                        break
-            except TimeoutError:
-                pass
-            return b"".join(chunks)
+        return raw_exchange(self.host, self.port, data, timeout, until_close)
 
     def close(self) -> None:
         self.lt.call(self.listener.drain(1.0))

@@ -12,7 +12,7 @@ from typing import Any
 
 from fivenines.runtime.redis import ErrorReply, RespParser, encode_command
 from fivenines.runtime.supervisor import die_with_parent
-from tests.helpers import Fivenines, free_port, require_binary, wait_until
+from tests.helpers import Fivenines, free_port, require_binary, stop_process, wait_until
 
 
 class SyncRedis:
@@ -205,11 +205,5 @@ class EtcdServer:
             return False
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()

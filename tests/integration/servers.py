@@ -14,7 +14,7 @@ from typing import Any
 
 import httptools
 
-from tests.helpers import LoopThread
+from tests.helpers import LoopThread, raw_exchange
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -258,18 +258,7 @@ class DataPlane:
             c.close()
 
     def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
-        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
-            s.sendall(data)
-            chunks = []
-            try:
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    chunks.append(b)
-            except TimeoutError:
-                pass
-            return b"".join(chunks)
+        return raw_exchange(self.host, self.port, data, timeout)
 
     def close(self) -> None:
         async def shut() -> None:

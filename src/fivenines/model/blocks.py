@@ -282,6 +282,35 @@ def downtime_per_month(u: float) -> float:
     return u * SECONDS_PER_MONTH
 
 
+class UnavailabilityFigures:
+    """Availability, nines and downtime, derived from a result's ``unavailability``.
+
+    A mixin for the model's result records (slotted dataclasses: it adds no slots).
+    """
+
+    __slots__ = ()
+
+    @property
+    def unavailability(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def availability(self) -> float:
+        return 1.0 - self.unavailability
+
+    @property
+    def nines(self) -> float:
+        return nines_of_unavailability(self.unavailability)
+
+    @property
+    def downtime_per_year_s(self) -> float:
+        return downtime_per_year(self.unavailability)
+
+    @property
+    def downtime_per_month_s(self) -> float:
+        return downtime_per_month(self.unavailability)
+
+
 def format_seconds(seconds: float) -> str:
     """A short human rendering of a downtime: ``2.6 s``, ``5.3 min``, ``8.8 h``, ``3.7 d``.
 

@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fivenines.model.blocks import (
+    UnavailabilityFigures,
     _check_probability,
     _check_rate,
-    downtime_per_month,
-    downtime_per_year,
-    nines_of_unavailability,
     series_unavailability,
 )
 from fivenines.model.detection import detection_loss
@@ -127,7 +125,7 @@ class GroupParams:
 
 
 @dataclass(frozen=True, slots=True)
-class PartResult:
+class PartResult(UnavailabilityFigures):
     """Predicted unavailability of one part of the layout, split by cause."""
 
     contributions: dict[str, float]
@@ -136,22 +134,6 @@ class PartResult:
     @property
     def unavailability(self) -> float:
         return series_unavailability(self.contributions.values())
-
-    @property
-    def availability(self) -> float:
-        return 1.0 - self.unavailability
-
-    @property
-    def nines(self) -> float:
-        return nines_of_unavailability(self.unavailability)
-
-    @property
-    def downtime_per_year_s(self) -> float:
-        return downtime_per_year(self.unavailability)
-
-    @property
-    def downtime_per_month_s(self) -> float:
-        return downtime_per_month(self.unavailability)
 
     @property
     def dominant(self) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from fivenines.model.blocks import (
+    UnavailabilityFigures,
     downtime_per_month,
     downtime_per_year,
     nines_of_unavailability,
@@ -154,7 +155,7 @@ class SloCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(UnavailabilityFigures):
     """Predicted availability of a whole layout: the load balancer in series with every group."""
 
     groups: dict[str, GroupPrediction]
@@ -166,22 +167,6 @@ class Prediction:
         parts = [self.load_balancer.result.unavailability]
         parts += [g.unavailability for g in self.groups.values()]
         return series_unavailability(parts)
-
-    @property
-    def availability(self) -> float:
-        return 1.0 - self.unavailability
-
-    @property
-    def nines(self) -> float:
-        return nines_of_unavailability(self.unavailability)
-
-    @property
-    def downtime_per_year_s(self) -> float:
-        return downtime_per_year(self.unavailability)
-
-    @property
-    def downtime_per_month_s(self) -> float:
-        return downtime_per_month(self.unavailability)
 
     @property
     def assumptions(self) -> list[str]:

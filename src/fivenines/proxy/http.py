@@ -431,21 +431,28 @@ class Listener:
         self.stop_accepting()
         for c in list(self.clients):
             c.close_when_idle()
-        if self.clients:
-            self.no_clients.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.no_clients.wait()
-            except TimeoutError:
-                pass
-        cut = len(self.clients)
-        for c in list(self.clients):
-            c.abort()
+        cut = await wait_then_cut(self.clients, self.no_clients, timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
         return cut
+
+
+async def wait_then_cut(clients: set[Any], no_clients: asyncio.Event, timeout: float) -> int:
+    """Wait up to ``timeout`` for ``clients`` to leave (``no_clients`` is set when the last one
+    does), then abort those still open. Returns how many were cut. (HTTP and TCP listeners.)"""
+    if clients:
+        no_clients.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await no_clients.wait()
+        except TimeoutError:
+            pass
+    cut = len(clients)
+    for c in list(clients):
+        c.abort()
+    return cut
 
 
 class AccessLogSink(Protocol):

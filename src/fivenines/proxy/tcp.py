@@ -29,7 +29,7 @@ from fivenines.core.balance import key_hash
 from fivenines.core.limits import Admission
 from fivenines.core.retry import Failure, Verdict
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import Counters, ProxySettings
+from fivenines.proxy.http import Counters, ProxySettings, wait_then_cut
 
 log = logging.getLogger("fivenines.proxy.tcp")
 
@@ -102,16 +102,7 @@ class TcpListener:
     async def drain(self, timeout: float) -> int:
         """Stop accepting; let open connections finish within ``timeout``; returns how many were cut."""
         self.stop_accepting()
-        if self.clients:
-            self.no_clients.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.no_clients.wait()
-            except TimeoutError:
-                pass
-        cut = len(self.clients)
-        for c in list(self.clients):
-            c.abort()
+        cut = await wait_then_cut(self.clients, self.no_clients, timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
         return cut
