@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Python cost of one proxied keep-alive request, without the network.
+
+Drives one client connection and one pooled upstream connection of
+``fivenines.proxy.http`` with fake transports: a ``GET`` with a ``Host`` header in,
+a small ``200`` with ``Content-Length`` back, repeated. What it prints is the
+interpreter's share of a request (parsing, framing verdict, balancing, head
+rewriting, counters); system calls and the event loop come on top in
+``make bench``. ``--profile`` adds a cProfile listing of where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from typing import Any
+
+from fivenines.proxy.backend import Backend, BackendGroup
+from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 13:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if key == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def run(n: int, profile: bool) -> None:
+    group = BackendGroup("web")
+    backend = group.add(Backend("web-1", "127.0.0.1", 9))
+    group.set_serving(group.backends)
+    listener = Listener(lambda: group, 8080, ProxySettings())
+    listener.time = time.monotonic
+    client, ct = ClientConnection(listener), FakeTransport()
+    client.connection_made(ct)  # type: ignore[arg-type]
+    upstream, ut = UpstreamConnection(backend), FakeTransport()
+    upstream.connection_made(ut)  # type: ignore[arg-type]
+    backend.put_idle(upstream, 0.0)
+
+    def loop(k: int) -> None:
+        for _ in range(k):
+            client.data_received(REQUEST)
+            upstream.data_received(RESPONSE)
+            ct.out.clear()
+            ut.out.clear()
+
+    loop(1000)
+    if not backend.idle:
+        raise SystemExit("hotpath: the upstream connection did not return to the pool")
+    t = time.perf_counter()
+    loop(n)
+    dt = time.perf_counter() - t
+    print(f"{dt / n * 1e6:.2f} µs of Python per proxied request ({n} requests)")
+    if profile:
+        pr = cProfile.Profile()
+        pr.enable()
+        loop(min(n, 50_000))
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    ap.add_argument("-n", type=int, default=100_000, help="requests (default 100000)")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile listing")
+    args = ap.parse_args()
+    asyncio.run(run(args.n, args.profile))
+
+
+if __name__ == "__main__":
+    main()
