@@ -43,13 +43,18 @@ def custom_spec() -> dict[str, Any]:
 
 def test_custom_commands_fence_fail_over_and_keep_acknowledged_writes(run_fivenines: Any) -> None:
     f = run_fivenines(custom_spec())
-    # every server starts as a primary; fivenines keeps cache-1 and makes the others follow it
-    p = wait_until(lambda: (x := published(f)) and all(
-        t["replication"]["reported_role"] == "replica" for t in group(f)["targets"][1:]) and x, 15, 0.05,
-        what="cache-1 primary, others replicas")
-    assert p["id"] == "cache-1"
-    assert {e["target"] for e in events(f, "fence")} == {"cache-2", "cache-3"}
-    wait_until(lambda: role_of(group(f)["targets"][1]["address"]) == "slave", 5)
+    # Every server starts as a primary; fivenines keeps one (the first, unless its first role check
+    # timed out: then the next) and makes the others follow it.
+    def settled() -> dict[str, Any] | None:
+        x = published(f)
+        others = [t for t in group(f)["targets"] if x is not None and t["id"] != x["id"]]
+        ok = x is not None and len(others) == 2 and all(t["replication"]["reported_role"] == "replica" for t in others)
+        return x if ok else None
+
+    p = wait_until(settled, 15, 0.05, what="one primary, the others replicas")
+    others = [t for t in group(f)["targets"] if t["id"] != p["id"]]
+    assert {e["target"] for e in events(f, "fence")} == {t["id"] for t in others}
+    wait_until(lambda: all(role_of(t["address"]) == "slave" for t in others), 5, what="others replicate")
     keys = [f"c{i}" for i in range(100)]
 
     def written() -> bool:
@@ -64,9 +69,11 @@ def test_custom_commands_fence_fail_over_and_keep_acknowledged_writes(run_fiveni
 
     wait_until(written, 10, 0.1, what="writes acknowledged by both replicas")
     os.kill(p["pid"], signal.SIGKILL)
-    new = wait_until(lambda: (x := published(f)) and x["id"] != "cache-1" and x, 10, 0.02, what="failover")
+    new = wait_until(lambda: (x := published(f)) and x["id"] != p["id"] and x, 10, 0.02, what="failover")
     with redis(new["address"]) as r:
         assert r.cmd("MGET", *keys) == [k.encode() for k in keys]
     # the restarted old primary came back as an empty primary: fenced by the follow command
-    wait_until(lambda: role_of(group(f)["targets"][0]["address"]) == "slave", 10, 0.05, what="fenced")
+    old = p["id"]
+    wait_until(lambda: role_of(next(t for t in group(f)["targets"] if t["id"] == old)["address"]) == "slave",
+               10, 0.05, what="fenced")
     assert published(f)["id"] == new["id"]  # type: ignore[index]
