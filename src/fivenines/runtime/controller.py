@@ -193,17 +193,31 @@ def state_dir_for(name: str, state_dir: str | None, spec_path: str | Path | None
     return spec_base_dir(Path(spec_path) if spec_path else None) / (state_dir or f".fivenines/{name}")
 
 
-def allocate_ports(spec_ports: str, n: int, taken: set[int]) -> list[int]:
-    """Pick ``n`` free loopback ports from a range (or from the kernel for ``auto``)."""
+def allocate_ports(spec_ports: str, n: int, taken: set[int], hold: list[socket.socket] | None = None) -> list[int]:
+    """Pick ``n`` free loopback ports from a range (or from the kernel for ``auto``).
+
+    With ``hold``, an ``auto`` port stays bound by a socket appended there until the
+    caller closes it (just before the instance starts): until then the kernel cannot
+    hand the same port to another port-0 bind of this process (the admin server, a
+    listener), which would leave the instance unable to bind its own port.
+    """
     rng = parse_port_range(spec_ports)
     out: list[int] = []
     if rng is None:
         while len(out) < n:
-            with socket.socket() as s:
+            s = socket.socket()
+            try:
                 s.bind(("127.0.0.1", 0))
                 p = s.getsockname()[1]
+            except OSError:
+                s.close()
+                raise
             if p not in taken and p not in out:
                 out.append(p)
+                if hold is not None:
+                    hold.append(s)
+                    continue
+            s.close()
         return out
     for p in range(rng[0], rng[1] + 1):
         if len(out) == n:
@@ -230,6 +244,7 @@ class Controller:
         self.events = EventLog()
         self.groups: dict[str, GroupRuntime] = {}
         self.listeners: list[tuple[Any, Any]] = []  # (ListenerSpec, Listener | TcpListener | RemoteListener)
+        self._port_holds: list[socket.socket] = []  # instance ports kept bound until the servers are (see allocate_ports)
         self.workers: WorkerPool | None = None
         self.admin: Any = None
         self.started_at = 0.0
@@ -296,14 +311,21 @@ class Controller:
                 if g.replication is not None:
                     await g.replication.start()
         except (OSError, TimeoutError) as exc:
+            self._release_port_holds()
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+        self._release_port_holds()  # the servers are bound: the instances may take their ports now
         for g in self.groups.values():
             for t in g.targets:
                 self.launch_target(t)
             self._reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
         self.statefile.start()
+
+    def _release_port_holds(self) -> None:
+        for s in self._port_holds:
+            s.close()
+        self._port_holds.clear()
 
     def reindex_group(self, g: GroupRuntime, fresh: Collection[str] = ()) -> None:
         """Targets came or went (a reload): make every target's index its position again (the
@@ -390,7 +412,7 @@ class Controller:
             self.groups[name] = g
             if tg.instances is not None:
                 inst = tg.instances
-                ports = allocate_ports(inst.ports, inst.total, taken)
+                ports = allocate_ports(inst.ports, inst.total, taken, self._port_holds)
                 taken.update(ports)
                 ids = [f"{name}-{i + 1}" for i in range(inst.total)]
                 roles = pool.initial_roles(ids, inst.count)
