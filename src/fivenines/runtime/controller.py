@@ -229,6 +229,13 @@ def allocate_ports(spec_ports: str, n: int, taken: set[int], hold: list[socket.s
     return out
 
 
+def release_ports(hold: list[socket.socket]) -> None:
+    """Let go of ports :func:`allocate_ports` held: their instances may bind them now."""
+    for s in hold:
+        s.close()
+    hold.clear()
+
+
 class Controller:
     """Runs one spec on this machine."""
 
@@ -311,21 +318,16 @@ class Controller:
                 if g.replication is not None:
                     await g.replication.start()
         except (OSError, TimeoutError) as exc:
-            self._release_port_holds()
             await self._close_servers()
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
-        self._release_port_holds()  # the servers are bound: the instances may take their ports now
+        finally:
+            release_ports(self._port_holds)  # the servers are bound: the instances may take their ports now
         for g in self.groups.values():
             for t in g.targets:
                 self.launch_target(t)
             self._reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
         self.statefile.start()
-
-    def _release_port_holds(self) -> None:
-        for s in self._port_holds:
-            s.close()
-        self._port_holds.clear()
 
     def reindex_group(self, g: GroupRuntime, fresh: Collection[str] = ()) -> None:
         """Targets came or went (a reload): make every target's index its position again (the

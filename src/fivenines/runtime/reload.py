@@ -222,13 +222,14 @@ class Reloader:
         for a in plan.of(reconfig.AddTarget):
             if a.address is None:
                 want[a.group] = want.get(a.group, 0) + 1
-        from fivenines.runtime.controller import allocate_ports
+        from fivenines.runtime.controller import allocate_ports, release_ports
 
+        holds: list[socket.socket] = []  # new instances' ports, kept from the listener binds below
         for group, n in want.items():
             inst = new.target_groups[group].instances
             assert inst is not None
             try:
-                ports = allocate_ports(inst.ports, n, taken)
+                ports = allocate_ports(inst.ports, n, taken, holds)
             except ConfigError as exc:
                 errors.append(f"{path}: target_groups.{group}.instances.ports: {exc}")
                 continue
@@ -258,6 +259,7 @@ class Reloader:
             except OSError as exc:
                 errors.append(f"{path}: listeners.{a.index}: cannot listen on {ls.host}:{ls.port}: "
                               f"{exc.strerror or exc}")
+        release_ports(holds)
         if errors:
             prep.close()
             raise _Rejected(errors)
