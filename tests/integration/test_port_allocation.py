@@ -8,17 +8,12 @@ from pathlib import Path
 
 from fivenines.core.health import HealthState
 from fivenines.runtime.controller import Controller, allocate_ports
-from fivenines.spec import parse_spec
+from fivenines.spec import parse_spec, port_is_free
 from tests.helpers import demo_spec
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    return port_is_free("127.0.0.1", port)
 
 
 def test_auto_ports_are_held_until_released_then_free_for_the_instance() -> None:
