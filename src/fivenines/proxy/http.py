@@ -52,7 +52,13 @@ import httptools
 
 from fivenines.core.balance import key_hash
 from fivenines.core.detect import Outcome
-from fivenines.core.framing import HeadSummary, Limits, check_head
+from fivenines.core.framing import (
+    HeadSummary,
+    Limits,
+    check_head,
+    express_request,
+    express_response,
+)
 from fivenines.core.limits import Admission, RateLimiter
 from fivenines.core.retry import Failure, RetryPolicy, Verdict, is_idempotent, may_hedge
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
@@ -309,8 +315,9 @@ class Listener:
     ) -> None:
         self.group_for = group_for
         self.port = port
+        self.port = port
         self.port_bytes = str(port).encode()
-        self.settings = settings or ProxySettings()
+        self.settings = settings or ProxySettings()  # (sets forwarded_tail)
         self.router = router if router is not None and not router.trivial else None
         self.groups: Mapping[str, BackendGroup] = groups or {}
         self.counters = Counters()
@@ -326,6 +333,10 @@ class Listener:
         self.waiting: set[UpstreamConnection] = set()
         self.hedging: dict[Exchange, ClientConnection] = {}  # exchanges with a hedge planned at ex.hedge_at
         self.time: Callable[[], float] = lambda: 0.0
+        # Connections with writes held back until the loop has handled every event of this
+        # round (see defer); None until the listener runs (then writes are never held).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deferred: list[ClientConnection | UpstreamConnection] = []
         s = self.settings
         self.admission = Admission(s.max_connections, s.max_connections_per_ip)
         self.rate: RateLimiter | None = RateLimiter(*s.rate_limit) if s.rate_limit else None
@@ -338,17 +349,56 @@ class Listener:
         # CLOCK_MONOTONIC, read directly, so values still compare with loop deadlines.
         self.time = time.monotonic
         self.tick = loop.time()
+        self._loop = loop
         if sock is not None:
             self.server = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(
                 lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
             )
-        actual = self.server.sockets[0].getsockname()[1]
-        self.port = actual
-        self.port_bytes = str(actual).encode()
+        self._set_port(self.server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
+
+    @property
+    def settings(self) -> ProxySettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ProxySettings) -> None:  # (replaced on a reload)
+        self._settings = settings
+        self._set_port(self.port)
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
+        self.port_bytes = str(port).encode()
+        # what ends every forwarded request head after X-Forwarded-For's value
+        self.forwarded_tail = b"\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n\r\n" % (
+            self._settings.proto, self.port_bytes)
+
+    def defer(self, conn: ClientConnection | UpstreamConnection) -> bool:
+        """Hold ``conn``'s writes until the loop has handled every event ready now, then write
+        them (``conn.write_deferred()``). Responses and requests written together, after the
+        Python work of a round, wake the peers (clients, targets) once per round rather than
+        once per message: fewer wake-ups for the kernel to do. False: not running, write now."""
+        loop = self._loop
+        if loop is None:
+            return False
+        deferred = self._deferred
+        deferred.append(conn)
+        if len(deferred) == 1:
+            loop.call_soon(self._write_deferred)
+        return True
+
+    def _write_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for conn in deferred:
+            conn.write_deferred()
+
+    @property
+    def express(self) -> bool:
+        """May plain requests take the express lane? Not with rules or a rate limit (they read more)."""
+        return self.router is None and self.rate is None
 
     def _watch_interval(self) -> float:
         ts = [self.settings.response_timeout]
@@ -498,6 +548,7 @@ class ClientConnection(asyncio.Protocol):
         "_eof",
         "_error_after",
         "_exchanges",
+        "_fresh",
         "_head_bytes",
         "_headers",
         "_lingering",
@@ -512,6 +563,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgraded",
         "_url",
         "_wbuf",
+        "_wdeferred",
         "_write_paused",
         "head_started",
         "last_active",
@@ -522,6 +574,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parser = httptools.HttpRequestParser(self)
         self._exchanges: deque[Exchange] = deque()
+        self._fresh = True  # the parser is between messages with nothing buffered: the express lane may run
         self._parsing: Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -533,6 +586,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None  # set once the target switched protocols
         self._peer_ip = b""
         self._wbuf: list[bytes] = []
+        self._wdeferred = False  # the listener will write _wbuf at the end of this loop round
         self._head_bytes = 0
         self._admitted = False
         self._lingering = False
@@ -599,6 +653,9 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded:
             self._tunnel_in(data)
             return
+        if (self._fresh and not self._exchanges and data[-4:] == b"\r\n\r\n" and not self._closing
+                and self._express(data)):
+            return
         if self._parsing is None:  # a request head is being read: it is bounded
             self._head_bytes += len(data)  # (reset when a head completes)
         try:
@@ -641,6 +698,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._fresh = False
         self._url = b""
         self._headers = []
         self.head_started = self._listener.tick
@@ -790,6 +848,38 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._pause(_P_PIPELINE)
 
+    def _express(self, data: bytes) -> bool:
+        """The express lane: ``data`` is one whole, plain request head (see
+        :func:`~fivenines.core.framing.express_request`) for a listener and group that need
+        nothing more from it than its method, target and host. Forwarded as the full path
+        would forward it; False (nothing done) otherwise."""
+        listener = self._listener
+        if not listener.express:
+            return False
+        got = express_request(data, listener.settings.limits)
+        if got is None:
+            return False
+        group = listener.group_for()
+        if group is not None and (group.stickiness is not None
+                                  or (group.hash_on is not None and group.hash_on[0] not in _EXPRESS_HASH)):
+            return False  # the group reads cookies or headers
+        method, url, _host = got
+        rid = _ID_PREFIX + b"-%x" % next(_ids)
+        ex = Exchange(method, b"".join((data[:-2], b"X-Request-Id: ", rid, b"\r\nX-Forwarded-For: ", self._peer_ip,
+                                        listener.forwarded_tail)), False, True, False)
+        ex.request_done = True
+        if listener.settings.request_timeout:
+            ex.started = asyncio.get_running_loop().time()
+        ex.group = group
+        if group is not None and group.hash_on is not None:
+            ex.key = self._hash_key(group, url, None)
+        self.head_started = None
+        self._head_bytes = 0
+        listener.counters.requests += 1
+        self._exchanges.append(ex)
+        self._dispatch(ex)
+        return True
+
     def _route(self, ex: Exchange, method: bytes, url: bytes, host: bytes, cookies: list[bytes] | None) -> None:
         listener = self._listener
         router = listener.router
@@ -872,6 +962,7 @@ class ClientConnection(asyncio.Protocol):
         raise _Refused("body too large")
 
     def on_message_complete(self) -> None:
+        self._fresh = True
         ex = self._parsing
         self._parsing = None
         if ex is None:
@@ -997,7 +1088,7 @@ class ClientConnection(asyncio.Protocol):
             conn.write(b"".join([ex.head, *body]))
             self._resume(_P_BUFFER)
         else:
-            conn.write(ex.head)
+            conn.write_soon(ex.head, self._listener)
         if self._write_paused:
             conn.pause_reading()
 
@@ -1144,12 +1235,25 @@ class ClientConnection(asyncio.Protocol):
         self._wbuf.append(data)
 
     def flush(self) -> None:
-        """Write what the last upstream read produced, in one write."""
+        """Write what the last upstream reads produced, in one write, now."""
         buf = self._wbuf
         if buf:
             self._wbuf = []
             if not self._transport.is_closing():
                 self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def flush_soon(self) -> None:
+        """Write ``_wbuf`` at the end of this loop round (see Listener.defer). Anything that writes
+        to the transport directly, or closes it, calls :meth:`flush` first, so order is kept."""
+        if self._wbuf and not self._wdeferred:
+            if self._listener.defer(self):
+                self._wdeferred = True
+            else:
+                self.flush()
+
+    def write_deferred(self) -> None:
+        self._wdeferred = False
+        self.flush()
 
     def response_done(self, ex: Exchange, upstream_reusable: bool) -> None:
         backend = ex.backend
@@ -1220,21 +1324,23 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, ex: Exchange, counted: bool = False) -> None:
         ex.done = True
-        self.flush()
         if not counted:
             self._listener.counters.responses += 1
         if self._exchanges and self._exchanges[0] is ex:
             self._exchanges.popleft()
         self.last_active = self._listener.tick
         if self._error_after:
+            self.flush()
             self._transport.write(_status_reply(self._error_after))  # for a refused pipelined request
             self._error_after = 0
             self._linger()
             return
         if not ex.keep_alive or self._closing:
+            self.flush()
             self._closing = True
             self._transport.close()
             return
+        self.flush_soon()
         if self._exchanges:
             nxt = self._exchanges[0]
             if len(self._exchanges) == 1 and self._paused:
@@ -1300,6 +1406,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail_protocol(self, status: int) -> None:
         """Unparseable input: answer ``status`` (after what is in flight) and close."""
+        self._fresh = False  # the parser stopped inside a message
         self._pause(_P_PIPELINE)
         broken = self._parsing  # the error is inside this request's body: it can never complete
         self._parsing = None
@@ -1556,6 +1663,7 @@ class ClientConnection(asyncio.Protocol):
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+_EXPRESS_HASH = frozenset({"ip", "uri"})  # hash keys the express lane can compute (no headers needed)
 _REDIRECT_REASONS = {
     301: b"Moved Permanently",
     302: b"Found",
@@ -1582,10 +1690,12 @@ class UpstreamConnection(asyncio.Protocol):
         "_chunk_out",
         "_client",
         "_ex",
+        "_fresh",
         "_hbuf",
         "_hpos",
         "_in_body",
         "_lost",
+        "_obuf",
         "_parser",
         "_paused",
         "_retry_status",
@@ -1610,11 +1720,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._client: ClientConnection | None = None
         self._ex: Exchange | None = None
+        self._fresh = True  # the parser is between messages with nothing buffered: the express lane may run
         self._hbuf = b""  # bytes of the response head(s) being received
         self._hpos = 0  # where the next head starts in _hbuf (after a 1xx)
         self._chunk_out = False
         self._in_body = False
         self._lost = False
+        self._obuf: list[bytes] | None = None  # held back until the end of this loop round (write_soon)
         self._reused = False
         self._tunnel = False
         self._retry_status = False
@@ -1640,6 +1752,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._lost = True
+        self._obuf = None  # not sent yet: dropped with the connection
         t = self._transport
         if t.get_write_buffer_size():
             t.abort()  # bytes for a target we gave up on (it may not read them): dropped
@@ -1696,6 +1809,8 @@ class UpstreamConnection(asyncio.Protocol):
                 client.tunnel_out(data)
             return
         self.got_bytes = True
+        if self._fresh and not self._in_body and not self._hbuf and self._express(data, client):
+            return
         if not self._in_body:
             self._hbuf = self._hbuf + data if self._hbuf else data
             if len(self._hbuf) > MAX_HEAD and self._hbuf.find(b"\r\n\r\n", self._hpos) < 0:
@@ -1725,7 +1840,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
         if client is not None:
-            client.flush()
+            client.flush_soon()
 
     def _switched(self, client: ClientConnection | None, rest: bytes) -> None:
         """The parser stopped after a 101 head: ``rest`` is the first tunnel data."""
@@ -1774,9 +1889,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.deadline = self._client._listener.time() + self._timeout
 
     def write(self, data: bytes) -> None:
+        if self._obuf is not None:
+            self.write_deferred()
         self._transport.write(data)
 
+    def write_soon(self, data: bytes, listener: Listener) -> None:
+        """Write ``data`` at the end of this loop round (see Listener.defer); :meth:`write` keeps order."""
+        if self._obuf is not None:
+            self._obuf.append(data)
+        elif listener.defer(self):
+            self._obuf = [data]
+        else:
+            self._transport.write(data)
+
+    def write_deferred(self) -> None:
+        buf = self._obuf
+        if buf is not None:
+            self._obuf = None
+            if not self._lost:
+                self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
     def write_eof(self) -> None:
+        if self._obuf is not None:
+            self.write_deferred()
         if not self._lost and self._transport.can_write_eof():
             self._transport.write_eof()
 
@@ -1831,7 +1966,31 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
 
+    def _express(self, data: bytes, client: ClientConnection | None) -> bool:
+        """The express lane: ``data`` is one whole, plain response (see
+        :func:`~fivenines.core.framing.express_response`) to a plain exchange: relayed as the
+        full path would relay it, without the parser. False (nothing done) otherwise."""
+        ex = self._ex
+        if (client is None or ex is None or ex.done or ex.head_only or ex.upgrade or self.hedge
+                or ex.hedge_backend is not None):
+            return False
+        got = express_response(data)
+        if got is None:
+            return False
+        status, end = got
+        self._cancel_timer()
+        client.observed(ex, status)
+        self.keep_alive = True
+        head = data[:end + 2]
+        client.response_head(ex, status, head, head.lower())
+        client.response_body(data[end + 4:])
+        client.response_done(ex, ex.request_done)
+        return True
+
     # -- parser callbacks (no per-header ones: the head is taken whole from the bytes received)
+    def on_message_begin(self) -> None:
+        self._fresh = False
+
     def _take_head(self) -> tuple[bytes, bytes] | None:
         """The head just parsed, from the bytes received: (head, head lower-cased)."""
         buf = self._hbuf
@@ -1900,6 +2059,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.response_body(body)
 
     def on_message_complete(self) -> None:
+        self._fresh = True
         if not self._in_body:
             return  # a 1xx interim response
         self._end_response(reusable=True)
