@@ -230,27 +230,35 @@ _EXPRESS_REQUEST = re.compile(
 )
 # Request fields the full path does more with than copy (framing, hop-by-hop, the ones it adds).
 _EXPRESS_SPECIAL = re.compile(
-    rb"\n(?:content[-_]length:|transfer[-_]encoding:|connection:|upgrade:|expect:|te:|trailer:|keep-alive:|"
+    rb"\n(?:content[-_]length:|transfer[-_]encoding:|upgrade:|expect:|te:|trailer:|keep-alive:|"
     rb"proxy-|x-forwarded-|x-request-id:)"
 )
 _EXPRESS_RESPONSE = re.compile(
     rb"HTTP/1\.1 ([2-4][0-9][0-9]) [\t !-~]*\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t !-~]*\r\n)+\r\n"
 )
-_RESPONSE_SPECIAL = re.compile(rb"\r\n(?:transfer-encoding|upgrade|trailer)[ \t]*:")
+# Hop-by-hop response fields other than Connection (names are followed by ":" at once in the express grammar)
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(?:transfer-encoding|upgrade|trailer|keep-alive|te|proxy-[!#$%&'*+\-.^_`|~0-9a-z]*):"
+)
 
 
-def express_request(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes] | None:
-    """``(method, target, host)`` when ``data`` is exactly one plain request head, else None.
+def express_request(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes, bytes, bool] | None:
+    """``(method, target, host, head, keep_alive)`` when ``data`` is exactly one plain request
+    head, else None.
 
     Plain: ``GET``, ``HEAD``, ``DELETE`` or ``OPTIONS`` of an origin-form target over
     HTTP/1.1, header lines written ``Name: value`` (one space, no other whitespace around
-    the value, visible ASCII), exactly one valid ``Host``, no body, no framing, hop-by-hop
-    or forwarding header, within ``limits``. :func:`check_head` accepts every such head
-    unchanged, and the header lines are forwarded as received.
+    the value, visible ASCII), exactly one valid ``Host``, no body, no framing, forwarding
+    or hop-by-hop header but one ``Connection: close`` or ``Connection: keep-alive``, within
+    ``limits``. :func:`check_head` accepts every such head unchanged. ``head`` is what is
+    forwarded of it: the request line and header lines as received, but the Connection
+    line, each ending in CRLF (the blank line not included).
 
-    >>> express_request(b"GET /a?b=1 HTTP/1.1\\r\\nHost: example.com\\r\\nAccept: */*\\r\\n\\r\\n", Limits())
+    >>> express_request(b"GET /a?b=1 HTTP/1.1\\r\\nHost: example.com\\r\\nAccept: */*\\r\\n\\r\\n", Limits())[:3]
     (b'GET', b'/a?b=1', b'example.com')
-    >>> express_request(b"GET / HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n", Limits()) is None
+    >>> express_request(b"GET / HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n", Limits())[3:]
+    (b'GET / HTTP/1.1\\r\\nHost: a\\r\\n', False)
+    >>> express_request(b"GET / HTTP/1.1\\r\\nHost: a\\r\\nConnection: x-a\\r\\nX-A: 1\\r\\n\\r\\n", Limits()) is None
     True
     """
     if len(data) > limits.max_header_bytes:
@@ -270,19 +278,30 @@ def express_request(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes] |
     host = data[i + 7:data.find(b"\r", i + 7)]
     if not _HOST.match(host):
         return None
-    return method, target, host
+    i = lower.find(b"\nconnection:")
+    if i < 0:
+        return method, target, host, data[:-2], True
+    j = lower.find(b"\r\n", i)
+    value = lower[i + 12:j]
+    if (value != b" close" and value != b" keep-alive") or lower.find(b"\nconnection:", j) >= 0:
+        return None
+    return method, target, host, data[:i + 1] + data[j + 2:-2], value == b" keep-alive"
 
 
-def express_response(data: bytes) -> tuple[int, int] | None:
-    """``(status, head_end)`` when ``data`` is exactly one plain, whole response, else None.
+def express_response(data: bytes) -> tuple[int, bytes, bytes, int] | None:
+    """``(status, head, lower, head_end)`` when ``data`` is exactly one plain, whole response, else None.
 
     Plain: an HTTP/1.1 status 200-499 other than 204 and 304, header lines in strict
     form, exactly one ``Content-Length`` whose body is all of the rest of ``data``, no
-    ``Transfer-Encoding``, ``Upgrade`` or ``Trailer``, and a ``Connection`` header, if
-    any, that says only ``keep-alive``. ``head_end`` is where the blank line starts.
+    hop-by-hop field but a ``Connection`` header that says only ``keep-alive``.
+    ``head`` is the status line and header lines as received (each ending in CRLF) without
+    that ``Connection`` line, ``lower`` the head as received lower-cased, and ``head_end``
+    where the blank line starts.
 
-    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
-    (200, 34)
+    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")[::3]
+    (200, 58)
+    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")[1]
+    b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n'
     >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok") is None
     True
     """
@@ -306,8 +325,9 @@ def express_response(data: bytes) -> tuple[int, int] | None:
     if _RESPONSE_SPECIAL.search(lower) is not None:
         return None
     i = lower.find(b"\r\nconnection:")
-    if i >= 0:
-        j = lower.find(b"\r\n", i + 13)
-        if lower[i + 13:j].strip(b" \t") != b"keep-alive" or lower.find(b"\r\nconnection:", j) >= 0:
-            return None
-    return status, end
+    if i < 0:
+        return status, data[:end + 2], lower, end
+    j = lower.find(b"\r\n", i + 13)
+    if lower[i + 13:j].strip(b" \t") != b"keep-alive" or lower.find(b"\r\nconnection:", j) >= 0:
+        return None
+    return status, data[:i] + data[j:end + 2], lower, end

@@ -863,10 +863,10 @@ class ClientConnection(asyncio.Protocol):
         if group is not None and (group.stickiness is not None
                                   or (group.hash_on is not None and group.hash_on[0] not in _EXPRESS_HASH)):
             return False  # the group reads cookies or headers
-        method, url, _host = got
+        method, url, _host, head, keep_alive = got
         rid = _ID_PREFIX + b"-%x" % next(_ids)
-        ex = Exchange(method, b"".join((data[:-2], b"X-Request-Id: ", rid, b"\r\nX-Forwarded-For: ", self._peer_ip,
-                                        listener.forwarded_tail)), False, True, False)
+        ex = Exchange(method, b"".join((head, b"X-Request-Id: ", rid, b"\r\nX-Forwarded-For: ", self._peer_ip,
+                                        listener.forwarded_tail)), False, keep_alive, False)
         ex.request_done = True
         if listener.settings.request_timeout:
             ex.started = asyncio.get_running_loop().time()
@@ -1175,13 +1175,14 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ response path
 
-    def response_head(self, ex: Exchange, status: int, head: bytes, lower: bytes) -> bool:
+    def response_head(self, ex: Exchange, status: int, head: bytes, lower: bytes, plain: bool = False) -> bool:
         """Queue the response head for the client. Returns True when the body is chunk-encoded for it.
 
         ``head`` is the target's status line and header lines as received (each ending in
         CRLF, the blank line excluded), ``lower`` the same lower-cased. Hop-by-hop lines
         (and those the target's ``Connection`` header names) are cut out with one regex;
-        no per-header Python work is done.
+        no per-header Python work is done. ``plain``: an HTTP/1.1 head with no hop-by-hop
+        line left (the express lane cut them), ``lower`` still the head as received.
         """
         ex.response_started = True
         ex.status = status
@@ -1190,9 +1191,10 @@ class ClientConnection(asyncio.Protocol):
             m = _UPGRADE_VALUE.search(lower)
             if m is not None:
                 upgrade_value = head[m.start(1):m.end(1)]
-        head = strip_hop_by_hop(head, lower)
-        if not head.startswith(b"HTTP/1.1 "):
-            head = b"HTTP/1.1 " + head[9:]  # an HTTP/1.0 target; we speak 1.1 to the client
+        if not plain:
+            head = strip_hop_by_hop(head, lower)
+            if not head.startswith(b"HTTP/1.1 "):
+                head = b"HTTP/1.1 " + head[9:]  # an HTTP/1.0 target; we speak 1.1 to the client
         parts = [head]
         append = parts.append
         group = ex.group
@@ -1977,12 +1979,11 @@ class UpstreamConnection(asyncio.Protocol):
         got = express_response(data)
         if got is None:
             return False
-        status, end = got
+        status, head, lower, end = got
         self._cancel_timer()
         client.observed(ex, status)
         self.keep_alive = True
-        head = data[:end + 2]
-        client.response_head(ex, status, head, head.lower())
+        client.response_head(ex, status, head, lower, plain=True)
         client.response_body(data[end + 4:])
         client.response_done(ex, ex.request_done)
         return True
