@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,21 @@ def demos() -> Iterator[list[Demo]]:
         d.stop()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def run_fivenines(tmp_path: Path) -> Iterator[type[Fivenines]]:
+def run_fivenines(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[type[Fivenines]]:
+    """Start ``fivenines up`` processes; stopped after the test. When the test failed, the
+    end of each one's log is printed with the failure (its tmp_path does not outlive a few runs)."""
     started: list[Fivenines] = []
 
     class _F(Fivenines):
@@ -35,3 +49,7 @@ def run_fivenines(tmp_path: Path) -> Iterator[type[Fivenines]]:
     yield _F  # type: ignore[misc]
     for f in started:
         f.stop()
+    if request.node.stash.get(_FAILED, False):
+        for f in started:
+            lines = f.log.read_text(errors="replace").splitlines()
+            print(f"--- last {min(80, len(lines))} lines of {f.log}", *lines[-80:], sep="\n")

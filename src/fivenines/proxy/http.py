@@ -1842,7 +1842,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
         if client is not None:
-            client.flush_soon()
+            if self._in_body:
+                # a body streaming on: written now, so that a full client buffer stops this
+                # connection's reading before the loop reads it again (back-pressure)
+                client.flush()
+            else:
+                client.flush_soon()
 
     def _switched(self, client: ClientConnection | None, rest: bytes) -> None:
         """The parser stopped after a 101 head: ``rest`` is the first tunnel data."""
