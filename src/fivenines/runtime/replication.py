@@ -410,7 +410,10 @@ class ReplicationManager:
         period = min(0.25, max(0.02, self.g.spec.health_check.interval / 4))
         while True:
             await asyncio.sleep(period)
-            self._feed(self.core.tick(self.ctl.now()))
+            try:
+                self._feed(self.core.tick(self.ctl.now()))
+            except Exception:  # the ticks drive retries: one failure must not end them
+                log.exception("%s: tick failed", self.g.name)
 
     async def _work(self) -> None:
         while True:
@@ -422,8 +425,19 @@ class ReplicationManager:
                 await self._do(a)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep the group managed whatever one action did
+            except Exception as exc:  # keep the group managed whatever one action did
                 log.exception("%s: %r failed", self.g.name, a)
+                self._unstick(a, exc)
+
+    def _unstick(self, a: Action, exc: Exception) -> None:
+        """An action failed in a way the adapter did not foresee. The core waits for the outcome
+        of a Collect or a Promote (its phase stays ELECTING or PROMOTING until then): tell it the
+        round failed, so that it retries rather than waiting for ever with no primary."""
+        now = self.ctl.now()
+        if isinstance(a, Collect):
+            self._feed(self.core.positions(a.round, dict.fromkeys(a.targets), now))
+        elif isinstance(a, Promote):
+            self._feed(self.core.promoted(a.round, a.target, False, f"unexpected error: {exc!r}", now))
 
     async def _observe(self, tid: str) -> Observation | None:
         if self._is_cut_off(tid):
