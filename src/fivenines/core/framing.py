@@ -308,8 +308,8 @@ def express_response(data: bytes) -> tuple[int, bytes, bytes, int] | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > 65536:
         return None
-    m = _EXPRESS_RESPONSE.match(data, 0, end + 4)
-    if m is None or m.end() != end + 4:
+    m = _EXPRESS_RESPONSE.fullmatch(data, 0, end + 4)
+    if m is None:
         return None
     status = int(m.group(1))
     if status == 204 or status == 304:

@@ -315,9 +315,7 @@ class Listener:
     ) -> None:
         self.group_for = group_for
         self.port = port
-        self.port = port
-        self.port_bytes = str(port).encode()
-        self.settings = settings or ProxySettings()  # (sets forwarded_tail)
+        self.settings = settings or ProxySettings()  # (sets port_bytes and forwarded_tail from port)
         self.router = router if router is not None and not router.trivial else None
         self.groups: Mapping[str, BackendGroup] = groups or {}
         self.counters = Counters()
