@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit test-deps bench failover-bench jepsen-redis clean
+.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -18,29 +18,42 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# The data plane compiled with mypyc (fivenines.accel; the sources run when this fails or is stale).
+# Under CI=true a failed build fails make.
+$(VENV)/.compiled: $(VENV)/.installed-dev scripts/compile src/fivenines/accel.py \
+		$(wildcard src/fivenines/core/*.py src/fivenines/proxy/*.py) | test-deps
+	$(BIN)/python scripts/compile $(if $(filter true,$(CI)),--strict)
+	touch $@
+
+compile: $(VENV)/.compiled
+
 ## Run the bundled demo: 2 active + 1 standby demo instances behind the load balancer.
 demo: $(VENV)/.installed
 	$(BIN)/fivenines up examples/demo.yaml
 
 ## Lint, type-check and run the whole test suite (installs the Debian packages tests need).
-test: $(VENV)/.installed-dev test-deps
-	$(BIN)/ruff check src tests $(wildcard bench)
+test: $(VENV)/.installed-dev test-deps $(VENV)/.compiled
+	$(BIN)/ruff check src tests $(wildcard bench) conftest.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
+	FIVENINES_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit src/fivenines \
+		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py
 
 test-deps:
-	scripts/install-test-deps
+	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev $(VENV)/.compiled
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/proxy_bench.py
 
-failover-bench: $(VENV)/.installed-dev
+failover-bench: $(VENV)/.installed-dev $(VENV)/.compiled
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/failover_bench.py
 
 clean:
-	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache build src/fivenines/_compiled.json
+	find src -name '*.so' -delete
 
 ## Jepsen-style check of replicated Redis: 24 primary failures, acknowledged writes lost (0 in sync).
 jepsen-redis: $(VENV)/.installed-dev

@@ -80,16 +80,18 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
     from fivenines.runtime.logs import setup_logging
 
     setup_logging(log_level, log_format)
+    from fivenines import accel
     from fivenines.runtime.controller import Controller, run
 
     def announce(ctl: Controller) -> None:
         urls = [f"http://{lst.address[0]}:{lst.address[1]}/" for _, lst in ctl.listeners]
         if log_format == "json":
             logging.getLogger("fivenines").info(
-                "up", extra={"service": spec.name, "loop": aio.loop_name(), "listeners": urls,
-                             "admin": ctl.admin.url, "state_dir": str(ctl.state_dir)})
+                "up", extra={"service": spec.name, "loop": aio.loop_name(), "data_plane": accel.mode(),
+                             "listeners": urls, "admin": ctl.admin.url, "state_dir": str(ctl.state_dir)})
             return
-        err.print(f"[bold green]fivenines[/] {spec.name} is up ({aio.loop_name()}).", markup=True)
+        err.print(f"[bold green]fivenines[/] {spec.name} is up ({aio.loop_name()}, data plane {accel.mode()}).",
+                  markup=True)
         for u in urls:
             err.print(f"  open        {u}")
         err.print(f"  dashboard   {ctl.admin.url}/")

@@ -336,6 +336,9 @@ def _weighted_index(weights: Sequence[float], u: float) -> int:
     return last
 
 
+RING_VNODES = 160  # virtual nodes per member on the hash ring
+
+
 class ConsistentHash(Balancer[M]):
     """A hash ring with ``vnodes`` virtual nodes per member; keys go to the next node clockwise.
 
@@ -348,9 +351,8 @@ class ConsistentHash(Balancer[M]):
     """
 
     name = "hash"
-    VNODES = 160
 
-    def __init__(self, slow_start: float = 0.0, rng: _random.Random | None = None, vnodes: int = VNODES) -> None:
+    def __init__(self, slow_start: float = 0.0, rng: _random.Random | None = None, vnodes: int = RING_VNODES) -> None:
         self.vnodes = vnodes
         self._points: list[int] = []
         self._owners: list[M] = []

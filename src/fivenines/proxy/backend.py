@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from fivenines.core.balance import Balancer, make_balancer
 from fivenines.core.retry import RetryBudget, RetryPolicy
 
@@ -176,7 +178,12 @@ class GroupCounters:
         self.failed = 0
         self.budget_exhausted = 0
 
+    def as_dict(self) -> dict[str, int]:
+        return {"budget_exhausted": self.budget_exhausted, "failed": self.failed, "requests": self.requests,
+                "retries": self.retries}
 
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # LeaseGuardedGroup extends it
 class BackendGroup:
     """A target group: its backends, the ones serving now, and how to pick among them."""
 

@@ -187,6 +187,11 @@ class ProxySettings:
         return max(0.05, min(1.0, min(ts) / 4))
 
 
+# (a compiled class has no __slots__ to read back)
+_COUNTER_FIELDS = ("connections", "failed", "fixed", "hedges", "rate_limited", "redirects", "refused", "rejected",
+                   "requests", "responses", "retries", "upgrades")
+
+
 class Counters:
     """Per-listener traffic counters (read by status and metrics)."""
 
@@ -208,7 +213,7 @@ class Counters:
         self.hedges = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in _COUNTER_FIELDS}
 
 
 _ids = itertools.count(1)
@@ -354,7 +359,8 @@ class Listener:
             self.server = await loop.create_server(
                 lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
             )
-        self._set_port(self.server.sockets[0].getsockname()[1])
+        srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
+        self._set_port(srv.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
 
@@ -421,7 +427,8 @@ class Listener:
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        name = self.server.sockets[0].getsockname()
+        srv: Any = self.server
+        name = srv.sockets[0].getsockname()
         return name[0], name[1]
 
     def all_groups(self) -> list[BackendGroup]:

@@ -455,7 +455,7 @@ class WorkerState:
                 for name, g in self.groups.items()
             },
             "groups": {
-                name: {k: getattr(g.counters, k) for k in g.counters.__slots__} for name, g in self.groups.items()
+                name: g.counters.as_dict() for name, g in self.groups.items()
             },
         }
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fivenines import accel
 from fivenines.core import pool
 from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
 from fivenines.core.drain import DrainState, drain_step
@@ -791,6 +792,7 @@ class Controller:
             "pid": os.getpid(),
             "started": iso(self.wall(self.started_at)),
             "uptime_s": round(now - self.started_at, 3),
+            "data_plane": accel.mode(),  # "compiled" or "pure (why)": see fivenines.accel
             "admin": self.admin.url if self.admin else None,
             "listeners": listeners,
             "target_groups": groups,
