@@ -22,6 +22,7 @@ from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 13:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
 
@@ -46,7 +47,7 @@ class FakeTransport:
     def close(self) -> None: ...
 
 
-async def run(n: int, profile: bool) -> None:
+async def run(n: int, profile: bool, close: bool) -> None:
     group = BackendGroup("web")
     backend = group.add(Backend("web-1", "127.0.0.1", 9))
     group.set_serving(group.backends)
@@ -65,13 +66,26 @@ async def run(n: int, profile: bool) -> None:
             ct.out.clear()
             ut.out.clear()
 
+    def loop_close(k: int) -> None:  # a connection per request: accepted, one request, closed by us
+        for _ in range(k):
+            c, t = ClientConnection(listener), FakeTransport()
+            c.connection_made(t)  # type: ignore[arg-type]
+            c.data_received(REQUEST_CLOSE)
+            upstream.data_received(RESPONSE)
+            c.connection_lost(None)
+            ut.out.clear()
+
+    if close:
+        loop = loop_close
+
     loop(1000)
     if not backend.idle:
         raise SystemExit("hotpath: the upstream connection did not return to the pool")
     t = time.perf_counter()
     loop(n)
     dt = time.perf_counter() - t
-    print(f"{dt / n * 1e6:.2f} µs of Python per proxied request ({n} requests)")
+    what = "request on a new connection" if close else "keep-alive request"
+    print(f"{dt / n * 1e6:.2f} µs of Python per proxied {what} ({n} requests)")
     if profile:
         pr = cProfile.Profile()
         pr.enable()
@@ -84,8 +98,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("-n", type=int, default=100_000, help="requests (default 100000)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile listing")
+    ap.add_argument("--close", action="store_true", help="a new client connection per request")
     args = ap.parse_args()
-    asyncio.run(run(args.n, args.profile))
+    asyncio.run(run(args.n, args.profile, args.close))
 
 
 if __name__ == "__main__":
