@@ -195,8 +195,7 @@ _COUNTER_FIELDS = ("connections", "failed", "fixed", "hedges", "rate_limited", "
 class Counters:
     """Per-listener traffic counters (read by status and metrics)."""
 
-    __slots__ = ("connections", "failed", "fixed", "hedges", "rate_limited", "redirects", "refused", "rejected",
-                 "requests", "responses", "retries", "upgrades")
+    __slots__ = _COUNTER_FIELDS
 
     def __init__(self) -> None:
         self.connections = 0
