@@ -576,7 +576,9 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._parser = httptools.HttpRequestParser(self)
+        # made when a request first takes the full path: a connection whose requests all take the
+        # express lane never needs one (and the parser, holding this protocol, made a cycle for the GC)
+        self._parser: httptools.HttpRequestParser | None = None
         self._exchanges: deque[Exchange] = deque()
         self._fresh = True  # the parser is between messages with nothing buffered: the express lane may run
         self._parsing: Exchange | None = None
@@ -662,8 +664,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._parsing is None:  # a request head is being read: it is bounded
             self._head_bytes += len(data)  # (reset when a head completes)
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             ex = self._exchanges[-1] if self._exchanges else None
             if ex is None or not ex.upgrade:
@@ -718,6 +723,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_started = None
         parser = self._parser
+        assert parser is not None  # (called by it)
         listener = self._listener
         limits = listener.settings.limits
         summary = HeadSummary()  # for the framing verdict, filled in the one pass below
