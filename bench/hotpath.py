@@ -18,6 +18,7 @@ import pstats
 import time
 from typing import Any
 
+from fivenines.core.detect import OutcomeSink, OutlierDetector, OutlierPolicy
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
 
@@ -51,6 +52,8 @@ async def run(n: int, profile: bool, close: bool) -> None:
     group = BackendGroup("web")
     backend = group.add(Backend("web-1", "127.0.0.1", 9))
     group.set_serving(group.backends)
+    # the passive detector with the spec's defaults, hooked in as `fivenines up` does
+    group.observe = OutcomeSink(OutlierDetector(1, OutlierPolicy()), lambda e: None).record
     listener = Listener(lambda: group, 8080, ProxySettings())
     listener.time = time.monotonic
     client, ct = ClientConnection(listener), FakeTransport()

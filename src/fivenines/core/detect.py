@@ -597,6 +597,32 @@ def _median(sorted_values: list[float]) -> float:
     return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
 
 
+class OutcomeSink:
+    """The passive hook the data plane calls with each attempt's outcome (``BackendGroup.observe``
+    is its bound :meth:`record`): the detector records it, and an ejection it causes is handed to
+    ``on_ejection``. Compiled with the data plane, so the call per response stays compiled.
+
+    >>> d = OutlierDetector(2, OutlierPolicy(consecutive_errors=1, consecutive_5xx=0))
+    >>> got = []
+    >>> sink = OutcomeSink(d, got.append)
+    >>> sink.record(0, 0, 0.001, 1.0); got
+    []
+    >>> sink.record(1, 2, 0.5, 2.0); [e.index for e in got]
+    [1]
+    """
+
+    __slots__ = ("detector", "on_ejection")
+
+    def __init__(self, detector: OutlierDetector, on_ejection: Callable[[Ejection], None]) -> None:
+        self.detector = detector
+        self.on_ejection = on_ejection
+
+    def record(self, index: int, outcome: int, latency: float, now: float) -> None:
+        e = self.detector.record(index, outcome, latency, now)
+        if e is not None:
+            self.on_ejection(e)
+
+
 def _quantile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank quantile of an already sorted list.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fivenines.core.detect import Ejection, OutlierDetector, outlier_policy
+from fivenines.core.detect import Ejection, OutcomeSink, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.http import Counters, Listener, ProxySettings
@@ -393,13 +394,7 @@ class WorkerState:
         g = self.groups[name]
         self.detectors[name] = det
         det.may_eject = lambda i: any(b.index != i for b in g.serving)  # never the last one serving
-
-        def observe(i: int, outcome: int, latency: float, now: float) -> None:
-            e = det.record(i, outcome, latency, now)
-            if e is not None:
-                self._ejected(name, e)
-
-        g.observe = observe
+        g.observe = OutcomeSink(det, functools.partial(self._ejected, name)).record
 
     def _ejected(self, name: str, e: Ejection) -> None:
         g = self.groups[name]

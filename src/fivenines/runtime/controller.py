@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fivenines import accel
 from fivenines.core import pool
-from fivenines.core.detect import AgentReport, Ejection, PhiAccrualDetector
+from fivenines.core.detect import AgentReport, Ejection, OutcomeSink, PhiAccrualDetector
 from fivenines.core.drain import DrainState, drain_step
 from fivenines.core.health import CheckResult, HealthState, Reason, Transition
 from fivenines.core.lifecycle import InstanceLifecycle, InstanceState, RestartPolicy, describe_exit
@@ -345,8 +345,11 @@ class Controller:
 
     def wire_group(self, g: GroupRuntime) -> None:
         """Connect the group's data plane to its passive detector (when it has one)."""
-        if g.failover.outliers is not None:
-            g.backends.observe = functools.partial(self.on_outcome, g)  # C-level binding: one Python frame less per request
+        out = g.failover.outliers
+        if out is not None:
+            # compiled with the data plane: no Python frame per response (a reload that replaces the
+            # detector wires the group again)
+            g.backends.observe = OutcomeSink(out, functools.partial(self._apply_ejection, g)).record
         else:
             g.backends.observe = None
 
@@ -907,15 +910,6 @@ class Controller:
             if ro is not None and ro.running:
                 self._rollout_step(g, now)
         return decisions
-
-    def on_outcome(self, g: GroupRuntime, index: int, outcome: int, latency: float, now: float) -> None:
-        """The passive hook: one attempt of a real request on ``g.targets[index]`` ended so."""
-        out = g.failover.outliers
-        if out is None:
-            return
-        e = out.record(index, outcome, latency, now)
-        if e is not None:
-            self._apply_ejection(g, e)
 
     def on_worker_ejection(self, msg: dict[str, Any]) -> None:
         """A worker's passive detector ejected a target (and took it out of its own serving set)."""
