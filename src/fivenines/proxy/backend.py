@@ -169,8 +169,11 @@ def sticky_token(group: str, target_id: str) -> bytes:
     return hashlib.blake2b(f"{group}/{target_id}".encode(), digest_size=8).hexdigest().encode()
 
 
+_GROUP_COUNTER_FIELDS = ("budget_exhausted", "failed", "requests", "retries")  # (as_dict reads them)
+
+
 class GroupCounters:
-    __slots__ = ("budget_exhausted", "failed", "requests", "retries")
+    __slots__ = _GROUP_COUNTER_FIELDS
 
     def __init__(self) -> None:
         self.requests = 0
@@ -179,8 +182,7 @@ class GroupCounters:
         self.budget_exhausted = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"budget_exhausted": self.budget_exhausted, "failed": self.failed, "requests": self.requests,
-                "retries": self.retries}
+        return {k: getattr(self, k) for k in _GROUP_COUNTER_FIELDS}
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # LeaseGuardedGroup extends it
