@@ -66,11 +66,11 @@ def built_extensions() -> list[Path]:
 def decide(manifest: dict[str, Any] | None, sources: dict[str, str], built: bool, pure_env: str) -> str:
     """Why the sources run instead of the build ("" when the build runs). Pure: no I/O."""
     if not built:
-        return "not compiled (make compile)"
+        return "not compiled: make compile builds it"
     if pure_env not in ("", "0"):
         return f"{PURE_ENV}={pure_env}"
     if manifest is None:
-        return "compiled modules without a manifest (make compile)"
+        return "compiled modules without a manifest: make compile"
     if manifest.get("python") != sys.implementation.cache_tag:
         return f"compiled for {manifest.get('python')}, running {sys.implementation.cache_tag}"
     changed = sorted(m for m, d in sources.items() if manifest.get("sources", {}).get(m) != d)
