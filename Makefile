@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 # The data plane compiled with mypyc (fivenines.accel; the sources run when this fails or is stale).
 # Under CI=true a failed build fails make.
 $(VENV)/.compiled: $(VENV)/.installed-dev scripts/compile src/fivenines/accel.py \
-		$(wildcard src/fivenines/core/*.py src/fivenines/proxy/*.py) | test-deps
+		src/fivenines/_express.c $(wildcard src/fivenines/core/*.py src/fivenines/proxy/*.py) | test-deps
 	$(BIN)/python scripts/compile $(if $(filter true,$(CI)),--strict)
 	touch $@
 

@@ -33,6 +33,8 @@ MODULES = (
     "fivenines.proxy.backend",
     "fivenines.proxy.http",
 )
+# Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
+NATIVE = ("fivenines._express",)
 GROUP = "fivenines_accel"  # the name of the shared library mypyc builds (beside the package)
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_compiled.json"
@@ -40,7 +42,7 @@ PURE_ENV = "FIVENINES_PURE"
 
 
 def source_path(module: str) -> Path:
-    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".c" if module in NATIVE else ".py")
 
 
 def digest(path: Path) -> str:
@@ -48,13 +50,13 @@ def digest(path: Path) -> str:
 
 
 def digests() -> dict[str, str]:
-    return {m: digest(source_path(m)) for m in MODULES}
+    return {m: digest(source_path(m)) for m in MODULES + NATIVE}
 
 
 def built_extensions() -> list[Path]:
     """The compiled modules present beside their sources."""
     found = []
-    for m in MODULES:
+    for m in MODULES + NATIVE:
         src = source_path(m)
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             ext = src.with_suffix(suffix)
@@ -80,10 +82,13 @@ def decide(manifest: dict[str, Any] | None, sources: dict[str, str], built: bool
 
 
 class _SourceFirst:
-    """A meta-path finder that loads the compiled modules from their ``.py`` sources."""
+    """A meta-path finder that loads the compiled modules from their ``.py`` sources (and refuses
+    the C ones, whose callers then run their Python twins)."""
 
     @staticmethod
     def find_spec(name: str, path: Any = None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if name in NATIVE:
+            raise ImportError(f"{name}: the data plane runs from source ({WHY_PURE})", name=name)
         if name in MODULES:
             return importlib.util.spec_from_file_location(name, source_path(name))
         return None
@@ -111,7 +116,7 @@ def mode() -> str:
     """``compiled`` or ``pure (why)`` — what actually runs (read from the loaded modules)."""
     if not WHY_PURE and all(
             (getattr(sys.modules.get(m), "__file__", "") or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-            for m in MODULES if m in sys.modules):
+            for m in MODULES + NATIVE if m in sys.modules):
         return "compiled"
     return f"pure ({WHY_PURE or 'mixed'})"
 

@@ -1,0 +1,430 @@
+/* The express lane in C: fivenines.core.framing.express_request and express_response.
+ *
+ * The Python functions of the same names in core/framing.py are the specification: for every
+ * input these return what those return (tests/unit/test_express_native.py compares them on
+ * generated heads, Hypothesis-driven, and the proxy's equivalence tests run against both).
+ * Each is one forward pass over the bytes received, with no regex engine, no lower-cased copy
+ * of a request and no match objects; `make compile` builds this file next to the mypyc modules
+ * and fivenines.accel loads it only while the build is current (FIVENINES_PURE=1: never).
+ *
+ * Every index is checked against the length before it is read; nothing is written but the new
+ * bytes objects returned.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* Character classes, indexed by byte. */
+static unsigned char TOKEN[256];   /* RFC 9110 tchar */
+static unsigned char TARGET[256];  /* the origin-form target characters the express lane takes */
+static unsigned char REGNAME[256]; /* a Host name (framing._HOST's second alternative) */
+static unsigned char IPLIT[256];   /* inside [ ] in a Host */
+
+static PyObject *METHODS[4]; /* b"GET", b"HEAD", b"DELETE", b"OPTIONS" */
+
+static void
+fill(unsigned char *table, const char *chars)
+{
+    for (; *chars; chars++)
+        table[(unsigned char)*chars] = 1;
+}
+
+static void
+fill_alnum(unsigned char *table)
+{
+    fill(table, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+}
+
+#define VISIBLE(c) ((c) >= 0x21 && (c) <= 0x7e)      /* [!-~] */
+#define FIELD_TEXT(c) ((c) == '\t' || ((c) >= 0x20 && (c) <= 0x7e)) /* [\t !-~] */
+
+static inline unsigned char
+lower(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+}
+
+/* The field name p[0:n], lower-cased, equals `want` (lower-case, NUL-terminated)? */
+static int
+name_is(const unsigned char *p, Py_ssize_t n, const char *want)
+{
+    Py_ssize_t k = (Py_ssize_t)strlen(want);
+    if (n != k)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (lower(p[i]) != (unsigned char)want[i])
+            return 0;
+    return 1;
+}
+
+/* The field name p[0:n], lower-cased, starts with `want`? */
+static int
+name_starts(const unsigned char *p, Py_ssize_t n, const char *want)
+{
+    Py_ssize_t k = (Py_ssize_t)strlen(want);
+    if (n < k)
+        return 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (lower(p[i]) != (unsigned char)want[i])
+            return 0;
+    return 1;
+}
+
+/* framing._HOST: ([hex:.]+]|regname*)(:[0-9]{0,5})? and nothing after */
+static int
+valid_host(const unsigned char *h, Py_ssize_t n)
+{
+    Py_ssize_t k = 0;
+    if (n > 0 && h[0] == '[') {
+        k = 1;
+        while (k < n && IPLIT[h[k]])
+            k++;
+        if (k == 1 || k >= n || h[k] != ']')
+            return 0;
+        k++;
+    }
+    else {
+        while (k < n && REGNAME[h[k]])
+            k++;
+    }
+    if (k == n)
+        return 1;
+    if (h[k] != ':' || n - k - 1 > 5)
+        return 0;
+    for (k++; k < n; k++)
+        if (h[k] < '0' || h[k] > '9')
+            return 0;
+    return 1;
+}
+
+static int
+is_request_special(const unsigned char *p, Py_ssize_t n)
+{
+    return name_is(p, n, "content-length") || name_is(p, n, "content_length")
+        || name_is(p, n, "transfer-encoding") || name_is(p, n, "transfer_encoding")
+        || name_is(p, n, "upgrade") || name_is(p, n, "expect") || name_is(p, n, "te")
+        || name_is(p, n, "trailer") || name_is(p, n, "keep-alive") || name_is(p, n, "x-request-id")
+        || name_starts(p, n, "proxy-") || name_starts(p, n, "x-forwarded-");
+}
+
+static int
+is_response_special(const unsigned char *p, Py_ssize_t n)
+{
+    return name_is(p, n, "transfer-encoding") || name_is(p, n, "upgrade") || name_is(p, n, "trailer")
+        || name_is(p, n, "keep-alive") || name_is(p, n, "te") || name_starts(p, n, "proxy-");
+}
+
+/* value p[0:n] with spaces and tabs trimmed at both ends, lower-cased, equals `want`? */
+static int
+trimmed_is(const unsigned char *p, Py_ssize_t n, const char *want)
+{
+    while (n > 0 && (p[0] == ' ' || p[0] == '\t')) {
+        p++;
+        n--;
+    }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+    return name_is(p, n, want);
+}
+
+static PyObject *
+express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "express_request(data: bytes, max_header_bytes, max_request_line, max_headers)");
+        return NULL;
+    }
+    Py_ssize_t max_header_bytes = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_request_line = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_headers = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n > max_header_bytes)
+        Py_RETURN_NONE;
+
+    /* the request line */
+    int mi;
+    Py_ssize_t pos;
+    if (n >= 4 && memcmp(p, "GET ", 4) == 0) { mi = 0; pos = 4; }
+    else if (n >= 5 && memcmp(p, "HEAD ", 5) == 0) { mi = 1; pos = 5; }
+    else if (n >= 7 && memcmp(p, "DELETE ", 7) == 0) { mi = 2; pos = 7; }
+    else if (n >= 8 && memcmp(p, "OPTIONS ", 8) == 0) { mi = 3; pos = 8; }
+    else Py_RETURN_NONE;
+    Py_ssize_t method_len = pos - 1;
+    Py_ssize_t t0 = pos;
+    if (pos >= n || p[pos] != '/')
+        Py_RETURN_NONE;
+    for (pos++; pos < n && TARGET[p[pos]]; pos++)
+        ;
+    Py_ssize_t t1 = pos;
+    if (n - pos < 11 || memcmp(p + pos, " HTTP/1.1\r\n", 11) != 0)
+        Py_RETURN_NONE;
+    pos += 11;
+
+    /* header lines: Name: value CRLF, value = visible runs joined by spaces; then CRLF, the end */
+    Py_ssize_t fields = 0, host_count = 0, host0 = 0, host1 = 0;
+    Py_ssize_t conn_count = 0, conn_line = 0, conn_end = 0, conn_v0 = 0, conn_v1 = 0;
+    for (;;) {
+        if (fields > 0 && n - pos == 2 && p[pos] == '\r' && p[pos + 1] == '\n')
+            break;
+        Py_ssize_t line = pos;
+        while (pos < n && TOKEN[p[pos]])
+            pos++;
+        Py_ssize_t name_len = pos - line;
+        if (name_len == 0 || n - pos < 2 || p[pos] != ':' || p[pos + 1] != ' ')
+            Py_RETURN_NONE;
+        pos += 2;
+        Py_ssize_t v0 = pos;
+        if (pos >= n || !VISIBLE(p[pos]))
+            Py_RETURN_NONE;
+        while (pos < n) {
+            if (VISIBLE(p[pos]))
+                pos++;
+            else if (p[pos] == ' ') {
+                while (pos < n && p[pos] == ' ')
+                    pos++;
+                if (pos >= n || !VISIBLE(p[pos]))
+                    Py_RETURN_NONE;
+            }
+            else
+                break;
+        }
+        Py_ssize_t v1 = pos;
+        if (n - pos < 2 || p[pos] != '\r' || p[pos + 1] != '\n')
+            Py_RETURN_NONE;
+        pos += 2;
+        fields++;
+        const unsigned char *name = p + line;
+        if (is_request_special(name, name_len))
+            Py_RETURN_NONE;
+        if (name_is(name, name_len, "host")) {
+            host_count++;
+            host0 = v0;
+            host1 = v1;
+        }
+        else if (name_is(name, name_len, "connection")) {
+            conn_count++;
+            conn_line = line;
+            conn_end = pos;
+            conn_v0 = v0;
+            conn_v1 = v1;
+        }
+    }
+    if (method_len + (t1 - t0) + 10 > max_request_line || fields > max_headers)
+        Py_RETURN_NONE;
+    if (host_count != 1 || !valid_host(p + host0, host1 - host0))
+        Py_RETURN_NONE;
+    int keep_alive = 1;
+    if (conn_count > 1)
+        Py_RETURN_NONE;
+    if (conn_count == 1) {
+        /* exactly "close" or "keep-alive", any case (the value is already trimmed by the grammar) */
+        if (name_is(p + conn_v0, conn_v1 - conn_v0, "close"))
+            keep_alive = 0;
+        else if (!name_is(p + conn_v0, conn_v1 - conn_v0, "keep-alive"))
+            Py_RETURN_NONE;
+    }
+
+    PyObject *target = PyBytes_FromStringAndSize((const char *)p + t0, t1 - t0);
+    PyObject *host = PyBytes_FromStringAndSize((const char *)p + host0, host1 - host0);
+    PyObject *head;
+    if (conn_count == 0)
+        head = PyBytes_FromStringAndSize((const char *)p, n - 2);
+    else {
+        Py_ssize_t tail = (n - 2) - conn_end;
+        head = PyBytes_FromStringAndSize(NULL, conn_line + tail);
+        if (head != NULL) {
+            char *out = PyBytes_AS_STRING(head);
+            memcpy(out, p, (size_t)conn_line);
+            memcpy(out + conn_line, p + conn_end, (size_t)tail);
+        }
+    }
+    if (target == NULL || host == NULL || head == NULL) {
+        Py_XDECREF(target);
+        Py_XDECREF(host);
+        Py_XDECREF(head);
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(5);
+    if (result == NULL) {
+        Py_DECREF(target);
+        Py_DECREF(host);
+        Py_DECREF(head);
+        return NULL;
+    }
+    Py_INCREF(METHODS[mi]);
+    PyTuple_SET_ITEM(result, 0, METHODS[mi]);
+    PyTuple_SET_ITEM(result, 1, target);
+    PyTuple_SET_ITEM(result, 2, host);
+    PyTuple_SET_ITEM(result, 3, head);
+    PyObject *ka = keep_alive ? Py_True : Py_False;
+    Py_INCREF(ka);
+    PyTuple_SET_ITEM(result, 4, ka);
+    return result;
+}
+
+static PyObject *
+express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "express_response(data: bytes)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+
+    /* the first blank line, within 64 KiB */
+    Py_ssize_t end = -1;
+    Py_ssize_t last = n - 4 < 65536 ? n - 4 : 65536;
+    for (Py_ssize_t i = 0; i <= last; i++) {
+        const unsigned char *hit = memchr(p + i, '\r', (size_t)(last - i + 1));
+        if (hit == NULL)
+            break;
+        i = hit - p;
+        if (p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n') {
+            end = i;
+            break;
+        }
+    }
+    if (end < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t limit = end + 4; /* the grammar is matched against p[0:limit] */
+
+    /* the status line: HTTP/1.1 [2-4]dd reason CRLF */
+    if (limit < 15 || memcmp(p, "HTTP/1.1 ", 9) != 0 || p[9] < '2' || p[9] > '4'
+        || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' || p[12] != ' ')
+        Py_RETURN_NONE;
+    long status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    Py_ssize_t pos = 13;
+    while (pos < limit && FIELD_TEXT(p[pos]))
+        pos++;
+    if (limit - pos < 2 || p[pos] != '\r' || p[pos + 1] != '\n')
+        Py_RETURN_NONE;
+    pos += 2;
+
+    /* header lines: Name:value CRLF, then the blank line at `end` */
+    Py_ssize_t fields = 0, cl_count = 0, cl0 = 0, cl1 = 0;
+    Py_ssize_t conn_count = 0, conn_line = 0, conn_end = 0, conn_v0 = 0, conn_v1 = 0;
+    for (;;) {
+        if (fields > 0 && pos == end + 2)
+            break;
+        Py_ssize_t line = pos;
+        while (pos < limit && TOKEN[p[pos]])
+            pos++;
+        Py_ssize_t name_len = pos - line;
+        if (name_len == 0 || pos >= limit || p[pos] != ':')
+            Py_RETURN_NONE;
+        pos++;
+        Py_ssize_t v0 = pos;
+        while (pos < limit && FIELD_TEXT(p[pos]))
+            pos++;
+        Py_ssize_t v1 = pos;
+        if (limit - pos < 2 || p[pos] != '\r' || p[pos + 1] != '\n')
+            Py_RETURN_NONE;
+        pos += 2;
+        fields++;
+        const unsigned char *name = p + line;
+        if (is_response_special(name, name_len))
+            Py_RETURN_NONE;
+        if (name_is(name, name_len, "content-length")) {
+            cl_count++;
+            cl0 = v0;
+            cl1 = v1;
+        }
+        else if (name_is(name, name_len, "connection")) {
+            conn_count++;
+            conn_line = line;
+            conn_end = pos;
+            conn_v0 = v0;
+            conn_v1 = v1;
+        }
+    }
+    if (status == 204 || status == 304 || cl_count != 1 || conn_count > 1)
+        Py_RETURN_NONE;
+    while (cl0 < cl1 && (p[cl0] == ' ' || p[cl0] == '\t'))
+        cl0++;
+    while (cl1 > cl0 && (p[cl1 - 1] == ' ' || p[cl1 - 1] == '\t'))
+        cl1--;
+    if (cl1 == cl0 || cl1 - cl0 > 15)
+        Py_RETURN_NONE;
+    long long length = 0;
+    for (Py_ssize_t i = cl0; i < cl1; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            Py_RETURN_NONE;
+        length = length * 10 + (p[i] - '0');
+    }
+    if (length != (long long)(n - end - 4))
+        Py_RETURN_NONE;
+    if (conn_count == 1 && !trimmed_is(p + conn_v0, conn_v1 - conn_v0, "keep-alive"))
+        Py_RETURN_NONE;
+
+    Py_ssize_t head_len = end + 2;
+    PyObject *head;
+    if (conn_count == 0)
+        head = PyBytes_FromStringAndSize((const char *)p, head_len);
+    else {
+        Py_ssize_t tail = head_len - conn_end;
+        head = PyBytes_FromStringAndSize(NULL, conn_line + tail);
+        if (head != NULL) {
+            char *out = PyBytes_AS_STRING(head);
+            memcpy(out, p, (size_t)conn_line);
+            memcpy(out + conn_line, p + conn_end, (size_t)tail);
+        }
+    }
+    PyObject *low = PyBytes_FromStringAndSize(NULL, head_len);
+    PyObject *st = PyLong_FromLong(status);
+    PyObject *end_obj = PyLong_FromSsize_t(end);
+    PyObject *result = PyTuple_New(4);
+    if (head == NULL || low == NULL || st == NULL || end_obj == NULL || result == NULL) {
+        Py_XDECREF(head);
+        Py_XDECREF(low);
+        Py_XDECREF(st);
+        Py_XDECREF(end_obj);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(low);
+    for (Py_ssize_t i = 0; i < head_len; i++)
+        out[i] = lower(p[i]);
+    PyTuple_SET_ITEM(result, 0, st);
+    PyTuple_SET_ITEM(result, 1, head);
+    PyTuple_SET_ITEM(result, 2, low);
+    PyTuple_SET_ITEM(result, 3, end_obj);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"express_request", (PyCFunction)(void (*)(void))express_request, METH_FASTCALL,
+     "express_request(data, max_header_bytes, max_request_line, max_headers): as fivenines.core.framing.express_request"},
+    {"express_response", (PyCFunction)(void (*)(void))express_response, METH_FASTCALL,
+     "express_response(data): as fivenines.core.framing.express_response"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "fivenines._express",
+    "The express lane of fivenines.core.framing, in C (see that module).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__express(void)
+{
+    fill_alnum(TOKEN);
+    fill(TOKEN, "!#$%&'*+-.^_`|~");
+    fill_alnum(TARGET);
+    fill(TARGET, "-._~!$&'()*+,;=:@/?%");
+    fill_alnum(REGNAME);
+    fill(REGNAME, "._~!$&'()*+,;=%-");
+    fill(IPLIT, "0123456789abcdefABCDEF:.");
+    const char *names[4] = {"GET", "HEAD", "DELETE", "OPTIONS"};
+    for (int i = 0; i < 4; i++) {
+        if (METHODS[i] == NULL) {
+            METHODS[i] = PyBytes_FromString(names[i]);
+            if (METHODS[i] == NULL)
+                return NULL;
+        }
+    }
+    return PyModule_Create(&module);
+}
