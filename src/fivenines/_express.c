@@ -44,11 +44,10 @@ lower(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
-/* The field name p[0:n], lower-cased, equals `want` (lower-case, NUL-terminated)? */
-static int
-name_is(const unsigned char *p, Py_ssize_t n, const char *want)
+/* The field name p[0:n], lower-cased, equals `want` (lower-case, k bytes)? */
+static inline int
+name_is_k(const unsigned char *p, Py_ssize_t n, const char *want, Py_ssize_t k)
 {
-    Py_ssize_t k = (Py_ssize_t)strlen(want);
     if (n != k)
         return 0;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -57,11 +56,10 @@ name_is(const unsigned char *p, Py_ssize_t n, const char *want)
     return 1;
 }
 
-/* The field name p[0:n], lower-cased, starts with `want`? */
-static int
-name_starts(const unsigned char *p, Py_ssize_t n, const char *want)
+/* The field name p[0:n], lower-cased, starts with `want` (k bytes)? */
+static inline int
+name_starts_k(const unsigned char *p, Py_ssize_t n, const char *want, Py_ssize_t k)
 {
-    Py_ssize_t k = (Py_ssize_t)strlen(want);
     if (n < k)
         return 0;
     for (Py_ssize_t i = 0; i < k; i++)
@@ -69,6 +67,10 @@ name_starts(const unsigned char *p, Py_ssize_t n, const char *want)
             return 0;
     return 1;
 }
+
+/* `want` must be a string literal ("" makes anything else a compile error): sizeof is its length */
+#define name_is(p, n, want) name_is_k((p), (n), "" want, (Py_ssize_t)sizeof("" want) - 1)
+#define name_starts(p, n, want) name_starts_k((p), (n), "" want, (Py_ssize_t)sizeof("" want) - 1)
 
 /* framing._HOST: ([hex:.]+]|regname*)(:[0-9]{0,5})? and nothing after */
 static int
@@ -114,9 +116,9 @@ is_response_special(const unsigned char *p, Py_ssize_t n)
         || name_is(p, n, "keep-alive") || name_is(p, n, "te") || name_starts(p, n, "proxy-");
 }
 
-/* value p[0:n] with spaces and tabs trimmed at both ends, lower-cased, equals `want`? */
+/* value p[0:n] with spaces and tabs trimmed at both ends, lower-cased, is keep-alive? */
 static int
-trimmed_is(const unsigned char *p, Py_ssize_t n, const char *want)
+trimmed_keep_alive(const unsigned char *p, Py_ssize_t n)
 {
     while (n > 0 && (p[0] == ' ' || p[0] == '\t')) {
         p++;
@@ -124,7 +126,7 @@ trimmed_is(const unsigned char *p, Py_ssize_t n, const char *want)
     }
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
         n--;
-    return name_is(p, n, want);
+    return name_is(p, n, "keep-alive");
 }
 
 static PyObject *
@@ -357,7 +359,7 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (length != (long long)(n - end - 4))
         Py_RETURN_NONE;
-    if (conn_count == 1 && !trimmed_is(p + conn_v0, conn_v1 - conn_v0, "keep-alive"))
+    if (conn_count == 1 && !trimmed_keep_alive(p + conn_v0, conn_v1 - conn_v0))
         Py_RETURN_NONE;
 
     Py_ssize_t head_len = end + 2;

@@ -30,6 +30,7 @@ MODULES = (
     "fivenines.core.retry",
     "fivenines.core.balance",
     "fivenines.core.detect",
+    "fivenines.core.limits",
     "fivenines.proxy.backend",
     "fivenines.proxy.http",
 )

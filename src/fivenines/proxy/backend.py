@@ -333,3 +333,21 @@ class BackendGroup:
 
     def __repr__(self) -> str:
         return f"<BackendGroup {self.name} serving={[b.id for b in self.serving]}>"
+
+
+class FixedGroup:
+    """A listener's target-group lookup that always answers one group: a compiled callable, as
+    the proxy calls it for every request (a closure would run interpreted).
+
+    >>> g = BackendGroup("web")
+    >>> FixedGroup(g)() is g
+    True
+    """
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: BackendGroup) -> None:
+        self.group = group
+
+    def __call__(self) -> BackendGroup:
+        return self.group

@@ -48,7 +48,7 @@ from typing import Any
 
 from fivenines.core.detect import Ejection, OutcomeSink, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
-from fivenines.proxy.backend import Backend, BackendGroup
+from fivenines.proxy.backend import Backend, BackendGroup, FixedGroup
 from fivenines.proxy.http import Counters, Listener, ProxySettings
 from fivenines.proxy.tcp import TcpListener
 from fivenines.spec import ListenerSpec, Spec
@@ -62,12 +62,8 @@ STATS_INTERVAL = 0.5
 def make_listener(ls: ListenerSpec, groups: Mapping[str, BackendGroup],
                   settings: ProxySettings | None = None) -> AnyListener:
     """An unstarted listener for ``ls`` over ``groups`` (rules compiled here, once)."""
-    default = groups[ls.default_target_group]
+    group_for = FixedGroup(groups[ls.default_target_group])
     s = settings or ProxySettings.from_spec(ls.timeouts, ls.limits)
-
-    def group_for() -> BackendGroup:
-        return default
-
     if ls.protocol == "tcp":
         return TcpListener(group_for, ls.port, s)
     router = Router(ls.rules, ls.default_target_group) if ls.rules else None
