@@ -5,7 +5,8 @@ passive detector) is plain, fully annotated Python. ``scripts/compile`` compiles
 mypyc into C extensions next to their sources, and records a digest of each source it compiled in
 ``_compiled.json``. Python imports an extension before a source of the same name, so a fresh build
 is used as it is. The same source runs either way; the compiled form is about 1.4x faster per
-request (docs/dataplane.md).
+request (docs/dataplane.md). The build also makes the C express lane (``NATIVE``: ``_express.c``,
+whose Python specification is in ``core/framing.py``), loaded only with the rest of the build.
 
 A build that no longer matches its sources (a source edited since) would run old code, so then
 *all* of these modules are loaded from source, as they are when ``FIVENINES_PURE=1`` is set (the
