@@ -129,6 +129,38 @@ trimmed_keep_alive(const unsigned char *p, Py_ssize_t n)
     return name_is(p, n, "keep-alive");
 }
 
+/* A header field the recognisers look for: how many lines had its name, and where the last one
+ * was (its line from the name to past its CRLF, its value). */
+typedef struct {
+    Py_ssize_t count, line, end, v0, v1;
+} Field;
+
+static inline void
+seen(Field *f, Py_ssize_t line, Py_ssize_t end, Py_ssize_t v0, Py_ssize_t v1)
+{
+    f->count++;
+    f->line = line;
+    f->end = end;
+    f->v0 = v0;
+    f->v1 = v1;
+}
+
+/* p[0:head_len] as new bytes, without the line of `cut` when there is one */
+static PyObject *
+head_without(const unsigned char *p, Py_ssize_t head_len, const Field *cut)
+{
+    if (cut->count == 0)
+        return PyBytes_FromStringAndSize((const char *)p, head_len);
+    Py_ssize_t tail = head_len - cut->end;
+    PyObject *head = PyBytes_FromStringAndSize(NULL, cut->line + tail);
+    if (head != NULL) {
+        char *out = PyBytes_AS_STRING(head);
+        memcpy(out, p, (size_t)cut->line);
+        memcpy(out + cut->line, p + cut->end, (size_t)tail);
+    }
+    return head;
+}
+
 static PyObject *
 express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -166,8 +198,8 @@ express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     pos += 11;
 
     /* header lines: Name: value CRLF, value = visible runs joined by spaces; then CRLF, the end */
-    Py_ssize_t fields = 0, host_count = 0, host0 = 0, host1 = 0;
-    Py_ssize_t conn_count = 0, conn_line = 0, conn_end = 0, conn_v0 = 0, conn_v1 = 0;
+    Py_ssize_t fields = 0;
+    Field host = {0}, conn = {0};
     for (;;) {
         if (fields > 0 && n - pos == 2 && p[pos] == '\r' && p[pos + 1] == '\n')
             break;
@@ -201,65 +233,41 @@ express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         const unsigned char *name = p + line;
         if (is_request_special(name, name_len))
             Py_RETURN_NONE;
-        if (name_is(name, name_len, "host")) {
-            host_count++;
-            host0 = v0;
-            host1 = v1;
-        }
-        else if (name_is(name, name_len, "connection")) {
-            conn_count++;
-            conn_line = line;
-            conn_end = pos;
-            conn_v0 = v0;
-            conn_v1 = v1;
-        }
+        if (name_is(name, name_len, "host"))
+            seen(&host, line, pos, v0, v1);
+        else if (name_is(name, name_len, "connection"))
+            seen(&conn, line, pos, v0, v1);
     }
     if (method_len + (t1 - t0) + 10 > max_request_line || fields > max_headers)
         Py_RETURN_NONE;
-    if (host_count != 1 || !valid_host(p + host0, host1 - host0))
+    if (host.count != 1 || !valid_host(p + host.v0, host.v1 - host.v0))
         Py_RETURN_NONE;
     int keep_alive = 1;
-    if (conn_count > 1)
+    if (conn.count > 1)
         Py_RETURN_NONE;
-    if (conn_count == 1) {
+    if (conn.count == 1) {
         /* exactly "close" or "keep-alive", any case (the value is already trimmed by the grammar) */
-        if (name_is(p + conn_v0, conn_v1 - conn_v0, "close"))
+        if (name_is(p + conn.v0, conn.v1 - conn.v0, "close"))
             keep_alive = 0;
-        else if (!name_is(p + conn_v0, conn_v1 - conn_v0, "keep-alive"))
+        else if (!name_is(p + conn.v0, conn.v1 - conn.v0, "keep-alive"))
             Py_RETURN_NONE;
     }
 
     PyObject *target = PyBytes_FromStringAndSize((const char *)p + t0, t1 - t0);
-    PyObject *host = PyBytes_FromStringAndSize((const char *)p + host0, host1 - host0);
-    PyObject *head;
-    if (conn_count == 0)
-        head = PyBytes_FromStringAndSize((const char *)p, n - 2);
-    else {
-        Py_ssize_t tail = (n - 2) - conn_end;
-        head = PyBytes_FromStringAndSize(NULL, conn_line + tail);
-        if (head != NULL) {
-            char *out = PyBytes_AS_STRING(head);
-            memcpy(out, p, (size_t)conn_line);
-            memcpy(out + conn_line, p + conn_end, (size_t)tail);
-        }
-    }
-    if (target == NULL || host == NULL || head == NULL) {
-        Py_XDECREF(target);
-        Py_XDECREF(host);
-        Py_XDECREF(head);
-        return NULL;
-    }
+    PyObject *host_value = PyBytes_FromStringAndSize((const char *)p + host.v0, host.v1 - host.v0);
+    PyObject *head = head_without(p, n - 2, &conn);
     PyObject *result = PyTuple_New(5);
-    if (result == NULL) {
-        Py_DECREF(target);
-        Py_DECREF(host);
-        Py_DECREF(head);
+    if (target == NULL || host_value == NULL || head == NULL || result == NULL) {
+        Py_XDECREF(target);
+        Py_XDECREF(host_value);
+        Py_XDECREF(head);
+        Py_XDECREF(result);
         return NULL;
     }
     Py_INCREF(METHODS[mi]);
     PyTuple_SET_ITEM(result, 0, METHODS[mi]);
     PyTuple_SET_ITEM(result, 1, target);
-    PyTuple_SET_ITEM(result, 2, host);
+    PyTuple_SET_ITEM(result, 2, host_value);
     PyTuple_SET_ITEM(result, 3, head);
     PyObject *ka = keep_alive ? Py_True : Py_False;
     Py_INCREF(ka);
@@ -307,8 +315,8 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     pos += 2;
 
     /* header lines: Name:value CRLF, then the blank line at `end` */
-    Py_ssize_t fields = 0, cl_count = 0, cl0 = 0, cl1 = 0;
-    Py_ssize_t conn_count = 0, conn_line = 0, conn_end = 0, conn_v0 = 0, conn_v1 = 0;
+    Py_ssize_t fields = 0;
+    Field cl = {0}, conn = {0};
     for (;;) {
         if (fields > 0 && pos == end + 2)
             break;
@@ -330,21 +338,14 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         const unsigned char *name = p + line;
         if (is_response_special(name, name_len))
             Py_RETURN_NONE;
-        if (name_is(name, name_len, "content-length")) {
-            cl_count++;
-            cl0 = v0;
-            cl1 = v1;
-        }
-        else if (name_is(name, name_len, "connection")) {
-            conn_count++;
-            conn_line = line;
-            conn_end = pos;
-            conn_v0 = v0;
-            conn_v1 = v1;
-        }
+        if (name_is(name, name_len, "content-length"))
+            seen(&cl, line, pos, v0, v1);
+        else if (name_is(name, name_len, "connection"))
+            seen(&conn, line, pos, v0, v1);
     }
-    if (status == 204 || status == 304 || cl_count != 1 || conn_count > 1)
+    if (status == 204 || status == 304 || cl.count != 1 || conn.count > 1)
         Py_RETURN_NONE;
+    Py_ssize_t cl0 = cl.v0, cl1 = cl.v1;
     while (cl0 < cl1 && (p[cl0] == ' ' || p[cl0] == '\t'))
         cl0++;
     while (cl1 > cl0 && (p[cl1 - 1] == ' ' || p[cl1 - 1] == '\t'))
@@ -359,22 +360,11 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (length != (long long)(n - end - 4))
         Py_RETURN_NONE;
-    if (conn_count == 1 && !trimmed_keep_alive(p + conn_v0, conn_v1 - conn_v0))
+    if (conn.count == 1 && !trimmed_keep_alive(p + conn.v0, conn.v1 - conn.v0))
         Py_RETURN_NONE;
 
     Py_ssize_t head_len = end + 2;
-    PyObject *head;
-    if (conn_count == 0)
-        head = PyBytes_FromStringAndSize((const char *)p, head_len);
-    else {
-        Py_ssize_t tail = head_len - conn_end;
-        head = PyBytes_FromStringAndSize(NULL, conn_line + tail);
-        if (head != NULL) {
-            char *out = PyBytes_AS_STRING(head);
-            memcpy(out, p, (size_t)conn_line);
-            memcpy(out + conn_line, p + conn_end, (size_t)tail);
-        }
-    }
+    PyObject *head = head_without(p, head_len, &conn);
     PyObject *low = PyBytes_FromStringAndSize(NULL, head_len);
     PyObject *st = PyLong_FromLong(status);
     PyObject *end_obj = PyLong_FromSsize_t(end);
