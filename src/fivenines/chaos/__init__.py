@@ -16,17 +16,20 @@ The I/O parts, thin: :mod:`~fivenines.chaos.loadgen` (open-loop HTTP/1.1 load on
 asyncio protocols), :mod:`~fivenines.chaos.inject` (signals and demo control
 calls, only to processes the fivenines under test started),
 :mod:`~fivenines.chaos.runner` (runs ``fivenines up`` and the rest) and
-:mod:`~fivenines.chaos.report` (``summary.json`` and ``report.html``).
+:mod:`~fivenines.chaos.report` (``summary.json`` and ``report.html``). ``inject``
+and ``runner`` talk HTTP (fivenines' admin API, the demo's control paths) through
+the one admin client, :mod:`fivenines.cli.admin_client`, the one the CLI uses.
 See docs/chaos.md.
 """
 
 from __future__ import annotations
 
-from fivenines.errors import FivenineError
+from fivenines.errors import ProviderError
 
 
-class ChaosError(FivenineError):
-    """A chaos run cannot start or carry on (bad options, fivenines did not come up, ...)."""
+class ChaosError(ProviderError):
+    """A chaos run cannot start or carry on (fivenines did not come up, a fault could not be
+    injected, the admin API did not answer, ...)."""
 
 
 class UnsafeTarget(ChaosError):

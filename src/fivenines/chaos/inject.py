@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fivenines.chaos import ChaosError, UnsafeTarget, client
+from fivenines.chaos import ChaosError, UnsafeTarget
 from fivenines.chaos.schedule import FaultKind
+from fivenines.cli.admin_client import AdminError, aget
 
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (unified syscall table)
 
@@ -252,10 +253,10 @@ class Injector:
         path = "/_fail" if kind is FaultKind.ERROR else f"/_slow?ms={self.slow_ms}"
         self.pending[fault_id] = lambda: self._recover(fault_id, what, address)
         try:
-            status, _ = await client.get(f"http://{address}{path}", self.control_timeout)
-        except ChaosError:
+            status, _ = await aget(f"http://{address}{path}", self.control_timeout)
+        except AdminError as exc:
             await self.undo(fault_id)
-            raise
+            raise ChaosError(f"{what}: {exc}") from exc
         if status != 200:
             await self.undo(fault_id)
             raise ChaosError(f"{what}: GET {path} answered {status}: the {kind.value} fault needs the demo "
@@ -289,9 +290,9 @@ class Injector:
         last: Exception | None = None
         for _ in range(3):
             try:
-                status, _ = await client.get(f"http://{address}/_recover", self.control_timeout)
+                status, _ = await aget(f"http://{address}/_recover", self.control_timeout)
                 return f"GET /_recover on {what}: {status}"
-            except ChaosError as exc:  # e.g. a target restarted in between: try again briefly
+            except AdminError as exc:  # e.g. a target restarted in between: try again briefly
                 last = exc
         return f"GET /_recover on {what} failed: {last}"
 

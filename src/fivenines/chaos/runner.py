@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fivenines.chaos import ChaosError, client
+from fivenines.chaos import ChaosError
 from fivenines.chaos.inject import Applied, Guard, Injector
 from fivenines.chaos.loadgen import LoadGen
 from fivenines.chaos.outcomes import OutcomeLog
 from fivenines.chaos.schedule import FaultKind, PlannedFault, exponential_schedule
 from fivenines.chaos.timeline import Ev, GroupView, Injected
+from fivenines.cli.admin_client import AdminError, aget_json
 from fivenines.model.layout import health_detection_time
 from fivenines.runtime.supervisor import Process, tail_lines
 from fivenines.spec import Spec
@@ -207,7 +208,7 @@ class ChaosRun:
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = self.clock() + self.config.startup_timeout
         while True:
-            st = await client.get_json(f"{self.admin}/status")
+            st = await self._admin_json("/status")
             g = st["target_groups"][self.group]
             if all(t["state"] == "healthy" for t in g["targets"]) and len(g["serving"]) >= g["active_count"]:
                 return dict(st)
@@ -218,9 +219,15 @@ class ChaosRun:
 
     # ------------------------------------------------------------------ polling
 
+    async def _admin_json(self, path: str) -> Any:
+        """GET the admin API of the fivenines under test; any failure is a ChaosError."""
+        try:
+            return await aget_json(f"{self.admin}{path}")
+        except AdminError as exc:
+            raise ChaosError(str(exc)) from exc
+
     async def _poll_events(self) -> None:
-        url = f"{self.admin}/events?limit=1000&since="
-        data = await client.get_json(url + str(self._last_seq))
+        data = await self._admin_json(f"/events?limit=1000&since={self._last_seq}")
         for e in data.get("events", []):
             seq = int(e.get("seq", 0))
             if seq <= self._last_seq:
@@ -238,7 +245,7 @@ class ChaosRun:
             await asyncio.sleep(0.2)
 
     async def _fresh_status(self) -> dict[str, Any]:
-        self.status = dict(await client.get_json(f"{self.admin}/status"))
+        self.status = dict(await self._admin_json("/status"))
         return self.status
 
     # ------------------------------------------------------------------ faults
@@ -344,7 +351,7 @@ class ChaosRun:
         while self.now() < deadline:
             await asyncio.sleep(0.1)
             try:
-                st = await client.get_json(f"{self.admin}/status")
+                st = await self._admin_json("/status")
             except ChaosError:
                 continue
             workers = st.get("workers") or []

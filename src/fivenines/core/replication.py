@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fivenines.errors import FivenineError, InvalidTransition
+from fivenines.errors import ConflictError, InvalidTransition
 
 
-class ReplicationError(FivenineError):
+class ReplicationError(ConflictError):
     """A request the replicated group cannot carry out now (e.g. a switchover during a failover)."""
 
 

@@ -34,16 +34,16 @@ from urllib.parse import urlsplit
 import httptools
 
 from fivenines.core.replication import lease_valid_until, renew_every
-from fivenines.errors import FivenineError
+from fivenines.errors import ConflictError, ProviderError
 
 log = logging.getLogger("fivenines.lease")
 
 
-class EtcdError(FivenineError):
+class EtcdError(ProviderError):
     """etcd did not answer, or answered with an error."""
 
 
-class LeaseLost(FivenineError):
+class LeaseLost(ConflictError):
     """This node no longer holds the lease (a fenced write was refused)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fivenines.core.replication import Durability, Observation, StoreRole
+from fivenines.errors import ProtocolError
 from fivenines.runtime.store import StoreError, StoreTarget, StoreTimeout, StoreUnreachable
 
 
@@ -38,8 +39,8 @@ class ReplyError(StoreError):
 # --------------------------------------------------------------------------- RESP, sans-IO
 
 
-class RespProtocolError(StoreError):
-    pass
+class RespProtocolError(StoreError, ProtocolError):
+    """The server's answer is not RESP."""
 
 
 class _Incomplete(Exception):

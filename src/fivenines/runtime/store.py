@@ -15,20 +15,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fivenines.core.replication import Observation, StoreRole
-from fivenines.errors import FivenineError
+from fivenines.errors import NetworkError, ProviderError, TimedOut
 from fivenines.runtime.supervisor import resolve_argv
 from fivenines.spec import CustomStoreSpec
 
 
-class StoreError(FivenineError):
+class StoreError(ProviderError):
     """A store command failed: unreachable, timed out, or refused."""
 
 
-class StoreUnreachable(StoreError):
+class StoreUnreachable(StoreError, NetworkError):
     """No answer: connection refused, reset, or no reply in time."""
 
 
-class StoreTimeout(StoreUnreachable):
+class StoreTimeout(StoreUnreachable, TimedOut):
     """No connection or no reply within the timeout."""
 
 

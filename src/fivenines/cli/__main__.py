@@ -1,0 +1,3 @@
+from fivenines.cli import main
+
+main()
