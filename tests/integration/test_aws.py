@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from fivenines.cloud.aws import AwsOptions, AwsProvider, Prepared
-from fivenines.cloud.mapping import TAG_MANAGED, TAG_STACK
 from fivenines.cloud.plan import Action
+from fivenines.cloud.resources import TAG_MANAGED, TAG_STACK
 from fivenines.errors import ProviderError
 from fivenines.spec import AwsSpec, Spec, load_spec, parse_spec
 

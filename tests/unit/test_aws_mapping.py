@@ -10,8 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fivenines.cloud.mapping import (
-    NAME_MAX,
+from fivenines.cloud.mapping import NAME_MAX, _secs, aws_name, map_spec, parse_redirect
+from fivenines.cloud.resources import (
     TAG_MANAGED,
     TAG_RESOURCE,
     TAG_STACK,
@@ -19,10 +19,6 @@ from fivenines.cloud.mapping import (
     Kind,
     Network,
     Subnet,
-    _secs,
-    aws_name,
-    map_spec,
-    parse_redirect,
     stack_tags,
 )
 from fivenines.spec import AwsSpec, HealthCheckSpec, Spec, parse_spec

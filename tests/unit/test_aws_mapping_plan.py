@@ -8,8 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fivenines.cloud.mapping import Desired, Network, Resource, Subnet, map_spec
+from fivenines.cloud.mapping import map_spec
 from fivenines.cloud.plan import Action, Observed, Op, compare, diff, render, steps
+from fivenines.cloud.resources import Desired, Network, Resource, Subnet
 from fivenines.spec import parse_spec
 
 NET = Network("vpc-1", (Subnet("subnet-a", "eu-west-1a", "vpc-1"), Subnet("subnet-b", "eu-west-1b", "vpc-1")))

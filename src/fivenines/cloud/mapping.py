@@ -1,12 +1,10 @@
 """The spec mapped onto AWS: pure, no boto3, no network, no clock.
 
 :func:`map_spec` turns a :class:`~fivenines.spec.Spec` plus the facts of the
-network it will live in (:class:`Network`: VPC, subnets and their availability
-zones, looked up by the provider) into the **desired state** of the stack: a set
-of :class:`Resource` values, each a kind, a logical key, an AWS name and plain
-JSON-like properties in the same normal form the provider reads back from AWS.
-References between resources are written ``"@key"`` (``"@tg/web"``), never as ids,
-so desired and observed state compare without knowing any ARN.
+network it will live in (:class:`~fivenines.cloud.resources.Network`: VPC, subnets
+and their availability zones, looked up by the provider) into the **desired state**
+of the stack: a set of :class:`~fivenines.cloud.resources.Resource` values in the
+normal form the provider reads back from AWS (see :mod:`fivenines.cloud.resources`).
 
 Every local setting AWS cannot take is a :class:`Finding` with the field path and
 the nearest valid value (when there is one). The rule, documented in docs/aws.md:
@@ -20,6 +18,15 @@ the nearest valid value (when there is one). The rule, documented in docs/aws.md
 
 The desired state always uses the nearest values, so a plan is complete even when
 it is blocked; nothing incompatible is ever sent.
+
+Why this is one module of some 870 lines: it is one function, :func:`map_spec`, and
+the mapping of each spec block it calls (health check, target group, rules,
+instances), in the order it calls them. Every part checks against the same AWS
+limits (below) and appends to the same list of findings with field paths, so a
+reader checking one rule of the mapping needs the limits and the helpers beside it;
+split by block, each piece would import them all and none would stand alone. The
+values it produces (resources, findings, the network) live in
+:mod:`fivenines.cloud.resources`, shared with the plan and the provider.
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ import base64
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
+from fivenines.cloud.resources import (
+    TAG_RESOURCE,
+    Desired,
+    Finding,
+    Kind,
+    Network,
+    Resource,
+    stack_tags,
+)
 from fivenines.spec import (
     AwsSpec,
     FixedResponseSpec,
@@ -47,40 +60,6 @@ from fivenines.spec import (
     parse_matcher,
     split_hostport,
 )
-
-TAG_STACK = "fivenines:stack"
-TAG_MANAGED = "fivenines:managed"
-TAG_RESOURCE = "fivenines:resource"
-"""Logical key of the resource (``tg/web``): how observed resources are matched to desired ones."""
-
-
-class Kind(str, Enum):
-    SECURITY_GROUP = "security_group"
-    LOAD_BALANCER = "load_balancer"
-    TARGET_GROUP = "target_group"
-    LISTENER = "listener"
-    RULE = "rule"
-    LAUNCH_TEMPLATE = "launch_template"
-    AUTO_SCALING_GROUP = "auto_scaling_group"
-
-    @property
-    def label(self) -> str:
-        return self.value.replace("_", " ")
-
-
-KIND_ORDER: tuple[Kind, ...] = tuple(Kind)
-"""Creation order (a kind only references kinds before it); deletion runs it backwards."""
-
-IMMUTABLE: dict[Kind, frozenset[str]] = {
-    Kind.SECURITY_GROUP: frozenset({"name", "vpc", "description"}),
-    Kind.LOAD_BALANCER: frozenset({"name", "type", "scheme"}),
-    Kind.TARGET_GROUP: frozenset({"name", "protocol", "port", "vpc", "target_type"}),
-    Kind.LISTENER: frozenset({"load_balancer"}),
-    Kind.RULE: frozenset({"listener", "priority"}),
-    Kind.LAUNCH_TEMPLATE: frozenset({"name"}),
-    Kind.AUTO_SCALING_GROUP: frozenset({"name"}),
-}
-"""Properties whose change needs the resource replaced (deleted, then created)."""
 
 # AWS limits (Elastic Load Balancing v2, Auto Scaling).
 INTERVAL_RANGE = (5, 300)
@@ -99,105 +78,6 @@ USER_DATA_MAX = 16384
 NAME_MAX = 32  # load balancer and target group names
 
 DEFAULT_ALLOW = ["0.0.0.0/0"]
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Subnet:
-    id: str
-    availability_zone: str
-    vpc_id: str
-
-
-@dataclass(frozen=True)
-class Network:
-    """Facts the provider looked up: the stack's VPC and subnets."""
-
-    vpc_id: str
-    subnets: tuple[Subnet, ...]
-
-    @property
-    def zones(self) -> list[str]:
-        return sorted({s.availability_zone for s in self.subnets})
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A spec setting AWS cannot take as written.
-
-    ``nearest`` is the nearest valid value (as one would write it in the spec), or
-    None when AWS has no equivalent; ``written`` tells whether the user wrote the
-    value (True) or it is a local default (False).
-    """
-
-    path: str
-    message: str
-    nearest: str | None
-    written: bool = True
-
-    def blocks(self, adjust: bool) -> bool:
-        """True when this finding must stop plan/apply (see the module docstring)."""
-        return self.nearest is None or (self.written and not adjust)
-
-    def __str__(self) -> str:
-        tail = f"; nearest valid value: {self.nearest}" if self.nearest is not None else ""
-        return f"{self.path}: {self.message}{tail}"
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One AWS resource of the desired (or observed) state, in normal form."""
-
-    kind: Kind
-    key: str
-    name: str
-    props: dict[str, Any]
-
-    @property
-    def refs(self) -> frozenset[str]:
-        """Logical keys this resource references (``"@key"`` strings anywhere in props)."""
-        return frozenset(_refs(self.props))
-
-    def __repr__(self) -> str:
-        return f"<{self.kind.label} {self.key} {self.name!r}>"
-
-
-_REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|lb|tg|listener|rule|lt|asg)/[^\s\"]+)")
-
-
-def _refs(value: Any) -> Iterator[str]:
-    """``"@key"`` references in a value, also inside strings (``"tcp:8080 from @sg/lb"``)."""
-    if isinstance(value, str):
-        yield from _REF_RE.findall(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _refs(k)
-            yield from _refs(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _refs(v)
-
-
-@dataclass
-class Desired:
-    """The stack as the spec wants it on AWS, plus what had to give."""
-
-    stack: str
-    resources: dict[str, Resource] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, r: Resource) -> None:
-        assert r.key not in self.resources, r.key
-        self.resources[r.key] = r
-
-    def blocking(self, adjust: bool) -> list[Finding]:
-        return [f for f in self.findings if f.blocks(adjust)]
-
-    def __repr__(self) -> str:
-        return f"<Desired {self.stack}: {len(self.resources)} resources, {len(self.findings)} findings>"
 
 
 # --------------------------------------------------------------------------- names
@@ -221,12 +101,6 @@ def aws_name(*parts: str, limit: int = NAME_MAX) -> str:
         digest = hashlib.sha1(full.encode()).hexdigest()[:8]
         name = name[: limit - 9].rstrip("-") + "-" + digest
     return name
-
-
-def stack_tags(stack: str, key: str, aws: AwsSpec) -> list[dict[str, str]]:
-    """The tags every resource of the stack carries, sorted by key."""
-    tags = {**aws.tags, TAG_STACK: stack, TAG_MANAGED: "true", TAG_RESOURCE: key}
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 # --------------------------------------------------------------------------- helpers

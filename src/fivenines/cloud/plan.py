@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fivenines.cloud.mapping import _REF_RE, IMMUTABLE, KIND_ORDER, Kind, Resource
+from fivenines.cloud.resources import IMMUTABLE, KIND_ORDER, REF_RE, Kind, Resource
 
 
 class Action(str, Enum):
@@ -214,7 +214,7 @@ def steps(plan: Plan, desired: dict[str, Resource], observed: dict[str, Observed
 
 def _named(text: str, names: dict[str, str]) -> str:
     """``@key`` references in ``text`` replaced by the resources' names."""
-    return _REF_RE.sub(lambda m: names.get(m.group(1), m.group(0)), text)
+    return REF_RE.sub(lambda m: names.get(m.group(1), m.group(0)), text)
 
 
 def _show(value: Any, names: dict[str, str]) -> str:
