@@ -12,10 +12,19 @@ from typing import Any
 import click
 from rich.table import Table
 
-from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
+from fivenines.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    err,
+    error,
+    fail,
+    failing,
+    load,
+    out,
+    spec_argument,
+)
 from fivenines.cli.ops import state_cell
-from fivenines.errors import FivenineError
-from fivenines.spec import Spec
+from fivenines.spec import AwsSpec, Spec
 
 
 def _aws_option_decorators() -> list[Any]:
@@ -32,7 +41,7 @@ def _with_aws_options(f: Any) -> Any:
     return f
 
 
-def _aws_provider(ctx: click.Context, spec: Spec, kw: dict[str, Any], code: int) -> Any:
+def _aws_provider(ctx: click.Context, spec: Spec, kw: dict[str, Any]) -> Any:
     from fivenines.cloud.aws import AwsOptions, AwsProvider
 
     parent = ctx.obj or {}
@@ -42,10 +51,7 @@ def _aws_provider(ctx: click.Context, spec: Spec, kw: dict[str, Any], code: int)
         profile=kw.get("profile") or parent.get("profile"),
         endpoint_url=kw.get("endpoint_url") or parent.get("endpoint_url"),
     )
-    try:
-        return AwsProvider(options, log=lambda msg: err.print(f"  {msg}", markup=False))
-    except FivenineError as exc:
-        fail(str(exc), code)
+    return AwsProvider(options, log=lambda msg: err.print(f"  {msg}", markup=False))
 
 
 def _aws_prepare(ctx: click.Context, spec_file: str, kw: dict[str, Any], adjust: bool, as_json: bool) -> tuple[Any, Any, Spec]:
@@ -53,15 +59,14 @@ def _aws_prepare(ctx: click.Context, spec_file: str, kw: dict[str, Any], adjust:
     from fivenines.cloud.plan import render
 
     spec = load(spec_file, check_ports=False)
-    provider = _aws_provider(ctx, spec, kw, EXIT_USAGE)
-    try:
+    with failing(EXIT_USAGE):
+        provider = _aws_provider(ctx, spec, kw)
+    with failing(EXIT_USAGE, f"{spec_file}: "):
         desired = provider.desired(spec)
-    except FivenineError as exc:
-        fail(f"{spec_file}: {exc}", EXIT_USAGE)
     blocking = desired.blocking(adjust)
     for f in desired.findings:
         if f.blocks(adjust):
-            err.print(f"[bold red]error[/]: {spec_file}: {f}", markup=True, soft_wrap=True)
+            error(f"{spec_file}: {f}")
         else:
             how = "adjusted (--adjust)" if f.written else "adjusted (local default)"
             err.print(f"[yellow]warning[/]: {spec_file}: {f} [dim]- {how}[/]", markup=True, soft_wrap=True)
@@ -71,12 +76,10 @@ def _aws_prepare(ctx: click.Context, spec_file: str, kw: dict[str, Any], adjust:
         if any(f.nearest is not None for f in blocking):
             err.print("AWS cannot take these settings as written; fix them, or pass --adjust to use the nearest valid values.")
         sys.exit(EXIT_USAGE)
-    try:
+    with failing(EXIT_USAGE):
         prepared = provider.prepare(desired)
-    except FivenineError as exc:
-        fail(str(exc), EXIT_USAGE)
     for c in prepared.conflicts:
-        err.print(f"[bold red]error[/]: {c}", markup=True, soft_wrap=True)
+        error(c)
     if prepared.conflicts:
         sys.exit(EXIT_USAGE)
     if as_json:
@@ -151,17 +154,9 @@ def aws_apply(ctx: click.Context, /, spec_file: str, adjust: bool, **kw: Any) ->
     if prepared.plan.empty:
         return
     err.print("applying:")
-    try:
-        done = provider.apply(prepared, spec.aws or _aws_spec_default())
-    except FivenineError as exc:
-        fail(f"{exc} (re-run apply to finish; it picks up where this stopped)", 1)
+    with failing(EXIT_FAILED, suffix=" (re-run apply to finish; it picks up where this stopped)"):
+        done = provider.apply(prepared, spec.aws or AwsSpec())
     err.print(f"[bold green]applied[/]: {done} steps. `fivenines aws status {spec_file}` shows every target's health.", markup=True)
-
-
-def _aws_spec_default() -> Any:
-    from fivenines.spec import AwsSpec
-
-    return AwsSpec()
 
 
 @aws_group.command("status")
@@ -172,11 +167,7 @@ def _aws_spec_default() -> Any:
 def aws_status(ctx: click.Context, /, spec_file: str, as_json: bool, **kw: Any) -> None:
     """Show the load balancers and every target's ELB health state and reason."""
     spec = load(spec_file, check_ports=False)
-    provider = _aws_provider(ctx, spec, kw, 1)
-    try:
-        data = provider.status(spec.name)
-    except FivenineError as exc:
-        fail(str(exc), 1)
+    data = _aws_provider(ctx, spec, kw).status(spec.name)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -215,18 +206,15 @@ def aws_destroy(ctx: click.Context, /, spec_file: str, yes: bool, **kw: Any) -> 
     from fivenines.cloud.plan import render
 
     spec = load(spec_file, check_ports=False)
-    provider = _aws_provider(ctx, spec, kw, 1)
-    try:
-        prepared = provider.prepare_destroy(spec.name)
-    except FivenineError as exc:
-        fail(str(exc), 1)
+    provider = _aws_provider(ctx, spec, kw)
+    prepared = provider.prepare_destroy(spec.name)
     if prepared.plan.empty:
         out.print(f"stack {spec.name} has no resources in {provider.region}; nothing to destroy.", markup=False)
         return
     for line in render(prepared.plan, {}, prepared.observation.resources):
         out.print(line, markup=False, highlight=False)
     for c in prepared.conflicts:
-        err.print(f"[bold red]error[/]: {c}", markup=True, soft_wrap=True)
+        error(c)
     if prepared.conflicts:
         sys.exit(EXIT_USAGE)
     if not yes:
@@ -234,10 +222,8 @@ def aws_destroy(ctx: click.Context, /, spec_file: str, yes: bool, **kw: Any) -> 
             fail("destroy deletes the resources above; pass --yes to confirm without a terminal", EXIT_USAGE)
         click.confirm(f"Delete these {len(prepared.plan.changes)} resources of stack {spec.name}?", abort=True)
     err.print("destroying:")
-    try:
-        done = provider.apply(prepared, _aws_spec_default())
-    except FivenineError as exc:
-        fail(f"{exc} (re-run destroy to finish)", 1)
+    with failing(EXIT_FAILED, suffix=" (re-run destroy to finish)"):
+        done = provider.apply(prepared, AwsSpec())
     err.print(f"[bold green]destroyed[/]: {done} resources of stack {spec.name}.", markup=True)
 
 

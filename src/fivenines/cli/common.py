@@ -4,6 +4,8 @@ the one place a :class:`~fivenines.errors.FivenineError` becomes a message and a
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
@@ -23,10 +25,26 @@ EXIT_USAGE = 2
 spec_argument = click.argument("spec_file", default="fivenines.yaml", type=click.Path(dir_okay=False))
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """Print ``error: message`` on stderr (the message as plain text) and exit with ``code``."""
+def error(message: str) -> None:
+    """Print ``error: message`` on stderr (the message as plain text)."""
     err.print(f"[bold red]error[/]: {escape(message)}", markup=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print ``error: message`` and exit with ``code``."""
+    error(message)
     sys.exit(code)
+
+
+@contextmanager
+def failing(code: int, prefix: str = "", suffix: str = "") -> Iterator[None]:
+    """A FivenineError in the block exits with ``code`` instead of :func:`report`'s, its message
+    between ``prefix`` and ``suffix`` (``aws plan`` exits 2 on any problem; ``apply`` tells how
+    to finish)."""
+    try:
+        yield
+    except FivenineError as exc:
+        fail(f"{prefix}{exc}{suffix}", code)
 
 
 def warn(message: str) -> None:
@@ -48,7 +66,7 @@ def report(exc: FivenineError) -> NoReturn:
     (2 for a spec or configuration problem, 1 for anything else)."""
     if isinstance(exc, SpecError):
         for e in exc.errors:
-            err.print(f"[bold red]error[/]: {escape(f'{exc.file}: {e}')}", markup=True, soft_wrap=True)
+            error(f"{exc.file}: {e}")
         sys.exit(EXIT_USAGE)
     if isinstance(exc, AdminUnreachable):
         fail(f"cannot reach fivenines at {exc.url}: {exc.reason}")

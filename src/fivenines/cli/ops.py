@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from fivenines.cli import connect
 from fivenines.cli.admin_client import AdminRefused
-from fivenines.cli.common import EXIT_USAGE, err, fail, out, warn
+from fivenines.cli.common import EXIT_USAGE, err, error, fail, out, warn
 
 _STATE_STYLE = {"healthy": "green", "initial": "yellow", "unhealthy": "red", "draining": "blue", "unused": "dim"}
 
@@ -218,7 +217,7 @@ def reload(admin: str | None, spec_file: str | None, token_file: str | None) -> 
     status, data = api.request("POST", "/reload", timeout=120.0)
     if status == 422:
         for e in data.get("errors", []):
-            err.print(f"[bold red]error[/]: {escape(str(e))}", markup=True, soft_wrap=True)
+            error(str(e))
         err.print("reload rejected: the running configuration is unchanged")
         sys.exit(EXIT_USAGE)
     with refusal("reload"):
