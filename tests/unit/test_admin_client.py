@@ -83,6 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, b"<html>not json</html>", "text/html")
         elif self.path == "/plain-error":
             self._reply(502, b"bad gateway", "text/plain")
+        elif self.path.startswith("/events/stream?since=7"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()  # no length: the stream ends when the connection closes
+            self.wfile.write(b"retry: 1000\n\n: keep-alive\n\nid: 8\ndata: {\"seq\": 8}\n\nid: 9\ndata: {\"seq\": 9}\n\n")
+            self.close_connection = True
         else:
             self._reply(404, json.dumps({"error": f"no such path {self.path}"}).encode())
 
@@ -161,6 +167,17 @@ def test_an_unexpected_status_is_refused_with_fivenines_reason(server: str) -> N
     assert ei.value.status == 404 and ei.value.data == {"error": "no such path /nope"}
     assert str(ei.value) == f"{server}/nope: HTTP 404: no such path /nope"
     assert api.request("GET", "/plain-error") == (502, {"error": "bad gateway"})
+
+
+def test_events_stream_until_fivenines_closes_it(server: str) -> None:
+    api = AdminClient(server)
+    stream = api.stream_events(7)
+    assert next(stream) == {"seq": 8} and next(stream) == {"seq": 9}
+    with pytest.raises(AdminUnreachable, match="fivenines closed the stream"):
+        next(stream)
+    with pytest.raises(AdminRefused) as ei:
+        api.stream_events(1)  # refused at once, before any iteration
+    assert ei.value.status == 404
 
 
 def test_a_200_that_is_not_json_is_a_protocol_error(server: str) -> None:

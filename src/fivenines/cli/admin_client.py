@@ -166,33 +166,43 @@ class AdminClient:
         return self.expect(status, "POST", path, timeout=timeout)
 
     def stream_events(self, since: int, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
-        """Events after ``since`` as they happen (``/events/stream``, server-sent events), until
-        fivenines closes the stream (then :class:`AdminUnreachable`)."""
+        """Events after ``since`` as they happen (``/events/stream``, server-sent events). Connects
+        now (an error here is raised now); the events then come until fivenines closes the stream
+        (:class:`AdminUnreachable`). fivenines sends a heartbeat every 10 s, well within ``timeout``."""
         url = self.url(f"/events/stream?since={since}")
         conn, target = _connection(url, timeout)
         try:
-            try:
-                conn.request("GET", target, headers=_headers(self.token, None, "text/event-stream"))
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                raise _unreachable(url, exc, timeout) from exc
+            conn.request("GET", target, headers=_headers(self.token, None, "text/event-stream"))
+            resp = conn.getresponse()
             if resp.status != 200:
                 raise AdminRefused(url, resp.status, decode(url, resp.status, resp.read()))
-            while True:
-                try:
-                    raw = resp.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _unreachable(url, exc, timeout) from exc
-                if not raw:
-                    raise AdminUnreachable(url, "fivenines closed the stream")
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if line.startswith("data: "):
-                    try:
-                        yield json.loads(line[6:])
-                    except ValueError as exc:
-                        raise AdminProtocolError(url, f"an event that is not JSON: {line[:80]!r}") from exc
-        finally:
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
+            raise _unreachable(url, exc, timeout) from exc
+        except AdminError:
+            conn.close()
+            raise
+        return _events(url, conn, resp, timeout)
+
+
+def _events(url: str, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+            timeout: float) -> Iterator[dict[str, Any]]:
+    try:
+        while True:
+            try:
+                raw = resp.readline()
+            except (OSError, http.client.HTTPException) as exc:
+                raise _unreachable(url, exc, timeout) from exc
+            if not raw:
+                raise AdminUnreachable(url, "fivenines closed the stream")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data: "):
+                try:
+                    yield json.loads(line[6:])
+                except ValueError as exc:
+                    raise AdminProtocolError(url, f"an event that is not JSON: {line[:80]!r}") from exc
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- for asyncio callers

@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from fivenines.cli import connect
-from fivenines.cli.admin_client import AdminRefused
+from fivenines.cli.admin_client import AdminRefused, AdminUnreachable
 from fivenines.cli.common import EXIT_USAGE, err, error, fail, out, warn
 
 _STATE_STYLE = {"healthy": "green", "initial": "yellow", "unhealthy": "red", "draining": "blue", "unused": "dim"}
@@ -151,11 +151,14 @@ def events(admin: str | None, spec_file: str | None, lines: int, follow: bool, a
     if not follow:
         return
     last = max(last, int(data.get("last_seq", last)))
-    err.print(f"following events after #{last} (Ctrl-C stops)")
     try:
-        for e in api.stream_events(last):
+        stream = api.stream_events(last)
+        err.print(f"following events after #{last} (Ctrl-C stops)")
+        for e in stream:
             click.echo(json.dumps(e) if as_json else format_event(e))
             sys.stdout.flush()
+    except AdminUnreachable as exc:
+        fail(f"lost fivenines at {api.base}: {exc.reason}")
     except KeyboardInterrupt:
         pass
 
