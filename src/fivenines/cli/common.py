@@ -52,7 +52,8 @@ def warn(message: str) -> None:
 
 
 def load(path: str, check_ports: bool) -> Spec:
-    """The spec at ``path``; on any problem every error is printed and the exit status is 2."""
+    """The spec at ``path``, its ports checked free when asked; a :class:`SpecError` otherwise
+    (:func:`report` prints every problem, exit status 2)."""
     spec = load_spec(path)
     if check_ports:
         problems = port_errors(spec)
@@ -76,7 +77,20 @@ def report(exc: FivenineError) -> NoReturn:
 
 
 def _detail(data: Any) -> str:
+    """fivenines' reason in an admin API answer (``{"error": ...}``)."""
     return str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
+@contextmanager
+def refusal(what: str) -> Iterator[None]:
+    """fivenines said no (an HTTP status other than the one expected): ``error: WHAT: its
+    reason``, exit 1. A refused token is left to :func:`report`."""
+    try:
+        yield
+    except AdminRefused as exc:
+        if exc.status == 401:
+            raise
+        fail(f"{what}: {_detail(exc.data) or exc.status}")
 
 
 class Main(click.Group):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -20,7 +18,7 @@ from rich.table import Table
 
 from fivenines.cli import connect
 from fivenines.cli.admin_client import AdminRefused, AdminUnreachable
-from fivenines.cli.common import EXIT_USAGE, err, error, fail, out, warn
+from fivenines.cli.common import EXIT_USAGE, err, error, fail, out, refusal, warn
 
 _STATE_STYLE = {"healthy": "green", "initial": "yellow", "unhealthy": "red", "draining": "blue", "unused": "dim"}
 
@@ -164,19 +162,6 @@ def events(admin: str | None, spec_file: str | None, lines: int, follow: bool, a
 
 
 # --------------------------------------------------------------------------- changing
-
-
-@contextmanager
-def refusal(what: str) -> Iterator[None]:
-    """fivenines said no (an HTTP status other than the one expected): ``error: WHAT: its
-    reason``, exit 1. A refused token is left to :func:`~fivenines.cli.common.report`."""
-    try:
-        yield
-    except AdminRefused as exc:
-        if exc.status == 401:
-            raise
-        detail = exc.data.get("error") if isinstance(exc.data, dict) else None
-        fail(f"{what}: {detail or exc.status}")
 
 
 def _target_command(action: str, help: str) -> click.Command:
