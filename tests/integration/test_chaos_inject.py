@@ -243,7 +243,8 @@ def test_loadgen_counts_timeouts_from_when_requests_were_due(demo: Demo) -> None
         demo.proc.send_signal(18)
     assert set(log.error.tolist()) == {int(Err.TIMEOUT)}
     lat = log.latency
-    assert lat.min() >= 0.3 and lat.max() < 0.3 + 0.2
+    # from when each was due, at its timeout (0.3 s), not when the target answered again
+    assert lat.min() >= 0.3 and lat.max() < 0.3 + 1.0
 
 
 def test_loadgen_connect_errors() -> None:
