@@ -1,11 +1,33 @@
 #!/usr/bin/env python3
 """Failover as clients see it: fivenines beside HAProxy, in one run, under constant keep-alive load.
 
-``make failover-bench`` (or ``.venv/bin/python bench/failover_bench.py``) runs, for each
-system, 3 active + 1 standby demo instances behind it with the same check interval,
-timeout and thresholds, and the same per-try timeout and retries (HAProxy:
-``retries`` + ``option redispatch`` + ``retry-on all-retryable-errors``), under an
-open-loop load of ``--rate`` requests/s over keep-alive connections, and injects:
+``make failover-bench`` (or ``.venv/bin/python bench/failover_bench.py``) puts each system in
+front of its own 3 active + 1 standby demo instances, each given its best equivalent
+configuration (both are printed at the start of the run):
+
+* the same health checks: interval, timeout, rise/fall (HAProxy: ``inter``, ``timeout check``,
+  ``rise``, ``fall``);
+* the same passive detection: the first error takes a server out (fivenines:
+  ``outlier_detection.consecutive_errors: 1, consecutive_5xx: 1``; HAProxy: ``observe layer7``,
+  ``error-limit 1``, ``on-error mark-down``, which count a 5xx, a refused or reset connection
+  and a response timeout);
+* the same retries: 3 tries, each on another server, on a connect failure, a connection closed
+  before any response byte, a response timeout or a 5xx (fivenines: ``retries.attempts: 3``,
+  ``budget_percent: 100``; HAProxy: ``retries 2``, ``option redispatch 1``, ``retry-on
+  conn-failure empty-response junk-response response-timeout 500 501 502 503 504``, no budget);
+* the same per-try timeout (fivenines: ``retries.per_try_timeout``; HAProxy: ``timeout server``)
+  and connect timeout.
+
+What has no equivalent stays as each system has it: HAProxy's ``backup`` server serves only when
+every active one is down (fivenines promotes its standby as soon as one active is lost), and
+HAProxy does not move the requests already waiting on a server it marks down. HAProxy 2.6 also
+does not show ``observe`` an attempt that it retries at layer 7 (``retry-on`` response-timeout or a
+status: the retry is taken before the response is observed), so its passive detection sees
+connection errors only and a hang or a 5xx is found by its checks. Leaving those keywords out
+of ``retry-on`` would let ``observe`` see them, but hand the first 5xx, and every request already
+waiting on a hung server, to the clients as errors; the bench keeps them.
+
+Under an open-loop load of ``--rate`` requests/s over keep-alive connections it injects:
 
   a. ``kill -9`` of one active instance;
   b. ``SIGSTOP`` of one for 10 s, then ``SIGCONT``;
@@ -15,17 +37,25 @@ open-loop load of ``--rate`` requests/s over keep-alive connections, and injects
      HAProxy: the usual runtime-API script: drain, wait for no sessions, stop,
      start, ready, wait for UP — one server at a time).
 
+The systems run scenario by scenario, interleaved, the order alternating from one scenario to
+the next (a, then b in the other order, ...), so a slow phase of a shared machine does not
+fall on one system only. A third run, fivenines with ``hedging.delay``, joins for b and d.
+
 The load generator (asyncio protocols, uvloop) records every request: its
 scheduled time, latency measured from the scheduled time (no coordinated
 omission), status and the instance that answered. Failed = anything but a 200
 (including resets and a 10 s client timeout). Detection is read from the
 fivenines event log (exact times) and from HAProxy's stats socket (polled every
-20 ms). "standby served" is the first answer from the member that was standby
+20 ms; how: from its log). "standby served" is the first answer from the member that was standby
 when the fault was injected (HAProxy's ``backup`` server only serves when every
 active server is down, so it never does here).
 
+The same targets are stated for every system and each gets its verdict; the exit status is 1
+when fivenines misses one (HAProxy's verdict is reported, not enforced).
+
 Everything started is stopped at the end (and on Ctrl-C). The run takes a few
-minutes; ``--quick`` shortens it for a smoke test.
+minutes; ``--quick`` shortens the phases, ``--smoke`` makes a short check that the bench
+works (light load, short phases, every scenario once): its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -61,11 +91,20 @@ TIMEOUT = 0.25
 RISE = 2
 FALL = 2
 PER_TRY = 0.5
+# The connect timeout of both data paths: the check timeout. HAProxy's checks connect within
+# min(timeout connect, inter), then wait ``timeout check`` more; with a longer connect timeout a
+# check of a stopped server whose accept queue is full would take up to the interval, not the
+# check timeout as fivenines' checks do.
+CONNECT_TIMEOUT = TIMEOUT
 ATTEMPTS = 3  # tries in all; HAProxy: retries = ATTEMPTS - 1
 ACTIVE_DETECTION_BOUND = INTERVAL * FALL + TIMEOUT
-CONSECUTIVE_5XX = 1  # fivenines' passive detection: eject on the first 5xx (the default is 3)
+# Passive detection: the first error (connect failure, reset, per-try timeout) or 5xx takes a
+# target out. fivenines: consecutive_errors 1 (its default), consecutive_5xx 1 (the default is 3);
+# HAProxy: observe layer7 + error-limit 1 + on-error mark-down.
+ERROR_LIMIT = 1
 HEDGE = 0.05  # the extra fivenines run: hedging.delay
 CLIENT_TIMEOUT = 10.0
+LATENCY_SLACK = 0.2  # targets b, d: the worst latency is within one per-try timeout (or hedge delay) + this
 
 
 # --------------------------------------------------------------------------- load generator
@@ -292,6 +331,13 @@ async def http(method: str, host: str, port: int, path: str, timeout: float = 5.
     return status, body
 
 
+def haproxy_exe() -> str:
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+    if exe is None:
+        raise RuntimeError("haproxy is not installed (scripts/install-test-deps --bench installs it)")
+    return exe
+
+
 def spawn(argv: list[str], log: Any, new_session: bool = False) -> subprocess.Popen[bytes]:
     """Start a process that dies with the bench, even a killed bench (PR_SET_PDEATHSIG)."""
     from fivenines.runtime.supervisor import die_with_parent
@@ -334,6 +380,11 @@ class System:
     name = ""
     host = "127.0.0.1"
     port = 0
+    hedge: float | None = None
+
+    def describe(self) -> str:
+        """The configuration this system runs with, as its own file format."""
+        raise NotImplementedError
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -377,7 +428,8 @@ class FiveninesSystem(System):
             "name": "bench",
             "state_dir": str(self.tmp / "state"),
             "admin": {"listen": "127.0.0.1:0"},
-            "listeners": [{"port": 0, "default_target_group": "web"}],
+            "listeners": [{"port": 0, "default_target_group": "web",
+                           "timeouts": {"connect": f"{int(CONNECT_TIMEOUT * 1000)}ms"}}],
             "target_groups": {"web": {
                 "instances": {
                     "command": ["python", "-m", "fivenines.demo", "--port", "{port}"],
@@ -388,18 +440,22 @@ class FiveninesSystem(System):
                     "healthy_threshold": RISE, "unhealthy_threshold": FALL,
                 },
                 "retries": {"attempts": ATTEMPTS, "per_try_timeout": f"{int(PER_TRY * 1000)}ms", "budget_percent": 100},
-                "outlier_detection": {"base_ejection_time": "5s", "consecutive_5xx": CONSECUTIVE_5XX},
+                "outlier_detection": {"base_ejection_time": "5s", "consecutive_errors": ERROR_LIMIT,
+                                      "consecutive_5xx": ERROR_LIMIT},
                 "failover": {"hold_time": "2s"},
                 "deregistration_delay": "5s",
                 **({"hedging": {"delay": f"{int(self.hedge * 1000)}ms"}} if self.hedge is not None else {}),
             }},
         }
 
-    async def start(self) -> None:
+    def describe(self) -> str:
         import yaml
 
+        return str(yaml.safe_dump(self.spec(), sort_keys=False))
+
+    async def start(self) -> None:
         spec_path = self.tmp / "fivenines.yaml"
-        spec_path.write_text(yaml.safe_dump(self.spec(), sort_keys=False))
+        spec_path.write_text(self.describe())
         ready = self.tmp / "ready.json"
         self.log = (self.tmp / "fivenines.log").open("wb")
         self.proc = spawn([PY, "-m", "fivenines", "up", str(spec_path), "--ready-file", str(ready),
@@ -509,8 +565,10 @@ class HAProxySystem(System):
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.sock = str(tmp / "haproxy.sock")
+        self.port = free_port()
 
     def config(self) -> str:
+        """HAProxy's best equivalent of the fivenines spec (``haproxy -c`` checks it before the run)."""
         servers = "\n".join(
             f"  server {tid} 127.0.0.1:{self.ports[tid]} check{' backup' if tid == 'web-4' else ''}" for tid in self.ids
         )
@@ -521,13 +579,15 @@ class HAProxySystem(System):
   nbthread 1
 defaults
   mode http
-  timeout connect 1s
+  timeout connect {ms(CONNECT_TIMEOUT)}
   timeout client 30s
+  # per try: fivenines retries.per_try_timeout (a response timeout is retried and observed)
   timeout server {ms(PER_TRY)}
   timeout check {ms(TIMEOUT)}
+  # {ATTEMPTS} tries in all, every retry on another server, no retry budget
   retries {ATTEMPTS - 1}
   option redispatch 1
-  retry-on all-retryable-errors
+  retry-on conn-failure empty-response junk-response response-timeout 500 501 502 503 504
   maxconn 4000
 frontend fe
   bind 127.0.0.1:{self.port}
@@ -536,22 +596,34 @@ backend be
   balance roundrobin
   option httpchk GET /health
   http-check expect status 200-399
-  default-server inter {ms(INTERVAL)} fall {FALL} rise {RISE}
+  # active checks as fivenines' health_check; passive: the first error or 5xx marks the server down
+  default-server inter {ms(INTERVAL)} fall {FALL} rise {RISE} observe layer7 error-limit {ERROR_LIMIT} on-error mark-down
+  # web-4 is the standby: HAProxy's backup serves only when every active server is down
 {servers}
 """
+
+    def describe(self) -> str:
+        return self.config()
 
     def start_demo(self, tid: str) -> None:
         with (self.tmp / f"{tid}.log").open("ab") as log:
             self.procs[tid] = spawn([PY, "-m", "fivenines.demo", "--port", str(self.ports[tid]), "--id", tid], log,
                                     new_session=True)
 
+    def validate(self) -> None:
+        """``haproxy -c`` on the configuration; raises with HAProxy's own message when it is refused."""
+        cfg = self.tmp / "haproxy.cfg"
+        cfg.write_text(self.config())
+        r = subprocess.run([haproxy_exe(), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"haproxy -c refused the configuration:\n{r.stdout}{r.stderr}")
+
     async def start(self) -> None:
-        self.port = free_port()
         for tid in self.ids:
             self.start_demo(tid)
         cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(self.config())
-        exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.validate()
+        exe = haproxy_exe()
         self.hlog = (self.tmp / "haproxy.log").open("wb")
         self.haproxy = spawn([exe, "-db", "-f", str(cfg)], self.hlog)
 
@@ -588,9 +660,25 @@ backend be
         while not stop.is_set():
             st = await self.stat()
             if not st[victim]["status"].startswith("UP"):
-                return Detection(time.time(), f"active: {st[victim]['status']} ({st[victim].get('check_status', '')})")
+                at = time.time()
+                return Detection(at, self.down_reason(victim)
+                                 or f"checks: {st[victim]['status']} ({st[victim].get('check_status', '')})")
             await asyncio.sleep(0.02)
         return Detection()
+
+    def down_reason(self, victim: str) -> str:
+        """Why HAProxy marked ``victim`` down, from its last "is DOWN" line: "passive: ..." when
+        ``observe`` did it (reason "Health analyze"), "active: ..." when the checks did."""
+        self.hlog.flush()
+        text = (self.tmp / "haproxy.log").read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if f"Server be/{victim} is DOWN" in ln]
+        if not lines:
+            return ""
+        reason = lines[-1].partition("reason: ")[2]
+        if reason.startswith("Health analyze"):
+            info = reason.partition("info: ")[2].strip('"').split('"')[0]
+            return f"passive: {info.partition('last one was: ')[2] or info or reason}"
+        return f"active: {reason.split(', check duration')[0].split('. ')[0]}"
 
     async def after_kill(self, tid: str) -> None:
         with contextlib.suppress(ChildProcessError):
@@ -655,14 +743,14 @@ class Result:
 
 SCENARIOS = {
     "a": "kill -9 one active",
-    "b": "SIGSTOP 10s, SIGCONT",
+    "b": "SIGSTOP, SIGCONT",
     "c": "one answers 500",
     "d": "one 2s slow",
     "e": "rolling restart",
 }
 
 
-async def run_scenario(sys_: System, key: str, rate: float, pre: float, post: float) -> Result:
+async def run_scenario(sys_: System, key: str, rate: float, pre: float, post: float, stop_s: float = 10.0) -> Result:
     await sys_.ready()
     if isinstance(sys_, FiveninesSystem):
         await sys_.sync_events()
@@ -683,7 +771,7 @@ async def run_scenario(sys_: System, key: str, rate: float, pre: float, post: fl
     elif key == "b":
         os.kill(pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(10.0)
+            await asyncio.sleep(stop_s)
         finally:
             os.kill(pid, signal.SIGCONT)
         await asyncio.sleep(post)
@@ -729,8 +817,8 @@ def print_table(results: list[Result], rate: float) -> None:
     print()
     print(f"Failover under {rate:.0f} requests/s keep-alive load; 3 active + 1 standby demo instances; checks every "
           f"{INTERVAL * 1000:.0f}ms, timeout {TIMEOUT * 1000:.0f}ms, rise {RISE} fall {FALL}; per-try timeout "
-          f"{PER_TRY * 1000:.0f}ms, {ATTEMPTS} tries; fivenines outlier_detection: consecutive_errors 1, "
-          f"consecutive_5xx {CONSECUTIVE_5XX}, retry budget 100%")
+          f"{PER_TRY * 1000:.0f}ms, {ATTEMPTS} tries, no retry budget; passive: out at the first error or 5xx "
+          f"(configurations above)")
     head = f"| {'scenario':<22} | {'system':<14} | {'sent':>6} | {'failed':>6} | {'p99 ms':>7} | {'max ms':>7} | " \
            f"{'detected':>8} | {'how':<34} | {'standby served':>14} |"
     print(head)
@@ -746,25 +834,66 @@ def print_table(results: list[Result], rate: float) -> None:
             print(f"  {r.system} {r.scenario}: failures by kind: {r.failures}")
 
 
-def check_targets(results: list[Result]) -> list[str]:
-    """The issue's targets for fivenines; returns the misses."""
+def targets_text(hedge: float | None) -> str:
+    wait = f"the hedge delay ({hedge * 1000:.0f}ms)" if hedge is not None else f"one per-try timeout ({PER_TRY * 1000:.0f}ms)"
+    return (f"0 failed requests in a, b, c, e; worst latency in b and d within {wait} + {LATENCY_SLACK * 1000:.0f}ms; "
+            f"every fault in a-d detected, by the checks within interval x fall + timeout "
+            f"({ACTIVE_DETECTION_BOUND:.2f}s)")
+
+
+def check_targets(results: list[Result], system: str, hedge: float | None = None) -> list[str]:
+    """The targets (the same for every system, see :func:`targets_text`) that ``system`` missed."""
     misses = []
-    by = {r.scenario: r for r in results if r.system == "fivenines"}
+    by = {r.scenario: r for r in results if r.system == system}
     for key in "abce":
         if key in by and by[key].failed:
             misses.append(f"({key}) {by[key].failed} failed requests (target: 0)")
+    wait = hedge if hedge is not None else PER_TRY
     for key in "bd":
-        if key in by and by[key].max_ms > (PER_TRY + 0.2) * 1000:
-            misses.append(f"({key}) max latency {by[key].max_ms:.0f}ms > per-try timeout + 200ms")
+        if key in by and by[key].max_ms > (wait + LATENCY_SLACK) * 1000:
+            misses.append(f"({key}) max latency {by[key].max_ms:.0f}ms > {wait * 1000:.0f}ms + "
+                          f"{LATENCY_SLACK * 1000:.0f}ms")
     for key in "abcd":
         r = by.get(key)
         if r is None:
             continue
         if r.detect_s is None:
             misses.append(f"({key}) not detected")
-        elif r.detect_how.startswith("active") and r.detect_s > ACTIVE_DETECTION_BOUND:
-            misses.append(f"({key}) active detection {r.detect_s:.3f}s > {ACTIVE_DETECTION_BOUND:.2f}s")
+        elif not r.detect_how.startswith("passive") and r.detect_s > ACTIVE_DETECTION_BOUND:
+            misses.append(f"({key}) detection by the checks took {r.detect_s:.3f}s > {ACTIVE_DETECTION_BOUND:.2f}s")
     return misses
+
+
+def verdicts(results: list[Result], systems: list[System]) -> bool:
+    """Print each system's verdict on the targets; True when fivenines (the system under test) met them."""
+    ok = True
+    for s in systems:
+        if not any(r.system == s.name for r in results):
+            continue
+        misses = check_targets(results, s.name, s.hedge)
+        print(f"{s.name} targets ({targets_text(s.hedge)}): " + ("all met" if not misses else "MISSED"))
+        for m in misses:
+            print(f"  - {m}")
+        if misses and isinstance(s, FiveninesSystem):
+            ok = False
+    return ok
+
+
+def plan(systems: list[System], scenarios: str, hedge_scenarios: str) -> list[tuple[str, System]]:
+    """(scenario, system) in the order they run: scenario by scenario, the systems' order
+    alternating from one scenario to the next; the hedging run only joins its scenarios.
+
+    >>> class S(System):
+    ...     def __init__(self, name: str, hedge: float | None = None) -> None:
+    ...         self.name, self.hedge = name, hedge
+    >>> [(k, s.name) for k, s in plan([S("f9"), S("hap"), S("f9h", 0.05)], "abd", "bd")]
+    [('a', 'f9'), ('a', 'hap'), ('b', 'f9h'), ('b', 'hap'), ('b', 'f9'), ('d', 'f9'), ('d', 'hap'), ('d', 'f9h')]
+    """
+    out: list[tuple[str, System]] = []
+    for i, key in enumerate(scenarios):
+        runs = [s for s in systems if key in (hedge_scenarios if s.hedge is not None else scenarios)]
+        out += [(key, s) for s in (runs if i % 2 == 0 else runs[::-1])]
+    return out
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -776,27 +905,33 @@ async def main_async(args: argparse.Namespace) -> int:
     if "haproxy" in args.systems:
         (tmp / "hap").mkdir()
         systems.append(HAProxySystem(tmp / "hap"))
-    if args.hedge_scenarios:
+    if args.hedge_scenarios and "fivenines" in args.systems:
         (tmp / "f9h").mkdir()
         systems.append(FiveninesSystem(tmp / "f9h", hedge=HEDGE))
     results: list[Result] = []
+    started: list[System] = []
     try:
         for s in systems:
-            print(f"== {s.name}", flush=True)
-            await s.start()
-            try:
-                keys = args.hedge_scenarios if isinstance(s, FiveninesSystem) and s.hedge is not None else args.scenarios
-                for key in keys:
-                    post = {"a": 4.0, "b": 2.0, "c": 4.0, "d": 4.0, "e": 0.0}[key] * (0.5 if args.quick else 1.0)
-                    r = await run_scenario(s, key, args.rate, 2.0 if not args.quick else 1.0, post)
-                    results.append(r)
-                    print(f"   {key}) {SCENARIOS[key]}: sent {r.sent}, failed {r.failed}, p99 {r.p99_ms:.1f}ms, "
-                          f"max {r.max_ms:.1f}ms, detected {fmt(r.detect_s)} {r.detect_how}, standby served "
-                          f"{fmt(r.standby_s)} {r.note}", flush=True)
-            finally:
-                await s.stop()
-    finally:
+            print(f"== {s.name}: configuration\n{s.describe().rstrip()}\n", flush=True)
+            if isinstance(s, HAProxySystem):
+                s.validate()
+                print("   (haproxy -c: configuration valid)\n", flush=True)
         for s in systems:
+            started.append(s)
+            await s.start()
+        pre = 2.0 if not (args.quick or args.smoke) else 1.0 if args.quick else 0.5
+        scale = 0.5 if args.smoke or args.quick else 1.0
+        stop_s = 2.0 if args.smoke else 10.0
+        for key, s in plan(systems, args.scenarios, args.hedge_scenarios):
+            # after the fault: long enough for the checks to notice (a, c, d), and to see the recovery
+            post = {"a": 4.0, "b": 2.0, "c": 4.0, "d": 4.0, "e": 0.0}[key] * scale
+            r = await run_scenario(s, key, args.rate, pre, post, stop_s)
+            results.append(r)
+            print(f"   {key}) {SCENARIOS[key]:<20} {s.name:<12} sent {r.sent}, failed {r.failed}, "
+                  f"p99 {r.p99_ms:.1f}ms, max {r.max_ms:.1f}ms, detected {fmt(r.detect_s)} {r.detect_how}, "
+                  f"standby served {fmt(r.standby_s)} {r.note}", flush=True)
+    finally:
+        for s in started:
             with contextlib.suppress(Exception):
                 await s.stop()
         if not args.keep:
@@ -804,30 +939,34 @@ async def main_async(args: argparse.Namespace) -> int:
         else:
             print(f"logs kept in {tmp}")
     print_table(results, args.rate)
-    misses = check_targets(results)
-    if misses:
-        print("fivenines targets missed:")
-        for m in misses:
-            print(f"  - {m}")
-    elif any(r.system == "fivenines" for r in results):
-        print("fivenines targets: all met (0 failed in a, b, c, e; max latency in b, d within per-try timeout + 200ms; "
-              f"active detection within {ACTIVE_DETECTION_BOUND:.2f}s)")
-    return 1 if misses else 0
+    if args.smoke:
+        print("smoke run (--smoke): light load and short phases; the numbers and verdicts say the bench works, "
+              "not how the systems compare")
+    return 0 if verdicts(results, systems) else 1
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=2000.0, help="requests per second (default 2000)")
     ap.add_argument("--systems", default="fivenines,haproxy", help="comma-separated: fivenines,haproxy")
-    ap.add_argument("--scenarios", default="abcde", help="which scenarios, e.g. abc")
+    ap.add_argument("--scenarios", default="abcde", help="which scenarios, in this order, e.g. abc")
     ap.add_argument("--hedge-scenarios", default="bd",
                     help=f"also run these with fivenines hedging ({int(HEDGE * 1000)}ms); '' for none (default bd)")
-    ap.add_argument("--quick", action="store_true", help="shorter phases (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="shorter phases")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a short check that the bench works: 300 requests/s, short phases, SIGSTOP for 2 s, "
+                         "hedging in b only")
     ap.add_argument("--keep", action="store_true", help="keep the logs directory")
     args = ap.parse_args()
     args.systems = args.systems.split(",")
-    if "haproxy" in args.systems and not (shutil.which("haproxy") or os.path.exists("/usr/sbin/haproxy")):
-        sys.exit("haproxy is not installed (scripts/install-test-deps --bench installs it)")
+    if args.smoke:
+        args.rate = min(args.rate, 300.0)
+        args.hedge_scenarios = "b" if "b" in args.hedge_scenarios else ""
+    if "haproxy" in args.systems:
+        try:
+            haproxy_exe()
+        except RuntimeError as exc:
+            sys.exit(str(exc))
     try:
         import uvloop
 

@@ -70,7 +70,7 @@ def need(binary: str) -> str:
         path = shutil.which(binary) or next(
             (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None)
     if path is None:
-        sys.exit(f"proxy_bench: {binary} is missing; run scripts/install-test-deps as root")
+        sys.exit(f"proxy_bench: {binary} is missing; run scripts/install-test-deps --bench as root")
     return path
 
 

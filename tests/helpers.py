@@ -15,16 +15,17 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
 
+from fivenines.accel import under_ci
 from fivenines.runtime.supervisor import die_with_parent
 
 T = TypeVar("T")
 PY = sys.executable
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = under_ci()  # the one rule, shared with scripts/compile: CI set to 1, true or yes
 
 
 def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
@@ -43,17 +44,32 @@ def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0
     raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}: last={last!r}")
 
 
+def _missing(msg: str) -> NoReturn:
+    """Something a test needs is not installed: fail under CI, skip elsewhere (at module level too)."""
+    if IN_CI:
+        pytest.fail(f"{msg} (required under CI)")
+    pytest.skip(msg, allow_module_level=True)
+
+
 def require_binary(name: str) -> str:
     """Path of a server binary the test needs. Missing: fail under CI, skip elsewhere."""
     path = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
     )
     if path is None:
-        msg = f"{name} is not installed (scripts/install-test-deps installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        _missing(f"{name} is not installed (scripts/install-test-deps installs it)")
     return path
+
+
+def require_module(name: str) -> Any:
+    """A Python module the test needs (e.g. ``moto.server``), imported. Missing: fail under CI,
+    skip elsewhere (at module level too)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        _missing(f"{name} cannot be imported ({exc}); make .venv/.installed-dev installs it")
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,6 +42,19 @@ GROUP = "fivenines_accel"  # the name of the shared library mypyc builds (beside
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_compiled.json"
 PURE_ENV = "FIVENINES_PURE"
+CI_ENV = "CI"
+
+
+def under_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this is a CI run: ``CI`` set to 1, true or yes (any case), as CI services set it.
+
+    The one rule for "under CI": there ``scripts/compile`` fails when the build fails, and the
+    tests fail instead of skipping when a server binary or module they need is missing.
+
+    >>> [under_ci({"CI": v}) for v in ("true", "True", "1", "yes", "", "0", "false")], under_ci({})
+    ([True, True, True, True, False, False, False], False)
+    """
+    return environ.get(CI_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def source_path(module: str) -> Path:

@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import socket
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -147,6 +148,14 @@ class RawServer:
         await self.read_request(r, w)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
         await w.drain()
+        w.transport.abort()
+
+    async def reset_after_request(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Reads one whole request, then resets the connection before any response byte: close
+        with SO_LINGER 0, so the kernel sends a RST instead of a FIN."""
+        if await self.read_request(r, w) is None:
+            return
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         w.transport.abort()
 
     async def upgrade_echo(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

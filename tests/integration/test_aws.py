@@ -23,8 +23,11 @@ from fivenines.cloud.plan import Action
 from fivenines.cloud.resources import TAG_MANAGED, TAG_STACK
 from fivenines.errors import ProviderError
 from fivenines.spec import AwsSpec, Spec, load_spec, parse_spec
+from tests.helpers import require_module
 
-pytest.importorskip("moto.server")
+# the moto server and real boto3 clients: skipped where they are not installed, required under CI
+require_module("boto3")
+require_module("moto.server")
 
 REGION = "eu-west-1"
 EXAMPLE = Path(__file__).parents[2] / "examples" / "aws-demo.yaml"

@@ -121,7 +121,11 @@ def test_short_run_writes_the_report_and_restores_every_target(spec_file: Path, 
         assert f["repair_s"] is not None and f["repair_s"] > f["detection_s"], f
         assert isinstance(f["failed_requests"], int) and f["covered"] == (f["failed_requests"] == 0)
     kill, hang, error = faults
-    assert kill["detection_s"] < 0.2  # the exit is noticed at once
+    # the exit is noticed at once, through the process (pidfd), not by the checks; how fast is
+    # bench/timings_bench.py's to measure
+    seen = [e for e in s["events"] if e["kind"] == "health" and e["target"] == kill["target"]
+            and e["new"] == "unhealthy" and e["t_s"] >= kill["injected_at_s"]]
+    assert seen and "ProcessExited" in seen[0]["reason"], seen[:3]
     assert hang["restored_at_s"] == pytest.approx(hang["injected_at_s"] + 2.0, abs=0.3)
     assert error["restored_at_s"] == pytest.approx(error["injected_at_s"] + 2.0, abs=0.3)
     # repaired after the restore: SIGCONT and /_recover were done and the checks passed again

@@ -28,14 +28,14 @@ def test_fail_and_recover(demo: Demo) -> None:
 def test_slow(demo: Demo) -> None:
     import time
 
-    demo.get("/_slow?ms=300")
+    demo.get("/_slow?ms=1000")
     t0 = time.monotonic()
     assert demo.get("/")[0] == 200
-    assert time.monotonic() - t0 >= 0.3
+    assert time.monotonic() - t0 >= 1.0
     demo.get("/_recover")
     t0 = time.monotonic()
     demo.get("/")
-    assert time.monotonic() - t0 < 0.3
+    assert time.monotonic() - t0 < 1.0
 
 
 def test_hang_stops_answering_for_a_while(demo: Demo) -> None:

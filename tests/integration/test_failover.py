@@ -26,9 +26,9 @@ def direct(t: dict[str, Any], path: str) -> tuple[int, bytes]:
 
 
 def test_phi_accrual_notices_a_hung_target_between_checks(run_fivenines: Any) -> None:
-    spec = demo_spec(count=1, standby=1, interval="200ms", timeout="150ms")
+    spec = demo_spec(count=1, standby=1, interval="300ms", timeout="150ms")
     hc = spec["target_groups"]["web"]["health_check"]
-    hc["unhealthy_threshold"] = 8  # counting would need 8 x 200 ms + 150 ms
+    hc["unhealthy_threshold"] = 10  # counting would need 10 x 300 ms + 150 ms
     hc["detector"] = {"kind": "phi_accrual", "phi_threshold": 8}
     f = run_fivenines(spec)
     f.wait_healthy()
@@ -38,13 +38,14 @@ def test_phi_accrual_notices_a_hung_target_between_checks(run_fivenines: Any) ->
     os.kill(victim["pid"], signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unhealthy" and x, 5, 0.01, what="phi")
+        t = wait_until(lambda: (x := f.target("web-1"))["state"] == "unhealthy" and x, 10, 0.01, what="phi")
         took = time.monotonic() - stopped
     finally:
         os.kill(victim["pid"], signal.SIGCONT)
     # either between checks (the tick) or at a failed check, phi said so
     assert ("no heartbeat for" in t["detail"] or "(phi " in t["detail"]) and ">= 8" in t["detail"], t["detail"]
-    assert took < 1.0, took  # well before 8 failed checks (1.75 s)
+    # well before 10 failed checks (3.15 s); how soon is bench/timings_bench.py's to measure
+    assert took < 2.0, took
     assert f.status()["target_groups"]["web"]["serving"] == ["web-2"]
 
 
@@ -228,7 +229,7 @@ def test_5xx_ejects_at_once_and_clients_see_none(run_fivenines: Any) -> None:
 
 def test_a_hung_target_costs_one_per_try_timeout_then_is_ejected(run_fivenines: Any) -> None:
     spec = demo_spec(count=2, standby=1, interval="1s", timeout="500ms")
-    spec["target_groups"]["web"]["retries"] = {"attempts": 2, "per_try_timeout": "300ms"}
+    spec["target_groups"]["web"]["retries"] = {"attempts": 2, "per_try_timeout": "1s"}
     f = run_fivenines(spec)
     f.wait_healthy()
     victim = f.target("web-1")
@@ -240,8 +241,10 @@ def test_a_hung_target_costs_one_per_try_timeout_then_is_ejected(run_fivenines: 
     finally:
         os.kill(victim["pid"], signal.SIGCONT)
     assert [r for r in results if r[1] != 200] == []
-    slow = [r for r in results if r[0] > 0.25]
-    assert len(slow) <= 1 and all(r[0] < 0.3 + 0.2 for r in results)  # one per-try timeout at most
+    # one request waited for the per-try timeout (1 s), once, then it was retried elsewhere; the
+    # others did not meet the hung target (a loaded machine is not that slow)
+    waited = [r for r in results if r[0] >= 0.9]
+    assert len(waited) <= 1 and all(r[0] < 2 * 1.0 for r in results), waited
     assert t["excluded"] == "ejected (1 consecutive per-try timeouts)"
     assert f.status()["target_groups"]["web"]["serving"] == ["web-2", "web-3"]
 

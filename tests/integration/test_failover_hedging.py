@@ -1,4 +1,8 @@
-"""Hedged requests through the real proxy, against real demo backends on loopback."""
+"""Hedged requests through the real proxy, against real demo backends on loopback.
+
+These check who answers and that nobody waits for the slow target; the delays are long and
+the bounds far from them, so a busy machine cannot blur them. The latencies hedging achieves
+are bench/timings_bench.py's to measure."""
 
 from __future__ import annotations
 
@@ -71,12 +75,12 @@ def two() -> Iterator[list[Demo]]:
 
 def test_a_slow_target_costs_only_the_hedge_delay(two: list[Demo]) -> None:
     slow = two[0]
-    slow.get("/_slow?ms=600")
+    slow.get("/_slow?ms=3000")
     p = HedgingProxy(two, delay=0.05)
     try:
         results = [p.request() for _ in range(8)]
         assert all(status == 200 and inst == "fast" for status, inst, _ in results), results
-        assert max(t for _, _, t in results) < 0.4
+        assert max(t for _, _, t in results) < 1.5  # none waited for the slow target (3 s)
         assert p.listener.counters.hedges >= 3  # every request first sent to the slow one
         wait_until(lambda: p.in_flight() == [0, 0], 5, what="released attempts")
     finally:
@@ -85,13 +89,15 @@ def test_a_slow_target_costs_only_the_hedge_delay(two: list[Demo]) -> None:
 
 def test_non_idempotent_requests_are_not_hedged(two: list[Demo]) -> None:
     slow, _ = two
-    slow.get("/_slow?ms=300")
+    slow.get("/_slow?ms=1000")
     p = HedgingProxy(two, delay=0.05)
     try:
         results = [p.request("POST", "/orders") for _ in range(4)]
         assert all(status == 200 for status, _, _ in results)
         assert p.listener.counters.hedges == 0
-        assert sum(1 for _, _, t in results if t >= 0.3) == 2  # the ones sent to the slow target waited
+        # round robin: two went to the slow target, were answered by it and waited for it
+        waited = [t for _, inst, t in results if inst == "slow"]
+        assert len(waited) == 2 and min(waited) >= 1.0, results
     finally:
         p.close()
 
@@ -99,11 +105,11 @@ def test_non_idempotent_requests_are_not_hedged(two: list[Demo]) -> None:
 def test_the_first_answer_wins_and_the_slower_attempt_is_dropped(two: list[Demo]) -> None:
     slow, fast = two
     slow.get("/_slow?ms=150")
-    fast.get("/_slow?ms=2000")  # the hedge target is slower still
+    fast.get("/_slow?ms=5000")  # the hedge target is slower still
     p = HedgingProxy(two, delay=0.05)
     try:
         status, inst, took = p.request()  # round robin: the first goes to "slow"
-        assert (status, inst) == (200, "slow") and took < 1.0
+        assert (status, inst) == (200, "slow") and took < 3.0  # not the hedge's 5 s
         assert p.listener.counters.hedges == 1
         wait_until(lambda: p.in_flight() == [0, 0], 5, what="the losing attempt released")
     finally:
@@ -117,7 +123,7 @@ def test_a_hedge_answering_5xx_is_dropped_while_the_first_attempt_carries_on(two
     p = HedgingProxy(two, delay=0.05, outliers=True)
     try:
         status, inst, took = p.request()
-        assert (status, inst) == (200, "slow") and 0.2 <= took < 1.0
+        assert (status, inst) == (200, "slow") and took >= 0.2  # the first attempt's own answer
         assert p.listener.counters.hedges == 1
         assert p.detector is not None and p.detector.ejected(1)  # the hedge's 5xx was observed
         wait_until(lambda: p.in_flight() == [0, 0], 5, what="released attempts")
@@ -128,10 +134,10 @@ def test_a_hedge_answering_5xx_is_dropped_while_the_first_attempt_carries_on(two
 def test_hedging_with_per_try_timeout_on_a_hung_target(two: list[Demo]) -> None:
     slow = two[0]
     slow.get("/_hang")
-    p = HedgingProxy(two, delay=0.05, per_try=1.0)
+    p = HedgingProxy(two, delay=0.05, per_try=3.0)
     try:
         results: list[Any] = [p.request() for _ in range(6)]
         assert all(s == 200 and i == "fast" for s, i, _ in results)
-        assert max(t for _, _, t in results) < 0.5  # never the per-try timeout: the hedge answered
+        assert max(t for _, _, t in results) < 2.0  # never the per-try timeout (3 s): the hedge answered
     finally:
         p.close()

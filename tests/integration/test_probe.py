@@ -50,10 +50,11 @@ def test_http_check_status_method_and_body(demo: Demo) -> None:
 def test_http_check_failures_name_their_reason(demo: Demo) -> None:
     r = run(http_check("127.0.0.1", free_port(), "/health", 1.0, ANY_2XX))
     assert not r.ok and r.reason is Reason.FAILED_HEALTH_CHECKS and r.detail == "connection refused"
-    demo.get("/_hang?s=3")
+    demo.get("/_hang?s=10")
     start = time.monotonic()
     r = run(http_check(demo.host, demo.port, "/health", 0.3, ANY_2XX))
-    assert not r.ok and r.reason is Reason.TIMEOUT and time.monotonic() - start < 1.0
+    # gives up at its own timeout, not when the target answers again (10 s)
+    assert not r.ok and r.reason is Reason.TIMEOUT and time.monotonic() - start < 5.0
 
 
 def test_http_check_of_something_that_is_not_http() -> None:
@@ -149,24 +150,32 @@ def test_probe_loop_waits_while_not_ready_and_drops_stale_results(demo: Demo) ->
 
 
 def test_jitter_spreads_probes() -> None:
-    """Two probes with the same interval do not stay in lockstep."""
+    """Two probes with the same interval do not stay in lockstep: the gaps vary, never below the
+    interval less its jitter (a busy machine only makes timers later). How close the gaps stay to
+    the interval is bench/timings_bench.py's to measure."""
     async def go() -> list[float]:
         times: list[float] = []
+        enough = asyncio.Event()
 
         async def check() -> CheckResult:
             times.append(time.monotonic())
+            if len(times) >= 12:
+                enough.set()
             return CheckResult.passed()
 
         task = asyncio.create_task(probe_loop(check, 0.05, lambda r: None, rng=random.Random(3)))
-        await asyncio.sleep(0.8)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(enough.wait(), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         return times
 
     times = run(go())
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(gaps) >= 8 and max(gaps) - min(gaps) > 0.002
-    assert min(gaps) > 0.04 and 0.044 < sorted(gaps)[len(gaps) // 2] < 0.07  # 50 ms ± 10%, timers may be late
+    assert len(gaps) >= 11 and max(gaps) - min(gaps) > 0.002
+    assert min(gaps) > 0.05 * 0.9 - 0.002  # interval - 10 % jitter, less the timer's resolution
+    assert sorted(gaps)[len(gaps) // 2] < 0.5  # checks go on at about the interval: none skipped for long
 
 
 def test_command_check_from_spec_substitutes_host_port_id(tmp_path: Path, demo: Demo) -> None:

@@ -151,7 +151,7 @@ def test_whole_request_timeout_gives_504() -> None:
     try:
         t0 = time.monotonic()
         assert d.request()[0] == 504
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 5  # the request timeout (400ms), not the response timeout (10s)
     finally:
         d.close()
         hang.close()

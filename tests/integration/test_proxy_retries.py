@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +74,30 @@ def test_connect_failure_is_retried_even_for_post(ok: RawServer) -> None:
         assert dp.backend("web-1").errors == 2 and dp.groups["web"].counters.retries == 2
     finally:
         dp.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_reset_after_the_request_was_read_is_retried(ok: RawServer, method: str) -> None:
+    """The target reads the whole request, then resets the connection (SO_LINGER 0) before any
+    response byte: retried on the other target, for every method (the target did not answer)."""
+    rst = RawServer(name="rst")
+    rst._handler = rst.reset_after_request
+    dp = plane(rst.address, ok.address)
+    before = ok.requests[method]
+    try:
+        status, _, body = dp.request(method, "/x", body=b"payload" if method == "POST" else None)
+        assert status == 200 and json.loads(body)["name"] == "ok"
+        assert rst.requests[method] == 1  # it did read the request, then reset
+        assert ok.requests[method] == before + 1
+        assert dp.groups["web"].counters.retries == 1 and dp.backend("web-1").errors == 1
+        # the target really resets (a direct client gets ECONNRESET, not an end of file)
+        with socket.create_connection((rst.host, rst.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises(ConnectionResetError):
+                s.recv(100)
+    finally:
+        dp.close()
+        rst.close()
 
 
 def test_connect_timeout_is_retried_then_504(ok: RawServer) -> None:

@@ -25,8 +25,9 @@ from tests.redis_helpers import (
 
 pytestmark = pytest.mark.slow
 
-# interval 200ms x unhealthy_threshold 2 + timeout 150ms + 1s
-BOUND = 0.2 * 2 + 0.15 + 1.0
+# interval 200ms x unhealthy_threshold 2 + timeout 150ms + 3s: generous, for a loaded machine;
+# bench/jepsen_redis.py holds every failover to + 1s
+BOUND = 0.2 * 2 + 0.15 + 3.0
 
 
 def write_acked(address: str, keys: list[str]) -> list[str]:

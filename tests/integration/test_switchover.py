@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PY, Fivenines
+from tests.helpers import PY, Fivenines, wait_until
 from tests.redis_helpers import group, published, redis, redis_spec, role_of, wait_settled
 
 pytestmark = pytest.mark.slow
@@ -65,17 +65,15 @@ def test_switchover_under_writes_loses_nothing_and_pauses_writes_only_briefly(ru
     old = wait_settled(f)
     w = Writer(f)
     try:
-        deadline = time.monotonic() + 10
-        while len(w.acked) < 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(w.acked) >= 200, 30, 0.01, what="200 acknowledged writes before the switchover")
         started = time.monotonic()
         r = switchover(f, "--to", "cache-3")
         switched = time.monotonic()
         assert r.returncode == 0, r.stderr
         assert "primary cache-1 -> cache-3" in r.stdout
-        count = len(w.acked)
-        while len(w.acked) < count + 200 and time.monotonic() < deadline + 10:
-            time.sleep(0.01)
+        # writes resume: 200 more are acknowledged after the switchover returned
+        wait_until(lambda: sum(t > switched for t, _ in w.acked) >= 200, 30, 0.01,
+                   what="writes to resume after the switchover")
     finally:
         w.stop()
     new = published(f)
@@ -86,10 +84,14 @@ def test_switchover_under_writes_loses_nothing_and_pauses_writes_only_briefly(ru
     with redis(new["address"]) as c:
         values = c.cmd("MGET", *keys)
     assert [k for k, v in zip(keys, values, strict=True) if v is None] == []
-    # writes paused only for the switch
+    # writes paused only for the switch: every gap between acknowledged writes that overlaps the
+    # switchover counts, however far it reaches beyond it. The pause is lifted by the switch, not by
+    # its own expiry (switchover_timeout, 10 s), and lasts no longer than the switchover took + 1 s.
     times = [t for t, _ in w.acked]
-    gaps = [b - a for a, b in itertools.pairwise(times) if a >= started - 1 and b <= switched + 1]
-    assert max(gaps) < 1.5, f"writes paused {max(gaps):.2f}s"
+    pause = max(b - a for a, b in itertools.pairwise(times) if b >= started and a <= switched)
+    took = switched - started
+    print(f"pause {pause:.3f}s, switchover took {took:.3f}s")
+    assert pause < min(took + 1.0, 5.0), f"writes paused {pause:.2f}s (the switchover took {took:.2f}s)"
     # the old primary follows the new one
     assert role_of(old["address"]) == "slave"
     settled = wait_settled(f)

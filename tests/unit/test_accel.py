@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fivenines import accel
+from tests.helpers import IN_CI
 
 SOURCES = {m: f"digest-{m}" for m in accel.MODULES + accel.NATIVE}
 CURRENT = {"python": sys.implementation.cache_tag, "sources": dict(SOURCES)}
@@ -52,7 +53,7 @@ def _loaded_from(env: dict[str, str]) -> dict[str, object]:
 
 
 def test_what_runs_is_what_mode_reports() -> None:
-    """In this run: compiled modules when a current build exists (under CI=true, make test builds one,
+    """In this run: compiled modules when a current build exists (under CI, make test builds one,
     so it must be in use unless FIVENINES_PURE is set), the sources otherwise — in a fresh interpreter."""
     got = _loaded_from(dict(os.environ))
     files = got["files"]
@@ -64,7 +65,7 @@ def test_what_runs_is_what_mode_reports() -> None:
     else:
         assert not any(compiled.values()), files
         assert not got["native"], "the C express lane runs only with the rest of the build"
-    if os.environ.get("CI") == "true" and not os.environ.get(accel.PURE_ENV):
+    if IN_CI and not os.environ.get(accel.PURE_ENV):
         assert got["mode"] == "compiled", f"make test compiles the data plane (scripts/compile): {got['mode']}"
 
 

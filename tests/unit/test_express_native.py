@@ -5,7 +5,7 @@ Inputs: the heads and responses of the express-lane properties (plain ones and n
 same with bytes replaced, inserted or removed at random places (each class boundary the grammar
 draws: spaces, tabs, CR, LF, colons, brackets, high bytes, ...), small limits, and raw bytes.
 
-Runs where the C build is loaded (the compiled run of ``make test``; under CI=true it must be).
+Runs where the C build is loaded (the compiled run of ``make test``; under CI it must be).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fivenines.core.framing import (
     express_response,
     express_response_py,
 )
+from tests.helpers import IN_CI
 from tests.unit.test_proxy_express import request_heads, responses
 
 try:
@@ -32,7 +33,7 @@ try:
 except ImportError:
     _express = None  # type: ignore[assignment]
 
-if _express is None and os.environ.get("CI") == "true" and not os.environ.get(accel.PURE_ENV):
+if _express is None and IN_CI and not os.environ.get(accel.PURE_ENV):
     raise AssertionError(f"make test builds the C express lane (scripts/compile); not loaded: {accel.mode()}")
 pytestmark = pytest.mark.skipif(_express is None, reason=f"the C express lane is not loaded: {accel.mode()}")
 

@@ -293,9 +293,19 @@ def test_discovery_waits_for_every_member_then_picks_the_followed_primary() -> N
     acts = r.observed("db-1", prim(50), 0)
     [p] = of(acts, Promote)
     assert (p.target, p.already_primary) == ("db-2", True)
-    r.promoted(p.round, "db-2", True, "", 0.1)
+    acts = r.promoted(p.round, "db-2", True, "", 0.1)
     assert r.published.primary == "db-2"
-    assert r.followed("db-1", True, "", 0.2) == [] or True
+    # db-1 also said it was a primary: it is demoted to follow db-2 before it gets any traffic
+    [f] = of(acts, Follow)
+    assert (f.target, f.primary, f.fence) == ("db-1", "db-2", True)
+    assert r.members["db-1"].pending
+    assert r.followed("db-1", True, "", 0.2) == []
+    m = r.members["db-1"]
+    assert not m.pending and m.obs is not None
+    assert (m.obs.role, m.obs.following) == (R, "h:2")
+    # now a replica of db-2 like db-3: seen as such, nothing more to do, db-2 stays published
+    assert r.observed("db-1", rep(50, "h:2"), 0.3) == []
+    assert r.published.primary == "db-2" and r.phase is Phase.SERVING
 
 
 def test_discovery_of_fresh_primaries_picks_highest_position_then_first_and_fences_the_rest() -> None:
