@@ -252,8 +252,15 @@ class ScalingState:
 
     window: tuple[tuple[float, int], ...] = ()
 
+    @classmethod
+    def started(cls, now: float, count: int) -> ScalingState:
+        """The state of a group that starts (or is taken over) with ``count`` actives: a first
+        scale-in waits for a whole window, as if ``count`` had just been recommended."""
+        return cls(((now, count),))
+
     def remember(self, now: float, count: int, span: float) -> ScalingState:
-        kept = [(t, c) for t, c in self.window if t >= now - span and c > count]
+        """Add a recommendation; forget the ones older than ``span`` and the ones it outranks."""
+        kept = [(t, c) for t, c in self.window if t > now - span and c > count]
         return ScalingState((*kept, (now, count)))
 
     def highest(self) -> int | None:
@@ -292,7 +299,9 @@ def decide(rules: Rules, state: ScalingState, now: float, current: int, samples:
 
     ``current`` is the active count the group has (or is already moving to);
     ``samples`` one per active instance, warm or not; ``manual`` an operator's
-    override, if any.
+    override, if any. ``state`` is the previous call's (an empty one remembers
+    nothing, so a first call may scale in at once: start from
+    :meth:`ScalingState.started`).
     """
     g, span = rules.group, rules.scale_in_stabilization
     if manual is not None:

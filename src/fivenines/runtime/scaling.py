@@ -192,6 +192,8 @@ class GroupScaler:
         members = self.members(now)
         samples = self.samples(now, members)
         current = self.current()
+        if self.evaluated_at is None and self.manual is None:
+            self.state = ScalingState.started(now, current)
         d = decide(self.rules, self.state, now, current, samples, self.manual)
         self.state, self.last, self.last_samples, self.evaluated_at = d.state, d, samples, now
         if d.desired > current:
