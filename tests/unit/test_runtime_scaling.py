@@ -235,3 +235,17 @@ def test_read_cpu_seconds_of_a_real_process() -> None:
     after = read_cpu_seconds(os.getpid())
     assert after is not None and after - before >= 0.18  # (ticks of 10 ms)
     assert read_cpu_seconds(2**22 + 12345) is None
+
+
+def test_a_reload_changing_scaling_or_load_is_not_held_by_workers() -> None:
+    from fivenines.core.reconfig import Running, RunningTarget, UpdateGroup, held_by_workers, plan
+
+    old = parse_spec(demo_spec(count=2, standby=1))
+    new = parse_spec(demo_spec(count=2, standby=1, scaling={"min": 1, "max": 4},
+                               load={"mean_rps": 1, "peak_rps": 2, "per_instance_rps": 1}))
+    roles = (Role.ACTIVE, Role.ACTIVE, Role.STANDBY)
+    running = Running({"web": [RunningTarget(f"web-{i + 1}", f"127.0.0.1:{9100 + i}", r, HealthState.HEALTHY, i)
+                               for i, r in enumerate(roles)]})
+    p = plan(old, new, running)
+    assert p.actions == (UpdateGroup("web", ("load", "scaling")),)
+    assert held_by_workers(p) == []  # the scaler and the model live in the main process
