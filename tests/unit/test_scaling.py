@@ -191,9 +191,11 @@ def test_max_step_limits_both_directions() -> None:
 def test_out_of_bounds_is_corrected_at_once_whatever_the_step() -> None:
     rules = dataclasses.replace(RULES, min=5, max_step=1)
     d = once(warm(1, 400), 1, rules)
-    assert d.desired == 5 and "below min 5" in d.reason
+    assert d.reason == "scale web 1 -> 5: below min 5"
     d = once(warm(12, 400), 12, rules)
-    assert d.desired == 10 and "above max 10" in d.reason
+    assert d.reason == "scale web 12 -> 10: above max 10: requests_per_target 400/s near target 400/s"
+    d = once(cold(1), 1, rules)
+    assert d.reason == "scale web 1 -> 5: no metrics from a warm instance yet (below min 5)"
 
 
 # --------------------------------------------------------------------------- scale-in stabilisation

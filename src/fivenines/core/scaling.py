@@ -272,6 +272,8 @@ class ScalingState:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What :func:`decide` answers: the count to move to, why, and the state to pass back."""
+
     current: int
     desired: int
     reason: str
@@ -322,7 +324,7 @@ def decide(rules: Rules, state: ScalingState, now: float, current: int, samples:
         return _bounded(rules, current, current, why, state, recs, wanted)
     if wanted > current:
         asking = sorted((r for r in recs if r.direction is Direction.OUT), key=lambda r: -r.count)
-        why = "; ".join(r.describe() for r in asking)
+        why = "; ".join(r.describe() for r in asking) or f"below min {rules.min}"
         if wanted < max(r.count for r in recs):
             why += f" (wants {max(r.count for r in recs)}, max {rules.max})"
         return _bounded(rules, current, wanted, why, state, recs, wanted)
@@ -333,7 +335,10 @@ def decide(rules: Rules, state: ScalingState, now: float, current: int, samples:
             why = (f"scale-in to {wanted} waits for the {_span(span)} stabilisation window "
                    f"(highest recommendation in it: {highest}): " + "; ".join(r.describe() for r in recs))
             return _bounded(rules, current, current, why, state, recs, wanted)
-        why = "every policy below target: " + "; ".join(r.describe() for r in recs)
+        if all(r.direction is Direction.IN for r in recs):
+            why = "every policy below target: " + "; ".join(r.describe() for r in recs)
+        else:
+            why = f"above max {rules.max}: " + "; ".join(r.describe() for r in recs)
         if highest > wanted:
             why += f" (highest recommendation in the last {_span(span)}: {highest})"
         return _bounded(rules, current, highest, why, state, recs, wanted)
@@ -356,13 +361,10 @@ def _bounded(rules: Rules, current: int, target: int, why: str, state: ScalingSt
     """Apply ``max_step``, then ``min..max`` (which win: a group outside its bounds is brought back at once)."""
     stepped = min(current + rules.max_step, max(current - rules.max_step, target))
     desired = rules.bound(stepped)
-    notes = []
-    if stepped != target:
-        notes.append(f"max_step {rules.max_step} of {target}")
-    if desired != stepped:
-        notes.append(f"{'below min' if current < rules.min else 'above max'} {rules.min if current < rules.min else rules.max}")
-    if notes:
-        why += f" ({', '.join(notes)})"
+    if desired == stepped != target:
+        why += f" (max_step {rules.max_step} of {target})"
+    elif desired != stepped and not why.startswith(("below min", "above max")):
+        why += f" ({f'below min {rules.min}' if current < rules.min else f'above max {rules.max}'})"
     verb = f"scale {rules.group} {current} -> {desired}" if desired != current else f"hold {rules.group} at {current}"
     return Decision(current, desired, f"{verb}: {why}", state, recs, wanted)
 
