@@ -21,7 +21,7 @@ group scales out, and the count the policy asks for at the peak may exceed ``max
 >>> lp = predict_load(LoadInput(400, 2000, 500), GroupParams(active=2, standby=1, mttr=600.0), low=2, high=6,
 ...                   policy_rps=400)
 >>> lp.needed_at_mean, lp.needed_at_peak, lp.peak_fits, round(lp.at_min.nines, 1), round(lp.at_max.nines, 1)
-(1, 4, True, 9.2, 11.1)
+(1, 4, True, 10.9, 13.0)
 >>> lp.findings
 ('at the peak, requests_per_target 400 asks for 5 instances',)
 """
