@@ -81,9 +81,9 @@ def free_port() -> int:
 class Demo:
     """A demo backend process on a kernel-chosen port."""
 
-    def __init__(self, instance_id: str = "demo") -> None:
+    def __init__(self, instance_id: str = "demo", *args: str) -> None:
         self.proc = subprocess.Popen(
-            [PY, "-m", "fivenines.demo", "--port", "0", "--id", instance_id],
+            [PY, "-m", "fivenines.demo", "--port", "0", "--id", instance_id, *args],
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=die_with_parent(os.getpid()),

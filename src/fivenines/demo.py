@@ -10,6 +10,13 @@ request, for demonstrations and tests:
 * ``/_recover`` → back to normal;
 * ``/_agent``   → the agent line it reports (``up``; ``/_agent?say=drain`` changes it);
 * ``/_echo``    → the request as JSON (method, path, headers, body length).
+
+With ``--cost-ms N`` every request but ``/health`` and the control paths costs N ms:
+at most ``--capacity K`` requests (default 1) are worked on at once, each for N ms,
+and the others queue, so an instance serves at most ``K x 1000 / N`` requests a
+second and overload shows as latency, as in a server with K workers. With
+``--burn`` the N ms are CPU time burnt in the event loop (the capacity is then one
+core's worth, shared with whatever else the machine runs).
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
 from fivenines import aio
 from fivenines.httpserver import Request, Response, serve
 
 
 class DemoApp:
-    def __init__(self, instance_id: str, port: int) -> None:
+    def __init__(self, instance_id: str, port: int, cost_ms: float = 0.0, capacity: int = 1,
+                 burn: bool = False) -> None:
         self.id = instance_id
         self.port = port
+        self.cost_s = cost_ms / 1000
+        self.burn = burn
+        self.workers = asyncio.Semaphore(capacity)
         self.failing = False
         self.slow_ms = 0
         self.hang_until: float | None = None  # loop time; inf = for ever
@@ -47,6 +59,8 @@ class DemoApp:
             return self._control(req, loop)
         if self.slow_ms:
             await asyncio.sleep(self.slow_ms / 1000)
+        if self.cost_s and path != "/health":
+            await self._work()
         if self.failing:
             return Response.text(f"instance {self.id} failing (demo /_fail)\n", 500)
         if path == "/health":
@@ -55,6 +69,16 @@ class DemoApp:
         if "application/json" in req.headers.get("accept", ""):
             return Response.json(data)
         return Response.text(f"instance {self.id} port {self.port} path {path}\n")
+
+    async def _work(self) -> None:
+        """The fixed cost of one request: CPU burnt in the loop, or a worker held while waiting."""
+        if self.burn:
+            end = time.process_time() + self.cost_s
+            while time.process_time() < end:
+                pass
+            return
+        async with self.workers:
+            await asyncio.sleep(self.cost_s)
 
     async def _hang(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.hang_until is not None
@@ -92,8 +116,9 @@ class DemoApp:
         return Response.text(f"instance {self.id}: {path[2:]}\n")
 
 
-async def _main(host: str, port: int, instance_id: str) -> None:
-    app = DemoApp(instance_id, port)
+async def _main(host: str, port: int, instance_id: str, cost_ms: float = 0.0, capacity: int = 1,
+                burn: bool = False) -> None:
+    app = DemoApp(instance_id, port, cost_ms, capacity, burn)
     server = await serve(app.handle, host, port)
     app.port = server.address[1]
     stop = asyncio.Event()
@@ -110,8 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--id", default=os.environ.get("FIVENINES_TARGET_ID", ""))
+    ap.add_argument("--cost-ms", type=float, default=0.0, help="time each request costs (not /health)")
+    ap.add_argument("--capacity", type=int, default=1, help="requests worked on at once (with --cost-ms)")
+    ap.add_argument("--burn", action="store_true", help="spend the cost as CPU time instead of waiting")
     args = ap.parse_args(argv)
-    aio.run(_main(args.host, args.port, args.id or f"demo-{args.port}"))
+    if args.cost_ms < 0 or args.capacity < 1:
+        ap.error("--cost-ms must be >= 0 and --capacity >= 1")
+    aio.run(_main(args.host, args.port, args.id or f"demo-{args.port}", args.cost_ms, args.capacity, args.burn))
 
 
 if __name__ == "__main__":

@@ -334,6 +334,22 @@ class ReliabilitySpec(UnitReliabilitySpec):
         return v
 
 
+class LoadSpec(_Strict):
+    """A group's load profile, for `fivenines model`: how many instances the peak needs."""
+
+    mean_rps: float = Field(gt=0, description="Mean requests per second to the group.")
+    peak_rps: float = Field(gt=0, description="Peak requests per second to the group.")
+    per_instance_rps: float = Field(gt=0, description="Requests per second one instance serves within its latency objective.")
+
+    @field_validator("peak_rps")
+    @classmethod
+    def _check_peak(cls, v: float, info: Any) -> float:
+        mean = info.data.get("mean_rps")
+        if mean is not None and v < mean:
+            raise ValueError(f"peak_rps ({v:g}) must be at least mean_rps ({mean:g})")
+        return v
+
+
 class LoadBalancerSpec(_Strict):
     """The load balancer itself, one unit in series with every target group (see docs/availability.md)."""
 
@@ -484,6 +500,39 @@ class HedgingSpec(_Strict):
     delay: Duration = Field(description="Send the hedge when no response head arrived within this.")
 
 
+class ScalingPolicySpec(_Strict):
+    """A target-tracking policy: one metric and its target per warm instance (give exactly one)."""
+
+    requests_per_target: float | None = Field(None, gt=0, description="Requests per second per instance.")
+    in_flight_per_target: float | None = Field(None, gt=0, description="Requests in flight per instance (mean over the window).")
+    p99_latency: Duration | None = Field(None, description="99th percentile latency of the instances' responses.")
+    cpu: float | None = Field(None, gt=0, le=6400, description="CPU of each instance process, in percent of one core.")
+
+    @field_validator("p99_latency")
+    @classmethod
+    def _check_latency(cls, v: float | None) -> float | None:
+        return _positive_duration(v)
+
+    def metric(self) -> tuple[str, float] | None:
+        given = [(k, v) for k, v in self.model_dump().items() if v is not None]
+        return given[0] if len(given) == 1 else None
+
+
+class ScalingSpec(_Strict):
+    """Elastic scaling of the actives between min and max (docs/scaling.md); standbys stay as declared."""
+
+    min: int = Field(ge=1, le=256, description="Fewest actives.")
+    max: int = Field(ge=1, le=256, description="Most actives (standbys come on top).")
+    policies: list[ScalingPolicySpec] = Field(
+        default_factory=lambda: [ScalingPolicySpec(cpu=50.0)], min_length=1,
+        description="Target tracking: out when any policy asks, in only when all agree (default: cpu 50).")
+    evaluation_interval: Duration = Field(2.0, description="Time between two decisions.")
+    scale_out_window: Duration = Field(6.0, description="The metrics are averaged over this (short: a spike shows within it).")
+    scale_in_stabilization: Duration = Field(180.0, description="Scale in only to the highest count recommended over this.")
+    max_step: int = Field(4, ge=1, le=256, description="Most instances added or removed by one decision.")
+    tolerance: float = Field(0.1, ge=0, lt=1, description="No change while each metric is within this share of its target.")
+
+
 # --------------------------------------------------------------------------- replicated stores
 
 
@@ -571,6 +620,8 @@ class TargetGroupSpec(_Strict):
     hedging: HedgingSpec | None = Field(None, description="Optional hedged requests (idempotent requests only).")
     replicated: ReplicatedSpec | None = Field(None, description="A replicated store: one primary, replicas, failover.")
     reliability: ReliabilitySpec | None = Field(None, description="Failure and repair rates, for fivenines model.")
+    load: LoadSpec | None = Field(None, description="Load profile, for fivenines model (instances the peak needs).")
+    scaling: ScalingSpec | None = Field(None, description="Elastic scaling of the actives (instances only).")
 
     @field_validator("targets")
     @classmethod
@@ -582,6 +633,13 @@ class TargetGroupSpec(_Strict):
                 if isinstance(t, str):
                     split_hostport(t)
         return v
+
+    def instance_slots(self) -> int:
+        """Most instances the group may run at once: count (or scaling max) + standby."""
+        inst = self.instances
+        if inst is None:
+            return 0
+        return inst.total if self.scaling is None else max(inst.count, self.scaling.max) + inst.standby
 
     def target_list(self) -> list[WeightedTarget]:
         """``targets`` with plain strings turned into weight-1 entries."""
@@ -877,15 +935,55 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
                     )
                 )
             rng = parse_port_range(inst.ports)
-            if rng is not None and rng[1] - rng[0] + 1 < inst.total:
+            if rng is not None and rng[1] - rng[0] + 1 < tg.instance_slots():
+                what = "count + standby" if tg.scaling is None else "scaling.max + standby"
                 errors.append(
                     FieldError(
                         f"{path}.instances.ports",
-                        f"range {inst.ports} has {rng[1] - rng[0] + 1} ports but count + standby = {inst.total}",
+                        f"range {inst.ports} has {rng[1] - rng[0] + 1} ports but {what} = {tg.instance_slots()}",
                     )
                 )
     errors.extend(_failover_errors(spec))
     errors.extend(replicated_errors(spec))
+    errors.extend(scaling_errors(spec))
+    return errors
+
+
+def scaling_errors(spec: Spec) -> list[FieldError]:
+    """Cross-field rules of ``scaling:`` (instances only, min <= count <= max, one metric per policy)."""
+    errors: list[FieldError] = []
+    for name, tg in spec.target_groups.items():
+        sc, path = tg.scaling, f"target_groups.{name}.scaling"
+        if sc is None:
+            continue
+        if tg.instances is None or tg.replicated is not None:
+            why = "a replicated group has one primary" if tg.replicated is not None else "give instances: to scale"
+            errors.append(FieldError(path, f"only groups of instances fivenines runs can scale ({why})"))
+        if sc.min > sc.max:
+            errors.append(FieldError(f"{path}.min", f"must be at most max ({sc.max}), got {sc.min}"))
+        elif tg.instances is not None and not sc.min <= tg.instances.count <= sc.max:
+            errors.append(FieldError(f"target_groups.{name}.instances.count",
+                                     f"the starting count must be within scaling min..max ({sc.min}..{sc.max}), "
+                                     f"got {tg.instances.count}"))
+        metrics: dict[str, int] = {}
+        for i, pol in enumerate(sc.policies):
+            m = pol.metric()
+            if m is None:
+                errors.append(FieldError(f"{path}.policies.{i}", "give exactly one of requests_per_target, "
+                                         "in_flight_per_target, p99_latency, cpu (with its target)"))
+            elif m[0] in metrics:
+                errors.append(FieldError(f"{path}.policies.{i}", f"{m[0]} already in policies.{metrics[m[0]]}"))
+            else:
+                metrics[m[0]] = i
+        if "p99_latency" in metrics and len(metrics) == 1:
+            errors.append(FieldError(f"{path}.policies", "p99_latency cannot tell how far the group may shrink "
+                                     "(latency stays flat until an instance saturates): give it together with "
+                                     "requests_per_target, in_flight_per_target or cpu"))
+        if sc.evaluation_interval <= 0:
+            errors.append(FieldError(f"{path}.evaluation_interval", "must be greater than 0"))
+        if sc.scale_out_window < sc.evaluation_interval:
+            errors.append(FieldError(f"{path}.scale_out_window", f"must be at least evaluation_interval "
+                                     f"({format_duration(sc.evaluation_interval)})"))
     return errors
 
 
@@ -1001,11 +1099,11 @@ def port_errors(spec: Spec) -> list[FieldError]:
         if rng is None:
             continue
         free = sum(1 for p in range(rng[0], rng[1] + 1) if port_is_free("127.0.0.1", p))
-        if free < tg.instances.total:
+        if free < tg.instance_slots():
             errors.append(
                 FieldError(
                     f"target_groups.{name}.instances.ports",
-                    f"only {free} free ports in {tg.instances.ports}; need {tg.instances.total}",
+                    f"only {free} free ports in {tg.instances.ports}; need {tg.instance_slots()}",
                 )
             )
     return errors

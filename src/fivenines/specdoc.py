@@ -82,6 +82,8 @@ def _default(field: FieldInfo) -> str:
         return ""
     if _is_duration(field) and isinstance(d, int | float):
         return f"`{format_duration(d)}`"
+    if isinstance(d, list):  # e.g. default policies: show what was set in each
+        d = [x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in d]
     return f"`{json.dumps(d)}`"
 
 

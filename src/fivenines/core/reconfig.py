@@ -397,7 +397,8 @@ def _listener_diff(old: Sequence[ListenerSpec], new: Sequence[ListenerSpec]) -> 
 
 # ----------------------------------------------------------------------------- workers
 
-MAIN_PROCESS_GROUP_FIELDS = frozenset({"health_check", "deregistration_delay", "reliability", "failover", "fail_open"})
+MAIN_PROCESS_GROUP_FIELDS = frozenset({"health_check", "deregistration_delay", "reliability", "failover", "fail_open",
+                                       "load", "scaling"})
 """Group settings only the main process uses (checks, draining, the model); the rest is held
 by the data plane, which with ``workers > 1`` lives in worker processes."""
 

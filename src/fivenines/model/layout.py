@@ -49,6 +49,7 @@ from fivenines.model.blocks import (
     nines_of_unavailability,
     series_unavailability,
 )
+from fivenines.model.capacity import LoadInput, LoadPrediction, describe_load, predict_load
 from fivenines.model.detection import detection_time
 from fivenines.model.group import GroupParams, PartResult, evaluate_group, evaluate_unit
 from fivenines.model.pool import StandbyMode
@@ -96,6 +97,7 @@ class GroupPrediction:
     params: GroupParams
     result: PartResult
     assumptions: tuple[str, ...]
+    load: LoadPrediction | None = None  # with a load: section: instances needed, availability at min and max
 
     @property
     def unavailability(self) -> float:
@@ -110,7 +112,8 @@ class GroupPrediction:
         return self.result.nines
 
     def to_json(self) -> dict[str, Any]:
-        return {**_summary(self.result), "params": self.params.to_json()}
+        return {**_summary(self.result), "params": self.params.to_json(),
+                "load": self.load.to_json() if self.load is not None else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,10 @@ class Prediction(UnavailabilityFigures):
             "assumptions": self.assumptions,
         }
 
+    def load_lines(self) -> list[str]:
+        """Text lines for the groups with a ``load:`` section (``fivenines model`` prints them)."""
+        return [line for name, g in self.groups.items() if g.load is not None for line in describe_load(name, g.load)]
+
     def __repr__(self) -> str:
         return f"<Prediction A={self.availability:.9f} nines={self.nines:.2f} dominant={self.dominant}>"
 
@@ -284,6 +291,18 @@ def group_params(name: str, tg: TargetGroupSpec) -> tuple[GroupParams, dict[str,
     return params, assumed
 
 
+def group_load(tg: TargetGroupSpec, params: GroupParams) -> LoadPrediction | None:
+    """The instances a group's ``load:`` needs and its availability at both ends of its range."""
+    if tg.load is None:
+        return None
+    sc = tg.scaling
+    low, high = (sc.min, sc.max) if sc is not None else (params.active, params.active)
+    policy = next((p.requests_per_target for p in sc.policies if p.requests_per_target), None) if sc else None
+    ld = tg.load
+    return predict_load(LoadInput(ld.mean_rps, ld.peak_rps, ld.per_instance_rps), params, low=low, high=high,
+                        policy_rps=policy)
+
+
 def _apply(name: str, params: GroupParams, override: Mapping[str, Any]) -> GroupParams:
     unknown = sorted(set(override) - _OVERRIDE_KEYS)
     if unknown:
@@ -315,7 +334,8 @@ def predict(
         if name in overrides:
             params = _apply(name, params, overrides[name])
             assumed = {k: v for k, v in assumed.items() if k not in overrides[name]}
-        groups[name] = GroupPrediction(name, params, evaluate_group(params), tuple(assumed.values()))
+        groups[name] = GroupPrediction(name, params, evaluate_group(params), tuple(assumed.values()),
+                                       group_load(tg, params))
 
     lb_rel = spec.load_balancer.reliability if spec.load_balancer is not None else None
     lb_assumed: list[str] = []
