@@ -544,6 +544,7 @@ class BackupManager:
         self.counters = Counters()
         self.running: str | None = None
         self.paused = False  # the schedule skips its rounds (an operator's maintenance, a test's inspection)
+        self.read_only = False  # the catalogue is not written (commands beside a running process)
         self.since = wall()
         self.tick = max(0.2, min(30.0, core.promised_rpo(self.schedule) / 20))
         self._lock = asyncio.Lock()
@@ -589,6 +590,8 @@ class BackupManager:
         return list(self._records)
 
     async def _save(self, records: list[BackupRecord]) -> None:
+        if self.read_only:
+            return
         doc = core.dump_catalogue(self.group, records)
         if self.counters.last_drill is not None:
             doc["last_drill"] = self.counters.last_drill.to_json()
