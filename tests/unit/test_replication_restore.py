@@ -132,6 +132,8 @@ def test_losing_the_lease_while_restoring_steps_down() -> None:
     r.begin_restore(1.0)
     acts = r.tick(100.0)
     assert r.phase is Phase.FOLLOWER and [e.new for e in of(acts, Emit)] == ["follower"]
+    assert r.end_restore(True, 5, "too late", 101.0) == []  # the restore's end is ignored: another node acts
+    assert r.phase is Phase.FOLLOWER
 
 
 inputs = st.lists(st.one_of(

@@ -949,6 +949,7 @@ def _table() -> dict[tuple[Phase, Input], _Handler]:
     t[(Phase.FOLLOWER, Input.ACQUIRED)] = R._on_acquired
     t[(Phase.SERVING, Input.RESTORE)] = R._on_restore
     t[(Phase.RESTORING, Input.RESTORED)] = R._on_restored
+    t[(Phase.FOLLOWER, Input.RESTORED)] = R._on_ignored  # stepped down (lease) while restoring
     return t
 
 

@@ -455,6 +455,10 @@ class LiveGroup(Protocol):
 
     def begin_restore(self) -> None: ...
 
+    def restoring(self) -> bool:
+        """Still fenced for the restore (False: the node stepped down, its lease lost)."""
+        ...
+
     def end_restore(self, ok: bool, position: int, detail: str, primary_intact: bool) -> None: ...
 
     def data_dir(self, target: str) -> Path | None: ...
@@ -489,6 +493,11 @@ class ReplicatedGroup:
 
     def begin_restore(self) -> None:
         self.rm.begin_restore()
+
+    def restoring(self) -> bool:
+        from fivenines.core.replication import Phase
+
+        return self.rm.core.phase is Phase.RESTORING and self.rm.core.can_act(self.rm.ctl.now())
 
     def end_restore(self, ok: bool, position: int, detail: str, primary_intact: bool) -> None:
         self.rm.end_restore(ok, position, detail, primary_intact)
@@ -749,7 +758,9 @@ class BackupManager:
         at = self.wall()
         aof_dir = Path(conf["dir"]) / conf["appenddirname"]
         copy = tmp / "appendonlydir"
-        await asyncio.to_thread(copy_aof, aof_dir, f"{conf['appendfilename']}.manifest", copy)
+        manifest = f"{conf['appendfilename']}.manifest"
+        await asyncio.to_thread(copy_aof, aof_dir, manifest, copy)
+        await check_aof(self.tools, copy, manifest, self.spec.timeout)  # cuts a torn last command; judged later
         archive = tmp / "copy.aof.tar"
         await asyncio.to_thread(pack, copy, archive)
         shutil.rmtree(copy, ignore_errors=True)
@@ -865,6 +876,9 @@ class BackupManager:
             for step in plan:
                 t0 = time.monotonic()
                 k = step.kind
+                if fenced and not self.live.restoring():
+                    raise BackupError(f"stopped before {k.value}: this node no longer acts for the group "
+                                      "(lease lost); the new leader takes over")
                 if k is StepKind.VERIFY:
                     checks = await self._fetch_and_check(rec, tmp)
                     verdict, detail = core.judge(checks, expected_sha256=rec.sha256, loaded=False)
