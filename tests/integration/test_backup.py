@@ -377,3 +377,31 @@ def test_point_in_time_restore_replays_the_aof_up_to_the_second_asked(group: Cal
     assert "rewrite_aof" in [s["step"] for s in res["steps"]]
     for a in addrs.values():
         assert dump(a) == first, a
+
+
+# --------------------------------------------------------------------------- the chaos wipe
+
+
+def test_chaos_wipe_counts_each_acknowledged_write_lost(group: Callable[..., Running]) -> None:
+    from fivenines.chaos.wipe import run_wipe
+
+    g = group()
+    addrs = g.settled()
+    taken: dict[str, Any] = {}
+
+    async def backup() -> None:
+        taken["started"] = time.time()
+        taken["rec"] = await g.backups.backup("chaos")
+
+    async def restore() -> None:
+        await g.backups.restore(from_id=taken["rec"].id)
+
+    r = g.call(run_wipe(listener(g), addrs["primary"], restore, backup=backup, clients=3, before=2.0,
+                        restore_after=0.5, after=1.0, declared_rpo_s=3600.0), 60)
+    assert r.acknowledged > 50, r
+    assert r.missing_after_restore == 0 and r.wrong_value == 0  # nothing acknowledged after the restore is lost
+    assert r.lost_before_wipe > 0 and r.lost_after_wipe > 0  # newer than the backup; taken by the wiped primary
+    # the restored data ends at the backup point
+    assert r.backup_point is not None and taken["started"] - 0.5 <= r.backup_point <= taken["rec"].time + 0.2
+    assert r.rpo_s is not None and 0.5 < r.rpo_s < 3.0 and r.rto_s > 0.5
+    assert r.to_json()["declared_rpo_s"] == 3600.0
