@@ -181,7 +181,8 @@ async def scan(address: str, pattern: str) -> dict[str, str]:
             cursor, keys = await c.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000, timeout=30.0)
             if keys:
                 values = await c.execute("MGET", *keys, timeout=30.0)
-                out.update({k.decode(): v.decode() for k, v in zip(keys, values, strict=True) if v is not None})
+                out.update({k.decode(errors="replace"): v.decode(errors="replace")
+                            for k, v in zip(keys, values, strict=True) if v is not None})
             if cursor in (b"0", 0, "0"):
                 return out
     finally:
