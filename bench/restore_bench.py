@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from fivenines.chaos.wipe import run_wipe  # noqa: E402
-from fivenines.core.backup import promised_rpo  # noqa: E402
 from fivenines.runtime.controller import Controller  # noqa: E402
 from fivenines.runtime.redis import RedisClient  # noqa: E402
 from fivenines.spec import parse_size, parse_spec  # noqa: E402
@@ -142,9 +141,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         report = await run_wipe(listener, primary, restore, backup=backup_and_drill, clients=args.clients,
                                 before=args.before, restore_after=args.restore_after, after=args.after,
-                                declared_rpo_s=promised_rpo(b.schedule))
+                                declared_rpo_s=b.promised_rpo)
         rec, d, backup_s = took["rec"], took["drill"], took["backup_s"]
-        report = dataclasses.replace(report, declared_rpo_s=promised_rpo(b.schedule) + backup_s,
+        report = dataclasses.replace(report, declared_rpo_s=b.promised_rpo + backup_s,
                                      expected_rto_s=d.rto)
         restored = await count(primary, "fill:*")
         in_sync = [await dbsize(m.address) for m in members]

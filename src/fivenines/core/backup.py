@@ -236,9 +236,11 @@ def next_fire(schedule: Schedule, after: float) -> float:
         elif not c.day_matches(t):
             t = t.replace(hour=0, minute=0) + timedelta(days=1)
         elif t.hour not in c.hours:
-            t = t.replace(minute=0) + timedelta(hours=1)
+            h = min((h for h in c.hours if h > t.hour), default=None)
+            t = t.replace(hour=h, minute=0) if h is not None else t.replace(hour=0, minute=0) + timedelta(days=1)
         elif t.minute not in c.minutes:
-            t += timedelta(minutes=1)
+            m = min((m for m in c.minutes if m > t.minute), default=None)
+            t = t.replace(minute=m) if m is not None else t.replace(minute=0) + timedelta(hours=1)
         else:
             return t.timestamp()
     raise ScheduleError(f"cron {c.text!r} never fires")

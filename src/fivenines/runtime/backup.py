@@ -556,7 +556,9 @@ class BackupManager:
         self.paused = False  # the schedule skips its rounds (an operator's maintenance, a test's inspection)
         self.read_only = False  # the catalogue is not written (commands beside a running process)
         self.since = wall()
-        self.tick = max(0.2, min(30.0, core.promised_rpo(self.schedule) / 20))
+        self.promised_rpo = core.promised_rpo(self.schedule)  # computed once: a cron walks its fire times
+        self._drill_gap = core.promised_rpo(self.drill_schedule) if self.drill_schedule else 0.0
+        self.tick = max(0.2, min(30.0, self.promised_rpo / 20))
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._records: list[BackupRecord] | None = None
@@ -1118,14 +1120,14 @@ class BackupManager:
     def next_backup(self) -> float:
         c = self.counters
         return core.next_run(self.schedule, last_ok=c.last_ok, last_try=c.last_try, since=self.since,
-                             retry=min(60.0, core.promised_rpo(self.schedule)))
+                             retry=min(60.0, self.promised_rpo))
 
     def next_drill(self) -> float | None:
         if self.drill_schedule is None:
             return None
         c = self.counters
         return core.next_run(self.drill_schedule, last_ok=c.last_drill_ok, last_try=c.last_drill_try,
-                             since=self.since, retry=min(300.0, core.promised_rpo(self.drill_schedule)))
+                             since=self.since, retry=min(300.0, self._drill_gap))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"backups {self.group}")
@@ -1165,7 +1167,7 @@ class BackupManager:
         return {
             "to": self.store.where,
             "schedule": str(self.schedule),
-            "promised_rpo_s": core.promised_rpo(self.schedule),
+            "promised_rpo_s": self.promised_rpo,
             "point_in_time": self.spec.point_in_time,
             "retention": {"keep_last": self.retention.keep_last, "daily": self.retention.daily,
                           "weekly": self.retention.weekly},
