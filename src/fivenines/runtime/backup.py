@@ -871,6 +871,7 @@ class BackupManager:
         position = 0
         before: dict[str, str] = {}
         saved: list[str] = []
+        masterauth: str | None = None  # the primary's own, while the scratch server's password is set
         notes: list[str] = []
 
         def done(step: StepKind, t0: float, detail: str = "") -> None:
@@ -919,8 +920,10 @@ class BackupManager:
                     assert source is not None and source.address is not None
                     before = await _info(pc, "persistence")
                     host, _, port = source.address.rpartition(":")
+                    got = await pc.execute("CONFIG", "GET", "masterauth", timeout=5.0)
+                    masterauth = got[1].decode() if len(got) == 2 else ""  # put back after the load
                     await pc.execute("CONFIG", "SET", "masterauth", source.password or "", timeout=5.0)
-                    loaded = True
+                    loaded = True  # from here the primary's data is uncertain until it is checked
                     await pc.execute("REPLICAOF", host, port, timeout=5.0)
                     done(k, t0)
                 elif k is StepKind.CHECK_PRIMARY:
@@ -932,7 +935,8 @@ class BackupManager:
                     done(k, t0, f"{want} keys")
                 elif k is StepKind.DETACH_PRIMARY:
                     await pc.execute("REPLICAOF", "NO", "ONE", timeout=5.0)
-                    await pc.execute("CONFIG", "SET", "masterauth", "", timeout=5.0)
+                    await pc.execute("CONFIG", "SET", "masterauth", masterauth or "", timeout=5.0)
+                    masterauth = None
                     position = int((await _info(pc, "replication")).get("master_repl_offset", "0"))
                     done(k, t0, f"position {position}")
                 elif k is StepKind.REWRITE_AOF:
@@ -967,9 +971,9 @@ class BackupManager:
         except BaseException as exc:
             if fenced:
                 self.live.end_restore(False, 0, str(exc) or type(exc).__name__, not loaded)
-                if loaded:
+                if masterauth is not None:
                     with contextlib.suppress(StoreError):
-                        await pc.execute("CONFIG", "SET", "masterauth", "", timeout=5.0)
+                        await pc.execute("CONFIG", "SET", "masterauth", masterauth, timeout=5.0)
             raise
         finally:
             if saved:
