@@ -121,9 +121,11 @@ def backup_spec(tmp: Path, **backup: Any) -> dict[str, Any]:
 def group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Running]]:
     made: list[Running] = []
 
-    def make(**backup: Any) -> Running:
+    def make(scheduled: bool = False, **backup: Any) -> Running:
+        """``scheduled``: leave the schedule on (else only the test takes backups and drills)."""
         r = Running(tmp_path, backup_spec(tmp_path, **backup))
         made.append(r)
+        r.backups.paused = not scheduled  # set before the group serves: the schedule has not acted yet
         return r
 
     yield make
@@ -158,7 +160,7 @@ def info(address: str, section: str) -> dict[str, str]:
 
 
 def test_scheduled_backups_appear_and_rotate_by_retention(group: Callable[..., Running], tmp_path: Path) -> None:
-    g = group(schedule="1s", retention={"keep_last": 2})
+    g = group(scheduled=True, schedule="1s", retention={"keep_last": 2})
     addrs = g.settled()
     seen: set[str] = set()
     for i in range(4):  # data changes between backups: each one holds what was written before it
