@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis clean
+.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -59,3 +59,9 @@ clean:
 jepsen-redis: $(VENV)/.installed-dev
 	scripts/install-test-deps
 	$(BIN)/python bench/jepsen_redis.py --failures 24 --durability sync
+
+## RPO and RTO of a replicated Redis group restored from backup after a FLUSHALL (1 GB: SIZE=50MB for a smoke run).
+SIZE ?= 1GB
+restore-bench: $(VENV)/.installed-dev
+	scripts/install-test-deps
+	$(BIN)/python bench/restore_bench.py --size $(SIZE)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -584,6 +585,48 @@ class LeaseSpec(_Strict):
         return v
 
 
+class RetentionSpec(_Strict):
+    """Which backups to keep: the newest keep_last, plus the newest of each of the last daily days and weekly weeks."""
+
+    keep_last: int = Field(7, ge=1, description="Keep the newest N verified backups (at least 1).")
+    daily: int = Field(0, ge=0, description="Also keep the newest backup of each of the last N days (UTC) that have one.")
+    weekly: int = Field(0, ge=0, description="Also keep the newest backup of each of the last N ISO weeks that have one.")
+
+
+def _schedule(v: str | None) -> str | None:
+    from fivenines.core.backup import parse_schedule
+
+    if v is not None:
+        parse_schedule(v)  # ScheduleError is a ValueError: reported with the field path
+    return v
+
+
+class BackupSpec(_Strict):
+    """Scheduled, verified backups of a replicated store, taken from a replica (docs/backup.md)."""
+
+    schedule: Annotated[str, AfterValidator(_schedule)] = Field(
+        description="An interval (6h, every 30m) or a cron expression in UTC ('0 3 * * *', @daily).")
+    to: str = Field(description="A local directory (relative to the spec file) or s3://bucket/prefix.")
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    point_in_time: bool = Field(False, description="Copy the replicas' AOF with timestamps (Redis 7 aof-timestamp-enabled): restorable to any second it covers. Needs instances.")
+    drill: Annotated[str | None, AfterValidator(_schedule)] = Field(None, description="Schedule of restore drills into a scratch server (never the live group).")
+    allow_primary: bool = Field(False, description="Copy from the primary when no replica is healthy (forks the process taking writes).")
+    timeout: Duration = Field(600.0, description="Longest one backup (copy and verification) may take.")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(None, description="S3 server-side encryption.")
+    kms_key_id: str | None = Field(None, description="KMS key for aws:kms (default: the account's S3 key).")
+    region: str | None = Field(None, description="S3 region (default: the boto3 chain's).")
+    endpoint_url: str | None = Field(None, description="An S3-compatible endpoint; credentials come only from the standard boto3 chain.")
+
+    @field_validator("to")
+    @classmethod
+    def _check_to(cls, v: str) -> str:
+        if v.startswith("s3://") and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", v):
+            raise ValueError(f"{v!r} is not s3://BUCKET/PREFIX (bucket: 3-63 lower-case letters, digits, dots, dashes)")
+        if not v.strip():
+            raise ValueError("give a directory or s3://bucket/prefix")
+        return v
+
+
 class ReplicatedSpec(_Strict):
     """The target group is a replicated store: one primary takes writes, the others replicate it."""
 
@@ -598,6 +641,7 @@ class ReplicatedSpec(_Strict):
     read_listener: ReadListenerSpec | None = Field(None, description="Optional listener for reads from replicas.")
     lease: LeaseSpec | None = Field(None, description="Optional etcd lease for several fivenines nodes.")
     custom: CustomStoreSpec | None = Field(None, description="Commands, for kind custom.")
+    backup: BackupSpec | None = Field(None, description="Optional scheduled backups, restores and drills (kind redis).")
 
 
 class TargetGroupSpec(_Strict):
@@ -1061,12 +1105,31 @@ def replicated_errors(spec: Spec) -> list[FieldError]:
             if lst.default_target_group == name and lst.protocol != "tcp":
                 errors.append(FieldError(f"listeners.{i}.protocol", f"target group {name!r} is a replicated "
                                          f"{rep.kind} store: use protocol: tcp"))
+        errors.extend(_backup_errors(rep.backup, f"{path}.replicated.backup", rep.kind, inst is not None))
         rl = rep.read_listener
         if rl is not None and rl.port != 0:
             for i, lst in enumerate(spec.listeners):
                 if (lst.host, lst.port) == (rl.host, rl.port):
                     errors.append(FieldError(f"{path}.replicated.read_listener.port",
                                              f"port {rl.port} already used by listeners.{i}"))
+    return errors
+
+
+def _backup_errors(b: BackupSpec | None, path: str, kind: str, instances: bool) -> list[FieldError]:
+    if b is None:
+        return []
+    errors = []
+    if kind != "redis":
+        errors.append(FieldError(path, f"backups are built in for kind redis only (kind is {kind})"))
+    if b.point_in_time and not instances:
+        errors.append(FieldError(f"{path}.point_in_time", "needs instances: fivenines copies the AOF files of "
+                                 "replicas it runs (targets: servers elsewhere have no files here)"))
+    s3 = b.to.startswith("s3://")
+    for name in ("server_side_encryption", "kms_key_id", "region", "endpoint_url"):
+        if getattr(b, name) is not None and not s3:
+            errors.append(FieldError(f"{path}.{name}", f"only used with to: s3://bucket/prefix (to is {b.to!r})"))
+    if b.kms_key_id is not None and b.server_side_encryption != "aws:kms":
+        errors.append(FieldError(f"{path}.kms_key_id", "only used with server_side_encryption: aws:kms"))
     return errors
 
 

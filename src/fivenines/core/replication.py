@@ -73,6 +73,7 @@ class Phase(str, Enum):
     NO_PRIMARY = "no_primary"  # no member may be promoted now; retried every retry_interval
     SWITCHING = "switching"  # planned switchover: writes paused, waiting for the target to catch up
     FOLLOWER = "follower"  # (lease) another node holds the lease: act on nothing, route no writes
+    RESTORING = "restoring"  # a backup is being loaded: writes fenced; no one elected, fenced or re-pointed
 
 
 class Input(str, Enum):
@@ -86,6 +87,8 @@ class Input(str, Enum):
     ACQUIRED = "acquired"
     RENEWED = "renewed"
     LEASE_LOST = "lease_lost"
+    RESTORE = "restore"
+    RESTORED = "restored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +383,8 @@ class _Ev:
     results: Mapping[str, Observation | None] = field(default_factory=dict)
     until: float = 0.0
     record: tuple[str, int] | None = None
+    position: int = 0  # end_restore: the restored primary's position
+    intact: bool = True  # end_restore: the primary was not touched
 
 
 class Replication:
@@ -449,6 +454,26 @@ class Replication:
             raise ReplicationError(f"cannot switch over while {self.phase.value}"
                                    + ("" if self.phase is not Phase.SERVING else ": the primary is not serving"))
         return self._handle(Input.SWITCHOVER, _Ev(target=to or ""), now)
+
+    def begin_restore(self, now: float) -> list[Action]:
+        """A backup is about to be loaded into the group (see :mod:`fivenines.core.backup`): stop
+        routing writes and cut the primary's connections; until :meth:`end_restore` nothing is
+        elected, fenced or re-pointed (the restore moves roles itself). Raises
+        :class:`ReplicationError` when it cannot start now."""
+        if not self.can_act(now):
+            raise ReplicationError("this node does not hold the lease: run the restore on the leader")
+        if self.phase is not Phase.SERVING or self.primary is None:
+            raise ReplicationError(f"cannot restore while {self.phase.value}")
+        return self._handle(Input.RESTORE, _Ev(), now)
+
+    def end_restore(self, ok: bool, position: int, detail: str, now: float, *,
+                    primary_intact: bool = True) -> list[Action]:
+        """The restore is over. ``ok``: the primary holds the backup at ``position`` and the replicas
+        follow it: a new history starts (positions before it mean nothing now). Failed with the
+        primary untouched (``primary_intact``): serve as before (held replicas are re-pointed).
+        Failed after the primary began loading: its data is uncertain, so elect among the replicas,
+        which kept theirs."""
+        return self._handle(Input.RESTORED, _Ev(ok=ok, detail=detail, position=position, intact=primary_intact), now)
 
     def acquired(self, until: float, record: tuple[str, int] | None, now: float) -> list[Action]:
         """This node now holds the lease, valid until ``until``; ``record``: (primary, epoch) stored."""
@@ -808,6 +833,31 @@ class Replication:
             return []
         return self._step_down(f"lease lost: {ev.detail}")
 
+    def _on_restore(self, ev: _Ev, now: float) -> list[Action]:
+        self.phase = Phase.RESTORING
+        self.round += 1  # results of commands issued before are stale
+        return [Emit("recovery", self.primary or "", "serving", "restoring",
+                     "restoring a backup: writes fenced, no failover until it ends")]
+
+    def _on_restored(self, ev: _Ev, now: float) -> list[Action]:
+        p = self._member(self.primary or "")
+        if ev.ok:
+            for m in self.members.values():
+                m.high, m.regressed = -1, False
+            self.attached, self.unbounded, self.must_cover = {}, set(), {}
+            self.replicated_floor = 0
+            self.known_position = ev.position
+            p.obs = Observation(StoreRole.PRIMARY, ev.position, incarnation=p.incarnation)
+            p.high = ev.position
+            self.phase = Phase.SERVING
+            return [Emit("recovery", p.id, "restoring", "serving", f"restored: {ev.detail}")]
+        if ev.intact:
+            self.phase = Phase.SERVING
+            return [Emit("recovery", p.id, "restoring", "serving", f"restore failed, primary unchanged: {ev.detail}")]
+        self.phase = Phase.SERVING
+        return self._begin_election(now, f"restore failed after {p.id} began loading (its data is uncertain): "
+                                         f"{ev.detail}")
+
     def _on_ignored(self, ev: _Ev, now: float) -> list[Action]:
         return []
 
@@ -897,6 +947,9 @@ def _table() -> dict[tuple[Phase, Input], _Handler]:
     t[(Phase.PROMOTING, Input.PROMOTED)] = R._on_promoted
     t[(Phase.SERVING, Input.SWITCHOVER)] = R._on_switchover
     t[(Phase.FOLLOWER, Input.ACQUIRED)] = R._on_acquired
+    t[(Phase.SERVING, Input.RESTORE)] = R._on_restore
+    t[(Phase.RESTORING, Input.RESTORED)] = R._on_restored
+    t[(Phase.FOLLOWER, Input.RESTORED)] = R._on_ignored  # stepped down (lease) while restoring
     return t
 
 

@@ -4,7 +4,9 @@ Every state change is one :class:`Event` (time, kind, group, target, old and new
 state, reason). Kinds: ``health``, ``role``, ``instance``, ``serving``, ``admin``
 (an operator's drain/enable/maintenance/weight), ``drain`` (a drain finished),
 ``reload``, ``restore`` (state restored from the state file), ``fail_open``,
-``ejection``. The ring keeps the latest ``size`` for status and the dashboard;
+``ejection``; replicated stores add ``failover``, ``fence``, ``switchover``, ``lease``,
+``discovery``, and with backups ``backup``, ``recovery`` (a backup restored into the
+group) and ``drill`` (docs/backup.md). The ring keeps the latest ``size`` for status and the dashboard;
 the file (``STATE_DIR/events.jsonl``, rotated to ``events.jsonl.1`` past
 ``max_bytes``) keeps them for later; :meth:`EventLog.follow` streams them live.
 """

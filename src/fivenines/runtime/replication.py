@@ -61,6 +61,7 @@ from fivenines.runtime.store import (
 )
 
 if TYPE_CHECKING:
+    from fivenines.runtime.backup import BackupManager
     from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
 
 log = logging.getLogger("fivenines.replication")
@@ -142,6 +143,11 @@ class ReplicationManager:
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._deadline: asyncio.TimerHandle | None = None
         self.lease: LeaderLease | None = None
+        self.backup: BackupManager | None = None
+        if rep.backup is not None:
+            from fivenines.runtime.backup import BackupManager
+
+            self.backup = BackupManager.for_replication(self)
         if rep.lease is not None:
             guarded = cast(LeaseGuardedGroup, LeaseGuardedGroup.from_spec(g.name, g.spec, clock=ctl.now))
             guarded.may_route = lambda: self.core.can_act(self.ctl.now())
@@ -169,8 +175,12 @@ class ReplicationManager:
         self._tasks.append(loop.create_task(self._ticks(), name=f"replication ticks {self.g.name}"))
         if self.lease is not None:
             self.lease.start()
+        if self.backup is not None:
+            self.backup.start()
 
     async def close(self) -> None:
+        if self.backup is not None:
+            await self.backup.close()
         await asyncio.gather(*(lst.drain(1.0) for _, lst in self.read_listeners))
         for task in [*self._tasks, *self._follows.values()]:
             task.cancel()
@@ -195,7 +205,8 @@ class ReplicationManager:
             host, _, port = follow.rpartition(":")
             primary = (host, int(port))
         self.store.drop(self.targets[t.id])
-        return self.store.start_args(self.ctl.state_dir / "data" / t.id, primary)
+        extra = self.backup.start_args() if self.backup is not None else []
+        return self.store.start_args(self.ctl.state_dir / "data" / t.id, primary) + extra
 
     # ------------------------------------------------------------------ inputs from the controller
 
@@ -264,6 +275,14 @@ class ReplicationManager:
                                    f"{self.core.phase.value}, primary {self.core.primary}")
         return {"group": self.g.name, "old": old, "new": target, "epoch": self.core.epoch,
                 "seconds": round(time.perf_counter() - started, 3)}
+
+    def begin_restore(self) -> None:
+        """Fence writes for a restore (:mod:`fivenines.runtime.backup`): no routing, no failover
+        until :meth:`end_restore`. Raises ReplicationError when the group cannot be restored now."""
+        self._feed(self.core.begin_restore(self.ctl.now()))
+
+    def end_restore(self, ok: bool, position: int, detail: str, primary_intact: bool = True) -> None:
+        self._feed(self.core.end_restore(ok, position, detail, self.ctl.now(), primary_intact=primary_intact))
 
     def cut_off(self, target_id: str, seconds: float) -> None:
         """Fault injection: every connection fivenines has to the target fails for ``seconds``."""
@@ -508,6 +527,8 @@ class ReplicationManager:
             out["read_listener"] = {"address": f"{host}:{port}", "max_lag": self.spec.read_listener.max_lag
                                     if self.spec.read_listener else None,
                                     "connections_open": len(self.read_listeners[0][1].clients)}
+        if self.backup is not None:
+            out["backup"] = self.backup.status()
         if self.cut_off_until:
             now = self.ctl.now()
             out["cut_off"] = {k: round(v - now, 3) for k, v in self.cut_off_until.items() if v > now}
