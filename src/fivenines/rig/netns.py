@@ -61,6 +61,7 @@ CLONE_NEWNET = 0x40000000
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,10}$")
 _PREFIX_RE = re.compile(rf"^({ROOT_PREFIX}[0-9a-f]{{6}})(?:-|$)")
 NFT_TABLE = "fn9rig"
+SCRATCH_ROOT = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
 
 
 class RigError(FivenineError):
@@ -184,6 +185,10 @@ def remove_world(prefix: str) -> list[str]:
         if link.startswith(prefix):
             _run(["ip", "link", "del", link], check=False)
             removed.append(f"link {link}")
+    scratch = SCRATCH_ROOT / prefix
+    if scratch.exists():
+        shutil.rmtree(scratch, ignore_errors=True)
+        removed.append(f"folder {scratch}")
     return removed
 
 
@@ -226,6 +231,8 @@ def leftovers(prefix: str, inodes: Collection[int] = ()) -> list[str]:
     left = [f"namespace {n}" for n in _namespaces() if n.startswith(prefix)]
     left += [f"link {n}" for n in _root_links() if n.startswith(prefix)]
     left += [f"process {p}" for p in pids_in_netns(set(inodes))]
+    if (SCRATCH_ROOT / prefix).exists():
+        left.append(f"folder {SCRATCH_ROOT / prefix}")
     if (LOCK_DIR / f"{prefix}.lock").exists():
         left.append(f"lock file {LOCK_DIR / f'{prefix}.lock'}")
     return left
@@ -289,6 +296,7 @@ class Rig:
         self.inodes: set[int] = set()
         self._closed = False
         self._lock_fd = self._take_lock()
+        self.scratch = SCRATCH_ROOT / self.prefix  # for data (etcd's), logs: on tmpfs when there is one
         atexit.register(self.close)
         try:
             self._build(nonlocal_bind)
@@ -318,6 +326,7 @@ class Rig:
         return fd
 
     def _build(self, nonlocal_bind: bool) -> None:
+        self.scratch.mkdir(mode=0o700)
         for ns in [self.switch, *(h.netns for h in self.hosts.values())]:
             _run(["ip", "netns", "add", ns])
             inode = netns_inode(ns)
