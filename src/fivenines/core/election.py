@@ -321,7 +321,7 @@ def _follower_vacant(e: Election, ev: Event, now: float) -> Step:
 def _observe_held(e: Election, ev: Event, now: float) -> Step:
     changed = ev.holder != e.holder or ev.revision != e.revision
     e._see(ev.holder, ev.revision, now)
-    if changed and e.role is not Role.RESIGNED:
+    if changed and e.role is not Role.RESIGNED and ev.holder != e.settings.node:
         return Step((), f"{e.settings.node} follows {ev.holder}: revision {ev.revision}")
     return Step()
 
