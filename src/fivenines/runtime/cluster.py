@@ -50,7 +50,9 @@ class VipLike(Protocol):
 
 
 def leader_key(prefix: str, service: str) -> str:
-    """>>> leader_key("/fivenines", "shop")
+    """The etcd key of the cluster's leader (value: the holder's node name, attached to its lease).
+
+    >>> leader_key("/fivenines", "shop")
     '/fivenines/shop/cluster/leader'
     """
     return f"{prefix.rstrip('/')}/{service}/cluster/leader"
