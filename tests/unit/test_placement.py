@@ -74,7 +74,7 @@ def clusters(draw: st.DrawFn) -> list[Node]:
     return [Node(n, draw(st.sampled_from(zones)) if zones else None) for n in draw(names)]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), st.integers(0, 9), st.integers(0, 5))
 def test_balanced_complete_deterministic(nodes: list[Node], count: int, standby: int) -> None:
     p = place("g", count, standby, nodes)
@@ -96,7 +96,7 @@ def test_balanced_complete_deterministic(nodes: list[Node], count: int, standby:
         assert all(s.node in free for s in p.slots if s.role is SlotRole.STANDBY), p.describe()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(clusters(), st.integers(1, 9), st.integers(0, 5), st.data())
 def test_a_node_leaving_moves_its_actives_and_nothing_else_active(
         nodes: list[Node], count: int, standby: int, data: st.DataObject) -> None:
@@ -114,7 +114,7 @@ def test_a_node_leaving_moves_its_actives_and_nothing_else_active(
     assert len(moved - on_gone) <= len(on_gone)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(clusters(), st.integers(0, 9), st.integers(0, 5), st.sampled_from("xyz"))
 def test_a_node_joining_moves_no_more_than_it_takes(nodes: list[Node], count: int, standby: int, new: str) -> None:
     before = place("g", count, standby, nodes)
