@@ -72,6 +72,20 @@ def require_module(name: str) -> Any:
         _missing(f"{name} cannot be imported ({exc}); make .venv/.installed-dev installs it")
 
 
+def require_rig() -> None:
+    """The namespace rig (root, Linux, ip, nft) can run here. Missing: fail under CI, skip elsewhere."""
+    from fivenines.rig import unavailable
+
+    require_binary("ip")
+    require_binary("nft")
+    why = unavailable()
+    if why is not None:
+        msg = f"{why}; run these tests as root (sudo .venv/bin/pytest ...)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,21 +20,19 @@ Exit codes the commands should use: 0 done, 1 failed (the message says why), 2 b
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fivenines.cli.admin_client import AdminClient, AdminError, AdminRefused
 from fivenines.core.backup import BackupError, BackupRecord, DrillResult, iso, parse_time
-from fivenines.errors import FivenineError
+from fivenines.errors import ConfigError
 from fivenines.runtime.backup import offline_manager
 from fivenines.spec import BackupSpec, load_spec
 
 
-class BackupUsageError(FivenineError):
+class BackupUsageError(ConfigError):
     """Bad input for a backup command (exit 2): no such group, no backup section, a bad time."""
 
 
@@ -83,25 +81,16 @@ def format_records(records: list[BackupRecord]) -> list[str]:
     return rows
 
 
-def _post(url: str, token: str, timeout: float) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read())
-        except ValueError:
-            return exc.code, {"error": str(exc)}
-    except (urllib.error.URLError, OSError) as exc:
-        raise BackupError(f"cannot reach fivenines at {url}: {getattr(exc, 'reason', exc)}") from None
-
-
 def _call(admin: str, token: str, group: str, action: str, query: dict[str, str], timeout: float) -> dict[str, Any]:
-    q = f"?{urllib.parse.urlencode(query)}" if query else ""
-    code, body = _post(f"{admin.rstrip('/')}/target_groups/{urllib.parse.quote(group)}/{action}{q}", token, timeout)
-    if code != 200:
-        raise BackupError(f"{action} of {group}: {body.get('error', body) if isinstance(body, dict) else body}")
+    """``POST /target_groups/GROUP/ACTION?QUERY`` through the one admin client."""
+    client = AdminClient(admin, token, timeout=timeout)
+    try:
+        body = client.group_call(group, action, urllib.parse.urlencode(query), timeout=timeout)
+    except AdminRefused as exc:
+        data = exc.data
+        raise BackupError(f"{action} of {group}: {data.get('error', data) if isinstance(data, dict) else data}") from None
+    except AdminError as exc:
+        raise BackupError(f"cannot reach fivenines at {admin}: {exc}") from None
     return dict(body)
 
 

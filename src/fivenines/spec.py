@@ -862,6 +862,122 @@ class AwsSpec(_Strict):
 _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
 
 
+# --------------------------------------------------------------------------- cluster
+
+MIN_LEASE_TTL = 2.0  # see ClusterSpec.lease_ttl
+
+
+class ClusterNodeSpec(_Strict):
+    """One fivenines node (host) of the cluster."""
+
+    name: str = Field(pattern=_NAME_RE, description="Node name, given to `fivenines up --node NAME`.")
+    address: str = Field(description="The node's own IPv4 address on the cluster's network (not the VIP).")
+    zone: str | None = Field(None, description="Failure zone (rack, room, availability zone): instances spread over zones.")
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address, e.g. 10.0.0.11") from None
+        return v
+
+
+class VrrpSpec(_Strict):
+    """coordination: vrrp: keepalived (VRRPv3, unicast between the two nodes) moves the VIP."""
+
+    advert_int: Duration = Field(1.0, description="Advertisement interval; a backup takes over after about 3 x this (+ skew).")
+    virtual_router_id: int = Field(51, ge=1, le=255, description="VRRP router id, unique on the network segment.")
+    priority: dict[str, int] = Field(
+        default_factory=dict,
+        description="Priority per node name (1-254); default: the first node 150, the second 100.",
+    )
+    preempt: bool = Field(False, description="A node with a higher priority takes the VIP back when it returns.")
+
+    @field_validator("advert_int")
+    @classmethod
+    def _check_advert(cls, v: float) -> float:
+        if not 0.01 <= v <= 40.95:
+            raise ValueError(f"advert_int must be between 10ms and 40.95s (VRRPv3 counts centiseconds; got {format_duration(v)})")
+        return v
+
+    @field_validator("priority")
+    @classmethod
+    def _check_priority(cls, v: dict[str, int]) -> dict[str, int]:
+        for node, prio in v.items():
+            if not 1 <= prio <= 254:
+                raise ValueError(f"priority of {node!r} must be 1-254 (got {prio})")
+        return v
+
+
+class ClusterSpec(_Strict):
+    """Several fivenines nodes behind one floating address (VIP); every node runs `fivenines up SPEC --node NAME`."""
+
+    nodes: list[ClusterNodeSpec] = Field(min_length=1, description="The nodes, in order of preference.")
+    vip: str = Field(description="The floating address with its prefix length, e.g. 10.0.0.100/24, in the nodes' subnet.")
+    interface: str = Field("eth0", description="Network interface the VIP is added to on the node holding it.")
+    coordination: Literal["etcd", "vrrp"] | None = Field(
+        None, description="etcd: a leader lease decides who holds the VIP (default when etcd is given); vrrp: keepalived, two nodes."
+    )
+    etcd: list[str] | None = Field(None, description="etcd client URLs, e.g. [http://10.0.0.2:2379].")
+    lease_ttl: Duration = Field(
+        2.0,
+        description="etcd lease time to live (whole seconds, at least 2s): a dead leader's VIP moves within about this. "
+        "The holder drops the VIP a quarter of it early; etcd must run with --election-timeout <= 1333ms "
+        "for 2s (its shortest lease is 1.5 x the election timeout).",
+    )
+    key_prefix: str = Field("/fivenines", description="etcd key prefix; the cluster's keys are PREFIX/NAME/cluster/...")
+    vrrp: VrrpSpec | None = Field(None, description="keepalived settings, for coordination: vrrp.")
+
+    @field_validator("vip")
+    @classmethod
+    def _check_vip(cls, v: str) -> str:
+        import ipaddress
+
+        if "/" not in v:
+            raise ValueError(f"{v!r}: give the prefix length too, e.g. 10.0.0.100/24")
+        try:
+            ipaddress.IPv4Interface(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address with a prefix length, e.g. 10.0.0.100/24") from None
+        return v
+
+    @field_validator("etcd")
+    @classmethod
+    def _check_endpoints(cls, v: list[str] | None) -> list[str] | None:
+        for url in v or []:
+            if not re.fullmatch(r"https?://[^/\s]+/?", url):
+                raise ValueError(f"{url!r} is not an etcd client URL, e.g. http://10.0.0.2:2379")
+        return v
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _check_ttl(cls, v: float) -> float:
+        if v < MIN_LEASE_TTL or v != int(v):
+            raise ValueError(
+                f"lease_ttl must be whole seconds and at least {format_duration(MIN_LEASE_TTL)}: the VIP gets a "
+                f"kernel lifetime of whole seconds that must end a margin before the lease can expire (got {format_duration(v)})")
+        return v
+
+    @property
+    def mode(self) -> Literal["etcd", "vrrp"]:
+        if self.coordination is not None:
+            return self.coordination
+        return "etcd" if self.etcd else "vrrp"
+
+    def node(self, name: str) -> ClusterNodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+    def priority(self, name: str) -> int:
+        given = self.vrrp.priority if self.vrrp else {}
+        if name in given:
+            return given[name]
+        return 150 if self.nodes[0].name == name else 100
+
+
 class Spec(_Strict):
     """A service's redundancy, balancing and health checking, in one file."""
 
@@ -874,6 +990,7 @@ class Spec(_Strict):
     load_balancer: LoadBalancerSpec | None = Field(None, description="The load balancer itself, for fivenines model.")
     slo: SloSpec | None = Field(None, description="Service level objective: target percent over a window.")
     aws: AwsSpec | None = Field(None, description="Deployment on AWS by `fivenines aws` (default: all defaults below).")
+    cluster: ClusterSpec | None = Field(None, description="Several nodes behind a floating address (default: one node).")
 
     @field_validator("target_groups")
     @classmethod
@@ -990,6 +1107,7 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
     errors.extend(_failover_errors(spec))
     errors.extend(replicated_errors(spec))
     errors.extend(scaling_errors(spec))
+    errors.extend(cluster_errors(spec))
     return errors
 
 
@@ -1131,6 +1249,63 @@ def _backup_errors(b: BackupSpec | None, path: str, kind: str, instances: bool) 
     if b.kms_key_id is not None and b.server_side_encryption != "aws:kms":
         errors.append(FieldError(f"{path}.kms_key_id", "only used with server_side_encryption: aws:kms"))
     return errors
+
+
+
+
+def cluster_errors(spec: Spec) -> list[FieldError]:
+    """Cross-field rules of ``cluster:``: unique names and addresses, the VIP in the nodes' subnet, the backend."""
+    import ipaddress
+
+    c = spec.cluster
+    if c is None:
+        return []
+    errors: list[FieldError] = []
+    vip = ipaddress.IPv4Interface(c.vip)
+    names: dict[str, int] = {}
+    addresses: dict[str, int] = {}
+    for i, n in enumerate(c.nodes):
+        path = f"cluster.nodes.{i}"
+        if n.name in names:
+            errors.append(FieldError(f"{path}.name", f"node {n.name!r} is already cluster.nodes.{names[n.name]}"))
+        names.setdefault(n.name, i)
+        if n.address in addresses:
+            errors.append(FieldError(f"{path}.address", f"{n.address} is already the address of cluster.nodes.{addresses[n.address]}"))
+        addresses.setdefault(n.address, i)
+        if ipaddress.IPv4Address(n.address) not in vip.network:
+            errors.append(FieldError("cluster.vip", f"{c.vip} is not in the subnet of node {n.name!r} ({n.address}): "
+                                     f"the VIP must be in the nodes' subnet on {c.interface} (here {vip.network})"))
+        if n.address == str(vip.ip):
+            errors.append(FieldError("cluster.vip", f"{vip.ip} is node {n.name!r}'s own address; the VIP must be a free one"))
+    if vip.ip in (vip.network.network_address, vip.network.broadcast_address) and vip.network.prefixlen < 31:
+        errors.append(FieldError("cluster.vip", f"{vip.ip} is the network or broadcast address of {vip.network}"))
+    if c.mode == "etcd" and not c.etcd:
+        errors.append(FieldError("cluster.etcd", "coordination etcd needs etcd client URLs, e.g. [http://10.0.0.2:2379]"))
+    if c.mode == "vrrp":
+        if len(c.nodes) > 2:
+            errors.append(FieldError("cluster.coordination", f"vrrp (keepalived) pairs two nodes; this cluster has "
+                                     f"{len(c.nodes)}: use coordination: etcd"))
+        for node in (c.vrrp.priority if c.vrrp else {}):
+            if node not in names:
+                errors.append(FieldError(f"cluster.vrrp.priority.{node}", f"no node {node!r}; nodes: {', '.join(names)}"))
+    elif c.vrrp is not None:
+        errors.append(FieldError("cluster.vrrp", "only used with coordination: vrrp (coordination is etcd)"))
+    return errors
+
+
+def node_error(spec: Spec, node: str | None) -> FieldError | None:
+    """What is wrong with ``fivenines up --node NODE`` for this spec, or None.
+
+    A spec with a cluster needs ``--node`` naming one of its nodes; one without takes none.
+    """
+    if spec.cluster is None:
+        return None if node is None else FieldError("cluster", f"--node {node}: this spec has no cluster: section")
+    names = [n.name for n in spec.cluster.nodes]
+    if node is None:
+        return FieldError("cluster.nodes", f"this spec describes a cluster: give --node NAME, one of {', '.join(names)}")
+    if node not in names:
+        return FieldError("cluster.nodes", f"--node {node}: no such node; nodes: {', '.join(names)}")
+    return None
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -53,14 +53,14 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from fivenines.errors import FivenineError
+from fivenines.errors import ConfigError, ConflictError, ProviderError
 
 
-class BackupError(FivenineError):
+class BackupError(ProviderError):
     """Root of backup and restore errors."""
 
 
-class ScheduleError(BackupError, ValueError):
+class ScheduleError(BackupError, ConfigError, ValueError):
     """A schedule expression that cannot be parsed or never fires."""
 
 
@@ -68,7 +68,7 @@ class CatalogueError(BackupError):
     """A catalogue that cannot be read as one (names the record and the field)."""
 
 
-class RestoreRefused(BackupError):
+class RestoreRefused(BackupError, ConflictError):
     """A restore that must not run: the reason says why and what would be valid."""
 
 

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,13 +89,59 @@ class _Response(asyncio.Protocol):
             self._done.set_exception(EtcdError(f"connection closed before a response: {exc}"))
 
 
-async def post_json(url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """POST ``body`` as JSON to ``url + path``; the response's JSON (the first object of a stream)."""
+def _post(url: str, path: str, body: dict[str, Any]) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 2379
     data = json.dumps(body).encode()
     req = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    return host, port, req
+
+
+class _Stream(asyncio.Protocol):
+    """A streamed response (a watch): one JSON object per line, each put on ``queue``."""
+
+    def __init__(self, request: bytes, queue: asyncio.Queue[dict[str, Any] | BaseException]) -> None:
+        self._request = request
+        self._queue = queue
+        self._parser = httptools.HttpResponseParser(self)
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._queue.put_nowait(EtcdError(f"bad HTTP response: {exc}"))
+
+    def on_headers_complete(self) -> None:
+        if self._parser.get_status_code() != 200:
+            self._queue.put_nowait(EtcdError(f"watch refused: HTTP {self._parser.get_status_code()}"))
+
+    def on_body(self, body: bytes) -> None:
+        self._buf += body
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    self._queue.put_nowait(EtcdError(f"not JSON: {line[:120]!r}"))
+                    continue
+                if "error" in doc:
+                    self._queue.put_nowait(EtcdError(f"watch: {doc['error']}"))
+                else:
+                    self._queue.put_nowait(doc.get("result", doc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._queue.put_nowait(EtcdError(f"watch stream closed: {exc}"))
+
+
+async def post_json(url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """POST ``body`` as JSON to ``url + path``; the response's JSON (the first object of a stream)."""
+    host, port, req = _post(url, path, body)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[int, bytes]] = loop.create_future()
     transport: asyncio.BaseTransport | None = None
@@ -155,9 +201,44 @@ class Etcd:
         await self.call("/v3/lease/revoke", {"ID": lease_id})
 
     async def get(self, key: str) -> dict[str, Any] | None:
+        return (await self.read(key))[0]
+
+    async def read(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """``key``'s kv (None when absent) and etcd's revision when it answered."""
         doc = await self.call("/v3/kv/range", {"key": b64(key)})
         kvs = doc.get("kvs") or []
-        return kvs[0] if kvs else None
+        return (kvs[0] if kvs else None), int(doc.get("header", {}).get("revision", 0))
+
+    async def watch(self, key: str, start_revision: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """etcd's watch responses for ``key`` (from ``start_revision``; 0: from now) as they come:
+        ``{"header": {"revision": ...}, "events": [{"type": "DELETE"?, "kv": {...}}]}``.
+        Ends with :class:`EtcdError` when the stream breaks; the caller re-reads and watches again."""
+        body: dict[str, Any] = {"create_request": {"key": b64(key)}}
+        if start_revision:
+            body["create_request"]["start_revision"] = str(start_revision)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        transport: asyncio.BaseTransport | None = None
+        errors = []
+        for i in range(len(self.endpoints)):
+            url = self.endpoints[(self._current + i) % len(self.endpoints)]
+            host, port, req = _post(url, "/v3/watch", body)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    transport, _ = await loop.create_connection(lambda r=req: _Stream(r, queue), host, port)  # type: ignore[misc]
+                break
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{url}/v3/watch: {exc or 'no answer'}")
+        if transport is None:
+            raise EtcdError("; ".join(errors))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            transport.close()
 
     async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
                   failure: list[dict[str, Any]]) -> tuple[bool, int, dict[str, Any]]:

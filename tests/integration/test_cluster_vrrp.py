@@ -1,0 +1,136 @@
+"""coordination: vrrp — fivenines writes keepalived's config and supervises Debian's keepalived, in the rig.
+
+A keepalived pair takes over fast, and cannot promise what etcd mode does: under a
+partition between the two nodes both are MASTER (two holders), and a keepalived killed
+with SIGKILL leaves its address behind. Both are shown here, as docs/cluster.md says.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fivenines.core.keepalived import master_down_interval
+from fivenines.rig import AddressWatch, Rig
+from fivenines.runtime.keepalived import config_for
+from fivenines.spec import parse_spec
+from tests.cluster_helpers import VIP, ask_vip, cluster_spec, serve_id, start_nodes
+from tests.helpers import require_binary, require_rig, wait_until
+
+pytestmark = pytest.mark.slow
+
+ADVERT = 0.1
+BOUND = master_down_interval(ADVERT, 100) + 0.6  # + a little for a loaded machine
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[Rig]:
+    require_rig()
+    require_binary("keepalived")
+    with Rig(["a", "b", "client"]) as r:
+        yield r
+    assert r.leftovers() == []
+
+
+@pytest.fixture
+def pair(rig: Rig, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    work = rig.scratch / request.node.name
+    work.mkdir(parents=True)
+    spec = cluster_spec(rig, "vrrp", ["a", "b"], coordination="vrrp",
+                        vrrp={"advert_int": f"{round(ADVERT * 1000)}ms", "virtual_router_id": 42})
+    port = {h: serve_id(rig, h, work) for h in ("a", "b")}["a"]
+    watch = AddressWatch(rig, VIP, ["a", "b"]).start()
+    nodes = start_nodes(rig, spec, ["a", "b"], work)
+    try:
+        yield {"rig": rig, "nodes": nodes, "watch": watch, "port": port, "work": work}
+    finally:
+        watch.stop()
+        for h in ("a", "b"):
+            rig.heal(h)
+            rig.kill(h)
+            rig.run(h, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+        for n in nodes.values():  # shown only when the test failed
+            print(f"--- {n.host}\n{n.tail()}\n--- keepalived {n.host}")
+            log = work / f"work-{n.host}" / "keepalived.log"
+            print("\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else "")
+        print(f"--- VIP timeline\n{watch.timeline()}")
+
+
+def master(ctx: dict[str, Any]) -> str:
+    watch: AddressWatch = ctx["watch"]
+    held = wait_until(lambda: len(watch.holders) == 1 and watch.holders, 10, 0.01, what="one MASTER")
+    return held[0]
+
+
+def test_the_rendered_config_is_one_keepalived_accepts(tmp_path: Path) -> None:
+    binary = require_binary("keepalived")
+    spec = parse_spec({
+        "name": "s", "listeners": [{"port": 0, "default_target_group": "web"}],
+        "target_groups": {"web": {"targets": ["127.0.0.1:9"]}},
+        "cluster": {"nodes": [{"name": "a", "address": "10.0.0.11"}, {"name": "b", "address": "10.0.0.12"}],
+                    "vip": "10.0.0.100/24", "vrrp": {"advert_int": "250ms", "preempt": True}}})
+    assert spec.cluster is not None
+    conf = tmp_path / "keepalived.conf"
+    text = config_for(spec.cluster, "b", tmp_path)
+    conf.write_text(text)
+    assert "priority 100" in text and "advert_int 0.25" in text and "nopreempt" not in text
+    done = subprocess.run([binary, "--config-test", "-f", str(conf)], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_the_higher_priority_node_holds_and_a_crashed_master_is_replaced(pair: dict[str, Any]) -> None:
+    rig, watch, nodes = pair["rig"], pair["watch"], pair["nodes"]
+    first = master(pair)
+    assert first == "a"  # priority 150 against 100: its master-down timer runs out first
+    wait_until(lambda: nodes["a"].status().get("state") == "MASTER", 5, 0.02)
+    wait_until(lambda: nodes["b"].status().get("state") == "BACKUP", 5, 0.02)
+    assert wait_until(lambda: ask_vip(rig, pair["port"]), 5, 0.05) == "a"
+    crashed = time.monotonic()
+    rig.crash("a")  # the host dies: processes killed, cable pulled
+    took = wait_until(lambda: watch.first_held("b", crashed), 5, 0.005, what="b holding the VIP")
+    print(f"b took over {took - crashed:.3f}s after the crash (bound {BOUND:.3f}s)")
+    assert took - crashed <= BOUND
+    assert watch.moments_of_two() == []  # a's address is behind a pulled cable: nobody reaches it
+    assert wait_until(lambda: ask_vip(rig, pair["port"]) == "b", 2, 0.02)
+
+
+def test_a_keepalived_killed_with_sigkill_leaves_its_address_behind(pair: dict[str, Any]) -> None:
+    rig, watch = pair["rig"], pair["watch"]
+    first = master(pair)
+    other = "b" if first == "a" else "a"
+    killed = time.monotonic()
+    rig.kill(first)  # fivenines and keepalived: SIGKILL, no chance to remove the address
+    wait_until(lambda: watch.first_held(other, killed), 5, 0.005, what=f"{other} holding the VIP")
+    time.sleep(0.3)
+    assert watch.holders == ("a", "b"), "keepalived leaves a SIGKILLed node's address: two holders"
+    assert watch.moments_of_two()
+
+
+def test_a_partition_between_the_two_makes_two_masters_then_one_again(pair: dict[str, Any]) -> None:
+    rig, watch, nodes = pair["rig"], pair["watch"], pair["nodes"]
+    first = master(pair)
+    other = "b" if first == "a" else "a"
+    cut = time.monotonic()
+    rig.partition(first, [other])  # the nodes cannot hear each other; clients reach both
+    wait_until(lambda: watch.holders == ("a", "b"), 5, 0.005, what="two MASTERs")
+    print(f"two holders {watch.moments_of_two()[0].at - cut:.3f}s after the partition")
+    assert nodes[first].status()["state"] == "MASTER"
+    wait_until(lambda: nodes[other].status().get("state") == "MASTER", 2, 0.02)
+    rig.heal(first)
+    wait_until(lambda: len(watch.holders) == 1, 5, 0.005, what="one MASTER again after the partition heals")
+
+
+def test_an_unhealthy_node_gives_the_vip_up_through_the_track_file(pair: dict[str, Any]) -> None:
+    watch, nodes, work = pair["watch"], pair["nodes"], pair["work"]
+    first = master(pair)
+    other = "b" if first == "a" else "a"
+    marked = time.monotonic()
+    (work / f"work-{first}" / "health").write_text("1\n")  # what fivenines writes when its balancer is unhealthy
+    wait_until(lambda: watch.holders == (other,), 5, 0.005, what=f"{other} holding the VIP alone")
+    assert watch.moments_of_two() == [] and watch.first_held(other, marked) is not None
+    wait_until(lambda: nodes[first].status().get("state") == "FAULT", 2, 0.02)
