@@ -249,7 +249,7 @@ class LoopThread:
         import asyncio
         import threading
 
-        from fivenines.aio import loop_factory
+        from fivenines.proxy.aio import loop_factory
 
         factory = loop_factory()
         self.loop = factory() if factory else asyncio.new_event_loop()

@@ -16,8 +16,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fivenines import __version__, aio
+from fivenines import __version__
 from fivenines.errors import ConfigError, FivenineError, SpecError
+from fivenines.proxy import aio
 from fivenines.spec import Spec, json_schema, load_spec, port_errors
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -81,7 +82,7 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
 
     setup_logging(log_level, log_format)
     from fivenines import accel
-    from fivenines.runtime.controller import Controller, run
+    from fivenines.app import Controller, run
 
     def announce(ctl: Controller) -> None:
         urls = [f"http://{lst.address[0]}:{lst.address[1]}/" for _, lst in ctl.listeners]
@@ -160,7 +161,7 @@ def _locate(spec_file: str | None) -> tuple[str | None, Path | None]:
         return None, None
     import yaml
 
-    from fivenines.runtime.controller import RUN_FILE, spec_base_dir, state_dir_for
+    from fivenines.runtime.paths import RUN_FILE, spec_base_dir, state_dir_for
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -487,7 +488,7 @@ def _token_for(spec_file: str | None, token_file: str | None) -> str:
     if token_file:
         path = Path(token_file)
     elif spec_file:
-        from fivenines.runtime.controller import admin_token_path, state_dir_of
+        from fivenines.runtime.paths import admin_token_path, state_dir_of
 
         try:
             spec = load_spec(spec_file)

@@ -20,8 +20,8 @@ import os
 import signal
 import sys
 
-from fivenines import aio
-from fivenines.httpserver import Request, Response, serve
+from fivenines.admin.httpserver import Request, Response, serve
+from fivenines.proxy import aio
 
 
 class DemoApp:
