@@ -41,17 +41,17 @@ class Reconciler:
 
     # ------------------------------------------------------------------ health → roles → serving
 
-    def transition(self, t: TargetRuntime, tr: Transition | None) -> None:
-        """Carry out a health transition of ``t`` (None: nothing changed)."""
+    def transition(self, t: TargetRuntime, tr: Transition | None) -> list[str]:
+        """Carry out a health transition of ``t`` (None: nothing changed). Returns the role decisions."""
         if tr is None:
-            return
+            return []
         reason = tr.reason.value if tr.reason else "passed health checks"
         if tr.detail:
             reason = f"{reason}: {tr.detail}"
         self.ctx.event("health", t, tr.old.value, tr.new.value, reason)
         if tr.old is HealthState.HEALTHY and tr.new is HealthState.UNHEALTHY and not t.ejection:
             t.group.failover.flaps.lost(t.id, tr.at)  # one loss per incident: not again after an ejection
-        self.reconcile(t.group)
+        return self.reconcile(t.group)
 
     def reconcile(self, g: GroupRuntime) -> list[str]:
         """Re-plan roles and publish the serving set. Returns the decisions taken (readable)."""
@@ -100,22 +100,23 @@ class Reconciler:
 
     def tick(self, g: GroupRuntime, now: float) -> list[str]:
         """The time-driven part for one group: suspicion (phi), ends of ejections, latency outliers;
-        then roles and the serving set. Returns the role decisions taken."""
+        then roles and the serving set. Returns the role decisions taken, in order."""
         grace = g.spec.health_check.startup_grace
+        decisions: list[str] = []
         for t in g.targets:
             if t.slot is not None:
                 t.slot.lifecycle.mark_stable(now)
                 if t.slot.lifecycle.in_startup_grace(now, grace):
                     continue
-            self.transition(t, t.judge.poll(now))
+            decisions += self.transition(t, t.judge.poll(now))
         out = g.failover.outliers
         if out is not None:
             ejections, back = out.sweep(now)
             for i in back:
                 self.ejection_over(g.targets[i], now, "ejection time over")
             for e in ejections:
-                self.apply_ejection(g, e)
-        return self.reconcile(g)
+                decisions += self.apply_ejection(g, e)
+        return decisions + self.reconcile(g)
 
     # ------------------------------------------------------------------ passive detection
 
@@ -125,7 +126,7 @@ class Reconciler:
         if out is not None:
             # compiled with the data plane: no Python frame per response (a reload that replaces the
             # detector wires the group again)
-            g.backends.observe = OutcomeSink(out, functools.partial(self.apply_ejection, g)).record
+            g.backends.observe = OutcomeSink(out, functools.partial(self._ejected, g)).record
         else:
             g.backends.observe = None
 
@@ -142,16 +143,21 @@ class Reconciler:
         if out is not None:
             out.remap(order)
 
-    def apply_ejection(self, g: GroupRuntime, e: Ejection) -> None:
+    def apply_ejection(self, g: GroupRuntime, e: Ejection) -> list[str]:
+        """Carry out an ejection: the target leaves the serving set. Returns the role decisions."""
         t = g.targets[e.index]
         t.ejection = e.reason
         if t.health.state is HealthState.HEALTHY:
             g.failover.flaps.lost(t.id, e.at)
         self.ctx.event("ejection", t, "", "ejected", f"{e} (ejection #{e.count})")
-        self.reconcile(g)  # it leaves the serving set now
+        decisions = self.reconcile(g)  # it leaves the serving set now
         if e.cause in ("timeout", "latency"):
             # hung or slow: what waits for it is retried elsewhere now (after this call stack unwinds)
             self.ctx.loop.call_soon(self._rescue, t)
+        return decisions
+
+    def _ejected(self, g: GroupRuntime, e: Ejection) -> None:  # from the data plane, as it records
+        self.apply_ejection(g, e)
 
     def _rescue(self, t: TargetRuntime) -> None:
         n = self.data_plane.rescue(t.backend)
