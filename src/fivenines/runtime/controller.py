@@ -19,8 +19,8 @@ one :class:`~fivenines.runtime.context.RuntimeContext` (spec, groups, clock, eve
 :mod:`.status`              the read model (``GET /status``)
 ==========================  ==========================================================
 
-The controller implements :class:`~fivenines.runtime.interface.Runtime`: read models,
-commands and the event bus are all front ends (the admin API, metrics) use. It never
+The controller implements :class:`~fivenines.runtime.interface.Runtime`: its read models,
+commands and event bus are all that front ends (the admin API, metrics) use. It never
 imports them: the entry point (:func:`fivenines.app.run`) hands it the admin API as a
 :class:`~fivenines.runtime.interface.FrontEnd` to start.
 """
