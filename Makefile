@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean
+.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean spec-doc
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -33,12 +33,16 @@ demo: $(VENV)/.installed
 
 ## Lint, type-check and run the whole test suite (installs the Debian packages tests need).
 test: $(VENV)/.installed-dev test-deps $(VENV)/.compiled
-	$(BIN)/ruff check src tests $(wildcard bench) conftest.py
+	$(BIN)/ruff check src tests $(wildcard bench) conftest.py scripts/specdoc.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
 	FIVENINES_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit src/fivenines \
 		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py
+
+## docs/spec.md, the spec reference, generated from the model (after changing spec.py; a test checks it).
+spec-doc: $(VENV)/.installed
+	$(BIN)/python scripts/specdoc.py > docs/spec.md.tmp && mv docs/spec.md.tmp docs/spec.md
 
 test-deps:
 	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps

@@ -32,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from fivenines import aio  # noqa: E402
 from fivenines.chaos.loadgen import LoadGen  # noqa: E402
+from fivenines.proxy import aio  # noqa: E402
 from fivenines.runtime.supervisor import die_with_parent  # noqa: E402
 
 TARGET_RATE = 2000.0

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))  # the test rig (tests/helpers.py) is shared with 
 
 from tests.helpers import Demo, Fivenines, demo_spec, wait_until  # noqa: E402
 
-from fivenines import aio  # noqa: E402
+from fivenines.proxy import aio  # noqa: E402
 
 
 @dataclass

@@ -279,7 +279,7 @@ class LoopThread:
         import asyncio
         import threading
 
-        from fivenines.aio import loop_factory
+        from fivenines.proxy.aio import loop_factory
 
         factory = loop_factory()
         self.loop = factory() if factory else asyncio.new_event_loop()
@@ -314,6 +314,52 @@ class LoopThread:
         closer = threading.Thread(target=self.loop.close, daemon=True)
         closer.start()
         closer.join(5)
+
+
+class InProcess:
+    """A :class:`~fivenines.runtime.controller.Controller` on a background loop (no admin API).
+
+    ``prepare`` is called with the controller before it starts (e.g. to slow its tick loop)."""
+
+    def __init__(self, tmp: Path, spec: dict[str, Any], prepare: Any = None) -> None:
+        from fivenines.runtime.controller import Controller
+        from fivenines.spec import parse_spec
+
+        spec.setdefault("state_dir", str(tmp / "state"))
+        self.lt = LoopThread()
+
+        async def make() -> Controller:
+            c = Controller(parse_spec(spec))
+            if prepare is not None:
+                prepare(c)
+            await c.start()
+            return c
+
+        try:
+            self.ctl = self.lt.call(make())
+        except BaseException:
+            self.lt.close()
+            raise
+        self.host, self.port = self.ctl.listeners[0][1].address
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the controller's loop; returns its result."""
+        async def run() -> Any:
+            return fn(*args)
+
+        return self.lt.call(run())
+
+    def status(self) -> Any:
+        return self.call(self.ctl.status)
+
+    def target(self, tid: str, group: str = "web") -> dict[str, Any]:
+        return next(t for t in self.status()["target_groups"][group]["targets"] if t["id"] == tid)
+
+    def close(self) -> None:
+        try:
+            self.lt.call(self.ctl.stop(1.0))
+        finally:
+            self.lt.close()
 
 
 class ProxyUnderTest:

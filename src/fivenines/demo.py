@@ -28,8 +28,8 @@ import signal
 import sys
 import time
 
-from fivenines import aio
-from fivenines.httpserver import Request, Response, serve
+from fivenines.admin.httpserver import Request, Response, serve
+from fivenines.proxy import aio
 
 
 class DemoApp:

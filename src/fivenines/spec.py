@@ -1,5 +1,10 @@
 """The one declarative model: ``fivenines.yaml`` loaded, validated and described.
 
+(Why one module of over 1,000 lines: the model is a single tree of pydantic classes,
+rooted at :class:`Spec`, whose cross-field checks read across sections; the JSON
+Schema, ``docs/spec.md`` and every error's field path are derived from that one tree.
+Splitting it by section would only add imports between the halves of one model.)
+
 Names follow AWS Elastic Load Balancing (listener, target group, health check,
 healthy/unhealthy threshold, matcher, deregistration delay) so that one file can
 drive the local runtime and AWS alike.

@@ -101,8 +101,7 @@ class Running:
 
     def close(self) -> None:
         try:
-            if self.ctl._loop is not None:
-                self.call(self.ctl.stop(2.0), 30)
+            self.call(self.ctl.stop(2.0), 30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from fivenines import aio
 from fivenines.chaos import ChaosError, UnsafeTarget
 from fivenines.chaos.inject import Guard, Injector, cut_connections, established_inodes, read_proc
 from fivenines.chaos.loadgen import LoadGen
 from fivenines.chaos.outcomes import Err
 from fivenines.chaos.schedule import FaultKind
+from fivenines.proxy import aio
 from fivenines.runtime.supervisor import die_with_parent
 from tests.helpers import PY, Demo, free_port, pid_alive, wait_until
 

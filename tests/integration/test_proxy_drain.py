@@ -7,47 +7,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import Demo, LoopThread, http_get, wait_until
+from tests.helpers import Demo, InProcess, http_get, wait_until
 from tests.integration.servers import DataPlane, RawServer
-
-
-class InProcess:
-    """A :class:`~fivenines.runtime.controller.Controller` on a background loop (static targets)."""
-
-    def __init__(self, tmp: Path, spec: dict[str, Any]) -> None:
-        from fivenines.runtime.controller import Controller
-        from fivenines.spec import parse_spec
-
-        spec.setdefault("state_dir", str(tmp / "state"))
-        self.lt = LoopThread()
-
-        async def make() -> Controller:
-            c = Controller(parse_spec(spec))
-            await c.start()
-            return c
-
-        self.ctl = self.lt.call(make())
-        self.host, self.port = self.ctl.listeners[0][1].address
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        async def run() -> Any:
-            return fn(*args)
-
-        return self.lt.call(run())
-
-    def status(self) -> Any:
-        return self.call(self.ctl.status)
-
-    def target(self, tid: str) -> dict[str, Any]:
-        return next(t for t in self.status()["target_groups"]["web"]["targets"] if t["id"] == tid)
-
-    def close(self) -> None:
-        self.lt.call(self.ctl.stop(1.0))
-        self.lt.close()
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ class Broken:
 
 def manager(core: Any, store: Broken, now: list[float]) -> ReplicationManager:
     m = ReplicationManager.__new__(ReplicationManager)
-    m.ctl = SimpleNamespace(now=lambda: now[0], stopping=False, events=SimpleNamespace(emit=lambda *a: "ev"),
-                            listeners=[], wall=lambda t: t)  # type: ignore[assignment]
+    m.ctx = SimpleNamespace(now=lambda: now[0], stopping=False, emit=lambda *a, **kw: "ev")  # type: ignore[assignment]
+    m.data_plane = SimpleNamespace(cut=lambda group, backend: None)  # type: ignore[assignment]
     m.g = SimpleNamespace(name="db", backends=SimpleNamespace(serving=[], set_serving=lambda ids: None),
                           targets=[])  # type: ignore[assignment]
     m.readers = SimpleNamespace(set_serving=lambda ids: None)  # type: ignore[assignment]

@@ -16,8 +16,8 @@ from fivenines.core.health import CheckResult, HealthState
 from fivenines.core.pool import Role
 from fivenines.core.scaling import Decision
 from fivenines.proxy.backend import LATENCY_BUCKETS
-from fivenines.runtime.controller import GroupRuntime, TargetRuntime
 from fivenines.runtime.scaling import GroupScaler, Member, members_of, read_cpu_seconds
+from fivenines.runtime.targets import GroupRuntime, TargetRuntime
 from fivenines.spec import ScalingSpec, parse_spec
 from tests.helpers import demo_spec
 

@@ -20,18 +20,15 @@ import stat
 from pathlib import Path
 
 from fivenines.errors import ConfigError
+from fivenines.runtime.paths import TOKEN_NAME, admin_token_path
 from fivenines.spec import Spec, is_loopback
 
-__all__ = ["Auth", "is_loopback", "load_or_create_token", "read_token", "token_path"]
-
-TOKEN_NAME = "admin.token"
+__all__ = ["TOKEN_NAME", "Auth", "is_loopback", "load_or_create_token", "read_token", "token_path"]
 
 
 def token_path(spec: Spec, spec_dir: Path, state_dir: Path) -> Path:
     """Where the token lives: ``admin.token_file`` (relative to the spec's folder), else in state_dir."""
-    if spec.admin.token_file:
-        return spec_dir / spec.admin.token_file
-    return state_dir / TOKEN_NAME
+    return admin_token_path(spec, state_dir, spec_dir)
 
 
 def load_or_create_token(path: Path) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
@@ -33,19 +32,17 @@ from fivenines.core.health import CheckResult, HealthState
 from fivenines.core.pool import Role
 from fivenines.proxy.backend import LATENCY_BUCKETS
 from fivenines.runtime.events import Event
-
-if TYPE_CHECKING:
-    from fivenines.runtime.controller import Controller, TargetRuntime
+from fivenines.runtime.interface import Runtime
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CHECK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
-    """The registry of one controller, and the event-derived counters."""
+    """The registry of one running fivenines, and the event-derived counters."""
 
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.check_duration = Histogram(
             "fivenines_health_check_duration_seconds", "Duration of health checks.", ["group", "result"],
@@ -55,7 +52,8 @@ class Metrics:
         self.failovers: Counter[str] = Counter()
         self.ejections: Counter[tuple[str, str]] = Counter()
         self.registry.register(_Collector(self))
-        ctl.events.subscribe(self._on_event)
+        runtime.events.subscribe(self._on_event)
+        runtime.on_check(self.observe_check)
 
     def __repr__(self) -> str:
         return f"<Metrics events={sum(self.events_by_kind.values())} promotions={sum(self.promotions.values())}>"
@@ -69,8 +67,8 @@ class Metrics:
         elif ev.kind == "ejection" and ev.new.startswith("eject"):
             self.ejections[(ev.group, ev.target)] += 1
 
-    def observe_check(self, t: TargetRuntime, result: CheckResult) -> None:
-        self.check_duration.labels(t.group.name, "pass" if result.ok else "fail").observe(result.duration)
+    def observe_check(self, group: str, target: str, result: CheckResult) -> None:
+        self.check_duration.labels(group, "pass" if result.ok else "fail").observe(result.duration)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -81,18 +79,17 @@ class _Collector(Collector):
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
-        ctl, m = self.m.ctl, self.m
+        rt, m = self.m.runtime, self.m
         info = GaugeMetricFamily("fivenines_info", "fivenines version and service name.", labels=["name", "version"])
-        info.add_metric([ctl.spec.name, __version__], 1)
+        info.add_metric([rt.spec.name, __version__], 1)
         yield info
-        if ctl.reloader is not None:
-            gen = GaugeMetricFamily("fivenines_config_generation", "Configuration generation (1 + successful reloads).")
-            gen.add_metric([], ctl.reloader.generation)
-            yield gen
-            reloads = CounterMetricFamily("fivenines_reloads", "Reloads by result.", labels=["result"])
-            for result, n in sorted(ctl.reloader.counts.items()):
-                reloads.add_metric([result], n)
-            yield reloads
+        gen = GaugeMetricFamily("fivenines_config_generation", "Configuration generation (1 + successful reloads).")
+        gen.add_metric([], rt.generation)
+        yield gen
+        reloads = CounterMetricFamily("fivenines_reloads", "Reloads by result.", labels=["result"])
+        for result, n in sorted(rt.reload_counts.items()):
+            reloads.add_metric([result], n)
+        yield reloads
         ev = CounterMetricFamily("fivenines_events", "State-change events by kind.", labels=["kind"])
         for kind, n in sorted(m.events_by_kind.items()):
             ev.add_metric([kind], n)
@@ -110,7 +107,7 @@ class _Collector(Collector):
         failed = CounterMetricFamily("fivenines_listener_failed_requests",
                                      "Requests answered with an error by fivenines (502/503/504) or cut.", labels=lab)
         retries = CounterMetricFamily("fivenines_listener_retries", "Attempts retried on another target.", labels=lab)
-        for _, lst in self.m.ctl.listeners:
+        for _, lst in self.m.runtime.listeners:
             host, port = lst.address
             name = [f"{host}:{port}"]
             c = lst.counters
@@ -132,7 +129,7 @@ class _Collector(Collector):
                                     "Promotions that replaced a lost active.", labels=lab)
         fail_open = GaugeMetricFamily("fivenines_group_fail_open",
                                       "1 while no target can serve and the fail-open policy is in force.", labels=lab)
-        for name, g in self.m.ctl.groups.items():
+        for name, g in self.m.runtime.groups.items():
             fail_open.add_metric([name], 1 if g.failover.serving.fail_open else 0)
             serving.add_metric([name], len(g.backends.serving))
             healthy.add_metric([name], sum(1 for t in g.targets if t.health.state is HealthState.HEALTHY))
@@ -165,7 +162,7 @@ class _Collector(Collector):
                                         "Time from sending a request to the target to the end of its response.",
                                         labels=lab)
         bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
-        for gname, g in self.m.ctl.groups.items():
+        for gname, g in self.m.runtime.groups.items():
             serving_ids = {b.id for b in g.backends.serving}
             for t in g.targets:
                 b = t.backend

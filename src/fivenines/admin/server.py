@@ -5,7 +5,13 @@ Read-only (open to loopback clients; the bearer token from anywhere else):
 (server-sent events), ``/metrics`` (Prometheus), ``/healthz``, ``/openapi.yaml``.
 
 Mutating (always the bearer token): ``POST /targets/ID/drain|enable|maintenance``,
-``PUT /targets/ID/weight`` (``{"weight": N}``), ``POST /reload``.
+``PUT /targets/ID/weight`` (``{"weight": N}``), ``POST /reload``,
+``POST /target_groups/G/restart``; replicated groups: ``POST /target_groups/G/switchover``,
+``POST /target_groups/G/targets/T/cut_off``.
+
+It serves a :class:`~fivenines.runtime.interface.Runtime`: reads its read models, sends it
+commands, follows its events; a command it refuses
+(:class:`~fivenines.runtime.interface.CommandRefused`) answers 404, 409 or 400 by its reason.
 """
 
 from __future__ import annotations
@@ -15,13 +21,12 @@ import json
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from fivenines.admin.auth import Auth, load_or_create_token, token_path
-from fivenines.httpserver import HttpServer, Request, Response
-
-if TYPE_CHECKING:
-    from fivenines.runtime.controller import Controller
+from fivenines.admin.httpserver import HttpServer, Request, Response
+from fivenines.admin.metrics import CONTENT_TYPE, Metrics
+from fivenines.runtime.interface import CommandRefused, Refusal, Runtime
+from fivenines.spec import split_hostport
 
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -31,6 +36,7 @@ _STATIC = {
 }
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TARGET_ACTIONS = ("drain", "enable", "maintenance")
+_REFUSAL_STATUS = {Refusal.UNKNOWN: 404, Refusal.CONFLICT: 409, Refusal.INVALID: 400}
 
 
 def _asset(name: str) -> bytes:
@@ -43,9 +49,14 @@ def _error(status: int, message: str, headers: list[tuple[str, str]] | None = No
     return Response.json({"error": message}, status, headers)
 
 
+def _refused(exc: CommandRefused) -> Response:
+    return Response.json({"error": str(exc), **exc.detail}, _REFUSAL_STATUS[exc.why])
+
+
 class AdminServer:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
         self._server = HttpServer(self.handle)
         self.url = ""
         self.auth: Auth | None = None
@@ -56,12 +67,13 @@ class AdminServer:
     def __repr__(self) -> str:
         return f"<AdminServer {self.url} connections={len(self._server.connections)}>"
 
-    async def start(self, host: str, port: int) -> None:
-        ctl = self.controller
-        path = token_path(ctl.spec, ctl.base_dir, ctl.state_dir)
-        token = load_or_create_token(path)
-        self.auth = Auth(token)
-        ctl.admin_token = token  # for the controller's own clients (one token for every admin call)
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve on ``host:port`` (default: the spec's ``admin.listen``). Raises OSError, ConfigError."""
+        rt = self.runtime
+        if host is None or port is None:
+            host, port = split_hostport(rt.spec.admin.listen)
+        path = token_path(rt.spec, rt.base_dir, rt.state_dir)
+        self.auth = Auth(load_or_create_token(path))
         self.token_file = str(path)
         await self._server.start(host, port)
         h, p = self._server.address
@@ -69,7 +81,7 @@ class AdminServer:
 
     async def close(self) -> None:
         self._closing.set()
-        self.controller.events.wake_all()
+        self.runtime.events.wake_all()
         await self._server.close(timeout=1.0)
 
     # ------------------------------------------------------------------ dispatch
@@ -92,20 +104,20 @@ class AdminServer:
         if path == "/reload":
             if req.method != "POST":
                 return _error(405, f"{req.method} not allowed on /reload; use POST", [("Allow", "POST")])
-            result = await self.controller.reloader.reload("admin API")
+            result = await self.runtime.reload("admin API")
             return Response.json(result.to_json(), 200 if result.ok else 422)
         if req.method not in ("GET", "HEAD"):
             return _error(405, f"{req.method} not allowed on {path}", [("Allow", "GET, HEAD")])
         if path == "/status":
-            return Response.json(self.controller.status())
+            return Response.json(self.runtime.status())
         if path == "/events":
             try:
                 limit = int(req.query.get("limit", "100"))
                 since = int(req.query.get("since", "0"))
             except ValueError:
                 return _error(400, "limit and since must be integers")
-            events = self.controller.events.recent(limit, since)
-            return Response.json({"events": [e.to_json() for e in events], "last_seq": self.controller.events.last_seq})
+            events = self.runtime.events.recent(limit, since)
+            return Response.json({"events": [e.to_json() for e in events], "last_seq": self.runtime.events.last_seq})
         if path == "/events/stream":
             try:
                 since = int(req.query.get("since") or req.headers.get("last-event-id") or "0")
@@ -113,9 +125,7 @@ class AdminServer:
                 return _error(400, "since must be an integer")
             return Response(200, b"", "text/event-stream", [("X-Accel-Buffering", "no")], self._sse(since))
         if path == "/metrics":
-            from fivenines.admin.metrics import CONTENT_TYPE
-
-            return Response(200, self.controller.metrics.render(), CONTENT_TYPE)
+            return Response(200, self.metrics.render(), CONTENT_TYPE)
         if path == "/healthz":
             return Response.json({"ok": True})
         if path == "/" and "application/json" in req.headers.get("accept", ""):
@@ -130,24 +140,29 @@ class AdminServer:
 
     def _target_call(self, req: Request, path: str) -> Response:
         parts = path.split("/")[2:]  # /targets/ID[/action]
-        ctl = self.controller
+        rt = self.runtime
         tid = parts[0]
-        t = ctl.target(tid)
-        if t is None:
-            return _error(404, f"no target {tid!r}; targets: {', '.join(x.id for g in ctl.groups.values() for x in g.targets)}")
+        ids = rt.target_ids()
+        if tid not in ids:
+            return _error(404, f"no target {tid!r}; targets: {', '.join(ids)}")
         source = f"admin API from {req.client[0] if req.client else '?'}"
+        try:
+            return self._target_command(req, path, parts, source)
+        except CommandRefused as exc:
+            return _refused(exc)
+
+    def _target_command(self, req: Request, path: str, parts: list[str], source: str) -> Response:
+        rt = self.runtime
+        tid = parts[0]
         if len(parts) == 1:
             if req.method not in ("GET", "HEAD"):
                 return _error(405, f"{req.method} not allowed on {path}", [("Allow", "GET, HEAD")])
-            return Response.json(ctl.target_status(t))
+            return Response.json(rt.target_status(tid))
         action = parts[1]
         if len(parts) == 2 and action in _TARGET_ACTIONS:
             if req.method != "POST":
                 return _error(405, f"use POST {path}", [("Allow", "POST")])
-            try:
-                return Response.json(ctl.operator.act(tid, action, source))
-            except ValueError as exc:
-                return _error(409, str(exc))
+            return Response.json(rt.act(tid, action, source))
         if len(parts) == 2 and action == "weight":
             if req.method != "PUT":
                 return _error(405, f"use PUT {path} with {{\"weight\": N}}", [("Allow", "PUT")])
@@ -158,15 +173,12 @@ class AdminServer:
                     raise TypeError
             except (ValueError, KeyError, TypeError):
                 return _error(400, 'body must be {"weight": N} with N an integer 0-1000')
-            try:
-                return Response.json(ctl.operator.set_weight(tid, weight, source))
-            except ValueError as exc:
-                return _error(400, str(exc))
+            return Response.json(rt.set_weight(tid, weight, source))
         return _error(404, f"no such path {path}; use /targets/{tid}/drain|enable|maintenance|weight")
 
     async def _sse(self, since: int) -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
-        async for ev in self.controller.events.follow(since, stop=self._closing, heartbeat=10.0):
+        async for ev in self.runtime.events.follow(since, stop=self._closing, heartbeat=10.0):
             if ev is None:
                 yield b": keep-alive\n\n"
             else:
@@ -177,27 +189,20 @@ class AdminServer:
         """``POST /target_groups/G/restart`` (a rolling restart); replicated groups:
         ``POST /target_groups/G/switchover[?to=T]``, ``.../targets/T/cut_off``.
         The token was checked by :meth:`handle`."""
-        from fivenines.core.replication import ReplicationError
-
-        restart = re.fullmatch(r"/target_groups/([^/]+)/restart", path)
-        if restart is not None:  # a rolling restart (fivenines restart GROUP)
-            code, body = self.controller.restart_group(restart.group(1))
-            return Response.json(body, code)
-        m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
-        if m is None:
-            return Response.json({"error": f"no such path {path}"}, 404)
-        g = self.controller.groups.get(m.group(1))
-        if g is None:
-            return Response.json({"error": f"no target group {m.group(1)!r}"}, 404)
-        if g.replication is None:
-            return Response.json({"error": f"target group {g.name!r} is not replicated"}, 409)
+        rt = self.runtime
         try:
+            restart = re.fullmatch(r"/target_groups/([^/]+)/restart", path)
+            if restart is not None:  # a rolling restart (fivenines restart GROUP)
+                return Response.json(rt.restart_group(restart.group(1)), 202)
+            m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
+            if m is None:
+                return _error(404, f"no such path {path}")
             if m.group(2) == "switchover":
-                return Response.json(await g.replication.switchover(req.query.get("to") or None))
-            seconds = float(req.query.get("seconds", "5"))
-            g.replication.cut_off(m.group(3), seconds)
-            return Response.json({"group": g.name, "target": m.group(3), "cut_off_s": seconds})
-        except ValueError:
-            return Response.json({"error": "seconds must be a number"}, 400)
-        except ReplicationError as exc:
-            return Response.json({"error": str(exc)}, 409)
+                return Response.json(await rt.switchover(m.group(1), req.query.get("to") or None))
+            try:
+                seconds = float(req.query.get("seconds", "5"))
+            except ValueError:
+                return _error(400, "seconds must be a number")
+            return Response.json(rt.cut_off(m.group(1), m.group(3), seconds))
+        except CommandRefused as exc:
+            return _refused(exc)

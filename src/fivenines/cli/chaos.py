@@ -13,8 +13,8 @@ from typing import NoReturn
 import click
 from rich.table import Table
 
-from fivenines import aio
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
+from fivenines.proxy import aio
 
 
 def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -111,7 +111,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     elif duration - settle <= warmup:
         usage(f"--duration {duration:g}s leaves no time for faults after --warmup {warmup:g}s and before --settle {settle:g}s")
     if report_dir is None:
-        from fivenines.runtime.controller import Controller
+        from fivenines.app import Controller
 
         state = Controller(spec, spec_file).state_dir
         report_dir = str(state / "chaos" / time.strftime("%Y%m%d-%H%M%S"))

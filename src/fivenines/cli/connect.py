@@ -63,7 +63,7 @@ def locate(spec_file: str | None) -> Located | None:
     import yaml
 
     from fivenines.admin.auth import TOKEN_NAME
-    from fivenines.runtime.controller import RUN_FILE, spec_base_dir, state_dir_for
+    from fivenines.runtime.paths import RUN_FILE, spec_base_dir, state_dir_for
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))

@@ -10,9 +10,9 @@ from typing import Any
 import click
 from rich.console import Console
 
-from fivenines import aio
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
 from fivenines.errors import ConfigError, SpecError
+from fivenines.proxy import aio
 from fivenines.spec import json_schema
 
 
@@ -47,7 +47,7 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
 
     setup_logging(log_level, log_format)
     from fivenines import accel
-    from fivenines.runtime.controller import Controller, run
+    from fivenines.app import Controller, run
 
     def announce(ctl: Controller) -> None:
         urls = [f"http://{lst.address[0]}:{lst.address[1]}/" for _, lst in ctl.listeners]

@@ -19,14 +19,14 @@ the nearest valid value (when there is one). The rule, documented in docs/aws.md
 The desired state always uses the nearest values, so a plan is complete even when
 it is blocked; nothing incompatible is ever sent.
 
-Why this is one module of some 870 lines: it is one function, :func:`map_spec`, and
+(Why this is one module of some 870 lines: it is one function, :func:`map_spec`, and
 the mapping of each spec block it calls (health check, target group, rules,
 instances), in the order it calls them. Every part checks against the same AWS
 limits (below) and appends to the same list of findings with field paths, so a
 reader checking one rule of the mapping needs the limits and the helpers beside it;
 split by block, each piece would import them all and none would stand alone. The
 values it produces (resources, findings, the network) live in
-:mod:`fivenines.cloud.resources`, shared with the plan and the provider.
+:mod:`fivenines.cloud.resources`, shared with the plan and the provider.)
 """
 
 from __future__ import annotations

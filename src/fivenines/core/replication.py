@@ -1,5 +1,10 @@
 """Replicated stores: who is primary, which replica to promote, whom to fence. Pure.
 
+(Why one module of some 950 lines: it is one state machine. The rules below hold across
+every handler of :class:`Replication` (a round tag, fencing, the lease deadline), and the
+observation and action types are its vocabulary; split, each half would have to be read
+with the other open. What is separable is small and pure already: :func:`elect`.)
+
 Everything that decides the roles of a replicated group lives here, and nothing
 else does: the runtime feeds observations (each member's role and replication
 position), health changes, command results, lease changes and the time in, and

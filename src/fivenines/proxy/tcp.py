@@ -91,6 +91,10 @@ class TcpListener:
     def in_flight(self) -> int:
         return len(self.clients)
 
+    def rescue(self, backend: Backend) -> int:
+        """Nothing to retry elsewhere: a TCP connection waits for no answer (see the HTTP listener's)."""
+        return 0
+
     def cut(self, backend: Backend) -> int:
         n = 0
         for c in list(self.clients):

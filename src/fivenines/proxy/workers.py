@@ -402,8 +402,7 @@ class WorkerState:
 
     def _rescue(self, b: Backend) -> None:
         for lst in self.listeners:
-            if isinstance(lst, Listener):
-                lst.rescue(b)
+            lst.rescue(b)
 
     def sweep(self, now: float) -> None:
         """Latency outliers (judged on this worker's traffic) and the ends of local ejections."""
@@ -510,7 +509,7 @@ async def worker_main(fd: int, index: int, on_ready: Callable[[], None] | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fivenines import aio
+    from fivenines.proxy import aio
 
     args = argv if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s %(message)s")

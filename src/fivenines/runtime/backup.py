@@ -490,7 +490,7 @@ class ReplicatedGroup:
         from fivenines.core.replication import Phase
 
         core_ = self.rm.core
-        return core_.can_act(self.rm.ctl.now()) and core_.phase is Phase.SERVING and core_.published.primary is not None
+        return core_.can_act(self.rm.ctx.now()) and core_.phase is Phase.SERVING and core_.published.primary is not None
 
     def begin_restore(self) -> None:
         self.rm.begin_restore()
@@ -498,18 +498,18 @@ class ReplicatedGroup:
     def restoring(self) -> bool:
         from fivenines.core.replication import Phase
 
-        return self.rm.core.phase is Phase.RESTORING and self.rm.core.can_act(self.rm.ctl.now())
+        return self.rm.core.phase is Phase.RESTORING and self.rm.core.can_act(self.rm.ctx.now())
 
     def end_restore(self, ok: bool, position: int, detail: str, primary_intact: bool) -> None:
         self.rm.end_restore(ok, position, detail, primary_intact)
 
     def data_dir(self, target: str) -> Path | None:
         t = self.rm.g.by_id(target)
-        return self.rm.ctl.state_dir / "data" / target if t is not None and t.slot is not None else None
+        return self.rm.ctx.state_dir / "data" / target if t is not None and t.slot is not None else None
 
     def emit(self, kind: str, target: str, old: str, new: str, reason: str) -> None:
-        ctl = self.rm.ctl
-        ev = ctl.events.emit(ctl.wall(ctl.now()), kind, self.name, target, old, new, reason)
+        ctx = self.rm.ctx
+        ev = ctx.events.emit(ctx.wall(ctx.now()), kind, self.name, target, old, new, reason)
         log.info("%s", ev)
 
 
@@ -570,8 +570,8 @@ class BackupManager:
         inst = rm.g.spec.instances
         hint = inst.command[0] if inst is not None and isinstance(inst.command, list) else None
         tools = Tools.find(hint)
-        work = rm.ctl.state_dir / "backup" / rm.g.name
-        store = open_store(rep.backup, rm.g.name, rm.ctl.base_dir)
+        work = rm.ctx.state_dir / "backup" / rm.g.name
+        store = open_store(rep.backup, rm.g.name, rm.ctx.base_dir)
         return cls(rm.g.name, rep.backup, store, tools, work, live=ReplicatedGroup(rm), wall=time.time)
 
     def __repr__(self) -> str:

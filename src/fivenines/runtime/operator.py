@@ -15,85 +15,73 @@ Each action is an ``admin`` event naming where it came from.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from fivenines.core.health import HealthState
 from fivenines.core.restore import AdminState
-
-if TYPE_CHECKING:
-    from fivenines.runtime.controller import Controller, TargetRuntime
+from fivenines.runtime.context import RuntimeContext
+from fivenines.runtime.draining import Draining
+from fivenines.runtime.interface import CommandRefused, Refusal
+from fivenines.runtime.reconcile import Reconciler
+from fivenines.runtime.targets import TargetRuntime
 
 ACTIONS = ("drain", "enable", "maintenance")
 
 
 class Operator:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, ctx: RuntimeContext, reconciler: Reconciler, draining: Draining) -> None:
+        self.ctx = ctx
+        self.reconciler = reconciler
+        self.draining = draining
 
     def __repr__(self) -> str:
-        held = sorted(f"{t.id}:{t.admin_state.value}" for g in self.ctl.groups.values() for t in g.targets
+        held = sorted(f"{t.id}:{t.admin_state.value}" for g in self.ctx.groups.values() for t in g.targets
                       if t.admin_state is not None)
         return f"<Operator {' '.join(held) or 'nothing held'}>"
 
-    def stop(self) -> None:
-        """Nothing runs in the background: draining is the controller's (:meth:`Controller.deregister`)."""
-
-    def _target(self, target_id: str) -> TargetRuntime:
-        t = self.ctl.target(target_id)
+    def target(self, target_id: str) -> TargetRuntime:
+        t = self.ctx.target(target_id)
         if t is None:
-            raise KeyError(target_id)
+            raise CommandRefused(Refusal.UNKNOWN,
+                                 f"no target {target_id!r}; targets: {', '.join(self.ctx.target_ids())}")
         return t
 
-    def act(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
-        """``drain`` | ``enable`` | ``maintenance`` a target. Raises KeyError (no such target)
-        or ValueError (not possible in its state). Returns its new status."""
-        ctl = self.ctl
-        t = self._target(target_id)
-        now = ctl.now()
+    def act(self, target_id: str, action: str, source: str = "admin API") -> TargetRuntime:
+        """``drain`` | ``enable`` | ``maintenance`` a target. Raises CommandRefused (no such target,
+        or not possible in its state). Returns the target."""
+        ctx = self.ctx
+        t = self.target(target_id)
+        now = ctx.now()
         old = t.admin_state.value if t.admin_state else "enabled"
         if action == "drain":
             if t.admin_state is AdminState.MAINTENANCE:
-                raise ValueError(f"{t.id} is in maintenance: enable it first")
+                raise CommandRefused(Refusal.CONFLICT, f"{t.id} is in maintenance: enable it first")
             if t.admin_state is not AdminState.DRAINED:
                 t.admin_state = AdminState.DRAINED
-                ctl._event("admin", t, old, "drained", f"drain requested via {source}")
-                ctl.begin_drain(t, "drained by an operator")
+                ctx.event("admin", t, old, "drained", f"drain requested via {source}")
+                self.draining.begin(t, "drained by an operator")
         elif action == "maintenance":
             t.admin_state = AdminState.MAINTENANCE
-            ctl._event("admin", t, old, "maintenance", f"maintenance requested via {source}")
+            ctx.event("admin", t, old, "maintenance", f"maintenance requested via {source}")
             t.drain_started = None  # a drain in progress ends here: out at once
-            ctl._transition(t, t.health.unuse(now))
+            self.reconciler.transition(t, t.health.unuse(now))
             t.backend.close_idle()
         elif action == "enable":
             if t.admin_state is not None:
                 t.admin_state = None
-                ctl._event("admin", t, old, "enabled", f"enabled via {source}: checked before it serves again")
+                ctx.event("admin", t, old, "enabled", f"enabled via {source}: checked before it serves again")
                 if t.health.state in (HealthState.DRAINING, HealthState.UNUSED):
-                    ctl.register(t.id)
+                    self.draining.register(t.id)
         else:
-            raise ValueError(f"unknown action {action!r}; use {', '.join(ACTIONS)}")
-        return ctl.target_status(t)
+            raise CommandRefused(Refusal.INVALID, f"unknown action {action!r}; use {', '.join(ACTIONS)}")
+        return t
 
-    def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> dict[str, Any]:
-        """Set a target's weight (0-1000; 0: no new requests). Raises KeyError / ValueError."""
-        ctl = self.ctl
-        t = self._target(target_id)
+    def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> TargetRuntime:
+        """Set a target's weight (0-1000; 0: no new requests). Raises CommandRefused. Returns the target."""
+        t = self.target(target_id)
         if not 0 <= weight <= 1000:
-            raise ValueError("weight must be 0-1000")
+            raise CommandRefused(Refusal.INVALID, "weight must be 0-1000")
         old, t.base_weight = t.base_weight, weight
         t.backend.weight = t.effective_weight()
         if old != weight:
-            ctl._event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
-            republish(ctl, t)
-
-        return ctl.target_status(t)
-
-
-def republish(ctl: Controller, t: TargetRuntime) -> None:
-    """After a weight change: the serving set again (weight 0 leaves it), and the balancer's
-    weights (it reads them when the serving set is published)."""
-    g = t.group
-    before = [b.id for b in g.backends.serving]
-    ctl._reconcile(g)
-    if [b.id for b in g.backends.serving] == before:
-        g.backends.set_serving(before)
+            self.ctx.event("admin", t, f"weight {old}", f"weight {weight}", f"weight set via {source}")
+            self.reconciler.republish(t.group)
+        return t

@@ -27,8 +27,9 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fivenines.core import reconfig
 from fivenines.core.detect import HealthJudge
@@ -36,33 +37,23 @@ from fivenines.core.pool import Role
 from fivenines.core.restore import fingerprint
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy.backend import BackendGroup
-from fivenines.proxy.http import Listener
-from fivenines.runtime.events import iso
+from fivenines.proxy.base import ProxyListener
+from fivenines.runtime.checks import Checks
+from fivenines.runtime.context import RuntimeContext
+from fivenines.runtime.dataplane import DataPlane
+from fivenines.runtime.draining import Draining
 from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
+from fivenines.runtime.instances import Instances
+from fivenines.runtime.interface import ReloadResult
+from fivenines.runtime.ports import allocate_ports, release_ports
+from fivenines.runtime.reconcile import Reconciler
+from fivenines.runtime.targets import GroupRuntime, TargetRuntime, restart_policy
 from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
-
-if TYPE_CHECKING:
-    from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
 
 log = logging.getLogger("fivenines")
 
 _BALANCING = ("algorithm", "hash_on", "retries", "stickiness", "slow_start", "hedging")
 """Group settings the data plane holds in its BackendGroup (rebuilt from the spec on a reload)."""
-
-
-@dataclass(slots=True)
-class ReloadResult:
-    ok: bool
-    source: str
-    generation: int
-    at: float
-    actions: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "source": self.source, "generation": self.generation, "at": iso(self.at),
-                "actions": self.actions, "errors": self.errors, "warnings": self.warnings}
 
 
 class _Rejected(Exception):
@@ -83,7 +74,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return s
 
 
-def _dup_listening(lst: Listener) -> socket.socket:
+def _dup_listening(lst: ProxyListener) -> socket.socket:
     """A second handle on ``lst``'s listening socket: the queue of pending connections is kept."""
     assert lst.server is not None
     ts = lst.server.sockets[0]
@@ -93,17 +84,23 @@ def _dup_listening(lst: Listener) -> socket.socket:
 
 
 class Reloader:
-    """Serialises reloads and carries them out on one controller."""
+    """Serialises reloads and carries them out on the running parts."""
 
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, ctx: RuntimeContext, reconciler: Reconciler, data_plane: DataPlane, instances: Instances,
+                 checks: Checks, draining: Draining) -> None:
+        self.ctx = ctx
+        self.reconciler = reconciler
+        self.data_plane = data_plane
+        self.instances = instances
+        self.checks = checks
+        self.draining = draining
         self.lock = asyncio.Lock()
         self.generation = 1
         self.last: ReloadResult | None = None
         self.counts = {"ok": 0, "rejected": 0}
         self.removing: set[str] = set()  # ids of targets being drained out
         # listeners that stopped accepting (with the index they served); their connections finish
-        self.retiring: list[tuple[int | None, Listener]] = []
+        self.retiring: list[tuple[int | None, ProxyListener]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -113,13 +110,13 @@ class Reloader:
     def status(self) -> dict[str, Any]:
         return {
             "generation": self.generation,
-            "spec_file": str(self.ctl.spec_path) if self.ctl.spec_path else None,
+            "spec_file": str(self.ctx.spec_path) if self.ctx.spec_path else None,
             "reloads": dict(self.counts),
             "last_reload": self.last.to_json() if self.last else None,
             "removing": sorted(self.removing),
         }
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -140,7 +137,7 @@ class Reloader:
 
     async def reload(self, source: str = "admin API") -> ReloadResult:
         async with self.lock:
-            ctl = self.ctl
+            ctx = self.ctx
             at = time.time()
             try:
                 result = await self._reload(source, at)
@@ -150,21 +147,21 @@ class Reloader:
                 for e in rej.errors:
                     log.error("reload rejected: %s", e)
                 first = rej.errors[0] if rej.errors else ""
-                ctl.events.emit(ctl.wall(ctl.now()), "reload", "", "", f"generation {self.generation}", "rejected",
-                                f"{source}: {len(rej.errors)} problem(s), nothing changed; {first}")
+                ctx.emit("reload", "", "", f"generation {self.generation}", "rejected",
+                         f"{source}: {len(rej.errors)} problem(s), nothing changed; {first}")
             self.last = result
             return result
 
     async def _reload(self, source: str, at: float) -> ReloadResult:
-        ctl = self.ctl
-        if ctl.spec_path is None:
+        ctx = self.ctx
+        if ctx.spec_path is None:
             raise _Rejected(["fivenines was started without a spec file: nothing to re-read"])
-        path = str(ctl.spec_path)
+        path = str(ctx.spec_path)
         try:
             new = load_spec(path)
         except SpecError as exc:
             raise _Rejected([f"{exc.file}: {e}" for e in exc.errors]) from None
-        plan = reconfig.plan(ctl.spec, new, self._running())
+        plan = reconfig.plan(ctx.spec, new, self._running())
         if not plan.ok:
             raise _Rejected([f"{path}: {e}" for e in plan.errors])
         prepared = self._prepare(plan, new, path)
@@ -178,33 +175,33 @@ class Reloader:
         desc = plan.describe()
         for line in desc:
             log.info("reload: %s", line)
-        ctl.events.emit(ctl.wall(ctl.now()), "reload", "", "", f"generation {self.generation - 1}",
-                        f"generation {self.generation}", f"{source}: " + "; ".join(desc))
+        ctx.emit("reload", "", "", f"generation {self.generation - 1}", f"generation {self.generation}",
+                 f"{source}: " + "; ".join(desc))
         return ReloadResult(True, source, self.generation, at, desc, [], warnings)
 
     def _running(self) -> reconfig.Running:
         targets = {
             name: [reconfig.RunningTarget(t.id, t.backend.address, t.role, t.health.state, t.index, t.spec_weight)
                    for t in g.targets if t.id not in self.removing]
-            for name, g in self.ctl.groups.items()
+            for name, g in self.ctx.groups.items()
         }
-        taken = frozenset(t.id for g in self.ctl.groups.values() for t in g.targets)
+        taken = frozenset(t.id for g in self.ctx.groups.values() for t in g.targets)
         return reconfig.Running(targets, taken)
 
     # ------------------------------------------------------------------ step 1: check everything
 
     def _prepare(self, plan: reconfig.Plan, new: Spec, path: str) -> _Prepared:
-        ctl = self.ctl
+        ctx = self.ctx
         prep = _Prepared()
         errors: list[str] = []
         for name in sorted({a.group for a in plan.actions if hasattr(a, "group")}):
-            g = ctl.groups.get(name)
+            g = ctx.groups.get(name)
             if g is not None and g.failover.rollout is not None and g.failover.rollout.running:
                 errors.append(f"{path}: target_groups.{name}: a rolling restart is running; reload when it has ended")
         if errors:
             raise _Rejected(errors)
-        if ctl.spec.workers > 1:
-            errors += [f"{path}: cannot {a} on a reload with workers: {ctl.spec.workers} (the worker processes "
+        if ctx.spec.workers > 1:
+            errors += [f"{path}: cannot {a} on a reload with workers: {ctx.spec.workers} (the worker processes "
                        "hold listeners, targets and balancing); restart fivenines for it"
                        for a in reconfig.held_by_workers(plan)]
             if errors:
@@ -213,17 +210,15 @@ class Reloader:
             if isinstance(a, reconfig.AddGroup) or (isinstance(a, reconfig.UpdateGroup)
                                                     and set(_BALANCING) & set(a.fields)):
                 try:
-                    prep.groups[a.group] = BackendGroup.from_spec(a.group, new.target_groups[a.group], clock=ctl.now)
+                    prep.groups[a.group] = BackendGroup.from_spec(a.group, new.target_groups[a.group], clock=ctx.now)
                 except ValueError as exc:
                     errors.append(f"{path}: target_groups.{a.group}: {exc}")
         # instance ports
-        taken = {t.slot.port for g in ctl.groups.values() for t in g.targets if t.slot is not None}
+        taken = {t.slot.port for g in ctx.groups.values() for t in g.targets if t.slot is not None}
         want: dict[str, int] = {}
         for a in plan.of(reconfig.AddTarget):
             if a.address is None:
                 want[a.group] = want.get(a.group, 0) + 1
-        from fivenines.runtime.controller import allocate_ports, release_ports
-
         holds: list[socket.socket] = []  # new instances' ports, kept from the listener binds below
         for group, n in want.items():
             inst = new.target_groups[group].instances
@@ -236,13 +231,14 @@ class Reloader:
             taken.update(ports)
             prep.ports[group] = ports
         # listener sockets: bound now, so a busy port rejects the reload before anything changes
-        held = {lst.address: i for i, (_, lst) in enumerate(ctl.listeners)}
+        served = self.data_plane.served
+        held = {lst.address: i for i, (_, lst) in enumerate(served)}
         for a in plan.actions:
             if not isinstance(a, reconfig.AddListener | reconfig.RebindListener):
                 continue
             ls = new.listeners[a.index]
             if isinstance(a, reconfig.RebindListener):
-                old_ls, old_lst = ctl.listeners[a.index]
+                old_ls, old_lst = served[a.index]
                 if (old_ls.host, old_ls.port) == (ls.host, ls.port) and ls.port != 0:
                     prep.sockets[a.index] = _dup_listening(old_lst)  # same address: hand the socket over
                     continue
@@ -268,15 +264,13 @@ class Reloader:
     # ------------------------------------------------------------------ steps 2 and 3
 
     async def _commit(self, plan: reconfig.Plan, new: Spec, prep: _Prepared) -> list[str]:
-        ctl = self.ctl
-        from fivenines.runtime.controller import GroupRuntime, restart_policy
-
-        now = ctl.now()
+        ctx, reconciler, dp, instances = self.ctx, self.reconciler, self.data_plane, self.instances
+        now = ctx.now()
         warnings: list[str] = []
         touched: set[str] = set()
-        old_spec = ctl.spec
-        ctl.spec = new
-        for name, g in ctl.groups.items():
+        old_spec = ctx.spec
+        ctx.spec = new
+        for name, g in ctx.groups.items():
             if name in new.target_groups and name in old_spec.target_groups:
                 g.spec = new.target_groups[name]
                 g.matcher = g.spec.health_check.matcher_ranges
@@ -285,21 +279,21 @@ class Reloader:
         ports = {g: list(p) for g, p in prep.ports.items()}
         for a in plan.actions:
             if isinstance(a, reconfig.AddGroup):
-                grp = GroupRuntime(a.group, new.target_groups[a.group], clock=ctl.now)
-                ctl.groups[a.group] = grp
-                ctl.wire_group(grp)
+                grp = GroupRuntime(a.group, new.target_groups[a.group], clock=ctx.now)
+                ctx.groups[a.group] = grp
+                reconciler.wire(grp)
                 new_groups.append(a.group)
             elif isinstance(a, reconfig.AddTarget):
-                grp = ctl.groups[a.group]
+                grp = ctx.groups[a.group]
                 if a.address is None:
-                    t = ctl.new_instance_target(grp, a.index, a.id, ports[a.group].pop(0), a.role, now)
+                    t = instances.new_instance_target(grp, a.index, a.id, ports[a.group].pop(0), a.role, now)
                 else:
-                    t = ctl.new_static_target(grp, a.index, a.id, a.address, a.weight, now)
+                    t = instances.new_static_target(grp, a.index, a.id, a.address, a.weight, now)
                 grp.add(t)
                 added.append(t)
                 touched.add(a.group)
             elif isinstance(a, reconfig.UpdateGroup):
-                self._update_group(ctl.groups[a.group], a.fields, prep, restart_policy)
+                self._update_group(ctx.groups[a.group], a.fields, prep)
                 touched.add(a.group)
             elif isinstance(a, reconfig.SetWeight):
                 t = self._target(a.group, a.id)
@@ -307,7 +301,7 @@ class Reloader:
                 t.backend.weight = t.effective_weight()
                 touched.add(a.group)
             elif isinstance(a, reconfig.SetActiveCount):
-                grp = ctl.groups[a.group]
+                grp = ctx.groups[a.group]
                 grp.active_count = a.count
                 grp.failover.rollout_policy = rollout_policy(grp.spec, a.count)
                 touched.add(a.group)
@@ -315,17 +309,17 @@ class Reloader:
                 t = self._target(a.group, a.id)
                 if t.role is Role.ACTIVE:
                     t.role, t.role_since = Role.STANDBY, now
-                    ctl.events.emit(ctl.wall(now), "role", a.group, t.id, "active", "standby", a.reason)
+                    ctx.emit("role", a.group, t.id, "active", "standby", a.reason, at=now)
                 touched.add(a.group)
         for name in {t.group.name for t in added}:
-            ctl.reindex_group(ctl.groups[name], {t.id for t in added})
+            reconciler.reindex(ctx.groups[name], {t.id for t in added})
         for t in added:
-            ctl.launch_target(t)
+            instances.launch(t)
         for name in touched | set(new_groups):
-            ctl._reconcile(ctl.groups[name])
+            reconciler.reconcile(ctx.groups[name])
         # step 2: wait (bounded) until what was added has passed its checks
         if added or new_groups:
-            deadline = reconfig.ready_deadline([ctl.groups[g].spec for g in {t.group.name for t in added}])
+            deadline = reconfig.ready_deadline([ctx.groups[g].spec for g in {t.group.name for t in added}])
             waiting = await self._wait_ready(added, new_groups, deadline)
             if waiting:
                 warnings.append(f"went ahead after {deadline:g}s without: {', '.join(waiting)}")
@@ -334,21 +328,21 @@ class Reloader:
         for a in plan.actions:
             if isinstance(a, reconfig.RerouteListener):
                 ls = new.listeners[a.index]
-                _, lst = ctl.listeners[a.index]
-                ctl.reroute(lst, ls)
-                ctl.listeners[a.index] = (ls, lst)
+                _, lst = dp.served[a.index]
+                dp.reroute(lst, ls)
+                dp.served[a.index] = (ls, lst)
                 for i, old in self.retiring:
                     if i == a.index:
-                        ctl.reroute(old, ls)
+                        dp.reroute(old, ls)
             elif isinstance(a, reconfig.RebindListener):
                 await self._rebind(a.index, new.listeners[a.index], prep.sockets.pop(a.index))
             elif isinstance(a, reconfig.AddListener):
                 ls = new.listeners[a.index]
-                lst = ctl.make_listener(ls)
+                lst = dp.make_listener(ls)
                 await lst.start(ls.host, ls.port, sock=prep.sockets.pop(a.index))
-                ctl.listeners.append((ls, lst))
+                dp.served.append((ls, lst))
         for a in sorted(plan.of(reconfig.RemoveListener), key=lambda x: -x.index):
-            _, lst = ctl.listeners.pop(a.index)
+            _, lst = dp.served.pop(a.index)
             self._retire_listener(lst)
         for a in plan.actions:
             if isinstance(a, reconfig.RemoveTarget):
@@ -356,15 +350,15 @@ class Reloader:
                 self.removing.add(t.id)
                 self._spawn(self._drain_and_remove(t, f"reload: {a.reason}"), f"remove {t.id}")
             elif isinstance(a, reconfig.RemoveGroup):
-                self._spawn(self._remove_group(ctl.groups[a.group]), f"remove group {a.group}")
+                self._spawn(self._remove_group(ctx.groups[a.group]), f"remove group {a.group}")
         return warnings
 
     def _target(self, group: str, tid: str) -> TargetRuntime:
-        t = self.ctl.groups[group].by_id(tid)
+        t = self.ctx.groups[group].by_id(tid)
         assert t is not None, f"{tid} not in {group}"
         return t
 
-    def _update_group(self, g: GroupRuntime, fields: tuple[str, ...], prep: _Prepared, restart_policy: Any) -> None:
+    def _update_group(self, g: GroupRuntime, fields: tuple[str, ...], prep: _Prepared) -> None:
         if g.name in prep.groups:
             g.backends.configure_like(prep.groups[g.name])
         fo = g.failover
@@ -373,8 +367,8 @@ class Reloader:
             if "outlier_detection" in fields:  # a new detector: passive history starts over
                 fo.outliers = fresh.outliers
                 g.guard_outliers()
-                self.ctl.reindex_group(g, {t.id for t in g.targets})
-                self.ctl.wire_group(g)
+                self.reconciler.reindex(g, {t.id for t in g.targets})
+                self.reconciler.wire(g)
             if "failover" in fields:
                 fo.flaps = fresh.flaps
             if "fail_open" in fields:
@@ -389,41 +383,41 @@ class Reloader:
                 t.fingerprint = fingerprint(g.name, g.spec, None if t.slot else t.backend.address)
                 t.backend.weight = t.effective_weight()  # an agent added or removed changes the scale
                 if t.probe_task is not None:
-                    self.ctl.restart_probe(t)
+                    self.checks.restart(t)
             if t.slot is not None and g.spec.instances is not None:
                 if "instances.restart" in fields:
                     t.slot.lifecycle.policy = restart_policy(g.spec)
                 if "instances.stop_timeout" in fields:
                     t.slot.stop_timeout = g.spec.instances.stop_timeout
         if "health_check" in fields:
-            g.backends.set_serving([b.id for b in g.backends.serving])  # the balancer takes the weights
+            g.refresh_balancer()  # the balancer takes the weights
 
     async def _wait_ready(self, added: list[TargetRuntime], new_groups: list[str], limit: float) -> tuple[str, ...]:
-        ctl = self.ctl
-        deadline = ctl.now() + limit
+        ctx = self.ctx
+        deadline = ctx.now() + limit
         while True:
             r = reconfig.readiness(
                 {t.id: t.health.state for t in added},
-                {g: len(ctl.groups[g].backends.serving) for g in new_groups if g in ctl.groups},
+                {g: len(ctx.groups[g].backends.serving) for g in new_groups if g in ctx.groups},
             )
-            if r.ready or ctl.stopping:
+            if r.ready or ctx.stopping:
                 return ()
-            if ctl.now() >= deadline:
+            if ctx.now() >= deadline:
                 return r.waiting
             await asyncio.sleep(0.05)
 
     async def _rebind(self, index: int, ls: ListenerSpec, sock: socket.socket) -> None:
         """Listen on the new address first, then stop accepting on the old one; its open
         connections stay and finish on their own (they follow the new routes)."""
-        ctl = self.ctl
-        _, old = ctl.listeners[index]
-        lst = ctl.make_listener(ls)
+        dp = self.data_plane
+        _, old = dp.served[index]
+        lst = dp.make_listener(ls)
         await lst.start(ls.host, ls.port, sock=sock)
-        ctl.listeners[index] = (ls, lst)
-        ctl.reroute(old, ls)
+        dp.served[index] = (ls, lst)
+        dp.reroute(old, ls)
         self._retire_listener(old, index)
 
-    def _retire_listener(self, lst: Listener, index: int | None = None) -> None:
+    def _retire_listener(self, lst: ProxyListener, index: int | None = None) -> None:
         lst.stop_accepting()
         entry = (index, lst)
         self.retiring.append(entry)
@@ -440,10 +434,9 @@ class Reloader:
 
     async def _drain_and_remove(self, t: TargetRuntime, why: str) -> None:
         try:
-            await self.ctl.drain_target(t, why)
-            await self.ctl.retire_target(t)
-            self.ctl.events.emit(self.ctl.wall(self.ctl.now()), "reload", t.group.name, t.id, t.health.state.value,
-                                 "removed", why)
+            await self.draining.drain(t, why)
+            await self.instances.retire(t)
+            self.ctx.emit("reload", t.group.name, t.id, t.health.state.value, "removed", why)
         finally:
             self.removing.discard(t.id)
 
@@ -454,10 +447,9 @@ class Reloader:
             await asyncio.gather(*(self._drain_and_remove(t, f"reload: target group {g.name} removed")
                                    for t in list(g.targets)))
         finally:
-            if self.ctl.groups.get(g.name) is g:
-                del self.ctl.groups[g.name]
-            self.ctl.events.emit(self.ctl.wall(self.ctl.now()), "reload", g.name, "", "", "removed",
-                                 "target group removed")
+            if self.ctx.groups.get(g.name) is g:
+                del self.ctx.groups[g.name]
+            self.ctx.emit("reload", g.name, "", "", "removed", "target group removed")
 
 
 @dataclass(slots=True)

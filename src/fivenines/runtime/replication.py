@@ -1,11 +1,11 @@
 """Runs one ``replicated:`` target group: feeds :mod:`fivenines.core.replication`, carries out its actions.
 
-Wiring into the controller (kept to a few hooks there):
+Wiring into the runtime (a few hooks, through :class:`~fivenines.runtime.targets.Replicated`):
 
 * the heartbeat of a replicated target is :meth:`ReplicationManager.check`: the
   store's own report of role and position (Redis: ``INFO replication``), which
   also feeds the ELB health machine;
-* after any health change the controller calls :meth:`ReplicationManager.reconcile`
+* after any health change the reconciler calls :meth:`ReplicationManager.reconcile`
   instead of the N+M pool policy; the serving set of the group is the primary alone;
 * a (re)started instance gets its replication options from :meth:`start_args`:
   it starts as a replica of the current primary, so an old primary restarted by
@@ -24,7 +24,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from fivenines.core.health import CheckResult, Reason
 from fivenines.core.pool import LOST_STATES, Role
@@ -49,6 +49,9 @@ from fivenines.core.replication import (
 )
 from fivenines.errors import FivenineError
 from fivenines.proxy.backend import Backend, BackendGroup
+from fivenines.proxy.tcp import TcpListener
+from fivenines.runtime.context import RuntimeContext
+from fivenines.runtime.dataplane import DataPlane
 from fivenines.runtime.lease import Etcd, LeaderLease, LeaseLost, PrimaryRecord, node_name
 from fivenines.runtime.redis import RedisStore
 from fivenines.runtime.store import (
@@ -59,10 +62,17 @@ from fivenines.runtime.store import (
     StoreTimeout,
     StoreUnreachable,
 )
+from fivenines.runtime.targets import GroupRuntime, TargetRuntime
 
-if TYPE_CHECKING:
-    from fivenines.runtime.backup import BackupManager
-    from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
+
+class BackupHooks(Protocol):
+    """What a replicated group asks of its backups (runtime/backup.py's BackupManager, attached by
+    the controller: the backups depend on the group, not the other way round)."""
+
+    def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def start_args(self) -> list[str]: ...
+    def status(self) -> dict[str, Any]: ...
 
 log = logging.getLogger("fivenines.replication")
 
@@ -96,10 +106,11 @@ class LeaseGuardedGroup(BackendGroup):
 class ReplicationManager:
     """The replicated-store side of one target group."""
 
-    def __init__(self, ctl: Controller, g: GroupRuntime) -> None:
+    def __init__(self, ctx: RuntimeContext, g: GroupRuntime, data_plane: DataPlane) -> None:
         rep = g.spec.replicated
         assert rep is not None
-        self.ctl, self.g, self.spec = ctl, g, rep
+        self.ctx, self.g, self.spec = ctx, g, rep
+        self.data_plane = data_plane
         hc = g.spec.health_check
         self.timeout = hc.timeout
         self.command_timeout = max(1.0, 4 * hc.timeout)
@@ -110,7 +121,7 @@ class ReplicationManager:
             self.store = RedisStore(self.durability, self.max_lag_seconds)
         else:
             assert rep.custom is not None
-            self.store = CommandStore(rep.custom, cwd=str(ctl.base_dir))
+            self.store = CommandStore(rep.custom, cwd=str(ctx.base_dir))
             self.command_timeout = rep.custom.command_timeout
         self.targets: dict[str, StoreTarget] = {
             t.id: StoreTarget(t.id, _resolve(t.backend.host), t.backend.port) for t in g.targets
@@ -126,8 +137,8 @@ class ReplicationManager:
         designated = g.targets[0].id if g.spec.instances is not None else None
         self.core = Replication([(i, st.address) for i, st in self.targets.items()], settings,
                                 designated=designated)
-        self.readers = BackendGroup(f"{g.name}-read", clock=ctl.now)
-        self.read_listeners: list[tuple[Any, Any]] = []
+        self.readers = BackendGroup(f"{g.name}-read", clock=ctx.now)
+        self.read_listeners: list[tuple[Any, TcpListener]] = []
         for t in g.targets:
             self.readers.add(Backend(t.id, t.backend.host, t.backend.port))
             if t.slot is not None:
@@ -143,20 +154,16 @@ class ReplicationManager:
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._deadline: asyncio.TimerHandle | None = None
         self.lease: LeaderLease | None = None
-        self.backup: BackupManager | None = None
-        if rep.backup is not None:
-            from fivenines.runtime.backup import BackupManager
-
-            self.backup = BackupManager.for_replication(self)
+        self.backup: BackupHooks | None = None  # attached by the controller when rep.backup is set
         if rep.lease is not None:
-            guarded = cast(LeaseGuardedGroup, LeaseGuardedGroup.from_spec(g.name, g.spec, clock=ctl.now))
-            guarded.may_route = lambda: self.core.can_act(self.ctl.now())
+            guarded = cast(LeaseGuardedGroup, LeaseGuardedGroup.from_spec(g.name, g.spec, clock=ctx.now))
+            guarded.may_route = lambda: self.core.can_act(self.ctx.now())
             for t in g.targets:
                 guarded.add(t.backend)
             g.backends = guarded
-            prefix = f"{rep.lease.prefix.rstrip('/')}/{ctl.spec.name}/{g.name}"
+            prefix = f"{rep.lease.prefix.rstrip('/')}/{ctx.spec.name}/{g.name}"
             self.lease = LeaderLease(Etcd(rep.lease.etcd, timeout=max(0.5, rep.lease.ttl / 6)), prefix,
-                                     rep.lease.ttl, node_name(), ctl.now, on_acquired=self._on_acquired,
+                                     rep.lease.ttl, node_name(), ctx.now, on_acquired=self._on_acquired,
                                      on_renewed=self._on_renewed, on_lost=self._on_lease_lost)
 
     # ------------------------------------------------------------------ lifecycle
@@ -165,8 +172,6 @@ class ReplicationManager:
         """Start the worker, the ticks, the lease and the read listener (OSError: its port is taken)."""
         rl = self.spec.read_listener
         if rl is not None:
-            from fivenines.proxy.tcp import TcpListener
-
             lst = TcpListener(lambda: self.readers, rl.port)
             await lst.start(rl.host, rl.port)
             self.read_listeners.append((rl, lst))
@@ -206,7 +211,7 @@ class ReplicationManager:
             primary = (host, int(port))
         self.store.drop(self.targets[t.id])
         extra = self.backup.start_args() if self.backup is not None else []
-        return self.store.start_args(self.ctl.state_dir / "data" / t.id, primary) + extra
+        return self.store.start_args(self.ctx.state_dir / "data" / t.id, primary) + extra
 
     # ------------------------------------------------------------------ inputs from the controller
 
@@ -230,16 +235,16 @@ class ReplicationManager:
                 if obs.following:
                     detail += f" of {obs.following} (link {'up' if obs.link_up else 'down'})"
                 result = CheckResult.passed(detail, time.perf_counter() - start)
-        if self.ctl.stopping:
+        if self.ctx.stopping:
             return result
-        now = self.ctl.now()
+        now = self.ctx.now()
         self.observations[t.id] = (obs, now)
         self._feed(self.core.observed(t.id, obs, now))
         return result
 
     def reconcile(self) -> list[str]:
         """Feed health changes to the core (the controller calls this after each one)."""
-        now = self.ctl.now()
+        now = self.ctx.now()
         for t in self.g.targets:
             lost = t.health.state in LOST_STATES
             if lost != self._lost[t.id]:
@@ -251,7 +256,7 @@ class ReplicationManager:
 
     async def switchover(self, to: str | None, timeout: float = 15.0) -> dict[str, Any]:
         """Planned change of primary; returns once it is done (or raises ReplicationError)."""
-        now = self.ctl.now()
+        now = self.ctx.now()
         old = self.core.primary
         acts = self.core.request_switchover(to, now)
         self._feed(acts)
@@ -279,16 +284,16 @@ class ReplicationManager:
     def begin_restore(self) -> None:
         """Fence writes for a restore (:mod:`fivenines.runtime.backup`): no routing, no failover
         until :meth:`end_restore`. Raises ReplicationError when the group cannot be restored now."""
-        self._feed(self.core.begin_restore(self.ctl.now()))
+        self._feed(self.core.begin_restore(self.ctx.now()))
 
     def end_restore(self, ok: bool, position: int, detail: str, primary_intact: bool = True) -> None:
-        self._feed(self.core.end_restore(ok, position, detail, self.ctl.now(), primary_intact=primary_intact))
+        self._feed(self.core.end_restore(ok, position, detail, self.ctx.now(), primary_intact=primary_intact))
 
     def cut_off(self, target_id: str, seconds: float) -> None:
         """Fault injection: every connection fivenines has to the target fails for ``seconds``."""
         if target_id not in self.targets:
             raise ReplicationError(f"no target {target_id!r} in {self.g.name}")
-        self.cut_off_until[target_id] = self.ctl.now() + seconds
+        self.cut_off_until[target_id] = self.ctx.now() + seconds
         self.store.drop(self.targets[target_id])
         # new proxied connections fail too: the data plane is pointed at a closed port meanwhile
         with socket.socket() as s:
@@ -310,15 +315,13 @@ class ReplicationManager:
         self._event("chaos", target_id, "", "cut off", f"every fivenines connection fails for {seconds:g}s")
 
     def _notify_move(self, b: Backend) -> None:
-        notify = getattr(self.g.backends, "notify", None)
-        if notify is not None:
-            notify("move", b)
+        self.g.backends.notify("move", b)
 
     def _is_cut_off(self, target_id: str) -> bool:
         until = self.cut_off_until.get(target_id)
         if until is None:
             return False
-        if self.ctl.now() >= until:
+        if self.ctx.now() >= until:
             del self.cut_off_until[target_id]
             return False
         return True
@@ -327,22 +330,22 @@ class ReplicationManager:
 
     def _on_acquired(self, until: float, record: PrimaryRecord | None) -> None:
         rec = (record.target, record.epoch) if record is not None else None
-        self._feed(self.core.acquired(until, rec, self.ctl.now()))
+        self._feed(self.core.acquired(until, rec, self.ctx.now()))
         self._arm_deadline(until)
 
     def _on_renewed(self, until: float) -> None:
-        self._feed(self.core.renewed(until, self.ctl.now()))
+        self._feed(self.core.renewed(until, self.ctx.now()))
         self._arm_deadline(self.core.leader_until)
 
     def _on_lease_lost(self, why: str) -> None:
-        self._feed(self.core.lease_lost(why, self.ctl.now()))
+        self._feed(self.core.lease_lost(why, self.ctx.now()))
 
     def _arm_deadline(self, until: float) -> None:
         """Step down exactly at the deadline, not at the next tick."""
         if self._deadline is not None:
             self._deadline.cancel()
         loop = asyncio.get_running_loop()
-        self._deadline = loop.call_at(until, lambda: self._feed(self.core.tick(self.ctl.now())))
+        self._deadline = loop.call_at(until, lambda: self._feed(self.core.tick(self.ctx.now())))
 
     # ------------------------------------------------------------------ carrying out actions
 
@@ -364,7 +367,7 @@ class ReplicationManager:
                 self._wake.set()
 
     def _publish(self, a: Publish) -> None:
-        now = self.ctl.now()
+        now = self.ctx.now()
         g = self.g
         before = [b.id for b in g.backends.serving]
         ids = [a.primary] if a.primary else []
@@ -375,30 +378,27 @@ class ReplicationManager:
             if role is not t.role:
                 t.role, t.role_since = role, now
         if ids != before:
-            self.ctl.events.emit(self.ctl.wall(now), "serving", g.name, "", ",".join(before), ",".join(ids),
-                                 f"writes go to {a.primary}" if a.primary else "no primary: writes refused")
+            self.ctx.emit("serving", g.name, "", ",".join(before), ",".join(ids),
+                          f"writes go to {a.primary}" if a.primary else "no primary: writes refused")
             if a.primary is None:
                 log.warning("%s: no primary to route writes to", g.name)
 
     def _cut_connections(self, target_id: str) -> None:
         """Close the client connections fivenines routed to the target (in every worker too)."""
-        workers = getattr(self.ctl, "workers", None)
-        if workers is not None:
-            workers.cut(self.g.name, target_id)
-        for group in (self.g.backends, self.readers):
-            b = group.backends.get(target_id)
-            if b is None:
-                continue
-            b.close_idle()
-            for _, lst in [*self.ctl.listeners, *self.read_listeners]:
-                cut = getattr(lst, "cut", None)
-                if cut is not None:
-                    cut(b)
+        writer = self.g.backends.backends.get(target_id)
+        reader = self.readers.backends.get(target_id)
+        if writer is not None:
+            writer.close_idle()
+            self.data_plane.cut(self.g.name, writer)
+        if reader is not None:
+            reader.close_idle()
+            for _, lst in self.read_listeners:
+                lst.cut(reader)
 
     def _event(self, kind: str, target: str, old: str, new: str, reason: str) -> None:
         if kind == "failover" and new and new not in ("lost", "no primary"):
             self.failovers += 1
-        ev = self.ctl.events.emit(self.ctl.wall(self.ctl.now()), kind, self.g.name, target, old, new, reason)
+        ev = self.ctx.emit(kind, self.g.name, target, old, new, reason)
         log.info("%s", ev)
 
     def _start_follow(self, a: Follow) -> None:
@@ -409,7 +409,7 @@ class ReplicationManager:
         if prev is not None and not prev.done():
             await asyncio.gather(prev, return_exceptions=True)
         ok, detail = True, ""
-        if not self.core.can_act(self.ctl.now()):
+        if not self.core.can_act(self.ctx.now()):
             ok, detail = False, "no longer holds the lease"
         elif self._is_cut_off(a.target):
             await asyncio.sleep(self.timeout)
@@ -419,18 +419,18 @@ class ReplicationManager:
                 await self.store.follow(self.targets[a.target], self.targets[a.primary], self.command_timeout)
             except StoreError as exc:
                 ok, detail = False, str(exc)
-        if self.ctl.stopping:
+        if self.ctx.stopping:
             return
         if ok:
             log.info("%s/%s now follows %s (%s)", self.g.name, a.target, a.primary, a.reason)
-        self._feed(self.core.followed(a.target, ok, detail, self.ctl.now()))
+        self._feed(self.core.followed(a.target, ok, detail, self.ctx.now()))
 
     async def _ticks(self) -> None:
         period = min(0.25, max(0.02, self.g.spec.health_check.interval / 4))
         while True:
             await asyncio.sleep(period)
             try:
-                self._feed(self.core.tick(self.ctl.now()))
+                self._feed(self.core.tick(self.ctx.now()))
             except Exception:  # the ticks drive retries: one failure must not end them
                 log.exception("%s: tick failed", self.g.name)
 
@@ -452,7 +452,7 @@ class ReplicationManager:
         """An action failed in a way the adapter did not foresee. The core waits for the outcome
         of a Collect or a Promote (its phase stays ELECTING or PROMOTING until then): tell it the
         round failed, so that it retries rather than waiting for ever with no primary."""
-        now = self.ctl.now()
+        now = self.ctx.now()
         if isinstance(a, Collect):
             self._feed(self.core.positions(a.round, dict.fromkeys(a.targets), now))
         elif isinstance(a, Promote):
@@ -472,14 +472,14 @@ class ReplicationManager:
             if a.delay:
                 await asyncio.sleep(a.delay)
             results = await asyncio.gather(*(self._observe(tid) for tid in a.targets))
-            now = self.ctl.now()
+            now = self.ctx.now()
             for tid, obs in zip(a.targets, results, strict=True):
                 self.observations[tid] = (obs, now)
             self._feed(self.core.positions(a.round, dict(zip(a.targets, results, strict=True)), now))
         elif isinstance(a, Promote):
             ok, detail = True, ""
             try:
-                if not self.core.can_act(self.ctl.now()):
+                if not self.core.can_act(self.ctx.now()):
                     raise LeaseLost("lease deadline passed")
                 if self.lease is not None:
                     await self.lease.record_primary(a.target, a.epoch)
@@ -489,7 +489,7 @@ class ReplicationManager:
                     await self.store.promote(self.targets[a.target], self.command_timeout)
             except (StoreError, LeaseLost, FivenineError) as exc:
                 ok, detail = False, str(exc)
-            self._feed(self.core.promoted(a.round, a.target, ok, detail, self.ctl.now()))
+            self._feed(self.core.promoted(a.round, a.target, ok, detail, self.ctx.now()))
         elif isinstance(a, PauseWrites):
             try:
                 await self.store.pause_writes(self.targets[a.target], a.seconds, self.timeout)
@@ -507,7 +507,7 @@ class ReplicationManager:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        self._feed(self.core.tick(self.ctl.now()))  # a lapsed lease shows (and applies) at once
+        self._feed(self.core.tick(self.ctx.now()))  # a lapsed lease shows (and applies) at once
         snap = self.core.snapshot()
         snap.pop("leader_until", None)
         out: dict[str, Any] = {
@@ -530,7 +530,7 @@ class ReplicationManager:
         if self.backup is not None:
             out["backup"] = self.backup.status()
         if self.cut_off_until:
-            now = self.ctl.now()
+            now = self.ctx.now()
             out["cut_off"] = {k: round(v - now, 3) for k, v in self.cut_off_until.items() if v > now}
         return out
 
@@ -540,7 +540,7 @@ class ReplicationManager:
         role = "primary" if target_id == self.core.primary else "replica"
         out: dict[str, Any] = {"role": role, "reported_role": None, "position": None, "following": None,
                                "link_up": None, "lag": None, "pending": m.pending,
-                               "observed_s_ago": round(self.ctl.now() - at, 3) if at else None}
+                               "observed_s_ago": round(self.ctx.now() - at, 3) if at else None}
         if obs is not None:
             top = self.core.known_position
             out.update(reported_role=obs.role.value, position=obs.position, following=obs.following,

@@ -50,7 +50,7 @@ from fivenines.proxy.backend import LATENCY_BUCKETS
 from fivenines.spec import ScalingSpec
 
 if TYPE_CHECKING:
-    from fivenines.runtime.controller import GroupRuntime
+    from fivenines.runtime.targets import GroupRuntime
 
 log = logging.getLogger("fivenines")
 

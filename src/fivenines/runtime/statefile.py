@@ -16,23 +16,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fivenines.core.health import HealthState, Reason
 from fivenines.core.restore import MAX_AGE, AdminState, SavedTarget, decide
-
-if TYPE_CHECKING:
-    from fivenines.runtime.controller import Controller
+from fivenines.runtime.context import RuntimeContext
 
 log = logging.getLogger("fivenines")
 
 VERSION = 1
 
 
-def encode(ctl: Controller, saved_at: float) -> dict[str, Any]:
+def encode(ctx: RuntimeContext, saved_at: float) -> dict[str, Any]:
     targets: dict[str, Any] = {}
-    for g in ctl.groups.values():
+    for g in ctx.groups.values():
         for t in g.targets:
             h = t.health
             targets[t.id] = {
@@ -44,7 +43,7 @@ def encode(ctl: Controller, saved_at: float) -> dict[str, Any]:
                 "admin_state": t.admin_state.value if t.admin_state else None,
                 "weight": t.base_weight if t.base_weight != t.spec_weight else None,
             }
-    return {"version": VERSION, "name": ctl.spec.name, "saved_at": saved_at, "targets": targets}
+    return {"version": VERSION, "name": ctx.spec.name, "saved_at": saved_at, "targets": targets}
 
 
 def decode(data: Any) -> tuple[float, dict[str, SavedTarget]]:
@@ -66,16 +65,16 @@ def decode(data: Any) -> tuple[float, dict[str, SavedTarget]]:
 
 
 class StateFile:
-    """Saves the controller's target states; restores them once at start-up."""
+    """Saves the runtime's target states; restores them once at start-up."""
 
-    def __init__(self, ctl: Controller, path: Path, every: float = 5.0, max_age: float = MAX_AGE) -> None:
-        self.ctl = ctl
+    def __init__(self, ctx: RuntimeContext, path: Path, every: float = 5.0, max_age: float = MAX_AGE) -> None:
+        self.ctx = ctx
         self.path = path
         self.every = every
         self.max_age = max_age
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
-        self._unsubscribe: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
         self.saves = 0
 
     def __repr__(self) -> str:
@@ -84,25 +83,25 @@ class StateFile:
     # -- restore
 
     def restore(self) -> list[str]:
-        """Apply what the file may restore to the controller's fresh targets. Returns what was done."""
+        """Apply what the file may restore to the runtime's fresh targets. Returns what was done."""
         try:
             raw = json.loads(self.path.read_text())
             saved_at, records = decode(raw)
-            if raw.get("name") != self.ctl.spec.name:
+            if raw.get("name") != self.ctx.spec.name:
                 raise ValueError(f"written for service {raw.get('name')!r}")
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("state file %s ignored: %s", self.path, exc)
             return []
-        ctl = self.ctl
-        now_mono, now_wall = ctl.now(), time.time()
+        ctx = self.ctx
+        now_mono, now_wall = ctx.now(), time.time()
         done = []
-        for g in ctl.groups.values():
+        for g in ctx.groups.values():
             for t in g.targets:
                 r = decide(records.get(t.id), t.fingerprint, t.slot is not None, saved_at, now_wall, self.max_age)
                 if t.id in records and not r.anything:
-                    ctl.events.emit(ctl.wall(now_mono), "restore", g.name, t.id, "", "", f"not restored: {r.why}")
+                    ctx.emit("restore", g.name, t.id, "", "", f"not restored: {r.why}", at=now_mono)
                     continue
                 if not r.anything:
                     continue
@@ -117,7 +116,7 @@ class StateFile:
                 if r.weight is not None:
                     t.base_weight = r.weight
                     t.backend.weight = t.effective_weight()
-                ctl.events.emit(ctl.wall(now_mono), "restore", g.name, t.id, old, t.health.state.value, r.why)
+                ctx.emit("restore", g.name, t.id, old, t.health.state.value, r.why, at=now_mono)
                 log.info("%s: %s", t.id, r.why)
                 done.append(f"{t.id}: {r.why}")
         return done
@@ -125,7 +124,7 @@ class StateFile:
     # -- save
 
     def start(self) -> None:
-        self._unsubscribe = self.ctl.events.subscribe(lambda ev: self._dirty.set())
+        self._unsubscribe = self.ctx.events.subscribe(lambda ev: self._dirty.set())
         self._task = asyncio.get_running_loop().create_task(self._run(), name="state file")
 
     async def _run(self) -> None:
@@ -138,7 +137,7 @@ class StateFile:
             self.save()
 
     def save(self) -> None:
-        data = encode(self.ctl, time.time())
+        data = encode(self.ctx, time.time())
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

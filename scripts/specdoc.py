@@ -1,7 +1,9 @@
-"""Generate ``docs/spec.md``, the spec reference, from the pydantic model itself.
+"""Print ``docs/spec.md``, the spec reference, generated from the pydantic model itself.
 
-``python -m fivenines.specdoc > docs/spec.md`` regenerates it; a test fails when the
-committed file is out of date, so the reference cannot drift from the code.
+    python scripts/specdoc.py > docs/spec.md   (or: make spec-doc; a test fails when the
+                                                committed file is out of date)
+
+so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from fivenines.spec import Spec, format_duration, parse_duration, parse_size
 HEADER = """# `fivenines.yaml` reference
 
 Generated from the pydantic model in `src/fivenines/spec.py` by
-`python -m fivenines.specdoc > docs/spec.md`; do not edit by hand.
+`python scripts/specdoc.py > docs/spec.md`; do not edit by hand.
 `fivenines schema` prints the same model as JSON Schema (for editors).
 
 Durations are written `500ms`, `1s`, `2m`, `1h`, `30d` or as a number of seconds;
