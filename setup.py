@@ -82,6 +82,9 @@ class BuildDataPlane(build_ext):
         target.mkdir(parents=True, exist_ok=True)
         manifest = target / accel.MANIFEST_NAME
         manifest.unlink(missing_ok=True)  # a half-done build must never look current
+        if not self.inplace:  # build_lib is a staging area: no extension of an earlier build stays in it
+            for stale in [*target.rglob("*.so"), *target.parent.glob(f"{accel.SHARED_LIB}.*")]:
+                stale.unlink()
         t0 = time.monotonic()
         try:
             self.generate_mypyc()
