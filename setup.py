@@ -87,7 +87,10 @@ class BuildDataPlane(build_ext):
                 stale.unlink()
         t0 = time.monotonic()
         try:
+            built_from = accel.manifest(PACKAGE_DIR)  # the sources as mypyc reads them
             self.generate_mypyc()
+            if accel.manifest(PACKAGE_DIR) != built_from:
+                raise RuntimeError("sources changed while mypyc read them")
             super().run()
             missing = [m for m in accel.MODULES + accel.NATIVE
                        if not any(p.exists() for p in accel.extension_paths(m, target))]
@@ -103,7 +106,9 @@ class BuildDataPlane(build_ext):
                 "source, at about half the requests/s; with a C compiler and the Python headers (Debian: "
                 "gcc python3-dev), install again to compile it.")
             return
-        manifest.write_text(json.dumps(accel.manifest(PACKAGE_DIR), indent=1) + "\n")
+        # what was compiled: an installed source that differs from it (edited during or after the
+        # build) sends the data plane to its sources
+        manifest.write_text(json.dumps(built_from, indent=1) + "\n")
         say(f"{len(accel.MODULES)} modules compiled with mypyc and {len(accel.NATIVE)} in C "
             f"in {time.monotonic() - t0:.0f} s")
 
@@ -132,8 +137,9 @@ class BuildDataPlane(build_ext):
         planned = {ext.name: ext for ext in self.extensions if not ext.sources}
         if set(by_name) != set(planned):
             raise RuntimeError(f"mypyc made {sorted(by_name)}, the build planned {sorted(planned)}")
-        for name, ext in planned.items():
-            vars(ext).update({k: v for k, v in vars(by_name[name]).items() if k != "name"})
+        for name, ext in planned.items():  # what to compile and how; setuptools' own state stays
+            vars(ext).update({k: v for k, v in vars(by_name[name]).items()
+                              if k != "name" and (not k.startswith("_") or k.startswith("_mypyc"))})
 
     def remove_outputs(self, target: Path) -> None:
         for m in (*accel.MODULES, *accel.NATIVE, accel.SHARED_LIB):

@@ -718,6 +718,14 @@ def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any]
     return lines, verdicts
 
 
+def running(bench: Bench) -> str:
+    """The data plane each fivenines contender reported in /status (once when all agree)."""
+    modes = set(bench.data_plane.values())
+    if len(modes) == 1:
+        return f"data plane {modes.pop()} (every fivenines contender)"
+    return "data plane " + ", ".join(f"{k}: {v}" for k, v in bench.data_plane.items())
+
+
 def configurations(bench: Bench, args: argparse.Namespace) -> list[str]:
     """What each contender ran with, as given to it."""
     lines = ["configurations:"]
@@ -805,8 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         env = environment(args, bench)
         print(f"proxy bench: {env['cpus']} CPUs, load {env['loadavg_at_start'][0]:.2f}, pinned {env['pinned']}, "
               f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s x {args.rounds} rounds", flush=True)
-        print(f"fivenines installed in {args.venv} ({bench.fivenines_bin}): data plane {bench.installed_mode}; "
-              f"running: {', '.join(f'{k} {v}' for k, v in bench.data_plane.items())}", flush=True)
+        print(f"fivenines installed in {args.venv} ({bench.fivenines_bin}): {running(bench)}", flush=True)
+        if any(mode != "compiled" for mode in bench.data_plane.values()):
+            print("WARNING: the installed fivenines runs its data plane from source: these are not the "
+                  "compiled data plane's numbers", flush=True)
         print("\n".join(configurations(bench, args)), flush=True)
         summary: dict[str, Any] = {}
         idle: dict[str, Any] = {}
@@ -828,8 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     if scaling:
         lines.append(f"workers: {scaling['workers']} (unpinned, keep-alive): {scaling['rps'][str(scaling['workers'])]:.0f} "
                      f"req/s vs {scaling['rps']['1']:.0f} with 1 worker ({scaling['speedup']:.2f}x)")
-    lines.append(f"data plane: {', '.join(f'{k} {v}' for k, v in bench.data_plane.items())} "
-                 f"(installed with pip install . in {args.venv})")
+    lines.append(f"{running(bench)} (installed with pip install . in {args.venv})")
     lines.append(f"targets met: {sum(verdicts)} of {len(verdicts)}"
                  + ("  (SMOKE RUN with --quick: not a measurement)" if args.quick else ""))
     print()

@@ -58,7 +58,7 @@ def test_the_sdist_carries_the_build_and_no_build_output(tmp_path: Path) -> None
 def test_without_a_compiler_the_package_builds_runs_from_source_and_says_why(tmp_path: Path) -> None:
     copy = checkout_copy(tmp_path)
     wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w"]
-    got = run([*wheel, str(tmp_path / "wheels"), "."], copy, CC="/bin/false")
+    got = run([*wheel, str(tmp_path / "wheels"), "."], copy, CC="/bin/false", FIVENINES_BUILD="")  # make sets it under CI
     assert got.returncode == 0, got.stderr[-3000:]
     (whl,) = (tmp_path / "wheels").glob("fivenines-*.whl")
     site = tmp_path / "site"
