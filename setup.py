@@ -60,13 +60,16 @@ def planned_extensions() -> list[Extension]:
 
 
 def failure(exc: BaseException) -> str:
-    """Why the build failed, in one line: ``C compiler 'gcc' failed: No such file or directory``."""
+    """Why the build failed, in one line: ``C compiler 'gcc' not found``."""
     text = " ".join(str(exc).split())
+    tool = {"CompileError": "C compiler", "LinkError": "linker"}.get(type(exc).__name__, "command")
     ran = re.fullmatch(r"[Cc]ommand '(.*)' ((?:failed|returned).*)", text)
     if ran:
         argv = ast.literal_eval(ran[1]) if ran[1].startswith("[") else ran[1].split()
-        tool = {"CompileError": "C compiler", "LinkError": "linker"}.get(type(exc).__name__, "command")
         return f"{tool} {argv[0]!r} {ran[2].rstrip('.')}"
+    absent = re.fullmatch(r"\[Errno 2\] No such file or directory: '(.*)'", text)
+    if absent:
+        return f"{tool} {absent[1]!r} not found"
     return f"{type(exc).__name__}: {text}"[:200]
 
 

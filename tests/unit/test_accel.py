@@ -35,8 +35,8 @@ def test_a_current_build_runs() -> None:
 
 def test_no_build_runs_the_sources_and_says_why() -> None:
     assert decide(None, built=()).startswith("not compiled: pip install .")
-    failed = {"python": sys.implementation.cache_tag, "failed": "C compiler 'gcc' failed: No such file or directory"}
-    assert decide(failed, built=()) == "not compiled: the build failed: C compiler 'gcc' failed: No such file or directory"
+    failed = {"python": sys.implementation.cache_tag, "failed": "C compiler 'gcc' not found"}
+    assert decide(failed, built=()) == "not compiled: the build failed: C compiler 'gcc' not found"
     assert decide(failed, built=(accel.SHARED_LIB,)).startswith("not compiled: the build failed")
     # leftovers of an earlier build next to the manifest of a failed one are not used
     assert decide(failed).startswith("the last build failed (C compiler 'gcc'")
