@@ -24,9 +24,10 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml setup.py
 	touch $@ $(VENV)/.installed
 
 # Rebuilds the data plane in place when fivenines.accel finds the build stale (a source it depends
-# on changed since): scripts/compile runs `pip install -e .` again.
+# on changed since): scripts/compile runs `pip install -e .` again. A build that failed (no C
+# compiler) is tried again only when a source changed, or with FORCE=1.
 compile: $(VENV)/.installed
-	$(BIN)/python scripts/compile $(if $(filter true,$(CI)),--strict)
+	$(BIN)/python scripts/compile $(if $(filter true,$(CI)),--strict) $(if $(FORCE),--force)
 
 ## Run the bundled demo: 2 active + 1 standby demo instances behind the load balancer.
 demo: compile

@@ -171,10 +171,10 @@ def digests(files: Iterable[str], package_dir: Path = PACKAGE_DIR) -> dict[str, 
 
 def manifest(package_dir: Path = PACKAGE_DIR, failed: str = "") -> dict[str, Any]:
     """What ``setup.py`` writes as ``_compiled.json``: after a build, or after a failed one (``failed``: why)."""
+    sources = digests(dependency_files(package_dir), package_dir)
     if failed:
-        return {"python": sys.implementation.cache_tag, "failed": failed}
-    return {"python": sys.implementation.cache_tag, "modules": list(MODULES + NATIVE),
-            "sources": digests(dependency_files(package_dir), package_dir)}
+        return {"python": sys.implementation.cache_tag, "failed": failed, "sources": sources}
+    return {"python": sys.implementation.cache_tag, "modules": list(MODULES + NATIVE), "sources": sources}
 
 
 def extension_paths(module: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
