@@ -10,30 +10,33 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# Installing the package (editable) also compiles its data plane in place: setup.py, with mypyc
+# (fivenines.accel). Without a C compiler it installs all the same and runs from source.
+# Under CI (CI=1, true or yes: fivenines.accel.under_ci, the rule the tests use) a failed build
+# fails make (FIVENINES_BUILD=strict).
+export FIVENINES_BUILD := $(shell $(PYTHON) scripts/compile --build-mode)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-# The data plane compiled with mypyc (fivenines.accel; the sources run when this fails or is stale).
-# Under CI (CI=1, true or yes: scripts/compile reads it, as the tests do) a failed build fails make.
-$(VENV)/.compiled: $(VENV)/.installed-dev scripts/compile src/fivenines/accel.py \
-		src/fivenines/_express.c $(wildcard src/fivenines/core/*.py src/fivenines/proxy/*.py) | test-deps
-	$(BIN)/python scripts/compile
-	touch $@
-
-compile: $(VENV)/.compiled
+# Rebuilds the data plane in place when fivenines.accel finds the build stale (a source it depends
+# on changed since): scripts/compile runs `pip install -e .` again. A build that failed (no C
+# compiler) is tried again only when a source changed, or with FORCE=1.
+compile: $(VENV)/.installed
+	$(BIN)/python scripts/compile $(if $(FORCE),--force)
 
 ## Run the bundled demo: 2 active + 1 standby demo instances behind the load balancer.
-demo: $(VENV)/.installed
+demo: compile
 	$(BIN)/fivenines up examples/demo.yaml
 
 ## Lint, type-check and run the whole test suite (installs the Debian packages tests need).
-test: $(VENV)/.installed-dev test-deps $(VENV)/.compiled
-	$(BIN)/ruff check src tests $(wildcard bench) conftest.py scripts/specdoc.py
+test: test-deps $(VENV)/.installed-dev compile
+	$(BIN)/ruff check src tests $(wildcard bench) conftest.py setup.py scripts/specdoc.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
@@ -44,14 +47,17 @@ test: $(VENV)/.installed-dev test-deps $(VENV)/.compiled
 spec-doc: $(VENV)/.installed
 	$(BIN)/python scripts/specdoc.py > docs/spec.md.tmp && mv docs/spec.md.tmp docs/spec.md
 
-test-deps:
+# First in `make test`: under CI the install that follows must find gcc and the Python headers.
+test-deps: $(BIN)/python
 	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
 
-bench: $(VENV)/.installed-dev $(VENV)/.compiled
+# The bench installs the checkout with `pip install .` into a venv of its own (build/bench-venv) and
+# measures that: what users install.
+bench: $(VENV)/.installed-dev
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/proxy_bench.py
 
-failover-bench: $(VENV)/.installed-dev $(VENV)/.compiled
+failover-bench: $(VENV)/.installed-dev compile
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/failover_bench.py
 

@@ -1,4 +1,4 @@
-# The C express lane (_express.c), built by `make compile`; see fivenines.core.framing.
+# The C express lane (_express.c), compiled by the package build (setup.py); see fivenines.core.framing.
 def express_request(
     data: bytes, max_header_bytes: int, max_request_line: int, max_headers: int, /
 ) -> tuple[bytes, bytes, bytes, bytes, bool] | None: ...

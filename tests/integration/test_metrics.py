@@ -61,6 +61,11 @@ def test_metrics_parse_and_move_as_traffic_flows(run_fivenines: Any) -> None:
     assert ("fivenines_group_fail_open", frozenset({("group", "web")})) in m0
     assert v(m0, "fivenines_group_fail_open", group="web") == 0
     assert v(m0, "fivenines_target_ejected", group="web", target="web-1") == 0
+    # what runs, as /status says: compiled (1, no reason) or from source (0, and why)
+    plane = [(dict(labels), value) for (name, labels), value in m0.items() if name == "fivenines_data_plane_compiled"]
+    mode = f.status()["data_plane"]
+    expected = [({"reason": ""}, 1.0)] if mode == "compiled" else [({"reason": mode[len("pure ("):-1]}, 0.0)]
+    assert plane == expected, mode
 
     for _ in range(20):
         assert f.get("/")[0] == 200

@@ -9,7 +9,9 @@ check durations go to a prometheus_client histogram (one observation per check).
 Names and units follow Prometheus conventions: ``fivenines_`` prefix, ``_total`` on
 counters, seconds for durations, one ``state``/``role`` label per enum value with
 value 1 for the current one. Labels: ``listener`` (its address), ``group``,
-``target``, ``code_class`` (``2xx``), ``result`` (``pass``/``fail``), ``kind``.
+``target``, ``code_class`` (``2xx``), ``result`` (``pass``/``fail``), ``kind``, and
+``reason`` on ``fivenines_data_plane_compiled`` (why the data plane runs from source; empty
+when it runs compiled: fivenines.accel).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from fivenines import __version__
+from fivenines import __version__, accel
 from fivenines.core.health import CheckResult, HealthState
 from fivenines.core.pool import Role
 from fivenines.proxy.backend import LATENCY_BUCKETS
@@ -83,6 +85,12 @@ class _Collector(Collector):
         info = GaugeMetricFamily("fivenines_info", "fivenines version and service name.", labels=["name", "version"])
         info.add_metric([rt.spec.name, __version__], 1)
         yield info
+        why = accel.reason()  # what runs, as in /status data_plane and the `fivenines up` banner
+        plane = GaugeMetricFamily("fivenines_data_plane_compiled",
+                                  "1 when the data plane runs compiled, 0 when it runs from source (reason: why).",
+                                  labels=["reason"])
+        plane.add_metric([why], 0 if why else 1)
+        yield plane
         gen = GaugeMetricFamily("fivenines_config_generation", "Configuration generation (1 + successful reloads).")
         gen.add_metric([], rt.generation)
         yield gen

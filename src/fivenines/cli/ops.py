@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from fivenines.cli import connect
@@ -69,6 +70,9 @@ def render_status(status: dict[str, Any]) -> Table:
 
 def print_status(data: dict[str, Any]) -> None:
     out.print(render_status(data))
+    plane = data.get("data_plane", "")
+    if plane and plane != "compiled":
+        out.print(f"[yellow]data plane runs from source, about half as fast: {escape(plane)}[/]", markup=True)
     for gname, g in data.get("target_groups", {}).items():
         rep = g.get("replication")
         if rep:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
 from fivenines.errors import ConfigError, SpecError
@@ -58,6 +59,9 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
             return
         err.print(f"[bold green]fivenines[/] {spec.name} is up ({aio.loop_name()}, data plane {accel.mode()}).",
                   markup=True)
+        if accel.reason():
+            err.print(f"  [bold yellow]warning[/]     the data plane runs from source, about half as fast: "
+                      f"{escape(accel.reason())}", markup=True)
         for u in urls:
             err.print(f"  open        {u}")
         err.print(f"  dashboard   {ctl.admin.url}/")
