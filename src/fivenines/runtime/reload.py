@@ -39,7 +39,7 @@ from fivenines.proxy.backend import BackendGroup
 from fivenines.proxy.http import Listener
 from fivenines.runtime.events import iso
 from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
-from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
+from fivenines.spec import ListenerSpec, Spec, load_spec, not_served_yet, port_is_free
 
 if TYPE_CHECKING:
     from fivenines.runtime.controller import Controller, GroupRuntime, TargetRuntime
@@ -164,6 +164,8 @@ class Reloader:
             new = load_spec(path)
         except SpecError as exc:
             raise _Rejected([f"{exc.file}: {e}" for e in exc.errors]) from None
+        if not_served_yet(new):
+            raise _Rejected([f"{path}: {e}" for e in not_served_yet(new)])
         plan = reconfig.plan(ctl.spec, new, self._running())
         if not plan.ok:
             raise _Rejected([f"{path}: {e}" for e in plan.errors])
