@@ -68,11 +68,9 @@ _ECDHE_GCM256 = ("ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384")
 _ECDHE_CBC256 = ("ECDHE-ECDSA-AES256-SHA384", "ECDHE-RSA-AES256-SHA384")
 _RSA_12 = ("AES128-GCM-SHA256", "AES128-SHA256", "AES256-GCM-SHA384", "AES256-SHA256")
 _RSA_ALL = ("AES128-GCM-SHA256", "AES128-SHA256", "AES128-SHA", "AES256-GCM-SHA384", "AES256-SHA256", "AES256-SHA")
-# ELBSecurityPolicy-2016-08 and its kin list the 256-bit SHA-1 suites RSA first; TLS13-*-Ext2 ECDSA first.
 _LEGACY = (*_ECDHE_GCM128, *_ECDHE_CBC128, *_ECDHE_SHA128, *_ECDHE_GCM256, *_ECDHE_CBC256,
-           "ECDHE-RSA-AES256-SHA", "ECDHE-ECDSA-AES256-SHA", *_RSA_ALL)
-_EXT2 = (*_ECDHE_GCM128, *_ECDHE_CBC128, *_ECDHE_SHA128, *_ECDHE_GCM256, *_ECDHE_CBC256,
-         "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA", *_RSA_ALL)
+           "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA", *_RSA_ALL)
+"""Every TLS 1.2-and-older cipher ELB offers (ELBSecurityPolicy-2016-08, the TLS13 Ext2 policies)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +126,9 @@ POLICIES: dict[str, Policy] = {
         _policy("TLS13-1-2-Res-2021-06", _P1213, (*_TLS13, *_ECDHE_GCM128, *_ECDHE_GCM256)),
         _policy("TLS13-1-2-Ext1-2021-06", _P1213,
                 (*_TLS13, *_ECDHE_GCM128, *_ECDHE_CBC128, *_ECDHE_GCM256, *_ECDHE_CBC256, *_RSA_12)),
-        _policy("TLS13-1-2-Ext2-2021-06", _P1213, (*_TLS13, *_EXT2)),
-        _policy("TLS13-1-1-2021-06", ("TLSv1.1", *_P1213), (*_TLS13, *_EXT2)),
-        _policy("TLS13-1-0-2021-06", ("TLSv1", "TLSv1.1", *_P1213), (*_TLS13, *_EXT2)),
+        _policy("TLS13-1-2-Ext2-2021-06", _P1213, (*_TLS13, *_LEGACY)),
+        _policy("TLS13-1-1-2021-06", ("TLSv1.1", *_P1213), (*_TLS13, *_LEGACY)),
+        _policy("TLS13-1-0-2021-06", ("TLSv1", "TLSv1.1", *_P1213), (*_TLS13, *_LEGACY)),
         _policy("2016-08", ("TLSv1", "TLSv1.1", "TLSv1.2"), _LEGACY),
         _policy("TLS-1-1-2017-01", ("TLSv1.1", "TLSv1.2"), _LEGACY),
         _policy("TLS-1-2-2017-01", _P12, (*_ECDHE_GCM128, *_ECDHE_CBC128, *_ECDHE_GCM256, *_ECDHE_CBC256, *_RSA_12)),
