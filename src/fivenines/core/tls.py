@@ -214,18 +214,21 @@ class CertificateSelector:
                     self.exact.setdefault(n, i)
 
     def select(self, server_name: str | None) -> int:
+        found = self.find(server_name)
+        return self.default if found is None else found
+
+    def find(self, server_name: str | None) -> int | None:
+        """The certificate that names ``server_name``, or None (then :meth:`select` gives the default)."""
         if not server_name:
-            return self.default
+            return None
         n = normalise_name(server_name)
         found = self.exact.get(n)
         if found is not None:
             return found
         label, dot, rest = n.partition(".")
         if label and dot and "*" not in label:
-            found = self.wildcard.get(rest)
-            if found is not None:
-                return found
-        return self.default
+            return self.wildcard.get(rest)
+        return None
 
     def __repr__(self) -> str:
         return f"<CertificateSelector {len(self.exact)} names, {len(self.wildcard)} wildcards, default {self.default}>"
