@@ -29,10 +29,9 @@ class _Echo(asyncio.Protocol):
     def __init__(self, tls: ListenerTls) -> None:
         self.tls = tls
         self.buf = b""
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio's or uvloop's SSL transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -59,9 +58,10 @@ def listener(data: dict[str, Any]) -> ListenerSpec:
 class TlsTestServer:
     """The server on its own loop in a thread; ``port`` once started; :meth:`call` runs on the loop."""
 
-    def __init__(self, spec: dict[str, Any], base: Path, secret: bytes | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], base: Path, secret: bytes | None = None,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
         self.base = base
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.tls: ListenerTls = self.call(lambda: ListenerTls(listener(spec), base, ticket_secret=secret))
