@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from fivenines.cloud.resources import CertificateMaterial
 from fivenines.core.tls import EXPIRY_WARNING_DAYS, ClientCertificate, days_left
 from fivenines.errors import ConfigError, FieldError
 
@@ -268,3 +269,40 @@ def read_ticket_secret(path: Path) -> bytes:
         raise CertificateError(str(path), f"{len(data)} bytes; a ticket secret needs at least {MIN_TICKET_SECRET} "
                                "(make one: head -c 48 /dev/urandom > FILE; chmod 600 FILE)")
     return data
+
+
+def read_materials(spec: Spec, base: Path) -> dict[str, CertificateMaterial]:
+    """The certificates of ``spec`` to import into ACM, by their ``cert`` path as written (files of
+    entries with an ``arn`` are not read). A file that cannot be read is left out: the mapping
+    reports it as a finding, and ``validate`` has already named it."""
+    out: dict[str, CertificateMaterial] = {}
+    for lst in spec.listeners:
+        if not lst.tls or lst.passthrough:
+            continue
+        for c in lst.certificates:
+            if c.arn or c.cert in out:
+                continue
+            try:
+                chain = load_pem_chain(base / c.cert)
+                key = _read(base / c.key)
+            except CertificateError:
+                continue
+            pem = serialization.Encoding.PEM
+            fingerprint, domain = certificate_facts(chain[0].public_bytes(pem))
+            out[c.cert] = CertificateMaterial(
+                fingerprint=fingerprint,
+                domain=domain,
+                certificate=chain[0].public_bytes(pem),
+                chain=b"".join(x.public_bytes(pem) for x in chain[1:]),
+                private_key=key,
+            )
+    return out
+
+
+def certificate_facts(pem: bytes) -> tuple[str, str]:
+    """``(SHA-256 fingerprint, first name)`` of a PEM certificate: how a certificate imported into
+    ACM is recognised when read back (the same function on both sides, so nothing drifts)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    _sans, names = _names(cert)
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return fingerprint, names[0] if names else cert.subject.rfc4514_string()
