@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
 )
 
+from fivenines.core.tls import DEFAULT_POLICY, policy
 from fivenines.errors import FieldError, SpecError
 
 # --------------------------------------------------------------------------- durations
@@ -704,6 +705,7 @@ class RuleMatch(_Strict):
     method: list[str] | None = Field(None, description="Request methods, e.g. [GET, HEAD].")
     query: dict[str, str] | None = Field(None, description="Query parameter to value glob.")
     source_ip: list[str] | None = Field(None, description="Client address CIDRs, e.g. 10.0.0.0/8.")
+    sni: list[str] | None = Field(None, description="tls listeners only: server name (SNI) globs, e.g. *.example.com (case-insensitive).")
 
     @field_validator("source_ip")
     @classmethod
@@ -780,6 +782,7 @@ class TimeoutsSpec(_Strict):
     request: Duration | None = Field(None, description="Whole request, retries included: no response head by then gives 504 (unset: no limit).")
     tunnel: Duration = Field(3600.0, description="An upgraded (WebSocket) connection with no byte either way is closed after this.")
     upstream_idle: Duration = Field(15.0, description="Pooled keep-alive connections to targets are closed after this long unused.")
+    handshake: Duration = Field(10.0, description="https/tls: a TLS handshake (passthrough: the ClientHello) not done within this is cut.")
 
 
 class RateLimitSpec(_Strict):
@@ -799,16 +802,64 @@ class LimitsSpec(_Strict):
     max_connections: int = Field(20_000, ge=1, le=1_000_000, description="Open client connections on this listener; more are refused (503, closed).")
     max_connections_per_ip: int | None = Field(None, ge=1, le=1_000_000, description="Open connections from one client IP; more are refused (unset: no cap).")
     rate_limit: RateLimitSpec | None = Field(None, description="Optional request rate limit per client IP (429).")
+    max_handshakes: int = Field(1000, ge=1, le=1_000_000, description="https/tls: TLS handshakes in progress at once (per worker); more connections are closed at once.")
+
+
+class CertificateSpec(_Strict):
+    """A certificate of an https/tls listener: PEM files, relative to the spec's folder (docs/tls.md)."""
+
+    cert: str = Field(description="PEM file: the certificate, then its intermediates (leaf first).")
+    key: str = Field(description="PEM file of the certificate's private key (unencrypted; RSA or ECDSA).")
+    default: bool = Field(False, description="Served when no certificate matches the client's SNI (default: the first).")
+    arn: str | None = Field(None, description="On AWS: use this ACM certificate instead of importing the files.")
+
+
+class MutualAuthSpec(_Strict):
+    """Client certificates (mutual TLS), as ALB's mutual_authentication."""
+
+    mode: Literal["off", "verify", "passthrough"] = Field(
+        "off", description="verify: refuse clients without a certificate the trust store vouches for; passthrough: ask for any certificate and forward it unverified.")
+    trust_store: str | None = Field(None, description="verify: PEM file of the CA certificates that vouch for clients.")
+    ignore_client_certificate_expiry: bool = Field(False, description="verify: accept expired client certificates.")
+    header_prefix: str = Field(
+        "X-Amzn-Mtls-Clientcert", pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Headers carrying the client certificate to targets (ALB's names: PREFIX-Subject, PREFIX-Leaf, ...).")
+
+
+class SessionTicketsSpec(_Strict):
+    """TLS session resumption by tickets; the keys rotate and are shared by every worker (and node)."""
+
+    enabled: bool = Field(True, description="Issue and accept session tickets (resumption).")
+    rotation: Duration = Field(3600.0, ge=60, le=86400 * 7, description="A new ticket key every this long; the previous one still decrypts.")
+    key_file: str | None = Field(
+        None, description="File of the shared secret (>= 32 bytes) the keys derive from; give the same file to every node (default: one per state_dir).")
 
 
 class ListenerSpec(_Strict):
     port: int = Field(ge=0, le=65535, description="Port to listen on (0: any free port).")
     host: str = Field("127.0.0.1", description="Address to bind.")
-    protocol: Literal["http", "tcp"] = Field("http", description="http: HTTP/1.1 reverse proxy; tcp: byte stream.")
+    protocol: Literal["http", "https", "tcp", "tls"] = Field(
+        "http", description="http: HTTP/1.1 reverse proxy; https: the same over TLS; tcp: byte stream; tls: byte stream over TLS (or passthrough).")
     default_target_group: str = Field(description="Target group that receives the listener's traffic.")
     rules: list[RuleSpec] = Field(default_factory=list, description="Content-based rules (http only), in order.")
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    certificates: list[CertificateSpec] = Field(default_factory=list, description="https/tls: certificates; chosen by SNI, wildcards included.")
+    ssl_policy: str = Field(DEFAULT_POLICY, description="https/tls: ELB security policy name (protocol versions and ciphers; docs/tls.md).")
+    mutual_authentication: MutualAuthSpec = Field(default_factory=MutualAuthSpec)
+    session_tickets: SessionTicketsSpec = Field(default_factory=SessionTicketsSpec)
+    passthrough: bool = Field(False, description="tls only: do not decrypt; route by the ClientHello's SNI (rules with sni).")
+
+    @field_validator("ssl_policy")
+    @classmethod
+    def _check_policy(cls, v: str) -> str:
+        policy(v)
+        return v
+
+    @property
+    def tls(self) -> bool:
+        """True for https and tls listeners."""
+        return self.protocol in ("https", "tls")
 
 
 class AwsSpec(_Strict):
@@ -1075,11 +1126,14 @@ def semantic_errors(spec: Spec) -> list[FieldError]:
             if len(actions) != 1:
                 errors.append(FieldError(rpath, "give exactly one action: forward, redirect or fixed_response"))
             if not any(v is not None for v in rule.match.model_dump().values()):
-                errors.append(FieldError(f"{rpath}.match", "give at least one condition: path, host, header, method, query, source_ip"))
+                errors.append(FieldError(f"{rpath}.match", "give at least one condition: path, host, header, method, query, source_ip"
+                                         + (", sni" if lst.protocol == "tls" else "")))
+            errors.extend(_sni_rule_errors(lst, rule, rpath))
             for tgname in rule.forward_weights() or {}:
                 if tgname not in spec.target_groups:
                     fpath = f"{rpath}.forward" + ("" if isinstance(rule.forward, str) else f".target_groups.{tgname}")
                     errors.append(FieldError(fpath, f"no target group {tgname!r}; defined: {', '.join(groups)}"))
+        errors.extend(tls_errors(lst, f"listeners.{i}"))
     for name, tg in spec.target_groups.items():
         path = f"target_groups.{name}"
         if tg.algorithm == "hash":
@@ -1152,6 +1206,64 @@ def scaling_errors(spec: Spec) -> list[FieldError]:
             errors.append(FieldError(f"{path}.scale_out_window", f"must be at least evaluation_interval "
                                      f"({format_duration(sc.evaluation_interval)})"))
     return errors
+
+
+def _sni_rule_errors(lst: ListenerSpec, rule: RuleSpec, rpath: str) -> list[FieldError]:
+    """A tls listener routes connections: by sni and source_ip, to a forward; http/https have no sni."""
+    if lst.protocol != "tls":
+        if rule.match.sni is not None:
+            return [FieldError(f"{rpath}.match.sni", f"sni matches tls listeners (this one is {lst.protocol}); "
+                               "match the Host header with host:")]
+        return []
+    http_only = sorted(k for k, v in rule.match.model_dump().items() if v is not None and k not in ("sni", "source_ip"))
+    errors = [FieldError(f"{rpath}.match.{k}", "a tls listener routes connections, not requests: use sni or source_ip")
+              for k in http_only]
+    if rule.redirect is not None or rule.fixed_response is not None:
+        errors.append(FieldError(rpath, "a tls listener can only forward (redirect and fixed_response answer HTTP)"))
+    return errors
+
+
+def tls_errors(lst: ListenerSpec, path: str) -> list[FieldError]:
+    """The TLS settings of one listener, without reading any file (see :mod:`fivenines.certs` for that)."""
+    errors: list[FieldError] = []
+    written = lst.model_fields_set
+    if not lst.tls:
+        for name in ("certificates", "ssl_policy", "mutual_authentication", "session_tickets", "passthrough"):
+            if name in written:
+                errors.append(FieldError(f"{path}.{name}", f"only for https and tls listeners (protocol is {lst.protocol})"))
+        return errors
+    if lst.passthrough:
+        if lst.protocol != "tls":
+            errors.append(FieldError(f"{path}.passthrough", "only tls listeners pass TLS through; https terminates it"))
+        for name in ("certificates", "ssl_policy", "mutual_authentication", "session_tickets"):
+            if name in written:
+                errors.append(FieldError(f"{path}.{name}", "a passthrough listener does not terminate TLS: the targets "
+                                         "hold the certificates; remove it"))
+        return errors
+    if not lst.certificates:
+        errors.append(FieldError(f"{path}.certificates", f"a {lst.protocol} listener needs at least one certificate: "
+                                 "[{cert: site.pem, key: site.key}] (or passthrough: true on a tls listener)"))
+    defaults = [j for j, c in enumerate(lst.certificates) if c.default]
+    if len(defaults) > 1:
+        errors.append(FieldError(f"{path}.certificates.{defaults[1]}.default",
+                                 f"certificates.{defaults[0]} is already the default; at most one"))
+    mtls = lst.mutual_authentication
+    if mtls.mode == "verify" and not mtls.trust_store:
+        errors.append(FieldError(f"{path}.mutual_authentication.trust_store",
+                                 "mode verify needs trust_store: a PEM file of the CA certificates that vouch for clients"))
+    if mtls.mode != "verify":
+        for name in ("trust_store", "ignore_client_certificate_expiry"):
+            if name in mtls.model_fields_set:
+                errors.append(FieldError(f"{path}.mutual_authentication.{name}", f"only used with mode verify (mode is {mtls.mode})"))
+    return errors
+
+
+def not_served_yet(spec: Spec) -> list[FieldError]:
+    """Listeners this build validates but does not serve yet: https and tls (issue 19's data-plane
+    wiring is a follow-up). ``up`` and reload refuse them rather than serve them in the clear."""
+    return [FieldError(f"listeners.{i}.protocol", f"{lst.protocol} listeners are checked but not served yet by "
+                       "this build of fivenines (docs/tls.md); use http/tcp behind a TLS terminator for now")
+            for i, lst in enumerate(spec.listeners) if lst.tls]
 
 
 def _failover_errors(spec: Spec) -> list[FieldError]:
@@ -1429,7 +1541,16 @@ def load_spec(path: str | Path) -> Spec:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(str(p), [FieldError("", f"not valid YAML: {where}{problem}")]) from None
-    return parse_spec(data, str(p))
+    spec = parse_spec(data, str(p))
+    if any(lst.tls for lst in spec.listeners):
+        import time
+
+        from fivenines.certs import tls_file_problems
+
+        problems = tls_file_problems(spec, p.parent, time.time())
+        if problems.errors:
+            raise SpecError(str(p), problems.errors)
+    return spec
 
 
 def json_schema() -> dict[str, Any]:

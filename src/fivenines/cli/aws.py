@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -62,7 +63,7 @@ def _aws_prepare(ctx: click.Context, spec_file: str, kw: dict[str, Any], adjust:
     with failing(EXIT_USAGE):
         provider = _aws_provider(ctx, spec, kw)
     with failing(EXIT_USAGE, f"{spec_file}: "):
-        desired = provider.desired(spec)
+        desired = provider.desired(spec, Path(spec_file).parent)
     blocking = desired.blocking(adjust)
     for f in desired.findings:
         if f.blocks(adjust):

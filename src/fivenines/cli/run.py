@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
+from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument, warn
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy import aio
-from fivenines.spec import json_schema
+from fivenines.spec import json_schema, not_served_yet
 
 
 @click.command()
@@ -23,6 +25,11 @@ from fivenines.spec import json_schema
 def validate(spec_file: str, no_port_check: bool) -> None:
     """Check SPEC_FILE; exit 2 with every problem named by its field path."""
     spec = load(spec_file, check_ports=not no_port_check)
+    if any(lst.tls for lst in spec.listeners):
+        from fivenines.certs import tls_file_problems
+
+        for w in tls_file_problems(spec, Path(spec_file).parent, time.time()).warnings:
+            warn(f"{spec_file}: {w}")
     groups = ", ".join(
         f"{n} ({tg.instances.count}+{tg.instances.standby})" if tg.instances else f"{n} ({len(tg.targets or [])} targets)"
         for n, tg in spec.target_groups.items()
@@ -44,6 +51,8 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
     SIGHUP (or `fivenines reload`) re-reads SPEC_FILE and applies the difference.
     """
     spec = load(spec_file, check_ports=True)
+    if not_served_yet(spec):
+        raise SpecError(spec_file, not_served_yet(spec))
     from fivenines.runtime.logs import setup_logging
 
     setup_logging(log_level, log_format)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fivenines import __version__
@@ -149,6 +150,7 @@ class AwsProvider:
         self.ec2: Any = session.client("ec2", **kw)
         self.elb: Any = session.client("elbv2", **kw)
         self.asg: Any = session.client("autoscaling", **kw)
+        self.acm: Any = session.client("acm", **kw)
 
     def __repr__(self) -> str:
         where = f" via {self.options.endpoint_url}" if self.options.endpoint_url else ""
@@ -317,6 +319,19 @@ class AwsProvider:
                         continue
                     keep(Kind.RULE, tags, r["RuleArn"], f"{lb['LoadBalancerName']}:{li['Port']} rule {r['Priority']}", r)
 
+        key_types = ["RSA_2048", "RSA_3072", "RSA_4096", "EC_prime256v1", "EC_secp384r1", "EC_secp521r1"]
+        for c in self._paginate(self.acm, "list_certificates", "CertificateSummaryList", "listing ACM certificates",
+                                Includes={"keyTypes": key_types}):
+            arn = c["CertificateArn"]
+            with self.aws(f"reading the tags of certificate {arn}"):
+                tags = tags_of(self.acm.list_tags_for_certificate(CertificateArn=arn).get("Tags"))
+            if not _ours(tags, stack):
+                continue
+            with self.aws(f"reading certificate {arn}"):
+                pem = self.acm.get_certificate(CertificateArn=arn)["Certificate"]
+            keep(Kind.CERTIFICATE, tags, arn, f"{c.get('DomainName', '')} ({arn.rsplit('/', 1)[-1][:12]})",
+                 {"CertificateArn": arn, "Certificate": pem})
+
         for lt in self._paginate(self.ec2, "describe_launch_templates", "LaunchTemplates", "listing launch templates", Filters=tag_filter):
             tags = tags_of(lt.get("Tags"))
             if not _ours(tags, stack):
@@ -383,9 +398,13 @@ class AwsProvider:
 
     # ------------------------------------------------------------------ plan
 
-    def desired(self, spec: Spec) -> Desired:
-        """The spec mapped onto this account's network (looks up the VPC and subnets only)."""
-        return map_spec(spec, self.network(spec.aws or AwsSpec()))
+    def desired(self, spec: Spec, base: Path | None = None) -> Desired:
+        """The spec mapped onto this account's network (looks up the VPC and subnets only);
+        ``base``: the spec's folder, where https/tls certificate files are read for ACM."""
+        from fivenines.certs import read_materials
+
+        materials = read_materials(spec, base) if base is not None else None
+        return map_spec(spec, self.network(spec.aws or AwsSpec()), materials)
 
     def prepare(self, desired: Desired) -> Prepared:
         """Observe the stack and diff it against ``desired``; no changes are made."""
@@ -420,7 +439,10 @@ class AwsProvider:
                     ids.pop(key, None)
                 elif step.op is Op.CREATE:
                     r = desired[key]
-                    ids[key] = handler.create(self, resolve(r.props, ids), stack_tags(prepared.desired.stack, key, aws), ids)
+                    props = resolve(r.props, ids)
+                    if r.payload is not None:
+                        props["payload"] = r.payload
+                    ids[key] = handler.create(self, props, stack_tags(prepared.desired.stack, key, aws), ids)
                 else:
                     r, old = desired[key], observed[key].resource.props
                     handler.update(self, Update(r, old, resolve(r.props, ids), ids[key], changed_fields(r.props, old), ids))
@@ -459,7 +481,8 @@ class AwsProvider:
                         "state": item.get("State", {}).get("Code"),
                         "dns": dns,
                         "urls": [
-                            f"http://{dns}:{port}/" if proto == "HTTP" else f"{dns}:{port} (tcp)" for port, proto in listeners
+                            f"{proto.lower()}://{dns}:{port}/" if proto in ("HTTP", "HTTPS") else f"{dns}:{port} ({proto.lower()})"
+                            for port, proto in listeners
                         ],
                     }
                 )

@@ -35,6 +35,7 @@ class Api(Protocol):
     ec2: Any
     elb: Any
     asg: Any
+    acm: Any
 
     def aws(self, what: str) -> AbstractContextManager[None]: ...
 
@@ -327,33 +328,90 @@ class TargetGroups(KindHandler):
                   f"deleting target group {have.resource.name}")
 
 
+class Certificates(KindHandler):
+    """ACM certificates imported from the spec's PEM files; recognised by fingerprint, never updated
+    (new files make a new certificate; the old one is deleted once no listener uses it)."""
+
+    kind = Kind.CERTIFICATE
+
+    def normalise(self, api: Api, item: dict[str, Any], ref: Ref) -> dict[str, Any]:
+        from fivenines.certs import certificate_facts
+
+        fingerprint, domain = certificate_facts(item["Certificate"].encode())
+        return {"fingerprint": fingerprint, "domain": domain}
+
+    def create(self, api: Api, p: dict[str, Any], tags: list[dict[str, str]], ids: dict[str, str]) -> str:
+        m = p["payload"]
+        args: dict[str, Any] = {"Certificate": m.certificate, "PrivateKey": m.private_key, "Tags": tags}
+        if m.chain:
+            args["CertificateChain"] = m.chain
+        return str(api.acm.import_certificate(**args)["CertificateArn"])
+
+    def update(self, api: Api, u: Update) -> None:  # pragma: no cover - fingerprint is immutable
+        raise AssertionError("an ACM certificate is replaced, never updated")
+
+    def delete(self, api: Api, have: Observed, item: dict[str, Any]) -> None:
+        _retrying(api, lambda: api.acm.delete_certificate(CertificateArn=have.id), ("ResourceInUseException",),
+                  f"deleting certificate {have.resource.name}")
+
+
 class Listeners(KindHandler):
     kind = Kind.LISTENER
 
     def normalise(self, api: Api, item: dict[str, Any], ref: Ref) -> dict[str, Any]:
         actions = item.get("DefaultActions", [])
-        return {
+        props = {
             "load_balancer": ref(item["LoadBalancerArn"]),
             "port": item.get("Port"),
             "protocol": item.get("Protocol"),
             "default_action": shapes.action_from_api(actions[0], ref) if actions else None,
         }
+        if item.get("Protocol") in ("HTTPS", "TLS"):
+            default = (item.get("Certificates") or [{}])[0].get("CertificateArn")
+            with api.aws(f"reading the certificates of listener {item['ListenerArn']}"):
+                listed = api.elb.describe_listener_certificates(ListenerArn=item["ListenerArn"])["Certificates"]
+            props["ssl_policy"] = item.get("SslPolicy")
+            props["certificate"] = ref(default) if default else None
+            props["extra_certificates"] = sorted({ref(c["CertificateArn"]) for c in listed
+                                                  if not c.get("IsDefault") and c["CertificateArn"] != default})
+        return props
 
     def create(self, api: Api, p: dict[str, Any], tags: list[dict[str, str]], ids: dict[str, str]) -> str:
+        tls: dict[str, Any] = {}
+        if p.get("certificate"):
+            tls = {"SslPolicy": p["ssl_policy"], "Certificates": [{"CertificateArn": p["certificate"]}]}
         li = api.elb.create_listener(
             LoadBalancerArn=p["load_balancer"],
             Port=p["port"],
             Protocol=p["protocol"],
             DefaultActions=[shapes.action_to_api(p["default_action"])],
             Tags=tags,
+            **tls,
         )["Listeners"][0]
-        return str(li["ListenerArn"])
+        arn = str(li["ListenerArn"])
+        if p.get("extra_certificates"):
+            api.elb.add_listener_certificates(ListenerArn=arn, Certificates=[{"CertificateArn": c} for c in p["extra_certificates"]])
+        return arn
 
     def update(self, api: Api, u: Update) -> None:
-        api.elb.modify_listener(
-            ListenerArn=u.rid, Port=u.want["port"], Protocol=u.want["protocol"],
-            DefaultActions=[shapes.action_to_api(u.want["default_action"])],
-        )
+        args: dict[str, Any] = {"ListenerArn": u.rid, "Port": u.want["port"],
+                                "DefaultActions": [shapes.action_to_api(u.want["default_action"])]}
+        if "protocol" in u.changed:
+            args["Protocol"] = u.want["protocol"]
+        if u.want.get("certificate") and u.changed & {"protocol", "ssl_policy", "certificate"}:
+            args["SslPolicy"] = u.want["ssl_policy"]
+            args["Certificates"] = [{"CertificateArn": u.want["certificate"]}]
+        api.elb.modify_listener(**args)
+        if "Certificates" in args or "extra_certificates" in u.changed:
+            # read the list back after the modify: the extras are set against what is there now
+            default = u.want.get("certificate")
+            listed = api.elb.describe_listener_certificates(ListenerArn=u.rid)["Certificates"]
+            old = {c["CertificateArn"] for c in listed if not c.get("IsDefault") and c["CertificateArn"] != default}
+            new = set(u.want.get("extra_certificates") or [])
+            if old - new:
+                api.elb.remove_listener_certificates(ListenerArn=u.rid, Certificates=[{"CertificateArn": c} for c in sorted(old - new)])
+            if new - old:
+                api.elb.add_listener_certificates(ListenerArn=u.rid, Certificates=[{"CertificateArn": c} for c in sorted(new - old)])
 
     def delete(self, api: Api, have: Observed, item: dict[str, Any]) -> None:
         api.elb.delete_listener(ListenerArn=have.id)
@@ -475,7 +533,7 @@ class AutoScalingGroups(KindHandler):
 
 HANDLERS: dict[Kind, KindHandler] = {
     h.kind: h
-    for h in (SecurityGroups(), LoadBalancers(), TargetGroups(), Listeners(), Rules(), LaunchTemplates(),
+    for h in (SecurityGroups(), Certificates(), LoadBalancers(), TargetGroups(), Listeners(), Rules(), LaunchTemplates(),
               AutoScalingGroups())
 }
 """The handler of every kind (tests/unit/test_aws_kinds.py checks that none is missing)."""

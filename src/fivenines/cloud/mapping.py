@@ -35,6 +35,7 @@ import base64
 import hashlib
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fivenines.cloud.resources import (
@@ -46,11 +47,13 @@ from fivenines.cloud.resources import (
     Resource,
     stack_tags,
 )
+from fivenines.core.tls import CertificateMaterial
 from fivenines.spec import (
     AwsSpec,
     FixedResponseSpec,
     HealthCheckSpec,
     InstancesSpec,
+    ListenerSpec,
     RedirectSpec,
     RuleMatch,
     RuleSpec,
@@ -145,15 +148,62 @@ def _whole_seconds(
 # --------------------------------------------------------------------------- protocols
 
 
+LB_KIND = {"http": "http", "https": "http", "tcp": "tcp", "tls": "tcp"}
+"""A listener protocol -> the kind of its load balancer and target groups: http (ALB) or tcp (NLB).
+An ALB terminates https and forwards HTTP; an NLB's TLS listener forwards plain TCP."""
+
+
 def group_protocols(spec: Spec) -> dict[str, set[str]]:
-    """For each target group, the listener protocols (http/tcp) that send to it."""
+    """For each target group, the kinds of listener (http/tcp, see ``LB_KIND``) that send to it."""
     used: dict[str, set[str]] = {name: set() for name in spec.target_groups}
     for lst in spec.listeners:
-        used.setdefault(lst.default_target_group, set()).add(lst.protocol)
+        kind = LB_KIND[lst.protocol]
+        used.setdefault(lst.default_target_group, set()).add(kind)
         for rule in lst.rules:
             for tg in rule.forward_weights() or {}:
-                used.setdefault(tg, set()).add(lst.protocol)
+                used.setdefault(tg, set()).add(kind)
     return used
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def map_listener_tls(lst: ListenerSpec, lpath: str, materials: Mapping[str, CertificateMaterial],
+                     d: Desired) -> dict[str, Any]:
+    """The TLS properties of an HTTPS (ALB) or TLS (NLB) listener; ACM certificates are added to ``d``.
+
+    A certificate with ``arn`` is used as it is; one given as files is imported into ACM,
+    keyed by its fingerprint (new files: a new certificate, the old one deleted once the
+    listener moved). The default certificate is the listener's; the others are added as
+    listener certificates, which the load balancer chooses by SNI as fivenines does."""
+    refs: list[str] = []
+    for j, c in enumerate(lst.certificates):
+        if c.arn:
+            refs.append(c.arn)
+            continue
+        m = materials.get(c.cert)
+        if m is None:
+            d.findings.append(Finding(f"{lpath}.certificates.{j}.cert", f"{c.cert}: cannot be read to import into ACM "
+                                      "(fivenines validate names the problem); or give arn: an ACM certificate", None))
+            continue
+        key = f"cert/{m.fingerprint[:16]}"
+        if key not in d.resources:
+            d.add(Resource(Kind.CERTIFICATE, key, f"{m.domain} ({m.fingerprint[:12]})",
+                           {"fingerprint": m.fingerprint, "domain": m.domain}, payload=m))
+        refs.append(f"@{key}")
+    default = next((j for j, c in enumerate(lst.certificates) if c.default), 0)
+    props: dict[str, Any] = {"ssl_policy": lst.ssl_policy}
+    if refs:
+        chosen = refs[min(default, len(refs) - 1)]
+        props["certificate"] = chosen
+        props["extra_certificates"] = sorted({r for r in refs if r != chosen})
+    if lst.mutual_authentication.mode != "off":
+        d.findings.append(Finding(f"{lpath}.mutual_authentication", f"mode {lst.mutual_authentication.mode}: fivenines "
+                                  "does not create ELB trust stores yet; set it up on the listener by hand, or remove it",
+                                  None))
+    if "session_tickets" in lst.model_fields_set:
+        d.notes.append(f"{lpath}.session_tickets: Elastic Load Balancing issues and rotates its own ticket keys")
+    return props
 
 
 # --------------------------------------------------------------------------- health check
@@ -751,8 +801,11 @@ def check_network(network: Network) -> list[Finding]:
     return []
 
 
-def map_spec(spec: Spec, network: Network) -> Desired:
-    """The desired AWS state of ``spec`` in ``network``, with every finding and note."""
+def map_spec(spec: Spec, network: Network, certificates: Mapping[str, CertificateMaterial] | None = None) -> Desired:
+    """The desired AWS state of ``spec`` in ``network``, with every finding and note.
+
+    ``certificates``: the PEM material of https/tls listeners, by ``cert`` path as written
+    (:func:`fivenines.certs.read_materials` reads it; pure code reads no file)."""
     aws = spec.aws or AwsSpec()
     stack = spec.name
     d = Desired(stack)
@@ -760,7 +813,7 @@ def map_spec(spec: Spec, network: Network) -> Desired:
     protocols = group_protocols(spec)
     subnets = sorted(s.id for s in network.subnets)
     scheme = "internal" if aws.internal else "internet-facing"
-    has = {p: any(lst.protocol == p for lst in spec.listeners) for p in ("http", "tcp")}
+    has = {p: any(LB_KIND[lst.protocol] == p for lst in spec.listeners) for p in ("http", "tcp")}
 
     # security groups
     lb_ingress = sorted(
@@ -841,12 +894,12 @@ def map_spec(spec: Spec, network: Network) -> Desired:
         lpath = f"listeners.{i}"
         port = lst.port
         if port == 0:
-            near = "80" if lst.protocol == "http" else None
+            near = {"http": "80", "https": "443"}.get(lst.protocol)
             d.findings.append(
                 Finding(f"{lpath}.port", "0 (any free port) has no meaning on a load balancer; give the port", near)
             )
-            port = 80
-        lb_key = "lb/alb" if lst.protocol == "http" else "lb/nlb"
+            port = int(near or 80)
+        lb_key = "lb/alb" if LB_KIND[lst.protocol] == "http" else "lb/nlb"
         lkey = f"listener/{port}"
         if lkey in d.resources:
             d.findings.append(
@@ -855,19 +908,19 @@ def map_spec(spec: Spec, network: Network) -> Desired:
             continue
         default = map_forward({lst.default_target_group: 1}, None, f"{lpath}.default_target_group", d.findings)
         lname = f"{aws_name(stack, lb_key.split('/')[1])}:{port}"
-        d.add(
-            Resource(
-                Kind.LISTENER,
-                lkey,
-                lname,
-                {
-                    "load_balancer": f"@{lb_key}",
-                    "port": port,
-                    "protocol": lst.protocol.upper(),
-                    "default_action": default,
-                },
-            )
-        )
+        props: dict[str, Any] = {
+            "load_balancer": f"@{lb_key}",
+            "port": port,
+            "protocol": "TCP" if lst.passthrough else lst.protocol.upper(),
+            "default_action": default,
+        }
+        if lst.tls and not lst.passthrough:
+            props.update(map_listener_tls(lst, lpath, certificates or {}, d))
+        d.add(Resource(Kind.LISTENER, lkey, lname, props))
+        if lst.protocol == "tls" and lst.rules:
+            d.findings.append(Finding(f"{lpath}.rules", "a Network Load Balancer routes no connection by SNI: one "
+                                      "listener (port) per destination, or an ALB https listener with host rules", None))
+            continue
         for j, rule in enumerate(lst.rules):
             rpath = f"{lpath}.rules.{j}"
             priority = j + 1

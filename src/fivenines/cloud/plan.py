@@ -206,7 +206,9 @@ def steps(plan: Plan, desired: dict[str, Resource], observed: dict[str, Observed
         if c.action is not Action.DELETE
     ]
     builds.sort(key=lambda s: _topo_key(s.change.key, s.change.kind, everything))
-    return removals + builds
+    # a certificate is deleted last: the listeners using it move to its successor first
+    late = [s for s in removals if s.change.kind is Kind.CERTIFICATE and s.change.action is Action.DELETE]
+    return [s for s in removals if s not in late] + builds + late
 
 
 # --------------------------------------------------------------------------- rendering

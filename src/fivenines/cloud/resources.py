@@ -27,6 +27,7 @@ TAG_RESOURCE = "fivenines:resource"
 
 class Kind(str, Enum):
     SECURITY_GROUP = "security_group"
+    CERTIFICATE = "certificate"  # ACM, imported from the spec's PEM files
     LOAD_BALANCER = "load_balancer"
     TARGET_GROUP = "target_group"
     LISTENER = "listener"
@@ -44,6 +45,7 @@ KIND_ORDER: tuple[Kind, ...] = tuple(Kind)
 
 IMMUTABLE: dict[Kind, frozenset[str]] = {
     Kind.SECURITY_GROUP: frozenset({"name", "vpc", "description"}),
+    Kind.CERTIFICATE: frozenset({"fingerprint"}),
     Kind.LOAD_BALANCER: frozenset({"name", "type", "scheme"}),
     Kind.TARGET_GROUP: frozenset({"name", "protocol", "port", "vpc", "target_type"}),
     Kind.LISTENER: frozenset({"load_balancer"}),
@@ -108,6 +110,8 @@ class Resource:
     key: str
     name: str
     props: dict[str, Any]
+    payload: Any = field(default=None, compare=False, repr=False)
+    """What create needs but AWS never gives back (a private key): not compared, not shown."""
 
     @property
     def refs(self) -> frozenset[str]:
@@ -118,7 +122,7 @@ class Resource:
         return f"<{self.kind.label} {self.key} {self.name!r}>"
 
 
-REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|lb|tg|listener|rule|lt|asg)/[^\s\"]+)")
+REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|cert|lb|tg|listener|rule|lt|asg)/[^\s\"]+)")
 
 
 def refs_in(value: Any) -> Iterator[str]:
@@ -152,7 +156,6 @@ class Desired:
 
     def __repr__(self) -> str:
         return f"<Desired {self.stack}: {len(self.resources)} resources, {len(self.findings)} findings>"
-
 
 
 def stack_tags(stack: str, key: str, aws: AwsSpec) -> list[dict[str, str]]:

@@ -16,6 +16,7 @@ are alternatives:
 ``method``     exact methods
 ``query``      parameter → value glob; case-insensitive, percent-decoded
 ``source_ip``  CIDRs the client address must fall in
+``sni``        globs on the TLS server name (tls listeners: routes connections); case-insensitive
 
 Globs are ALB's: ``*`` matches any run of characters (also none), ``?`` exactly one.
 
@@ -199,6 +200,7 @@ class RequestView:
     host: bytes = b""
     headers: Mapping[bytes, bytes] | None = None  # lower-case names; only when needs_headers
     source: tuple[int, int] | None = None  # (version, address as int); only when needs_source
+    sni: bytes = b""  # the ClientHello's server name (tls listeners)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ class _Rule:
     query: tuple[tuple[bytes, re.Pattern[bytes]], ...]
     sources: tuple[tuple[int, int, int], ...]  # (version, network, mask)
     action: Action
+    sni: re.Pattern[bytes] | None = None
 
     def matches(self, r: RequestView) -> bool:
         if self.methods is not None and r.method not in self.methods:
@@ -231,6 +234,8 @@ class _Rule:
                 vals = params.get(qname)
                 if vals is None or not any(rx.fullmatch(v) for v in vals):
                     return False
+        if self.sni is not None and self.sni.fullmatch(r.sni) is None:
+            return False
         if self.sources:
             src = r.source
             if src is None:
@@ -295,6 +300,7 @@ def compile_rule(rule: RuleSpec, index: int) -> _Rule:
         query=tuple((k.lower().encode(), glob_regex([v], ignore_case=True)) for k, v in (m.query or {}).items()),
         sources=tuple(sources),
         action=compile_action(rule, name),
+        sni=glob_regex(m.sni, ignore_case=True) if m.sni else None,
     )
 
 

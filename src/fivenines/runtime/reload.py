@@ -48,7 +48,7 @@ from fivenines.runtime.interface import ReloadResult
 from fivenines.runtime.ports import allocate_ports, release_ports
 from fivenines.runtime.reconcile import Reconciler
 from fivenines.runtime.targets import GroupRuntime, TargetRuntime, restart_policy
-from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
+from fivenines.spec import ListenerSpec, Spec, load_spec, not_served_yet, port_is_free
 
 log = logging.getLogger("fivenines")
 
@@ -161,6 +161,8 @@ class Reloader:
             new = load_spec(path)
         except SpecError as exc:
             raise _Rejected([f"{exc.file}: {e}" for e in exc.errors]) from None
+        if not_served_yet(new):
+            raise _Rejected([f"{path}: {e}" for e in not_served_yet(new)])
         plan = reconfig.plan(ctx.spec, new, self._running())
         if not plan.ok:
             raise _Rejected([f"{path}: {e}" for e in plan.errors])
