@@ -45,7 +45,8 @@ def model_cmd(spec_file: str, as_json: bool) -> None:
     else:  # the balancer tier: mtbf/mttr of the first node's host, detect = the takeover bound
         c = p.cluster
         host = c.params.nodes[0]
-        row("balancer tier", f"{len(c.params.nodes)} nodes {c.mode}", human_duration(host.mtbf),
+        n = len(c.params.nodes)
+        row("balancer tier", f"{n} node{'s' if n != 1 else ''} {c.mode}", human_duration(host.mtbf),
             human_duration(host.mttr), f"{round(c.params.takeover_time, 2):g}s", lb.result, lb.result.dominant)
     for name, g in p.groups.items():
         gp = g.params

@@ -423,7 +423,7 @@ def evaluate_cluster(cluster: ClusterParams, groups: Mapping[str, PlacedGroup]) 
         state_u.append(p * series_unavailability([u_quorum, *u_groups]))
 
     holder = cluster.holder_failure_rate * math.fsum(takeover_weight)
-    tier["takeover"] = min(1.0, holder * cluster.takeover_time)
+    tier["takeover"] = min(1.0, holder * cluster.coverage * cluster.takeover_time)
     tier["switchover"] = min(1.0, holder * (1.0 - cluster.coverage) * cluster.manual_recovery)
     results = {name: o.result() for name, o in over.items()}
     windows = [tier["takeover"], tier["switchover"]]
@@ -450,15 +450,15 @@ def single_points(cluster: ClusterParams, groups: Mapping[str, PlacedGroup]) -> 
         where = f"on node {cluster.etcd[0].node}" if cluster.etcd[0].node else "its host"
         out.append(f"etcd has one member: a single point of failure (no quorum, no VIP, while {where} is down); run three")
     elif cluster.etcd and len(cluster.etcd) % 2 == 0:
-        out.append(f"etcd has {len(cluster.etcd)} members: a quorum needs {cluster.quorum}, so it tolerates no more "
-                   f"failures than {len(cluster.etcd) - 1}; use an odd number")
+        n, q = len(cluster.etcd), cluster.quorum
+        out.append(f"etcd has {n} members: a quorum needs {q}, so it survives {n - q} failure{'s' if n - q != 1 else ''}, "
+                   f"as {n - 1} member{'s' if n != 2 else ''} would, with one more to fail; use an odd number")
     for name in names:
-        colocated = [m for m in cluster.etcd if m.node == name]
-        if cluster.etcd and len(colocated) >= cluster.quorum:
-            out.append(f"node {name} holds {len(colocated)} of the {len(cluster.etcd)} etcd members: "
-                       f"losing it loses the quorum")
+        colocated = sum(1 for m in cluster.etcd if m.node == name)
+        if colocated and len(cluster.etcd) - colocated < cluster.quorum:
+            out.append(f"node {name} holds {colocated} of the {len(cluster.etcd)} etcd members: losing it loses the quorum")
     for gname, g in groups.items():
-        if not g.placed:
+        if not g.placed or len(names) == 1:
             continue
         for name in names:
             left = g.params.total - g.on(name)

@@ -120,17 +120,20 @@ class ClusterPrediction:
         p = self.params
         nodes = ", ".join(f"{n.name} {self.addresses[n.name]}" for n in p.nodes)
         if self.mode == "etcd":
-            own = sum(1 for m in p.etcd if m.node is None)
-            where = f"{own} on hosts of their own" if own == len(p.etcd) else \
-                f"{len(p.etcd) - own} on nodes, {own} on hosts of their own"
-            how = f"etcd ({len(p.etcd)} member{'s' if len(p.etcd) != 1 else ''}, quorum {p.quorum}, {where})"
+            on_nodes = sum(1 for m in p.etcd if m.node is not None)
+            where = ", ".join(part for part in (
+                f"{on_nodes} on nodes" if on_nodes else "",
+                _own_hosts(len(p.etcd) - on_nodes)) if part)
+            how = f"etcd ({_count(len(p.etcd), 'member')}, quorum {p.quorum}: {where})"
         else:
             how = "vrrp (keepalived)"
         tier = self.result.tier
         c = tier.contributions
+        takeover = (f"takeover within {format_seconds(p.takeover_time)}: {self.takeover_why}" if len(p.nodes) > 1
+                    else "no takeover: one node")
         out = [
-            f"cluster: {len(p.nodes)} node{'s' if len(p.nodes) != 1 else ''} ({nodes}), VIP {self.vip} moved by {how}",
-            f"  takeover within {format_seconds(p.takeover_time)}: {self.takeover_why}",
+            f"cluster: {_count(len(p.nodes), 'node')} ({nodes}), VIP {self.vip} moved by {how}",
+            f"  {takeover}",
             f"  balancer tier: no node serving {c['nodes']:.3g}, no etcd quorum {c['quorum']:.3g}, "
             f"takeovers {c['takeover']:.3g}, failed takeovers {c['switchover']:.3g}; "
             f"{format_seconds(tier.downtime_per_year_s)} a year, dominated by {tier.dominant}",
@@ -140,6 +143,14 @@ class ClusterPrediction:
             out.append("findings:")
             out += [f"  {f}" for f in self.findings]
         return out
+
+
+def _own_hosts(n: int) -> str:
+    return "" if n == 0 else "1 on a host of its own" if n == 1 else f"{n} on hosts of their own"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def _finite(x: float) -> float | None:
