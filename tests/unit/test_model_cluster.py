@@ -393,6 +393,7 @@ class Sim:
     own_etcd: list[bool] = field(default_factory=list)
     inst_ok: list[bool] = field(default_factory=list)
     serving_role: list[bool] = field(default_factory=list)  # the instance is one of the group's actives
+    home: list[bool] = field(default_factory=list)  # an active of the placement
     holder: int | None = 0
     blackout_until: float = 0.0  # a takeover (or a manual one) in progress
     windows: list[tuple[float, float]] = field(default_factory=list)  # (end, share of requests lost)
@@ -407,6 +408,7 @@ class Sim:
         for x in self.c.nodes:
             roles += [True] * self.g.actives.get(x.name, 0) + [False] * self.g.standbys.get(x.name, 0)
         self.serving_role = roles
+        self.home = list(roles)
 
     def node_serves(self, i: int) -> bool:
         return self.host[i] and self.proc[i]
@@ -424,13 +426,17 @@ class Sim:
     def group_up(self) -> bool:
         return sum(1 for k in range(len(self.slots)) if self.capable(k)) >= self.g.params.needed
 
-    def down(self) -> bool:
-        return self.holder is None or self.now < self.blackout_until or not self.quorum() or not self.group_up()
+    def state_down(self) -> bool:
+        """Down because of the state: no node to hold the VIP, no etcd quorum, too few instances."""
+        return self.holder is None or not self.quorum() or not self.group_up()
 
-    def loss(self) -> float:
-        if self.down():
-            return 1.0
-        return min(1.0, sum(share for end, share in self.windows if end > self.now))
+    def losses(self) -> tuple[float, float]:
+        """(share of requests lost to the state, share lost to a window: a takeover, a detection)."""
+        if self.state_down():
+            return 1.0, 0.0
+        if self.now < self.blackout_until:
+            return 0.0, 1.0
+        return 0.0, min(1.0, sum(share for end, share in self.windows if end > self.now))
 
     def rates(self) -> list[tuple[float, str, int]]:
         out = []
@@ -447,17 +453,14 @@ class Sim:
         return out
 
     def promote(self) -> None:
-        want = self.g.params.active
-        serving = [k for k in range(len(self.slots)) if self.serving_role[k] and self.capable(k)]
-        for k in range(len(self.slots)):
-            if not self.capable(k):
-                self.serving_role[k] = False
-        for k in range(len(self.slots)):
-            if len(serving) >= want:
-                break
-            if self.capable(k) and not self.serving_role[k]:
-                self.serving_role[k] = True
-                serving.append(k)
+        """Who serves: the capable actives of the placement (a recovered one takes its role back,
+        as the pool's reinstatement does), then capable standbys, those already serving first."""
+        n = len(self.slots)
+        serving = [k for k in range(n) if self.home[k] and self.capable(k)]
+        spare = sorted((k for k in range(n) if not self.home[k] and self.capable(k)),
+                       key=lambda k: not self.serving_role[k])
+        serving += spare[: max(0, self.g.params.active - len(serving))]
+        self.serving_role = [k in serving for k in range(n)]
 
     def lose(self, ks: list[int]) -> None:
         """Instances that stop: their share of requests fails until detected (if the group survives)."""
@@ -488,8 +491,8 @@ class Sim:
                 return kind, idx
         return rates[-1][1], rates[-1][2]
 
-    def step(self, horizon: float) -> float:
-        """Advance to the next event (or ``horizon``); return the loss integral over the step."""
+    def step(self, horizon: float) -> tuple[float, float]:
+        """Advance to the next event (or ``horizon``); return the losses integrated over the step."""
         rates = self.rates()
         total = sum(r for r, _, _ in rates)
         t_next = self.now + self.rng.expovariate(total)
@@ -498,7 +501,8 @@ class Sim:
             fixed.append(self.blackout_until)
         t_fixed = min(fixed, default=math.inf)
         t = min(t_next, t_fixed, horizon)
-        area = self.loss() * (t - self.now)
+        state, window = self.losses()
+        area = (state * (t - self.now), window * (t - self.now))
         self.now = t
         if t == horizon:
             return area
@@ -529,26 +533,32 @@ class Sim:
         return area
 
 
-def simulate(c: ClusterParams, g: PlacedGroup, horizon: float, batches: int, seed: int) -> tuple[float, float]:
-    """Mean share of requests lost, and its standard error by batch means."""
+def simulate(c: ClusterParams, g: PlacedGroup, horizon: float, batches: int,
+             seed: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shares of requests lost to states and to windows: each a mean and its standard error by batch means."""
     sim = Sim(c, g, random.Random(seed))
-    means = []
+    per_batch: list[tuple[float, float]] = []
     for b in range(batches):
         end = horizon * (b + 1) / batches
-        start, area = sim.now, 0.0
+        start, state, window = sim.now, 0.0, 0.0
         while sim.now < end:
-            area += sim.step(end)
-        means.append(area / (end - start))
-    mean = math.fsum(means) / batches
-    se = math.sqrt(math.fsum((m - mean) ** 2 for m in means) / (batches - 1) / batches)
-    return mean, se
+            ds, dw = sim.step(end)
+            state, window = state + ds, window + dw
+        per_batch.append((state / (end - start), window / (end - start)))
+
+    def mean_se(xs: list[float]) -> tuple[float, float]:
+        mean = math.fsum(xs) / len(xs)
+        return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+    return mean_se([s for s, _ in per_batch]), mean_se([w for _, w in per_batch])
 
 
-@pytest.mark.parametrize(("etcd", "count", "standby", "coverage"), [
-    (3, 2, 2, 1.0),
-    (0, 1, 1, 0.9),
+@pytest.mark.parametrize(("etcd", "count", "standby", "coverage", "horizon"), [
+    (3, 2, 2, 1.0, 1.5e6),  # etcd quorum, 2+2 over two nodes
+    (0, 1, 1, 0.9, 3e6),  # vrrp, 1+1, one takeover in ten done by hand (noisier: longer)
 ])
-def test_model_agrees_with_a_monte_carlo_simulation(etcd: int, count: int, standby: int, coverage: float) -> None:
+def test_model_agrees_with_a_monte_carlo_simulation(etcd: int, count: int, standby: int, coverage: float,
+                                                    horizon: float) -> None:
     # Rates scaled so that a few hundred thousand events give a percent-level estimate:
     # hosts fail every 1000 s for 50 s, fivenines every 500 s for 5 s, instances every
     # 250 s for 1 s; takeover 1 s, detection 0.5 s.
@@ -556,9 +566,13 @@ def test_model_agrees_with_a_monte_carlo_simulation(etcd: int, count: int, stand
     members = tuple(EtcdMember(mtbf=1000.0, mttr=50.0) for _ in range(etcd))
     c = ClusterParams(nodes, takeover_time=1.0, etcd=members, coverage=coverage, manual_recovery=20.0)
     g = placed(GroupParams(count, standby, mtbf=250.0, mttr=1.0, detection_time=0.5), ["a", "b"])
-    predicted = evaluate_cluster(c, {"g": g}).unavailability
-    measured, se = simulate(c, g, horizon=1.5e6, batches=30, seed=7)
-    # 4 standard errors of noise, and 4% for what the model approximates (windows that
-    # overlap outages, instances restarting after their node, a takeover's new holder failing)
-    assert abs(predicted - measured) <= 4 * se + 0.04 * predicted, (predicted, measured, se)
-    assert se < 0.05 * measured  # the run is long enough to mean something
+    r = evaluate_cluster(c, {"g": g})
+    (state, state_se), (window, window_se) = simulate(c, g, horizon=horizon, batches=30, seed=7)
+    # The state part (no holder, no quorum, too few instances) within 4 standard errors and
+    # 3% (the model's instances come back with their node, the simulation's restart after it).
+    assert abs(r.state - state) <= 4 * state_se + 0.03 * r.state, (r.state, state, state_se)
+    # The windows (takeovers, manual takeovers, detection), which the model sums without
+    # their overlaps with outages and with each other: within 4 standard errors and 5%.
+    windows = math.fsum(r.windows)
+    assert abs(windows - window) <= 4 * window_se + 0.05 * windows, (windows, window, window_se)
+    assert window_se < 0.03 * window  # the run is long enough to mean something
