@@ -873,7 +873,7 @@ MIN_LEASE_TTL = 2.0  # see ClusterSpec.lease_ttl
 
 
 class HostReliabilitySpec(UnitReliabilitySpec):
-    """How often a node's host fails and how long it stays down, for `fivenines model` (docs/availability.md#clusters)."""
+    """How often a node's host fails and how long it stays down, for `fivenines model` (docs/availability.md, "Clusters")."""
 
     mtbf: Duration | None = Field(None, description="Mean time between failures of the host (default 180d).")
     mttr: Duration | None = Field(None, description="Mean time until the host serves again, replacement included (default 4h).")
