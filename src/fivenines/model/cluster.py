@@ -31,7 +31,8 @@ of a moment when a node failure takes the balancer and instances at once).
 Failures that cost a *window* of requests rather than a state come on top, in series:
 
 * **takeover**: when the VIP holder stops serving and another node can take over, every
-  request fails until the takeover is done: ``lam_holder x t_takeover``, where
+  request fails until the takeover is done:
+  ``lam_holder x P(2+ nodes serve, quorum) x coverage x t_takeover``, where
   ``t_takeover`` is the bound of the mode (:func:`etcd_takeover_time`,
   :func:`vrrp_takeover_time`, from docs/cluster.md) and ``lam_holder`` the failure rate
   of the least reliable node (the holder could be any of them);
@@ -39,7 +40,8 @@ Failures that cost a *window* of requests rather than a state come on top, in se
   not happen by itself and waits ``manual_recovery`` for a person;
 * per group, the detection windows of instance failures (as for one node) and of **node
   failures**: the requests sent to a dead node's actives until the health checks of the
-  balancer eject them, ``lam_node x t_detect x (actives on the node / actives)``.
+  balancer eject them, ``lam_node x t_node x (actives on the node / actives)``, where
+  ``t_node`` leaves out what the takeover window covers when the dead node held the VIP.
 
 >>> nodes = (NodeParams("a"), NodeParams("b"))
 >>> one = evaluate_cluster(ClusterParams(nodes[:1], takeover_time=0.0), {})
