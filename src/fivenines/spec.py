@@ -923,12 +923,33 @@ _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
 MIN_LEASE_TTL = 2.0  # see ClusterSpec.lease_ttl
 
 
+class HostReliabilitySpec(UnitReliabilitySpec):
+    """How often a node's host fails and how long it stays down, for `fivenines model` (docs/availability.md, "Clusters")."""
+
+    mtbf: Duration | None = Field(None, description="Mean time between failures of the host (default 180d).")
+    mttr: Duration | None = Field(None, description="Mean time until the host serves again, replacement included (default 4h).")
+
+
+class ClusterReliabilitySpec(HostReliabilitySpec):
+    """Every node's host (and every etcd member's not on a node), and the VIP takeover, for `fivenines model`."""
+
+    coverage: float = Field(1.0, ge=0, le=1, description="Probability that the VIP moves by itself when its holder fails.")
+    manual_recovery: Duration = Field(3600.0, description="Mean time for a person to move the VIP when it does not.")
+
+    @field_validator("manual_recovery")
+    @classmethod
+    def _check_recovery(cls, v: float) -> float:
+        _positive_duration(v)
+        return v
+
+
 class ClusterNodeSpec(_Strict):
     """One fivenines node (host) of the cluster."""
 
     name: str = Field(pattern=_NAME_RE, description="Node name, given to `fivenines up --node NAME`.")
     address: str = Field(description="The node's own IPv4 address on the cluster's network (not the VIP).")
     zone: str | None = Field(None, description="Failure zone (rack, room, availability zone): instances spread over zones.")
+    reliability: HostReliabilitySpec | None = Field(None, description="This node's host (default: cluster.reliability).")
 
     @field_validator("address")
     @classmethod
@@ -987,6 +1008,9 @@ class ClusterSpec(_Strict):
     )
     key_prefix: str = Field("/fivenines", description="etcd key prefix; the cluster's keys are PREFIX/NAME/cluster/...")
     vrrp: VrrpSpec | None = Field(None, description="keepalived settings, for coordination: vrrp.")
+    reliability: ClusterReliabilitySpec = Field(
+        default_factory=lambda: ClusterReliabilitySpec(), description="The nodes' hosts and the takeover, for fivenines model."
+    )
 
     @field_validator("vip")
     @classmethod

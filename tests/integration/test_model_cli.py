@@ -81,3 +81,33 @@ def test_the_bundled_demo_spec(tmp_path: Path) -> None:
     data = model_json(ROOT / "examples" / "demo.yaml")
     assert data["groups"]["web"]["params"]["active"] == 2
     assert data["groups"]["web"]["params"]["standby"] == 1
+
+
+def test_the_cluster_demo_spec_text_and_json() -> None:
+    spec = ROOT / "examples" / "cluster-demo.yaml"
+    data = model_json(spec)
+    assert data["nines"] >= 5.0
+    assert data["cluster"]["mode"] == "etcd"
+    assert [n["name"] for n in data["cluster"]["nodes"]] == ["a", "b"]
+    assert data["cluster"]["takeover_time_s"] == 2.6
+    assert data["cluster"]["findings"] == []
+    proc = run_model(str(spec))
+    assert proc.returncode == 0, proc.stderr
+    for text in ("balancer tier", "2 nodes etcd", "takeover within 2.6 s: lease_ttl 2s + etcd's expiry sweep 0.5s",
+                 "placement: web: actives web-1@a web-2@b; standbys web-3@a web-4@b", "cluster: node mtbf 180d"):
+        assert text in proc.stdout, text
+
+
+def test_a_cluster_spec_with_single_points_says_so(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "f", 2, 1, cluster={
+        "nodes": [{"name": "a", "address": "10.0.0.11"}, {"name": "b", "address": "10.0.0.12"}],
+        "vip": "10.0.0.100/24", "etcd": ["http://10.0.0.21:2379"]})
+    proc = run_model(str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "etcd has one member: a single point of failure" in proc.stdout
+    assert "web: losing node a leaves 1 of its instances, it needs 2" in proc.stdout
+    bad = write_spec(tmp_path, "g", 2, 1, cluster={
+        "nodes": [{"name": "a", "address": "10.0.0.11"}], "vip": "10.0.0.100/24", "etcd": ["http://10.0.0.21:2379"],
+        "reliability": {"coverage": 2}})
+    proc = run_model(str(bad))
+    assert proc.returncode == 2 and "cluster.reliability.coverage" in proc.stderr

@@ -81,7 +81,7 @@ def test_etcd_is_the_default_when_endpoints_are_given_else_vrrp() -> None:
     ({"nodes": NODES, "vip": "10.0.0.100/24", "vrrp": {"advert_int": "5ms"}},
      "f.yaml: cluster.vrrp.advert_int: advert_int must be between 10ms and 40.95s (VRRPv3 counts centiseconds; got 5ms)"),
     ({"nodes": NODES, "vip": "10.0.0.100/24", "vips": []},
-     "f.yaml: cluster.vips: unknown key; valid keys here: nodes, vip, interface, coordination, etcd, lease_ttl, key_prefix, vrrp"),
+     "f.yaml: cluster.vips: unknown key; valid keys here: nodes, vip, interface, coordination, etcd, lease_ttl, key_prefix, vrrp, reliability"),
 ])
 def test_bad_cluster_specs_name_the_field(cluster: dict[str, Any], expected: str) -> None:
     got = errors(base(**cluster))

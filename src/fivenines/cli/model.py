@@ -40,7 +40,14 @@ def model_cmd(spec_file: str, as_json: bool) -> None:
         )
 
     lb = p.load_balancer
-    row("load balancer", "1", human_duration(lb.mtbf), human_duration(lb.mttr), "-", lb.result, lb.result.dominant)
+    if p.cluster is None:
+        row("load balancer", "1", human_duration(lb.mtbf), human_duration(lb.mttr), "-", lb.result, lb.result.dominant)
+    else:  # the balancer tier: mtbf/mttr of the first node's host, detect = the takeover bound
+        c = p.cluster
+        host = c.params.nodes[0]
+        n = len(c.params.nodes)
+        row("balancer tier", f"{n} node{'s' if n != 1 else ''} {c.mode}", human_duration(host.mtbf),
+            human_duration(host.mttr), f"{round(c.params.takeover_time, 2):g}s", lb.result, lb.result.dominant)
     for name, g in p.groups.items():
         gp = g.params
         layout = f"{gp.active}+{gp.standby} {gp.standby_mode.value}" if gp.standby else f"{gp.active}+0"
@@ -60,6 +67,9 @@ def model_cmd(spec_file: str, as_json: bool) -> None:
         f"{format_seconds(p.downtime_per_year_s)} a year, {format_seconds(p.downtime_per_month_s)} per 30 days; "
         f"dominated by {top}{share}."
     )
+    if p.cluster is not None:
+        for line in p.cluster.lines():
+            out.print(line, markup=False)
     if p.slo is not None:
         verdict = "met" if p.slo.meets else "[red]missed[/]"
         out.print(

@@ -50,6 +50,8 @@ from fivenines.model.blocks import (
     series_unavailability,
 )
 from fivenines.model.capacity import LoadInput, LoadPrediction, describe_load, predict_load
+from fivenines.model.cluster import ClusterResult, evaluate_cluster
+from fivenines.model.cluster_layout import ClusterOverride, ClusterPrediction, cluster_layout
 from fivenines.model.detection import detection_time
 from fivenines.model.group import GroupParams, PartResult, evaluate_group, evaluate_unit
 from fivenines.model.pool import StandbyMode
@@ -159,14 +161,21 @@ class SloCheck:
 
 @dataclass(frozen=True, slots=True)
 class Prediction(UnavailabilityFigures):
-    """Predicted availability of a whole layout: the load balancer in series with every group."""
+    """Predicted availability of a whole layout: the load balancer in series with every group.
+
+    With a ``cluster:``, ``load_balancer.result`` is the balancer tier (the nodes behind the
+    VIP) and the whole is computed over the node states (:mod:`fivenines.model.cluster`).
+    """
 
     groups: dict[str, GroupPrediction]
     load_balancer: UnitPrediction
     slo: SloCheck | None = None
+    cluster: ClusterPrediction | None = None
 
     @property
     def unavailability(self) -> float:
+        if self.cluster is not None:
+            return self.cluster.result.unavailability
         parts = [self.load_balancer.result.unavailability]
         parts += [g.unavailability for g in self.groups.values()]
         return series_unavailability(parts)
@@ -174,13 +183,18 @@ class Prediction(UnavailabilityFigures):
     @property
     def assumptions(self) -> list[str]:
         out = list(self.load_balancer.assumptions)
+        if self.cluster is not None:
+            out += self.cluster.assumptions
         for g in self.groups.values():
             out += g.assumptions
         return out
 
     def contributions(self) -> list[tuple[str, float]]:
         """Every cause of unavailability, largest first: ``("web.detection", 9.6e-07)``, ..."""
-        items = [(LOAD_BALANCER, self.load_balancer.result.unavailability)]
+        if self.cluster is not None:
+            items = [(f"cluster.{k}", v) for k, v in self.load_balancer.result.contributions.items()]
+        else:
+            items = [(LOAD_BALANCER, self.load_balancer.result.unavailability)]
         for name, g in self.groups.items():
             items += [(f"{name}.{k}", v) for k, v in g.result.contributions.items()]
         return sorted(items, key=lambda kv: -kv[1])
@@ -207,6 +221,7 @@ class Prediction(UnavailabilityFigures):
                 for k, v in self.contributions()
             ],
             "slo": self.slo.to_json() if self.slo else None,
+            "cluster": self.cluster.to_json() if self.cluster else None,
             "assumptions": self.assumptions,
         }
 
@@ -318,8 +333,13 @@ def predict(
     overrides: Mapping[str, Override] | None = None,
     *,
     load_balancer: Override | None = None,
+    cluster: ClusterOverride | None = None,
 ) -> Prediction:
     """Predict the availability of ``spec``'s layout; ``overrides[group]`` replaces any parameter.
+
+    With a ``cluster:`` section, ``load_balancer`` applies to the fivenines process of
+    every node and ``cluster`` replaces the nodes' and the takeover's parameters
+    (:class:`~fivenines.model.cluster_layout.ClusterOverride`).
 
     Raises :class:`ValueError` for an override of an unknown group or parameter,
     or with a value out of range.
@@ -354,8 +374,22 @@ def predict(
     lb = UnitPrediction(float(mtbf), float(mttr), evaluate_unit(float(mtbf), float(mttr)), tuple(lb_assumed))
 
     prediction = Prediction(groups, lb)
+    if spec.cluster is not None:
+        prediction = _with_cluster(spec, prediction, cluster or {})
+    elif cluster:
+        raise ValueError("cluster overrides given, but the spec has no cluster: section")
     if spec.slo is not None:
         prediction = dataclasses.replace(
             prediction, slo=SloCheck(spec.slo.target, spec.slo.window, prediction.unavailability)
         )
     return prediction
+
+
+def _with_cluster(spec: Spec, p: Prediction, override: ClusterOverride) -> Prediction:
+    """The prediction of a cluster: the balancer tier and every group over the node states."""
+    lb = p.load_balancer
+    layout = cluster_layout(spec, {name: g.params for name, g in p.groups.items()}, lb.mtbf, lb.mttr, override)
+    result: ClusterResult = evaluate_cluster(layout.params, layout.groups)
+    groups = {name: dataclasses.replace(g, result=result.groups[name]) for name, g in p.groups.items()}
+    tier = dataclasses.replace(lb, result=result.tier)
+    return dataclasses.replace(p, groups=groups, load_balancer=tier, cluster=layout.prediction(result))
