@@ -2,7 +2,7 @@
 """Python cost of one proxied keep-alive request, without the network.
 
 Drives one client connection and one pooled upstream connection of
-``fivenines.proxy.http`` with fake transports: a ``GET`` with a ``Host`` header in,
+``fivenines.proxy`` (client.py, upstream.py) with fake transports: a ``GET`` with a ``Host`` header in,
 a small ``200`` with ``Content-Length`` back, repeated. What it prints is the
 interpreter's share of a request (parsing, framing verdict, balancing, head
 rewriting, counters); system calls and the event loop come on top in
@@ -20,7 +20,9 @@ from typing import Any
 
 from fivenines.core.detect import OutcomeSink, OutlierDetector, OutlierPolicy
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
+from fivenines.proxy.client import ClientConnection
+from fivenines.proxy.listener import Listener, ProxySettings
+from fivenines.proxy.upstream import UpstreamConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"

@@ -287,11 +287,11 @@ class LoopThread:
 
 
 class ProxyUnderTest:
-    """A :class:`fivenines.proxy.http.Listener` in a LoopThread, balancing over given addresses."""
+    """A :class:`fivenines.proxy.listener.Listener` in a LoopThread, balancing over given addresses."""
 
     def __init__(self, addresses: list[str], **settings: Any) -> None:
         from fivenines.proxy.backend import Backend, BackendGroup
-        from fivenines.proxy.http import Listener, ProxySettings
+        from fivenines.proxy.listener import Listener, ProxySettings
 
         self.lt = LoopThread()
         self.group = BackendGroup("web")

@@ -32,8 +32,13 @@ MODULES = (
     "fivenines.core.balance",
     "fivenines.core.detect",
     "fivenines.core.limits",
+    "fivenines.core.heads",
+    "fivenines.core.exchange",
     "fivenines.proxy.backend",
-    "fivenines.proxy.http",
+    "fivenines.proxy.listener",
+    "fivenines.proxy.upstream",
+    "fivenines.proxy.client",
+    "fivenines.proxy.http",  # (the old home of the three above: re-exports)
 )
 # Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
 NATIVE = ("fivenines._express",)

@@ -19,7 +19,7 @@ class HedgingProxy:
     def __init__(self, demos: list[Demo], delay: float, per_try: float | None = None, outliers: bool = False) -> None:
         from fivenines.core.retry import RetryPolicy
         from fivenines.proxy.backend import Backend, BackendGroup
-        from fivenines.proxy.http import Listener, ProxySettings
+        from fivenines.proxy.listener import Listener, ProxySettings
 
         self.lt = LoopThread()
         self.group = BackendGroup("web", retry=RetryPolicy(2, per_try), budget_percent=100)

@@ -279,7 +279,7 @@ def test_socket_handover_keeps_the_port_accepting(demo: Demo) -> None:
     """Rebinding on the same address (a protocol change) hands the listening socket over:
     the port never stops accepting, and the old listener's connections stay open."""
     from fivenines.proxy.backend import Backend, BackendGroup
-    from fivenines.proxy.http import Listener
+    from fivenines.proxy.listener import Listener
     from fivenines.runtime.reload import _dup_listening
     from tests.helpers import LoopThread
 

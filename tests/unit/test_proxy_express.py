@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from fivenines.core.framing import Limits, check_request, express_request, express_response
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
+from fivenines.proxy.client import ClientConnection
+from fivenines.proxy.listener import Listener, ProxySettings
+from fivenines.proxy.upstream import UpstreamConnection
 
 METHODS = ["GET", "HEAD", "DELETE", "OPTIONS", "POST", "PUT", "get", "CONNECT"]
 TARGETS = ["/", "/a/b?c=1&d=%20", "/x:y@z", "*", "http://h.example/p", "/sp ace", "/hash#frag", "/\x7f",

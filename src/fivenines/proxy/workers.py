@@ -49,7 +49,7 @@ from typing import Any
 from fivenines.core.detect import Ejection, OutcomeSink, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup, FixedGroup
-from fivenines.proxy.http import Counters, Listener, ProxySettings
+from fivenines.proxy.listener import Counters, Listener, ProxySettings
 from fivenines.proxy.tcp import TcpListener
 from fivenines.spec import ListenerSpec, Spec
 

@@ -36,7 +36,7 @@ from fivenines.core.restore import AdminState, fingerprint
 from fivenines.core.rollout import ActionKind, RollingRestart, View, restart_order
 from fivenines.errors import ConfigError, ProviderError
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import ProxySettings
+from fivenines.proxy.listener import ProxySettings
 from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.events import Event, EventLog, iso
 from fivenines.runtime.failover import GroupFailover, make_judge

@@ -36,7 +36,7 @@ from fivenines.core.pool import Role
 from fivenines.core.restore import fingerprint
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy.backend import BackendGroup
-from fivenines.proxy.http import Listener
+from fivenines.proxy.listener import Listener
 from fivenines.runtime.events import iso
 from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
 from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
