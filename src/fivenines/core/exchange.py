@@ -151,6 +151,7 @@ def _table() -> dict[tuple[ExchangeState, Event], tuple[int, ExchangeState]]:
         (S.QUEUED, E.BODY_DONE): (0, S.QUEUED),
         (S.LOCAL, E.REPLY): (REPLY_LOCAL | _ANSWER, S.DONE),
         (S.LOCAL, E.REPLY_LATER): (0, S.REPLY_DUE),
+        (S.LOCAL, E.GIVE_UP): (_FAIL, S.DONE),  # the request deadline passed first
         (S.LOCAL, E.BODY_CHUNK): (0, S.LOCAL),  # dropped: nobody will read it
         (S.LOCAL, E.BODY_DONE): (0, S.LOCAL),
         (S.PICKING, E.ATTEMPT): (CONNECT, S.CONNECTING),
@@ -253,9 +254,9 @@ _P_STARTED: Final = 1
 _P_RACING: Final = 2
 _P_OVER: Final = 4
 _P_ANSWERING: Final = 8  # a byte reached the client, or the answer is whole
+_ANSWERING = (*_STARTED, S.DISCARDING, S.DONE)
 _PROPS: Final = tuple((_P_STARTED if s in _STARTED else 0) | (_P_RACING if s in _RACING else 0)
-                      | (_P_OVER if s in _OVER else 0)
-                      | (_P_ANSWERING if s in (*_STARTED, S.DISCARDING, S.DONE) else 0) for s in _STATES)
+                      | (_P_OVER if s in _OVER else 0) | (_P_ANSWERING if s in _ANSWERING else 0) for s in _STATES)
 _LOCAL: Final = _STATES.index(S.LOCAL)
 _CONNECTING: Final = _STATES.index(S.CONNECTING)
 _WAITING: Final = _STATES.index(S.WAITING)
@@ -565,6 +566,10 @@ class Exchange:
         return self._fire(Event.HEDGE)
 
     # -- machinery ---------------------------------------------------------------------------------
+
+    def fire(self, event: Event) -> int:
+        """Feed ``event`` as it is, with no guard (the table's own tests; adapters use the inputs above)."""
+        return self._fire(event)
 
     def _decide(self, failure: Failure, policy: RetryPolicy, budget: RetryBudget | None) -> Verdict:
         v = self.verdict = policy.decide(
