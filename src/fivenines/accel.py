@@ -37,6 +37,7 @@ MODULES = (
     "fivenines.proxy.backend",
     "fivenines.proxy.listener",
     "fivenines.proxy.upstream",
+    "fivenines.proxy.forward",
     "fivenines.proxy.client",
     "fivenines.proxy.http",  # (the old home of the three above: re-exports)
 )

@@ -51,7 +51,7 @@ OVER = (S.DONE, S.ABORTED)
 
 def at(state: ExchangeState) -> Exchange:
     ex = Exchange(b"GET", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", False, True, False)
-    ex.code = list(S).index(state)
+    ex.row = list(S).index(state) * len(E)
     return ex
 
 
@@ -349,7 +349,7 @@ class Scenario:
     def key(self, where: str) -> tuple[Any, ...]:
         """Everything the rest of a run depends on (the exhaustive search visits each once)."""
         ex = self.ex
-        return (where, ex.code, ex.primary, ex.hedge, ex.tokens, ex.attempts, ex.request_done, ex.keep_alive,
+        return (where, ex.row, ex.primary, ex.hedge, ex.tokens, ex.attempts, ex.request_done, ex.keep_alive,
                 ex.replay is None, ex.hedge_at > 0, ex.last_failure, round(self.budget.tokens, 6), bool(ex.body),
                 frozenset(self.connecting), frozenset(self.attached), frozenset(self.headed),
                 frozenset(self.interim), self.to_client, self.answers, self.finished, self.gone, self.dispatched)

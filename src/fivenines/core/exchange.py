@@ -36,6 +36,8 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from typing import Final, NoReturn
 
+from mypy_extensions import i64
+
 from fivenines.core.heads import STATUS_FOR, local_head
 from fivenines.core.retry import Failure, RetryBudget, RetryPolicy, Verdict, may_hedge
 from fivenines.errors import InvalidTransition
@@ -234,18 +236,25 @@ _OVER = (S.DISCARDING, S.DONE, S.ABORTED, S.ERROR)
 TRANSITIONS: Final = _table()
 """``(state, event) → (actions, next state)``; a pair not here is a protocol error."""
 
-# The table as the hot path reads it: one int per (state, event), ``actions << 4 | next state``
-# (-1: no entry), in a flat tuple indexed by ``state * len(Event) + event``.
+# The table as the hot path reads it: one int per (state, event), ``actions << 9 | next row``
+# (-1: no entry), in a flat tuple indexed by ``row + event``, where a state's row is its index
+# in ExchangeState times the number of events. Native ints (i64) when compiled: no boxing, no
+# overflow checks, a handful of machine instructions per transition.
 _STATES: Final = tuple(S)
-_N_EVENTS: Final = len(Event)
+_N_EVENTS: Final = 25  # len(Event)
+_ROW_BITS: Final = 9  # rows go up to len(ExchangeState) * _N_EVENTS
 
 
-def _dense() -> tuple[int, ...]:
-    out = []
+def _row(state: ExchangeState) -> i64:
+    return _STATES.index(state) * _N_EVENTS
+
+
+def _dense() -> tuple[i64, ...]:
+    out: list[i64] = []
     for s in _STATES:
         for e in Event:
             got = TRANSITIONS.get((s, e))
-            out.append(-1 if got is None else got[0] << 4 | _STATES.index(got[1]))
+            out.append(-1 if got is None else got[0] << _ROW_BITS | _row(got[1]))
     return tuple(out)
 
 
@@ -257,14 +266,15 @@ _P_ANSWERING: Final = 8  # a byte reached the client, or the answer is whole
 _ANSWERING = (*_STARTED, S.DISCARDING, S.DONE)
 _PROPS: Final = tuple((_P_STARTED if s in _STARTED else 0) | (_P_RACING if s in _RACING else 0)
                       | (_P_OVER if s in _OVER else 0) | (_P_ANSWERING if s in _ANSWERING else 0) for s in _STATES)
-_LOCAL: Final = _STATES.index(S.LOCAL)
-_CONNECTING: Final = _STATES.index(S.CONNECTING)
-_WAITING: Final = _STATES.index(S.WAITING)
-_ERROR: Final = _STATES.index(S.ERROR)
-_INTERIM: Final = _STATES.index(S.INTERIM)
-_STREAMING: Final = _STATES.index(S.STREAMING)
+_LOCAL: Final = _row(S.LOCAL)
+_CONNECTING: Final = _row(S.CONNECTING)
+_WAITING: Final = _row(S.WAITING)
+_ERROR: Final = _row(S.ERROR)
+_INTERIM: Final = _row(S.INTERIM)
+_STREAMING: Final = _row(S.STREAMING)
 _TOKENS: Final = RELEASE | RELEASE_HEDGE | PROMOTE
-assert len(_STATES) <= 16 and len(ACTIONS) == PARK.bit_length()
+assert len(Event) == _N_EVENTS and len(_STATES) * _N_EVENTS <= 1 << _ROW_BITS
+assert len(ACTIONS) == PARK.bit_length()
 
 
 class Exchange:
@@ -280,7 +290,6 @@ class Exchange:
         "body_size",
         "buffered",
         "chunked",
-        "code",
         "expect",
         "head",
         "head_only",
@@ -296,6 +305,7 @@ class Exchange:
         "primary",
         "replay",
         "request_done",
+        "row",
         "sent_at",
         "started",
         "status",
@@ -306,7 +316,7 @@ class Exchange:
     )
 
     def __init__(self, method: bytes, head: bytes, chunked: bool, keep_alive: bool, version10: bool) -> None:
-        self.code = 0  # the state: an index into ExchangeState (QUEUED)
+        self.row: i64 = 0  # the state: its row in the table (QUEUED)
         self.method = method
         self.head = head  # the request head as forwarded
         self.chunked = chunked
@@ -327,9 +337,9 @@ class Exchange:
         self.buffered = 0  # bytes in body
         self.body_size = 0
         self.replay: list[bytes] | None = []  # every encoded body byte, while replayable
-        self.primary = 0  # token of the attempt (0: none)
-        self.hedge = 0  # token of the hedge racing it (0: none)
-        self.tokens = 0  # tokens given so far
+        self.primary: i64 = 0  # token of the attempt (0: none)
+        self.hedge: i64 = 0  # token of the hedge racing it (0: none)
+        self.tokens: i64 = 0  # tokens given so far
         self.started = 0.0  # when the request began (for the whole-request timeout)
         self.sent_at = 0.0  # when the attempt was sent (passive latency)
         self.hedge_at = 0.0  # when a hedge is due (0: none planned)
@@ -344,38 +354,38 @@ class Exchange:
 
     @property
     def state(self) -> ExchangeState:
-        return _STATES[self.code]
+        return _STATES[self.row // _N_EVENTS]
 
     @property
     def done(self) -> bool:
         """Answered, or ended without an answer: nothing more will be sent for it."""
-        return bool(_PROPS[self.code] & _P_OVER)
+        return bool(_PROPS[self.row // _N_EVENTS] & _P_OVER)
 
     @property
     def response_started(self) -> bool:
         """A byte of the answer reached the client (so nothing may be retried)."""
-        return bool(_PROPS[self.code] & _P_ANSWERING)
+        return bool(_PROPS[self.row // _N_EVENTS] & _P_ANSWERING)
 
     @property
     def plain_wait(self) -> bool:
         """One attempt waiting for a response head that may be relayed whole, as is."""
-        return self.code == _WAITING and not self.head_only and not self.upgrade
+        return self.row == _WAITING and not self.head_only and not self.upgrade
 
     # -- inputs: the request side ------------------------------------------------------------------
 
-    def answer_here(self, head: bytes, body: bytes) -> int:
+    def answer_here(self, head: bytes, body: bytes) -> i64:
         """Routing answered it: a redirect, a fixed response, 429, 501 (sent when its turn comes).
         ``head`` is a status line and header lines, without the blank line."""
         self._set_local(head, body)
         return self._fire(Event.ANSWER_HERE)
 
-    def dispatch(self) -> int:
+    def dispatch(self) -> i64:
         """Its turn came (it is first on its connection, and its head may go)."""
-        if self.code == _LOCAL:
+        if self.row == _LOCAL:
             return self._reply_local()
         return self._fire(Event.DISPATCH)
 
-    def body_chunk(self, data: bytes, replay_limit: int) -> int:
+    def body_chunk(self, data: bytes, replay_limit: int) -> i64:
         """A piece of the request body (already encoded for the target)."""
         acts = self._fire(Event.BODY_CHUNK)
         if acts & (BUFFER | WRITE_BODY):
@@ -391,12 +401,12 @@ class Exchange:
                 self.buffered += len(data)
         return acts
 
-    def body_done(self) -> int:
+    def body_done(self) -> i64:
         """The request was read whole."""
         self.request_done = True
         return self._fire(Event.BODY_DONE)
 
-    def refuse_body(self, head: bytes, body: bytes) -> int:
+    def refuse_body(self, head: bytes, body: bytes) -> i64:
         """Its body went over the limit before a byte of an answer went out: answer that now."""
         self.keep_alive = False
         self.request_done = True
@@ -415,10 +425,10 @@ class Exchange:
         an error waiting behind it)."""
         self.keep_alive = False
 
-    def client_gone(self) -> int:
+    def client_gone(self) -> i64:
         return self._fire(Event.CLIENT_GONE)
 
-    def cancel(self) -> int:
+    def cancel(self) -> i64:
         """The client's input broke the connection: this exchange is dropped unanswered."""
         return self._fire(Event.CANCEL)
 
@@ -426,17 +436,17 @@ class Exchange:
         """Past the whole-request timeout (``started`` and ``now`` on one clock)?"""
         return timeout is not None and timeout > 0 and self.started > 0 and not self.done and now - self.started > timeout
 
-    def deadline(self) -> int:
+    def deadline(self) -> i64:
         """The whole-request timeout passed: 504, or the connection cut if the answer had begun."""
         return self._give_up(504)
 
-    def cut(self) -> int:
+    def cut(self) -> i64:
         """Its target's deregistration delay ran out: 502, or the connection cut if the answer had begun."""
         return self._give_up(502)
 
     # -- inputs: attempts --------------------------------------------------------------------------
 
-    def attempt(self, now: float) -> int:
+    def attempt(self, now: float) -> i64:
         """A target was chosen for the next attempt; its token is then ``primary``."""
         self.attempts += 1
         self.sent_at = now
@@ -444,14 +454,14 @@ class Exchange:
         self.primary = self.tokens
         return self._fire(Event.ATTEMPT)
 
-    def no_target(self) -> int:
+    def no_target(self) -> i64:
         """No target may take it: the last failure's error, or 503 when nothing was tried."""
         if self.last_failure is not None:
             return self._fail_reply(STATUS_FOR[self.last_failure])
         self._set_local(local_head(503), b"Service Unavailable\n")
         return self._reply_local()
 
-    def ready(self, token: int, hedge_delay: float = 0.0) -> int:
+    def ready(self, token: i64, hedge_delay: float = 0.0) -> i64:
         """The connection for attempt ``token`` is at hand. Plans a hedge ``hedge_delay`` after the
         attempt began (``hedge_at``) when one may go."""
         if token == self.primary and token:
@@ -463,21 +473,23 @@ class Exchange:
             return self._fire(Event.HEDGE_READY)
         return PARK
 
-    def interim(self, token: int) -> int:
+    def interim(self, token: i64) -> i64:
         """The target of ``token`` sent 100 Continue: relayed once, by the attempt, to an HTTP/1.1 client."""
-        if token != self.primary or not token or self.version10 or self.code == _INTERIM:
+        if token != self.primary or not token or self.version10 or self.row == _INTERIM:
             return 0
         return self._fire(Event.INTERIM)
 
-    def response_head(self, token: int, status: int, policy: RetryPolicy, budget: RetryBudget | None) -> int:
-        """A final response head from ``token``'s target (not a 101)."""
+    def response_head(self, token: i64, status: int, policy: RetryPolicy | None, budget: RetryBudget | None) -> i64:
+        """A final response head from ``token``'s target (not a 101). ``policy`` decides whether a 5xx
+        is tried again (None: it is not; a head below 500 never reads it)."""
         self.verdict = None
         if token == self.primary and token:
             if status >= 500:
-                props = _PROPS[self.code]
+                props = _PROPS[self.row // _N_EVENTS]
                 if props & _P_RACING:
                     return self._fire(Event.PRIMARY_LOST)  # the hedge carries on
-                if not props & _P_STARTED and self._decide(Failure.STATUS, policy, budget) is Verdict.RETRY:
+                if (not props & _P_STARTED and policy is not None
+                        and self._decide(Failure.STATUS, policy, budget) is Verdict.RETRY):
                     self.last_failure = Failure.STATUS
                     return self._retry()
             self.status = status
@@ -489,36 +501,36 @@ class Exchange:
             return self._fire(Event.HEDGE_WON)
         return 0
 
-    def switched(self, token: int) -> int:
+    def switched(self, token: i64) -> i64:
         """``token``'s target answered 101 to this upgrade request."""
         if token != self.primary or not token:
             return 0
         self.status = 101
         return self._fire(Event.SWITCHED)
 
-    def upstream_body(self, token: int) -> int:
+    def upstream_body(self, token: i64) -> i64:
         if token != self.primary or not token:
             return 0
         return self._fire(Event.UPSTREAM_BODY)
 
-    def response_done(self, token: int, closing: bool) -> int:
+    def response_done(self, token: i64, closing: bool) -> i64:
         """``token``'s response ended (or its tunnel closed). ``closing``: the client connection is."""
         if token != self.primary or not token:
             return 0
-        if self.code == _STREAMING and not self.request_done and self.keep_alive and not closing and not self.upgrade:
+        if self.row == _STREAMING and not self.request_done and self.keep_alive and not closing and not self.upgrade:
             return self._fire(Event.ANSWERED_EARLY)  # answered before its body ended: the rest is read and dropped
         if not self.request_done:
             self.keep_alive = False
         return self._fire(Event.RESPONSE_DONE)
 
-    def failed(self, token: int, failure: Failure, policy: RetryPolicy, budget: RetryBudget | None) -> int:
+    def failed(self, token: i64, failure: Failure, policy: RetryPolicy, budget: RetryBudget | None) -> i64:
         """Attempt ``token`` failed (connect error, reset, per-try timeout, bad response)."""
         self.verdict = None
         if token == self.hedge and token:
             return self._fire(Event.HEDGE_LOST)
         if token != self.primary or not token:
             return 0
-        props = _PROPS[self.code]
+        props = _PROPS[self.row // _N_EVENTS]
         if props & _P_STARTED:
             return self._fire(Event.LOST)
         if props & _P_RACING:
@@ -531,7 +543,7 @@ class Exchange:
             return self._retry()
         return self._fail_reply(STATUS_FOR[failure])
 
-    def rescue(self, token: int, policy: RetryPolicy) -> int:
+    def rescue(self, token: i64, policy: RetryPolicy) -> i64:
         """Attempt ``token``'s target was just ejected as hung or slow: retried now when its per-try
         timeout would allow it (not charged to the budget), else nothing changes (0)."""
         self.verdict = None
@@ -539,7 +551,7 @@ class Exchange:
             return self._fire(Event.HEDGE_LOST)
         if token != self.primary or not token:
             return 0
-        props = _PROPS[self.code]
+        props = _PROPS[self.row // _N_EVENTS]
         if props & _P_STARTED:
             return 0
         if props & _P_RACING:
@@ -549,16 +561,16 @@ class Exchange:
         self.last_failure = Failure.TIMEOUT
         return self._retry()
 
-    def hedge_due(self, waiting: bool) -> int:
+    def hedge_due(self, waiting: bool) -> i64:
         """The hedge delay passed. ``waiting``: the attempt has no response byte yet."""
         self.hedge_at = 0.0
-        if self.code != _WAITING or not may_hedge(
+        if self.row != _WAITING or not may_hedge(
                 idempotent=self.idempotent, replayable=self.replay is not None, request_done=self.request_done,
                 upgrade=self.upgrade, response_started=False, waiting=waiting):
             return 0
         return self._fire(Event.HEDGE_DUE)
 
-    def race(self, now: float) -> int:
+    def race(self, now: float) -> i64:
         """A second target was chosen (and the budget paid): the hedge's token is then ``hedge``."""
         self.tokens += 1
         self.hedge = self.tokens
@@ -567,7 +579,7 @@ class Exchange:
 
     # -- machinery ---------------------------------------------------------------------------------
 
-    def fire(self, event: Event) -> int:
+    def fire(self, event: Event) -> i64:
         """Feed ``event`` as it is, with no guard (the table's own tests; adapters use the inputs above)."""
         return self._fire(event)
 
@@ -577,7 +589,7 @@ class Exchange:
             response_started=self.response_started, idempotent=self.idempotent, budget=budget)
         return v
 
-    def _retry(self) -> int:
+    def _retry(self) -> i64:
         acts = self._fire(Event.RETRY)
         replay = self.replay
         assert replay is not None  # (the verdict said replayable)
@@ -585,13 +597,13 @@ class Exchange:
         self.buffered = self.body_size
         return acts
 
-    def _give_up(self, status: int) -> int:
-        if _PROPS[self.code] & _P_STARTED:
+    def _give_up(self, status: int) -> i64:
+        if _PROPS[self.row // _N_EVENTS] & _P_STARTED:
             return self._fire(Event.LOST)
         self.replay = None  # no retry past this
         return self._fail_reply(status)
 
-    def _fail_reply(self, status: int) -> int:
+    def _fail_reply(self, status: int) -> i64:
         self.status = status
         if not self.request_done or self.upgrade:
             self.keep_alive = False  # the rest of its body (or tunnel bytes) may still come: close after
@@ -602,7 +614,7 @@ class Exchange:
         self.local_body = body
         self.status = int(head[9:12])
 
-    def _reply_local(self) -> int:
+    def _reply_local(self) -> i64:
         """Answer it here: at once, or once its body is read (so the connection stays usable;
         not for a client waiting for 100 Continue, nor an upgrade, which then close)."""
         if not self.request_done and not self.expect and not self.upgrade:
@@ -611,18 +623,18 @@ class Exchange:
             self.keep_alive = False  # the rest of its body (or tunnel bytes) may still come
         return self._fire(Event.REPLY)
 
-    def _fire(self, event: int) -> int:
-        t = _DENSE[self.code * _N_EVENTS + event]
+    def _fire(self, event: i64) -> i64:
+        t = _DENSE[self.row + event]
         if t < 0:
             self._invalid(event)
-        self.code = t & 15
-        acts = t >> 4
+        self.row = t & ((1 << _ROW_BITS) - 1)
+        acts = t >> _ROW_BITS
         if acts & _TOKENS:
             if acts & PROMOTE:
                 self.primary = self.hedge
                 self.hedge = 0
                 self.sent_at = self.hedge_sent_at
-                if self.code == _CONNECTING:  # the hedge was not sent yet: it sends the whole request
+                if self.row == _CONNECTING:  # the hedge was not sent yet: it sends the whole request
                     replay = self.replay
                     if replay is not None:
                         self.body = list(replay)
@@ -635,7 +647,7 @@ class Exchange:
                     self.hedge = 0
         return acts
 
-    def _invalid(self, event: int) -> NoReturn:
-        old = _STATES[self.code]
-        self.code = _ERROR
+    def _invalid(self, event: i64) -> NoReturn:
+        old = self.state
+        self.row = _ERROR
         raise InvalidTransition(f"Invalid input {Event(event)} in state {old.value}")

@@ -30,8 +30,8 @@ HOP_BY_HOP: Final = frozenset(
         b"proxy-authorization",
     }
 )
-_XFF = b"x-forwarded-for"
-_REQUEST_ID = b"x-request-id"
+_XFF: Final = b"x-forwarded-for"
+_REQUEST_ID: Final = b"x-request-id"
 # Request headers that need more than copying (one set lookup per header on the hot path).
 _SPECIAL: Final = HOP_BY_HOP | {
     _XFF,
@@ -47,7 +47,7 @@ _SPECIAL: Final = HOP_BY_HOP | {
     b"transfer_encoding",
 }
 CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
 REASONS: Final = {
     400: b"Bad Request",
@@ -213,13 +213,13 @@ def rewrite_request_head(method: bytes, url: bytes, version: str, headers: list[
 
 # -- the response head -----------------------------------------------------------------------------
 
-_HOP_LINE = re.compile(
+_HOP_LINE: Final = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
     rb"proxy-authenticate|proxy-authorization)[ \t]*:[^\r\n]*",
     re.IGNORECASE,
 )
-_RARE_HOP = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
-_CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
+_RARE_HOP: Final = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
+_CONNECTION_VALUE: Final = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
 TE_VALUE: Final = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 UPGRADE_VALUE: Final = re.compile(rb"\r\nupgrade[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 

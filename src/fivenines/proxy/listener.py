@@ -25,6 +25,7 @@ from fivenines.proxy.backend import Backend, BackendGroup
 
 if TYPE_CHECKING:
     from fivenines.proxy.client import ClientConnection
+    from fivenines.proxy.forward import Forwarder
     from fivenines.proxy.upstream import HttpExchange, UpstreamConnection
 
 
@@ -135,12 +136,12 @@ class Listener:
         # Attempts waiting for a response head, each with its deadline: checked by a timer
         # (cheaper per request than a timer per attempt; fires up to a tenth late).
         self.waiting: set[UpstreamConnection] = set()
-        self.hedging: dict[HttpExchange, ClientConnection] = {}  # exchanges with a hedge planned at ex.hedge_at
+        self.hedging: dict[HttpExchange, Forwarder] = {}  # exchanges with a hedge planned at ex.hedge_at
         self.time: Callable[[], float] = lambda: 0.0
         # Connections with writes held back until the loop has handled every event of this
         # round (see defer); None until the listener runs (then writes are never held).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._deferred: list[ClientConnection | UpstreamConnection] = []
+        self._deferred: list[Forwarder | UpstreamConnection] = []
         s = self.settings
         self.admission = Admission(s.max_connections, s.max_connections_per_ip)
         self.rate: RateLimiter | None = RateLimiter(*s.rate_limit) if s.rate_limit else None
@@ -186,7 +187,7 @@ class Listener:
         self.forwarded_tail = b"\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n\r\n" % (
             self._settings.proto, self.port_bytes)
 
-    def defer(self, conn: ClientConnection | UpstreamConnection) -> bool:
+    def defer(self, conn: Forwarder | UpstreamConnection) -> bool:
         """Hold ``conn``'s writes until the loop has handled every event ready now, then write
         them (``conn.write_deferred()``). Responses and requests written together, after the
         Python work of a round, wake the peers (clients, targets) once per round rather than

@@ -12,9 +12,10 @@ exchange is over with it (:meth:`UpstreamConnection.finish`).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
+from mypy_extensions import i64
 
 from fivenines.core.exchange import Exchange
 from fivenines.core.framing import express_response
@@ -25,12 +26,12 @@ from fivenines.proxy.backend import Backend, BackendGroup
 if TYPE_CHECKING:
     from fivenines.proxy.listener import Listener
 
-MAX_HEAD = 64 * 1024  # a request or response head larger than this is refused (431 / 502)
+MAX_HEAD: Final = 64 * 1024  # a request or response head larger than this is refused (431 / 502)
 
 # what ClientSide.upstream_head answers
-DROP = -1  # this response goes no further: the attempt was retried or lost its race (the connection is closed)
-RELAY = 0  # relay the body as it comes
-RELAY_CHUNKED = 1  # relay the body chunk-encoded (a target's close-delimited body to an HTTP/1.1 client)
+DROP: Final = -1  # this response goes no further: the attempt was retried or lost its race (the connection is closed)
+RELAY: Final = 0  # relay the body as it comes
+RELAY_CHUNKED: Final = 1  # relay the body chunk-encoded (a target's close-delimited body to an HTTP/1.1 client)
 
 
 class HttpExchange(Exchange):
@@ -151,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._client: ClientSide | None = None
         self._ex: HttpExchange | None = None
-        self.token = 0  # the exchange's attempt (or hedge) this connection carries
+        self.token: i64 = 0  # the exchange's attempt (or hedge) this connection carries
         self._fresh = True  # the parser is between messages with nothing buffered: the express lane may run
         self._hbuf = b""  # bytes of the response head(s) being received
         self._hpos = 0  # where the next head starts in _hbuf (after a 1xx)
@@ -297,7 +298,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     # -- exchange
-    def start(self, client: ClientSide, ex: HttpExchange, token: int, reused: bool, timeout: float) -> None:
+    def start(self, client: ClientSide, ex: HttpExchange, token: i64, reused: bool, timeout: float) -> None:
         """Carry attempt ``token`` of ``ex`` (its head is written next), with a per-try ``timeout``."""
         self._client = client
         self._ex = ex
