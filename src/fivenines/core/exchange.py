@@ -27,7 +27,7 @@ the exchange's life themselves.
   connection made for it is ``PARK``-ed in the pool).
 
 The hot path (a plain request and response) is five transitions, each a lookup in a flat
-tuple of ints (:data:`_DENSE`, built from :data:`TRANSITIONS` at import): no dict, no
+list of ints (:data:`_DENSE`, built from :data:`TRANSITIONS` at import): no dict, no
 closure, no allocation per event.
 """
 
@@ -237,7 +237,7 @@ TRANSITIONS: Final = _table()
 """``(state, event) → (actions, next state)``; a pair not here is a protocol error."""
 
 # The table as the hot path reads it: one int per (state, event), ``actions << 9 | next row``
-# (-1: no entry), in a flat tuple indexed by ``row + event``, where a state's row is its index
+# (-1: no entry), in a flat list (never changed) indexed by ``row + event``, where a state's row is its index
 # in ExchangeState times the number of events. Native ints (i64) when compiled: no boxing, no
 # overflow checks, a handful of machine instructions per transition.
 _STATES: Final = tuple(S)
@@ -249,13 +249,13 @@ def _row(state: ExchangeState) -> i64:
     return _STATES.index(state) * _N_EVENTS
 
 
-def _dense() -> tuple[i64, ...]:
+def _dense() -> list[i64]:
     out: list[i64] = []
     for s in _STATES:
         for e in Event:
             got = TRANSITIONS.get((s, e))
             out.append(-1 if got is None else got[0] << _ROW_BITS | _row(got[1]))
-    return tuple(out)
+    return out  # (a list: compiled, reading an item of a list of i64 is cheaper than of a tuple)
 
 
 _DENSE: Final = _dense()

@@ -340,10 +340,11 @@ class Forwarder(ClientSide):
         acts = ex.response_head(conn.token, status, self._policy(ex) if status >= 500 else None,
                                 group.budget if group is not None else None)
         if acts & RELAY_HEAD:
-            self._observed(ex, status)
+            now = self.listener.time()  # (head and end arrived together: one reading of the clock)
+            self._observed(ex, status, now)
             self._relay_head(ex, status, head, lower, True)
             self._wbuf.append(body)
-            self._response_done(ex, conn, ex.request_done)
+            self._response_done(ex, conn, ex.request_done, now)
         else:
             self._carry_out(ex, acts)
 
@@ -365,7 +366,7 @@ class Forwarder(ClientSide):
                 self._failed(ex, acts, role, Failure.STATUS, f"answered {status}")
             return DROP
         self._release_part(ex, acts)  # the race is settled: the slower attempt goes (says nothing of its target)
-        self._observed(ex, status)
+        self._observed(ex, status, self.listener.time())
         return RELAY_CHUNKED if self._relay_head(ex, status, head, lower, False) else RELAY
 
     def upstream_interim(self, conn: UpstreamConnection) -> None:
@@ -401,13 +402,13 @@ class Forwarder(ClientSide):
         if ex is not None:
             self._response_done(ex, conn, reusable and ex.request_done)
 
-    def _response_done(self, ex: HttpExchange, conn: UpstreamConnection, reusable: bool) -> None:
+    def _response_done(self, ex: HttpExchange, conn: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
         backend = ex.backend
         acts = ex.response_done(conn.token, self._closing)
         if not acts:
             return
         if backend is not None:
-            backend.observe(ex.status, self.listener.time() - ex.sent_at)
+            backend.observe(ex.status, (now or self.listener.time()) - ex.sent_at)
             if self.listener.access_log is not None:
                 self.listener.access_log.record(self._peer_ip, ex, backend.id)
         if acts == _DONE:  # (what _carry_out would do, without its tests)
@@ -428,13 +429,12 @@ class Forwarder(ClientSide):
         else:
             self._resume(P_UPSTREAM)
 
-    def _observed(self, ex: HttpExchange, status: int) -> None:
-        """A response head arrived (and goes to the client): tell the passive detector."""
+    def _observed(self, ex: HttpExchange, status: int, now: float) -> None:
+        """A response head arrived at ``now`` (and goes to the client): tell the passive detector."""
         group, backend = ex.group, ex.backend
         if group is not None and backend is not None:
             observe = group.observe
             if observe is not None:
-                now = self.listener.time()
                 observe(backend.index, _HTTP_5XX if status >= 500 else _OK, now - ex.sent_at, now)
 
     def _observe(self, group: BackendGroup | None, backend: Backend, outcome: int, sent_at: float) -> None:
