@@ -526,15 +526,9 @@ class Exchange:
     def failed(self, token: i64, failure: Failure, policy: RetryPolicy, budget: RetryBudget | None) -> i64:
         """Attempt ``token`` failed (connect error, reset, per-try timeout, bad response)."""
         self.verdict = None
-        if token == self.hedge and token:
-            return self._fire(Event.HEDGE_LOST)
-        if token != self.primary or not token:
-            return 0
-        props = _PROPS[self.row // _N_EVENTS]
-        if props & _P_STARTED:
-            return self._fire(Event.LOST)
-        if props & _P_RACING:
-            return self._fire(Event.PRIMARY_LOST)
+        settled = self._loss(token, Event.LOST)
+        if settled >= 0:
+            return settled
         if failure is Failure.STALE:
             self.attempts -= 1  # a pooled connection the target had closed: not an attempt
         else:
@@ -547,15 +541,9 @@ class Exchange:
         """Attempt ``token``'s target was just ejected as hung or slow: retried now when its per-try
         timeout would allow it (not charged to the budget), else nothing changes (0)."""
         self.verdict = None
-        if token == self.hedge and token:
-            return self._fire(Event.HEDGE_LOST)
-        if token != self.primary or not token:
-            return 0
-        props = _PROPS[self.row // _N_EVENTS]
-        if props & _P_STARTED:
-            return 0
-        if props & _P_RACING:
-            return self._fire(Event.PRIMARY_LOST)
+        settled = self._loss(token, -1)
+        if settled >= 0:
+            return settled
         if not self.idempotent or not self._decide(Failure.TIMEOUT, policy, None).retry:
             return 0
         self.last_failure = Failure.TIMEOUT
@@ -582,6 +570,22 @@ class Exchange:
     def fire(self, event: Event) -> i64:
         """Feed ``event`` as it is, with no guard (the table's own tests; adapters use the inputs above)."""
         return self._fire(event)
+
+    def _loss(self, token: i64, if_started: i64) -> i64:
+        """The loss of attempt ``token`` where no retry is to be decided: the hedge's; the attempt's
+        while its hedge races (the hedge carries on) or once a byte reached the client (the event
+        ``if_started``; -1: nothing happens); an attempt that is over (nothing happens). -1: the
+        caller decides (the one attempt, nothing sent to the client yet)."""
+        if token == self.hedge and token:
+            return self._fire(Event.HEDGE_LOST)
+        if token != self.primary or not token:
+            return 0
+        props = _PROPS[self.row // _N_EVENTS]
+        if props & _P_STARTED:
+            return self._fire(if_started) if if_started >= 0 else 0
+        if props & _P_RACING:
+            return self._fire(Event.PRIMARY_LOST)
+        return -1
 
     def _decide(self, failure: Failure, policy: RetryPolicy, budget: RetryBudget | None) -> Verdict:
         v = self.verdict = policy.decide(

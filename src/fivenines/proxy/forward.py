@@ -141,14 +141,18 @@ class Forwarder(ClientSide):
             group.budget.deposit()
             group.counters.requests += 1
         ex.backend = backend
+        self._connection(ex, backend, ex.primary)
+
+    def _connection(self, ex: HttpExchange, backend: Backend, token: i64) -> None:
+        """A connection to ``backend`` for attempt (or hedge) ``token``: an idle one, or a new one."""
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
         if conn is not None:
             assert isinstance(conn, UpstreamConnection)
-            self._ready(ex, conn, ex.primary, True)
+            self._ready(ex, conn, token, True)
         else:
-            asyncio.get_running_loop().create_task(self._connect(ex, backend, ex.primary))
+            asyncio.get_running_loop().create_task(self._connect(ex, backend, token))
 
     async def _connect(self, ex: HttpExchange, backend: Backend, token: i64) -> None:
         loop = asyncio.get_running_loop()
@@ -621,14 +625,7 @@ class Forwarder(ClientSide):
         if not ex.race(self.listener.time()) & CONNECT_HEDGE:
             return
         ex.hedge_backend = backend
-        backend.in_flight += 1
-        backend.requests += 1
-        idle = backend.take_idle()
-        if idle is not None:
-            assert isinstance(idle, UpstreamConnection)
-            self._ready(ex, idle, ex.hedge, True)
-        else:
-            asyncio.get_running_loop().create_task(self._connect(ex, backend, ex.hedge))
+        self._connection(ex, backend, ex.hedge)
 
     def upstream_ejected(self, conn: UpstreamConnection) -> int:
         """``conn``'s target was just ejected: move its attempt elsewhere now if a per-try timeout
