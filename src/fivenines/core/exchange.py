@@ -5,9 +5,9 @@ answer being complete lives here, and nowhere else: when it is forwarded or answ
 when a failed attempt is tried again (:mod:`fivenines.core.retry` decides, called from here),
 when a hedge races it and which attempt wins, that nothing is retried once a byte reached the
 client, that it is answered once, and that every upstream connection an attempt took is given
-back. ``proxy/client.py`` and ``proxy/upstream.py`` feed it inputs (method calls, with ``now``
-where time matters) and carry out the actions each call returns; they decide nothing about
-the exchange's life themselves.
+back. ``proxy/client.py``, ``proxy/forward.py`` and ``proxy/upstream.py`` feed it inputs
+(method calls, with ``now`` where time matters) and carry out the actions each call returns;
+they decide nothing about the exchange's life themselves.
 
 * **Transitions are data**, in the style of h2's stream machine: :data:`TRANSITIONS` maps
   ``(state, event)`` to ``(actions, next state)``. An event with no entry is a protocol error:
