@@ -2,7 +2,7 @@
 """Python cost of one proxied keep-alive request, without the network.
 
 Drives one client connection and one pooled upstream connection of
-``fivenines.proxy.http`` with fake transports: a ``GET`` with a ``Host`` header in,
+``fivenines.proxy`` (client.py, upstream.py) with fake transports: a ``GET`` with a ``Host`` header in,
 a small ``200`` with ``Content-Length`` back, repeated. What it prints is the
 interpreter's share of a request (parsing, framing verdict, balancing, head
 rewriting, counters); system calls and the event loop come on top in
@@ -20,7 +20,9 @@ from typing import Any
 
 from fivenines.core.detect import OutcomeSink, OutlierDetector, OutlierPolicy
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
+from fivenines.proxy.client import ClientConnection, http_listener
+from fivenines.proxy.listener import ProxySettings
+from fivenines.proxy.upstream import UpstreamConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
@@ -48,13 +50,13 @@ class FakeTransport:
     def close(self) -> None: ...
 
 
-async def run(n: int, profile: bool, close: bool) -> None:
+async def run(n: int, profile: bool, close: bool, cpu: bool = False) -> None:
     group = BackendGroup("web")
     backend = group.add(Backend("web-1", "127.0.0.1", 9))
     group.set_serving(group.backends)
     # the passive detector with the spec's defaults, hooked in as `fivenines up` does
     group.observe = OutcomeSink(OutlierDetector(1, OutlierPolicy()), lambda e: None).record
-    listener = Listener(lambda: group, 8080, ProxySettings())
+    listener = http_listener(lambda: group, 8080, ProxySettings())
     listener.time = time.monotonic
     client, ct = ClientConnection(listener), FakeTransport()
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -84,11 +86,12 @@ async def run(n: int, profile: bool, close: bool) -> None:
     loop(1000)
     if not backend.idle:
         raise SystemExit("hotpath: the upstream connection did not return to the pool")
-    t = time.perf_counter()
+    clock = time.process_time if cpu else time.perf_counter
+    t = clock()
     loop(n)
-    dt = time.perf_counter() - t
+    dt = clock() - t
     what = "request on a new connection" if close else "keep-alive request"
-    print(f"{dt / n * 1e6:.2f} µs of Python per proxied {what} ({n} requests)")
+    print(f"{dt / n * 1e6:.2f} µs of {'CPU time' if cpu else 'Python'} per proxied {what} ({n} requests)")
     if profile:
         pr = cProfile.Profile()
         pr.enable()
@@ -102,8 +105,10 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000, help="requests (default 100000)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile listing")
     ap.add_argument("--close", action="store_true", help="a new client connection per request")
+    ap.add_argument("--cpu", action="store_true",
+                    help="measure this process's CPU time, not the wall clock (steadier on a shared machine)")
     args = ap.parse_args()
-    asyncio.run(run(args.n, args.profile, args.close))
+    asyncio.run(run(args.n, args.profile, args.close, args.cpu))
 
 
 if __name__ == "__main__":

@@ -363,11 +363,12 @@ class InProcess:
 
 
 class ProxyUnderTest:
-    """A :class:`fivenines.proxy.http.Listener` in a LoopThread, balancing over given addresses."""
+    """A :class:`fivenines.proxy.listener.Listener` in a LoopThread, balancing over given addresses."""
 
     def __init__(self, addresses: list[str], **settings: Any) -> None:
         from fivenines.proxy.backend import Backend, BackendGroup
-        from fivenines.proxy.http import Listener, ProxySettings
+        from fivenines.proxy.client import http_listener
+        from fivenines.proxy.listener import ProxySettings
 
         self.lt = LoopThread()
         self.group = BackendGroup("web")
@@ -375,7 +376,7 @@ class ProxyUnderTest:
             host, port = addr.rsplit(":", 1)
             self.group.add(Backend(f"web-{i + 1}", host, int(port)))
         self.group.set_serving(self.group.backends)
-        self.listener = Listener(lambda: self.group, 0, ProxySettings(**settings))
+        self.listener = http_listener(lambda: self.group, 0, ProxySettings(**settings))
         self.lt.call(self.listener.start("127.0.0.1", 0))
         self.host, self.port = self.listener.address
 

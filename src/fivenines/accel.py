@@ -45,8 +45,13 @@ MODULES = (
     "fivenines.core.balance",
     "fivenines.core.detect",
     "fivenines.core.limits",
+    "fivenines.core.heads",
+    "fivenines.core.exchange",
     "fivenines.proxy.backend",
-    "fivenines.proxy.http",
+    "fivenines.proxy.listener",
+    "fivenines.proxy.upstream",
+    "fivenines.proxy.forward",
+    "fivenines.proxy.client",
 )
 # Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
 NATIVE = ("fivenines._express",)

@@ -70,12 +70,12 @@ def test_without_a_compiler_the_package_builds_runs_from_source_and_says_why(tmp
     assert manifest["failed"] == "C compiler '/bin/false' returned non-zero exit status 1"
     assert "modules" not in manifest and "accel.py" in manifest["sources"]
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
-    out = subprocess.run([sys.executable, "-c", "import fivenines.accel as a, fivenines.proxy.http as h; "
+    out = subprocess.run([sys.executable, "-c", "import fivenines.accel as a, fivenines.proxy.client as h; "
                           "print(a.mode()); print(h.__file__)"],
                          env=dict(env, PYTHONPATH=str(site)), cwd="/", capture_output=True, text=True, check=True)
     mode, http = out.stdout.splitlines()
     assert mode == "pure (not compiled: the build failed: C compiler '/bin/false' returned non-zero exit status 1)"
-    assert http == str(site / "fivenines" / "proxy" / "http.py")
+    assert http == str(site / "fivenines" / "proxy" / "client.py")
 
     strict = run([*wheel, str(tmp_path / "strict"), "."], copy, CC="/bin/false", FIVENINES_BUILD="strict")
     assert strict.returncode != 0

@@ -23,7 +23,8 @@ class HedgingProxy:
     def __init__(self, demos: list[Demo], delay: float, per_try: float | None = None, outliers: bool = False) -> None:
         from fivenines.core.retry import RetryPolicy
         from fivenines.proxy.backend import Backend, BackendGroup
-        from fivenines.proxy.http import Listener, ProxySettings
+        from fivenines.proxy.client import http_listener
+        from fivenines.proxy.listener import ProxySettings
 
         self.lt = LoopThread()
         self.group = BackendGroup("web", retry=RetryPolicy(2, per_try), budget_percent=100)
@@ -40,7 +41,7 @@ class HedgingProxy:
                 det.record(i, o, lat, now)
 
             self.group.observe = observe
-        self.listener = Listener(lambda: self.group, 0, ProxySettings())
+        self.listener = http_listener(lambda: self.group, 0, ProxySettings())
         self.lt.call(self.listener.start("127.0.0.1", 0))
         self.host, self.port = self.listener.address
 

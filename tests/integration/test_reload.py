@@ -279,7 +279,7 @@ def test_socket_handover_keeps_the_port_accepting(demo: Demo) -> None:
     """Rebinding on the same address (a protocol change) hands the listening socket over:
     the port never stops accepting, and the old listener's connections stay open."""
     from fivenines.proxy.backend import Backend, BackendGroup
-    from fivenines.proxy.http import Listener
+    from fivenines.proxy.client import http_listener
     from fivenines.runtime.reload import _dup_listening
     from tests.helpers import LoopThread
 
@@ -288,8 +288,8 @@ def test_socket_handover_keeps_the_port_accepting(demo: Demo) -> None:
     group = BackendGroup("web")
     group.add(Backend("web-1", demo.host, demo.port))
     group.set_serving(["web-1"])
-    old = Listener(lambda: group, 0)
-    new = Listener(lambda: group, 0)
+    old = http_listener(lambda: group, 0)
+    new = http_listener(lambda: group, 0)
     try:
         lt.call(old.start("127.0.0.1", 0))
         port = old.address[1]

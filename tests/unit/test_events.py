@@ -153,7 +153,7 @@ def test_setup_logging_switches_format() -> None:
 
 
 def test_access_log_formats_in_batches(tmp_path: Path) -> None:
-    from fivenines.proxy.http import Exchange
+    from fivenines.core.exchange import Exchange
 
     async def main() -> None:
         log = AccessLog(tmp_path / "access.log", flush_every=60)

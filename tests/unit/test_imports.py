@@ -210,7 +210,7 @@ def test_cycles_and_forbidden_edges_are_found() -> None:
 def test_every_module_is_seen() -> None:
     graph = import_graph()
     assert {"fivenines.core.pool", "fivenines.runtime.controller", "fivenines.admin.server",
-            "fivenines.proxy.http"} <= set(graph)
+            "fivenines.proxy.client"} <= set(graph)
     assert "fivenines.spec" in graph["fivenines.runtime.controller"]
 
 

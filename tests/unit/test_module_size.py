@@ -12,7 +12,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LIMIT = 700
 
 PENDING = {
-    "fivenines/proxy/http.py": "split into proxy/client.py, upstream.py, listener.py (issue 18)",
     "fivenines/core/backup.py": "to be split with the backup wiring (issue 21)",
     "fivenines/runtime/backup.py": "to be split with the backup wiring (issue 21)",
 }

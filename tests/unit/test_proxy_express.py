@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from fivenines.core.framing import Limits, check_request, express_request, express_response
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import ClientConnection, Listener, ProxySettings, UpstreamConnection
+from fivenines.proxy.client import ClientConnection, http_listener
+from fivenines.proxy.listener import ProxySettings
+from fivenines.proxy.upstream import UpstreamConnection
 
 METHODS = ["GET", "HEAD", "DELETE", "OPTIONS", "POST", "PUT", "get", "CONNECT"]
 TARGETS = ["/", "/a/b?c=1&d=%20", "/x:y@z", "*", "http://h.example/p", "/sp ace", "/hash#frag", "/\x7f",
@@ -166,7 +168,7 @@ class Rig:
         group = BackendGroup("web")
         self.backend = group.add(Backend("web-1", "127.0.0.1", 9))
         group.set_serving(group.backends)
-        self.listener = Listener(lambda: group, 8080, ProxySettings())
+        self.listener = http_listener(lambda: group, 8080, ProxySettings())
         self.client, self.ct = ClientConnection(self.listener), FakeTransport()
         self.client.connection_made(self.ct)  # type: ignore[arg-type]
         self.upstream, self.ut = UpstreamConnection(self.backend), FakeTransport()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fivenines.proxy.http import HOP_BY_HOP, strip_hop_by_hop
+from fivenines.core.heads import HOP_BY_HOP, strip_hop_by_hop
 
 NAMES = ["Content-Type", "Content-Length", "Connection", "connection", "CONNECTION", "Keep-Alive",
          "Transfer-Encoding", "TE", "Tel", "Trailer", "Upgrade", "Proxy-Authenticate", "X-Secret",

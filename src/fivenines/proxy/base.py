@@ -1,6 +1,6 @@
 """What the rest of fivenines may do with a listener, whatever its kind: two structural protocols.
 
-The kinds: the HTTP :class:`~fivenines.proxy.http.Listener`, the
+The kinds: the HTTP :class:`~fivenines.proxy.listener.Listener`, the
 :class:`~fivenines.proxy.tcp.TcpListener` (``protocol: tcp``, and the read listener of a
 replicated store), and the :class:`~fivenines.proxy.workers.RemoteListener` (the main
 process's view of a listener that ``workers: N`` processes serve). They conform by shape
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from fivenines.core.limits import Admission
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import Counters, ProxySettings
+from fivenines.proxy.listener import Counters, ProxySettings
 
 
 class ListenerView(Protocol):

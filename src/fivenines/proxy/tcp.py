@@ -29,7 +29,7 @@ from fivenines.core.balance import key_hash
 from fivenines.core.limits import Admission
 from fivenines.core.retry import Failure, Verdict
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.http import Counters, ProxySettings, wait_then_cut
+from fivenines.proxy.listener import Counters, ProxySettings, wait_then_cut
 
 log = logging.getLogger("fivenines.proxy.tcp")
 

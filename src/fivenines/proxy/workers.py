@@ -49,7 +49,8 @@ from typing import Any
 from fivenines.core.detect import Ejection, OutcomeSink, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup, FixedGroup
-from fivenines.proxy.http import Counters, Listener, ProxySettings
+from fivenines.proxy.client import http_listener
+from fivenines.proxy.listener import Counters, Listener, ProxySettings
 from fivenines.proxy.tcp import TcpListener
 from fivenines.spec import ListenerSpec, Spec
 
@@ -67,7 +68,7 @@ def make_listener(ls: ListenerSpec, groups: Mapping[str, BackendGroup],
     if ls.protocol == "tcp":
         return TcpListener(group_for, ls.port, s)
     router = Router(ls.rules, ls.default_target_group) if ls.rules else None
-    return Listener(group_for, ls.port, s, router=router, groups=groups)
+    return http_listener(group_for, ls.port, s, router=router, groups=groups)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -41,7 +41,7 @@ from fivenines.core.health import CheckResult, HealthState
 from fivenines.core.replication import ReplicationError
 from fivenines.errors import ConfigError
 from fivenines.proxy.base import ListenerView
-from fivenines.proxy.http import AccessLogSink, ProxySettings
+from fivenines.proxy.listener import AccessLogSink, ProxySettings
 from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.checks import Checks
 from fivenines.runtime.context import RuntimeContext

@@ -15,7 +15,7 @@ from typing import Any
 
 from fivenines.proxy.backend import Backend
 from fivenines.proxy.base import ListenerView, ProxyListener
-from fivenines.proxy.http import AccessLogSink, Listener, ProxySettings
+from fivenines.proxy.listener import AccessLogSink, Listener, ProxySettings
 from fivenines.proxy.workers import WorkerPool, make_listener
 from fivenines.runtime.context import RuntimeContext
 from fivenines.spec import ListenerSpec
