@@ -13,8 +13,6 @@ LIMIT = 700
 
 PENDING = {
     "fivenines/proxy/http.py": "split into proxy/client.py, upstream.py, listener.py (issue 18)",
-    "fivenines/core/backup.py": "to be split with the backup wiring (issue 21)",
-    "fivenines/runtime/backup.py": "to be split with the backup wiring (issue 21)",
 }
 """Long modules another change of issue 18 is reworking now: drop each entry when it lands."""
 
