@@ -8,6 +8,7 @@ clients are plain blocking RESP connections. Every server is stopped at the end,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import stat
 import threading
@@ -35,24 +36,46 @@ AWS_ENV = {
 
 
 class Running:
-    """A Controller on its own event-loop thread; ``call`` runs a coroutine or a function there."""
+    """A Controller on its own event-loop thread; ``call`` runs a coroutine or a function there.
 
-    def __init__(self, tmp: Path, spec: dict[str, Any]) -> None:
+    ``setup`` runs on the loop right after :meth:`Controller.start` returns, before the loop runs
+    anything else: the backup schedule has not had a turn yet (it starts inside ``start``)."""
+
+    def __init__(self, tmp: Path, spec: dict[str, Any], setup: Callable[[Running], None] | None = None) -> None:
         spec.setdefault("state_dir", str(tmp / "state"))
         self.spec_path = write_spec(tmp / "fivenines.yaml", spec)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fivenines", daemon=True)
         self.thread.start()
-        self.ctl = Controller(parse_spec(spec), self.spec_path)
+        self.ctl: Controller | None = None
         try:
-            self.call(self.ctl.start(), 30)
+            self.ctl = Controller(parse_spec(spec), self.spec_path)
+            self.call(self._start(setup), 30)
         except BaseException:
             self.close()
             raise
 
+    async def _start(self, setup: Callable[[Running], None] | None) -> None:
+        assert self.ctl is not None
+        await self.c.start()
+        if setup is not None:
+            setup(self)  # no await between: nothing else ran on the loop since start() returned
+
+    @property
+    def c(self) -> Controller:
+        assert self.ctl is not None
+        return self.ctl
+
     def call(self, what: Any, timeout: float = 60.0) -> Any:
         if asyncio.iscoroutine(what):
-            return asyncio.run_coroutine_threadsafe(what, self.loop).result(timeout)
+            cf = asyncio.run_coroutine_threadsafe(what, self.loop)
+            try:
+                return cf.result(timeout)
+            except TimeoutError:
+                cf.cancel()  # never leave it running beside whatever the caller does next (close: stop)
+                with contextlib.suppress(BaseException):
+                    cf.result(10)
+                raise
         fut: Future[Any] = Future()
 
         def run() -> None:
@@ -66,7 +89,7 @@ class Running:
 
     @property
     def backups(self) -> BackupManager:
-        rm = self.ctl.groups["cache"].replication
+        rm = self.c.groups["cache"].replication
         assert rm is not None and rm.backup is not None
         return rm.backup
 
@@ -74,7 +97,7 @@ class Running:
         return self.call(admin_call(self.backups, "cache", action, query))  # type: ignore[no-any-return]
 
     def status(self) -> Any:
-        return self.call(self.ctl.status)["target_groups"]["cache"]
+        return self.call(self.c.status)["target_groups"]["cache"]
 
     def settled(self, timeout: float = 20.0) -> dict[str, str]:
         """Wait for a published primary with every replica linked and caught up: {id: address}."""
@@ -97,11 +120,14 @@ class Running:
         return wait_until(ok, timeout, 0.05, what="replicated group settled")  # type: ignore[return-value]
 
     def events(self, kind: str) -> list[Any]:
-        return [e for e in self.call(lambda: self.ctl.events.recent(1000)) if e.kind == kind]
+        return [e for e in self.call(lambda: self.c.events.recent(1000)) if e.kind == kind]
 
     def close(self) -> None:
+        """Stop fivenines (also after a failed or timed-out start: ``call`` cancelled it, and
+        ``stop`` cleans up whatever it had started), then the loop."""
         try:
-            self.call(self.ctl.stop(2.0), 30)
+            if self.ctl is not None:
+                self.call(self.ctl.stop(2.0), 30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
@@ -122,9 +148,11 @@ def group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
 
     def make(scheduled: bool = False, **backup: Any) -> Running:
         """``scheduled``: leave the schedule on (else only the test takes backups and drills)."""
-        r = Running(tmp_path, backup_spec(tmp_path, **backup))
+        def pause(r: Running) -> None:
+            r.backups.paused = not scheduled
+
+        r = Running(tmp_path, backup_spec(tmp_path, **backup), setup=pause)
         made.append(r)
-        r.backups.paused = not scheduled  # set before the group serves: the schedule has not acted yet
         return r
 
     yield make
@@ -230,7 +258,7 @@ def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def listener(g: Running) -> str:
-    return str(g.call(g.ctl.ready_info)["listeners"][0])
+    return str(g.call(g.c.ready_info)["listeners"][0])
 
 
 def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(group: Callable[..., Running],
@@ -278,6 +306,43 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
         assert c.cmd("WAIT", 1, 2000) >= 1
     rec_events = [(e.old, e.new) for e in g.events("recovery")]
     assert rec_events == [("serving", "restoring"), ("restoring", "serving"), ("", "restored")]
+
+
+def test_a_backup_holds_every_write_the_primary_took_before_it_began_even_from_a_lagging_replica(
+        group: Callable[..., Running]) -> None:
+    """``WAIT 1`` acknowledges a write once *one* replica has it: another replica may still lack it.
+    ``CLIENT PAUSE ms WRITE`` on a replica stops it applying its primary's stream while it stays
+    linked and answers INFO and PSYNC, as a replica starved of CPU would: a copy of it then would
+    lack acknowledged writes (this test failed before the backup chose its replica on live offsets
+    and waited for it to reach the primary's offset read when the backup began)."""
+    g = group()
+    addrs = g.settled()
+    primary = addrs["primary"]
+    replicas = [a for i, a in addrs.items() if i != "primary"]
+    expected: dict[str, str] = {}
+    for n, lagging in enumerate(replicas):  # each replica in turn lags: the other acknowledges
+        keys = {f"r{n}-{i}": str(i) for i in range(100)}
+        with redis(lagging) as c:
+            c.cmd("CLIENT", "PAUSE", 3000, "WRITE")
+            write(primary, keys)  # acknowledged (WAIT 1) by the replica that is not paused
+            expected |= keys
+            code, rec = g.admin("backup")
+            c.cmd("CLIENT", "UNPAUSE")
+        assert code == 200 and rec["verified"] == "ok" and rec["keys"] == len(expected), rec
+        assert rec["source"] != g.status()["serving"][0]
+    # every replica lags: the backup waits for its replica to reach the primary's offset
+    for a in replicas:
+        with redis(a) as c:
+            c.cmd("CLIENT", "PAUSE", 1000, "WRITE")
+    with redis(primary) as c:
+        for i in range(50):
+            c.cmd("SET", f"late-{i}", str(i))
+            expected[f"late-{i}"] = str(i)
+        offset = int(c.info()["master_repl_offset"])
+    code, rec = g.admin("backup")
+    assert code == 200 and rec["keys"] == len(expected) and rec["offset"] >= offset, rec
+    for a in addrs.values():
+        assert dump(a) == expected, a
 
 
 # --------------------------------------------------------------------------- corruption

@@ -2,8 +2,8 @@
 copy, and what the Redis check tools and files say. Pure.
 
 * :func:`choose_source`: the healthy replica linked to its primary with the highest
-  position (never the primary unless allowed); :func:`source_lag`: whether it holds every
-  write the primary had taken when the backup began;
+  position (never the primary unless allowed); :func:`missing_writes`: whether it holds
+  every write the primary had taken when the backup began;
 * :func:`judge`: the check tool's exit, the checksum read back, the key count of a
   scratch server that loaded the copy;
 * the AOF pieces: the manifest, ``redis-check-aof``'s per-file report, a torn last
@@ -59,6 +59,30 @@ def choose_source(members: Sequence[SourceView], allow_primary: bool = False) ->
     if allow_primary and prim is not None:
         return prim.id, f"{prim.id}: the primary (no healthy replica: {', '.join(why)}; allow_primary)"
     return None, f"no healthy replica linked to its primary ({', '.join(why)}); not copying from the primary"
+
+
+def missing_writes(source: str, offset: int | None, primary_offset: int | None) -> str | None:
+    """Why a copy of ``source`` at replication ``offset`` may lack writes the primary had taken
+    (and so may have acknowledged) at ``primary_offset``, when the backup began; None: it holds them.
+
+    A write acknowledged with ``WAIT 1`` is on *one* replica: another may not have it yet. A
+    backup copies one replica, so it first waits for that replica to reach the primary's offset
+    read when the backup began, and the copy's own offset (``+FULLRESYNC``) must not be lower.
+    No primary to ask (``primary_offset`` None): the most advanced replica is the best there is.
+
+    >>> missing_writes("c-2", 120, 100) is None, missing_writes("c-2", 5, None) is None
+    (True, True)
+    >>> missing_writes("c-2", 90, 100)
+    'c-2 at offset 90, the primary at 100 when the backup began: it lacks writes the primary may have acknowledged'
+    """
+    if primary_offset is None:
+        return None
+    if offset is None:
+        return f"{source}: its replication offset is unknown"
+    if offset < primary_offset:
+        return (f"{source} at offset {offset}, the primary at {primary_offset} when the backup began: "
+                "it lacks writes the primary may have acknowledged")
+    return None
 
 
 # --------------------------------------------------------------------------- verification
@@ -229,5 +253,5 @@ def keyspace_keys(info: Mapping[str, str]) -> int:
 
 __all__ = [
     "AofCheck", "AofFile", "Checks", "SourceView", "choose_source", "first_timestamp", "judge", "keyspace_keys",
-    "parse_check_aof", "parse_manifest", "rdb_ctime", "torn_tail",
+    "missing_writes", "parse_check_aof", "parse_manifest", "rdb_ctime", "torn_tail",
 ]

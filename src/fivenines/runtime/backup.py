@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fivenines.backup")
 
+CATCH_UP_TIMEOUT = 30.0  # longest a backup waits for its replica to reach the primary's offset
+
 
 class BackupManager:
     """Backups, restores and drills of one group, and the loop that schedules them."""
@@ -168,15 +170,43 @@ class BackupManager:
         d.mkdir(mode=0o700)
         return d
 
-    def _source(self) -> Member:
+    async def _source(self) -> tuple[Member, int | None]:
+        """The member to copy from, chosen on its *live* link and offset (an observation may be a
+        health-check interval old), and the primary's offset when the backup began (None: no
+        primary answers)."""
         if self.live is None:
             raise BackupError("taking a backup needs the running group (fivenines up)")
         members = self.live.members()
-        views = [SourceView(m.id, m.healthy, m.primary, m.link_up, m.position) for m in members]
+        primary = next((m for m in members if m.primary), None)
+        primary_offset = None
+        if primary is not None:
+            state = await _replication_state(primary)
+            primary_offset = int(state["master_repl_offset"]) if state and "master_repl_offset" in state else None
+        views = []
+        for m in members:
+            link_up, position = m.link_up, m.position
+            if m.healthy and not m.primary:
+                state = await _replication_state(m) or {}
+                link_up = state.get("master_link_status") == "up"
+                position = int(state.get("slave_repl_offset", "-1"))
+            views.append(SourceView(m.id, m.healthy, m.primary, link_up, position))
         chosen, why = verdicts.choose_source(views, self.spec.allow_primary)
         if chosen is None:
             raise BackupError(why)
-        return next(m for m in members if m.id == chosen)
+        return next(m for m in members if m.id == chosen), primary_offset
+
+    async def _caught_up(self, src: Member, primary_offset: int | None) -> None:
+        """Wait until ``src`` holds every write the primary had taken when the backup began: a
+        write acknowledged by another replica (``WAIT 1``) may not have reached it yet."""
+
+        async def check() -> tuple[bool, str]:
+            state = await _replication_state(src)
+            offset = int(state.get("slave_repl_offset") or state.get("master_repl_offset") or -1) if state else None
+            why = verdicts.missing_writes(src.id, offset, primary_offset)
+            return why is None, why or ""
+
+        await until(f"{src.id} catching up with the primary", time.monotonic() + min(CATCH_UP_TIMEOUT, self.spec.timeout / 2),
+                    check, every=0.02)
 
     async def backup(self, reason: str = "operator") -> BackupRecord:
         """Take one backup now, verify it, record it, apply retention. Returns its record (its
@@ -208,7 +238,9 @@ class BackupManager:
 
     async def _backup(self, reason: str) -> tuple[BackupRecord, list[BackupRecord]]:
         started = time.monotonic()
-        src = self._source()
+        src, primary_offset = await self._source()
+        if not src.primary:
+            await self._caught_up(src, primary_offset)
         tmp = self.scratch_dir("take")
         try:
             c = await redis_client(src.host, src.port)
@@ -221,6 +253,9 @@ class BackupManager:
                                                     self.spec.timeout, self.wall)
             finally:
                 c.close()
+            behind = None if src.primary else verdicts.missing_writes(src.id, taken.offset, primary_offset)
+            if behind:  # the offset went back while it was copied: a resync from another history
+                raise BackupError(f"the copy of {behind}")
             kind = Kind.AOF if self.spec.point_in_time else Kind.RDB
             checks, covers = await check_copy(self.tools, taken.path, kind, tmp, self.spec.timeout)
             records = await self.records()
@@ -234,7 +269,7 @@ class BackupManager:
                 await self.store.put_file(key, taken.path)
                 stored = await self.store.sha256(key)  # read back from the store
                 verdict, detail = verdicts.judge(Checks(checks.tool_ok, checks.tool_detail, stored, checks.loaded_keys),
-                                             expected_sha256=taken.sha256, source_keys=source_keys)
+                                                 expected_sha256=taken.sha256, source_keys=source_keys)
             else:
                 rec = core.with_verdict(rec, verdict, detail, key="")  # a bad copy is not kept, only recorded
             rec = core.with_verdict(rec, verdict, detail, took=time.monotonic() - started)
@@ -447,6 +482,20 @@ class BackupManager:
             "last_drill_ok": core.iso(c.last_drill_ok) if c.last_drill_ok else None,
             "next_drill_in_s": round(max(0.0, nd - now), 3) if nd is not None else None,
         }
+
+
+async def _replication_state(m: Member) -> dict[str, str] | None:
+    """``INFO replication`` of a member now, or None when it does not answer."""
+    try:
+        c = await redis_client(m.host, m.port, 2.0)
+    except StoreError:
+        return None
+    try:
+        return await server_info(c, "replication")
+    except StoreError:
+        return None
+    finally:
+        c.close()
 
 
 def _secs(x: float | None) -> str:
