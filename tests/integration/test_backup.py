@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fivenines.runtime.backup import BackupManager, admin_call
+from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.controller import Controller
 from fivenines.spec import parse_spec
 from tests.helpers import IN_CI, wait_until, write_spec
@@ -93,8 +93,20 @@ class Running:
         assert rm is not None and rm.backup is not None
         return rm.backup
 
-    def admin(self, action: str, **query: str) -> tuple[int, Any]:
-        return self.call(admin_call(self.backups, "cache", action, query))  # type: ignore[no-any-return]
+    def admin(self, action: str, **query: str) -> tuple[str, Any]:
+        """A backup command through the runtime's interface, as the admin API runs it: started, then
+        polled until it is over. (state: ok, failed or refused; its result, or ``{"error": ...}``)."""
+        if action == "backups":
+            return "ok", self.call(self.c.backups("cache"))
+        op = self.call(lambda: self.c.backup_command("cache", action, query, "test"))
+        assert op["state"] == "running", op
+
+        def over() -> Any:
+            now = self.call(lambda: self.c.backup_operation("cache", op["id"]))
+            return now if now["state"] != "running" else None
+
+        done = wait_until(over, 120, 0.02, what=f"{action} {op['id']} over")
+        return done["state"], done["result"] if done["result"] is not None else {"error": done["error"]}
 
     def status(self) -> Any:
         return self.call(self.c.status)["target_groups"]["cache"]
@@ -197,8 +209,8 @@ def test_scheduled_backups_appear_and_rotate_by_retention(group: Callable[..., R
         seen |= {r.id for r in g.call(g.backups.records())}
     g.backups.paused = True
     wait_until(lambda: g.backups.running is None, 10, what="the schedule idle")
-    code, body = g.admin("backups")
-    assert code == 200
+    state, body = g.admin("backups")
+    assert state == "ok"
     kept = body["backups"]
     assert len(kept) == 2 and all(r["verified"] == "ok" for r in kept)
     assert len(seen) >= 4 and g.backups.counters.deleted >= 2
@@ -268,8 +280,8 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
     primary = addrs["primary"]
     before = {f"a{i}": f"value-{i}" for i in range(300)}
     write(primary, before)  # acknowledged: WAIT 1 returned 1
-    code, rec = g.admin("backup")
-    assert code == 200, rec
+    state, rec = g.admin("backup")
+    assert state == "ok", rec
     assert rec["verified"] == "ok" and rec["keys"] == 300 and rec["kind"] == "rdb"
     head = s3.head_object(Bucket=BUCKET, Key=f"prod/cache/{rec['key']}")
     assert head["ServerSideEncryption"] == "AES256" and head["ContentLength"] == rec["size"]
@@ -280,8 +292,8 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
         assert c.cmd("WAIT", 2, 2000) == 2
     for a in addrs.values():
         assert dump(a) == {}
-    code, res = g.admin("restore", **{"from": rec["id"]})
-    assert code == 200, res
+    state, res = g.admin("restore", **{"from": rec["id"]})
+    assert state == "ok", res
     assert [s["step"] for s in res["steps"]] == [
         "verify", "start_source", "check_source", "fence", "hold_replicas", "load_primary", "check_primary",
         "detach_primary", "resync_replicas", "check_replicas", "unfence", "stop_source"]
@@ -326,9 +338,9 @@ def test_a_backup_holds_every_write_the_primary_took_before_it_began_even_from_a
             c.cmd("CLIENT", "PAUSE", 3000, "WRITE")
             write(primary, keys)  # acknowledged (WAIT 1) by the replica that is not paused
             expected |= keys
-            code, rec = g.admin("backup")
+            state, rec = g.admin("backup")
             c.cmd("CLIENT", "UNPAUSE")
-        assert code == 200 and rec["verified"] == "ok" and rec["keys"] == len(expected), rec
+        assert state == "ok" and rec["verified"] == "ok" and rec["keys"] == len(expected), rec
         assert rec["source"] != g.status()["serving"][0]
     # every replica lags: the backup waits for its replica to reach the primary's offset
     for a in replicas:
@@ -339,8 +351,8 @@ def test_a_backup_holds_every_write_the_primary_took_before_it_began_even_from_a
             c.cmd("SET", f"late-{i}", str(i))
             expected[f"late-{i}"] = str(i)
         offset = int(c.info()["master_repl_offset"])
-    code, rec = g.admin("backup")
-    assert code == 200 and rec["keys"] == len(expected) and rec["offset"] >= offset, rec
+    state, rec = g.admin("backup")
+    assert state == "ok" and rec["keys"] == len(expected) and rec["offset"] >= offset, rec
     for a in addrs.values():
         assert dump(a) == expected, a
 
@@ -361,8 +373,8 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
     blob = bytearray((store / a["key"]).read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one bit flip in the stored object
     (store / a["key"]).write_bytes(bytes(blob))
-    code, v = g.admin("verify", id=a["id"])
-    assert code == 500 and v["verified"] == "failed"
+    state, v = g.admin("verify", id=a["id"])
+    assert state == "failed" and v["verified"] == "failed"
     assert "check tool failed" in v["detail"] and f"expected {a['sha256']}" in v["detail"]
 
     def snapshot() -> Any:
@@ -370,15 +382,15 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
                 for x in addrs.values()]
 
     was = snapshot()
-    code, body = g.admin("restore", **{"from": a["id"]})
-    assert code == 409 and "failed verification" in body["error"]
+    state, body = g.admin("restore", **{"from": a["id"]})
+    assert state == "refused" and "failed verification" in body["error"]
     # corrupt b without telling the catalogue: the restore's own check refuses it
     (store / b["key"]).write_bytes((store / b["key"]).read_bytes()[: b["size"] // 2])
-    code, body = g.admin("restore", **{"from": b["id"]})
-    assert code == 409 and "failed verification at restore" in body["error"] and "nothing was changed" in body["error"]
+    state, body = g.admin("restore", **{"from": b["id"]})
+    assert state == "refused" and "failed verification at restore" in body["error"] and "nothing was changed" in body["error"]
     assert {r["id"]: r["verified"] for r in g.admin("backups")[1]["backups"]} == {a["id"]: "failed", b["id"]: "failed"}
-    code, body = g.admin("restore", **{"from": "orders-20250101T000000Z"})
-    assert code == 409 and "belongs to group 'orders', not 'cache'" in body["error"]
+    state, body = g.admin("restore", **{"from": "orders-20250101T000000Z"})
+    assert state == "refused" and "belongs to group 'orders', not 'cache'" in body["error"]
     assert snapshot() == was  # nothing changed
     assert g.status()["replication"]["phase"] == "serving"
     assert [(e.old, e.new) for e in g.events("recovery")] == [("", "refused")] * 3
@@ -406,8 +418,8 @@ def test_a_drill_restores_into_a_scratch_server_and_never_touches_the_live_group
         return out
 
     was = snapshot()
-    code, d = g.admin("drill")
-    assert code == 200, d
+    state, d = g.admin("drill")
+    assert state == "ok", d
     assert d["ok"] and d["backup"] == rec["id"] and d["keys"] == 120 and d["rto_s"] > 0 and d["rpo_s"] >= 0
     # the same drill from the command line, on the store alone (no running group needed)
     result = cli_drill(str(g.spec_path), "cache")
@@ -433,13 +445,13 @@ def test_point_in_time_restore_replays_the_aof_up_to_the_second_asked(group: Cal
     at = int(time.time())
     wait_until(lambda: time.time() >= at + 1.3, 3, what="the next second")  # Redis' cached clock lags ~100ms
     write(primary, {f"late{i}": str(i) for i in range(40)})
-    code, rec = g.admin("backup")
-    assert code == 200 and rec["kind"] == "aof" and rec["covers_from"] <= at, rec
+    state, rec = g.admin("backup")
+    assert state == "ok" and rec["kind"] == "aof" and rec["covers_from"] <= at, rec
     with redis(primary) as c:
         c.cmd("FLUSHALL")
         c.cmd("WAIT", 2, 2000)
-    code, res = g.admin("restore", at=f"@{at}")
-    assert code == 200, res
+    state, res = g.admin("restore", at=f"@{at}")
+    assert state == "ok", res
     assert "rewrite_aof" in [s["step"] for s in res["steps"]]
     for a in addrs.values():
         assert dump(a) == first, a

@@ -12,6 +12,7 @@ per concern:
 :mod:`fivenines.runtime.backup_store`  where backups live: a local directory or S3
 :mod:`fivenines.runtime.backup_live`   the live group (:class:`LiveGroup`) and shared Redis calls
 :mod:`fivenines.runtime.restore`       a restore into the live group, step by step
+:mod:`fivenines.runtime.backup_ops`    operator commands as operations the admin API polls
 =====================================  =====================================================
 
 **A backup** comes from a healthy replica linked to its primary (never stalling the
@@ -416,14 +417,14 @@ class BackupManager:
     def next_backup(self) -> float:
         c = self.counters
         return schedules.next_run(self.schedule, last_ok=c.last_ok, last_try=c.last_try, since=self.since,
-                             retry=min(60.0, self.promised_rpo))
+                                  retry=min(60.0, self.promised_rpo))
 
     def next_drill(self) -> float | None:
         if self.drill_schedule is None:
             return None
         c = self.counters
         return schedules.next_run(self.drill_schedule, last_ok=c.last_drill_ok, last_try=c.last_drill_try,
-                             since=self.since, retry=min(300.0, self._drill_gap))
+                                  since=self.since, retry=min(300.0, self._drill_gap))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"backups {self.group}")
@@ -506,43 +507,3 @@ def offline_manager(spec: BackupSpec, group: str, base_dir: Path, work_dir: Path
                     redis_hint: str | None = None) -> BackupManager:
     """A manager on the store alone (no running group): list, verify, drill."""
     return BackupManager(group, spec, open_store(spec, group, base_dir), Tools.find(redis_hint), work_dir)
-
-
-# --------------------------------------------------------------------------- the admin API's side
-
-
-async def admin_call(backups: BackupManager | None, group: str, action: str,
-                     query: dict[str, str]) -> tuple[int, Any]:
-    """What the admin routes answer (status code, JSON body):
-
-    * ``POST /target_groups/G/backup``: take one now (200 with the record; 500 when it failed);
-    * ``GET /target_groups/G/backups``: the catalogue, newest first;
-    * ``POST /target_groups/G/verify?id=ID``: check a stored backup again;
-    * ``POST /target_groups/G/restore?from=ID`` or ``?at=TIME``: restore into the group
-      (409 refused, nothing changed; 500 failed part-way, see the events);
-    * ``POST /target_groups/G/drill``: a restore drill into a scratch server.
-    """
-    if backups is None:
-        return 409, {"error": f"target group {group!r} has no backup: section (replicated.backup)"}
-    try:
-        if action == "backup":
-            rec = await backups.backup("operator")
-            return (200 if rec.verified is Verdict.OK else 500), rec.to_json()
-        if action == "backups":
-            records = await backups.records(reload=True)
-            return 200, {"group": group, "to": backups.store.where,
-                         "backups": [r.to_json() for r in reversed(records)]}
-        if action == "verify":
-            rec = await backups.verify(query.get("id", ""))
-            return (200 if rec.verified is Verdict.OK else 500), rec.to_json()
-        if action == "restore":
-            at = core.parse_time(query["at"], backups.wall()) if query.get("at") else None
-            return 200, await backups.restore(from_id=query.get("from") or None, at=at)
-        if action == "drill":
-            result = await backups.drill()
-            return (200 if result.ok else 500), result.to_json()
-    except RestoreRefused as exc:
-        return 409, {"error": str(exc)}
-    except BackupError as exc:
-        return 500, {"error": str(exc)}
-    return 404, {"error": f"no backup action {action!r}"}
