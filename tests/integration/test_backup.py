@@ -25,7 +25,7 @@ from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.controller import Controller
 from fivenines.spec import parse_spec
 from tests.helpers import IN_CI, wait_until, write_spec
-from tests.redis_helpers import redis, redis_spec
+from tests.redis_helpers import backup_spec, dump, redis, write
 
 T = TypeVar("T")
 AWS_ENV = {
@@ -146,14 +146,6 @@ class Running:
             self.loop.close()
 
 
-def backup_spec(tmp: Path, **backup: Any) -> dict[str, Any]:
-    spec = redis_spec(standby=2, durability="sync")
-    inst = spec["target_groups"]["cache"]["instances"]
-    inst["command"] += ["--repl-ping-replica-period", "3600"]  # offsets move only with writes (the drill test)
-    spec["target_groups"]["cache"]["replicated"]["backup"] = {"to": "backups", "schedule": "1h", **backup}
-    return spec
-
-
 @pytest.fixture
 def group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Running]]:
     made: list[Running] = []
@@ -163,31 +155,13 @@ def group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
         def pause(r: Running) -> None:
             r.backups.paused = not scheduled
 
-        r = Running(tmp_path, backup_spec(tmp_path, **backup), setup=pause)
+        r = Running(tmp_path, backup_spec(**backup), setup=pause)
         made.append(r)
         return r
 
     yield make
     for r in made:
         r.close()
-
-
-def write(address: str, keys: dict[str, str]) -> None:
-    """Write and confirm each write with WAIT 1: acknowledged writes."""
-    with redis(address) as c:
-        for k, v in keys.items():
-            c.cmd("SET", k, v)
-        assert c.cmd("WAIT", 1, 2000) >= 1
-
-
-def dump(address: str) -> dict[str, str]:
-    """Every key and value of a server (small test datasets)."""
-    with redis(address) as c:
-        keys = c.cmd("KEYS", "*")
-        if not keys:
-            return {}
-        values = c.cmd("MGET", *keys)
-        return {k.decode(): v.decode() for k, v in zip(keys, values, strict=True)}
 
 
 def info(address: str, section: str) -> dict[str, str]:
@@ -401,8 +375,7 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
 
 def test_a_drill_restores_into_a_scratch_server_and_never_touches_the_live_group(group: Callable[..., Running],
                                                                                  tmp_path: Path) -> None:
-    from fivenines.backup_cli import drill as cli_drill
-    from fivenines.backup_cli import list_backups
+    from fivenines.cli.backup import store_catalogue, store_drill
 
     g = group(drill="1h")
     addrs = g.settled()
@@ -422,9 +395,9 @@ def test_a_drill_restores_into_a_scratch_server_and_never_touches_the_live_group
     assert state == "ok", d
     assert d["ok"] and d["backup"] == rec["id"] and d["keys"] == 120 and d["rto_s"] > 0 and d["rpo_s"] >= 0
     # the same drill from the command line, on the store alone (no running group needed)
-    result = cli_drill(str(g.spec_path), "cache")
+    result = store_drill(str(g.spec_path), "cache")
     assert result.ok and result.keys == 120 and result.backup == rec["id"]
-    assert [r.id for r in list_backups(str(g.spec_path), "cache")] == [rec["id"]]
+    assert [r.id for r in store_catalogue(str(g.spec_path), "cache")] == [rec["id"]]
     assert snapshot() == was  # keys, offsets, replication ids, syncs: untouched
     st = g.status()["replication"]["backup"]
     assert st["drills_ok"] == 1 and st["last_drill"]["ok"] and st["last_drill"]["backup"] == rec["id"]
