@@ -5,6 +5,7 @@ they use, over HTTP. Every process is stopped at the end, even on failure."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -157,3 +158,59 @@ def test_the_backup_routes_answer_with_operations_to_poll(running: Fivenines, tm
     status, cat, _ = http(f, "GET", "/target_groups/cache/backups")
     assert status == 200 and [r["id"] for r in cat["backups"]] == [done["result"]["id"]]
     assert cat["to"].endswith("backups/cache")
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """A sample's value from the Prometheus text, or None when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == f"{name}{{{want}}}":
+            return float(value)
+    return None
+
+
+def test_metrics_status_and_the_dashboard_show_the_backups(running: Fivenines) -> None:
+    from tests.helpers import require_binary
+    from tests.ops_helpers import Chromium
+
+    f = running
+    p = wait_settled(f)
+    text = urllib.request.urlopen(f"{f.admin}/metrics", timeout=5).read().decode()
+    assert metric(text, "fivenines_backups_total", group="cache", result="ok") == 0
+    assert metric(text, "fivenines_backup_last_success_timestamp_seconds", group="cache") is None  # none yet
+    assert metric(text, "fivenines_backup_promised_rpo_seconds", group="cache") == 366 * 86400.0  # yearly, leap
+    write(p["address"], {f"k{i}": "v" for i in range(20)})
+    assert cli(f, "backup", "cache").returncode == 0
+    assert cli(f, "restore", "--drill", "cache").returncode == 0
+    rec = json.loads(cli(f, "backups", "cache", "--json").stdout)["backups"][0]
+    st = f.status()["target_groups"]["cache"]["replication"]["backup"]
+
+    text = urllib.request.urlopen(f"{f.admin}/metrics", timeout=5).read().decode()
+    assert metric(text, "fivenines_backups_total", group="cache", result="ok") == 1
+    assert metric(text, "fivenines_backups_total", group="cache", result="failed") == 0
+    assert metric(text, "fivenines_backup_last_success_timestamp_seconds", group="cache") == rec["time"]
+    assert metric(text, "fivenines_backups_verified", group="cache") == 1
+    assert metric(text, "fivenines_backup_stored_bytes", group="cache") == rec["size"]
+    assert metric(text, "fivenines_drills_total", group="cache", result="ok") == 1
+    assert metric(text, "fivenines_drill_last_success_timestamp_seconds", group="cache") == st["last_drill"]["time"]
+    assert metric(text, "fivenines_drill_rpo_seconds", group="cache") == st["last_drill"]["rpo_s"] > 0
+    assert metric(text, "fivenines_drill_rto_seconds", group="cache") == st["last_drill"]["rto_s"] > 0
+    assert metric(text, "fivenines_restores_total", group="cache", result="ok") == 0
+    assert metric(text, "fivenines_backup_running", group="cache", operation="backup") == 0
+
+    out = subprocess.run([PY, "-m", "fivenines", "status", "--admin", f.admin], capture_output=True, text=True,
+                         check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("cache: backups "))
+    assert f"last {rec['id']}," in line and "(1 verified)" in line and re.search(r"next in \d+[dhms]", line), line
+    assert "last drill ok" in line and f"RPO {st['last_drill']['rpo_s']}s" in line, line
+
+    browser = Chromium(require_binary("chromium"), f"{f.admin}/")
+    try:
+        shown = wait_until(lambda: browser.evaluate(
+            "(document.querySelector('p[data-backup=\"cache\"]') || {}).textContent"), 10, 0.1,
+            what="the backup line in the group card")
+        assert shown.startswith("backups cron 0 0 1 1 * (UTC) to ") and f"last {rec['id']}," in shown, shown
+        assert "last drill ok" in shown and f"RTO {st['last_drill']['rto_s']}s" in shown, shown
+    finally:
+        browser.close()

@@ -178,7 +178,8 @@ def test_next_run_cron_counts_from_the_later_of_start_and_last_success() -> None
 
 @pytest.mark.parametrize(("text", "rpo"), [
     ("6h", 21600), ("*/15 * * * *", 900), ("0 3 * * *", DAY), ("0 0 * * 0", 7 * DAY), ("0 0 1 * *", 31 * DAY),
-    ("30 1,13 * * *", 12 * 3600),
+    ("30 1,13 * * *", 12 * 3600), ("0 0 1 1 *", 366 * DAY), ("0 0 29 2 *", (4 * 365 + 1) * DAY),
+    ("0 0 1 1,7 *", 184 * DAY),
 ])
 def test_promised_rpo_is_the_longest_gap(text: str, rpo: float) -> None:
     assert promised_rpo(parse_schedule(text)) == rpo

@@ -247,6 +247,49 @@ def _drill(group: str, from_store: bool, admin: str | None, spec_file: str | Non
         click.echo(f"{group}: {describe_drill(result)}")
 
 
+# --------------------------------------------------------------------------- fivenines status
+
+
+def ago(seconds: float | None) -> str:
+    """A duration for people: ``45s``, ``12m``, ``5h 48m``, ``3d 2h``.
+
+    >>> ago(45.2), ago(720), ago(20880), ago(266400), ago(None)
+    ('45s', '12m', '5h 48m', '3d 2h', '?')
+    """
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    for unit, n, sub, m in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= n:
+            rest = (s % n) // m
+            return f"{s // n}{unit}" + (f" {rest}{sub}" if rest else "")
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
+
+
+def status_line(group: str, b: dict[str, Any]) -> str:
+    """A replicated group's backups in one line, for ``fivenines status`` (from ``/status``:
+    ``target_groups.G.replication.backup``).
+
+    >>> status_line("cache", {"schedule": "every 6h", "to": "/srv/b/cache", "newest": {"id": "cache-1"},
+    ...     "newest_age_s": 720, "verified": 4, "next_backup_in_s": 20880, "running": None,
+    ...     "last_drill": {"ok": True, "rpo_s": 6.9, "rto_s": 2.1}, "last_drill_age_s": 7200})
+    'cache: backups every 6h to /srv/b/cache: last cache-1, 12m old (4 verified), next in 5h 48m; last drill ok 2h ago: RPO 6.9s, RTO 2.1s'
+    """
+    newest = b.get("newest")
+    last = (f"last {newest['id']}, {ago(b.get('newest_age_s'))} old ({b.get('verified')} verified)"
+            if newest else "none verified yet")
+    line = f"{group}: backups {b.get('schedule')} to {b.get('to')}: {last}, next in {ago(b.get('next_backup_in_s'))}"
+    d = b.get("last_drill")
+    if d:
+        line += (f"; last drill {'ok' if d.get('ok') else 'FAILED'} {ago(b.get('last_drill_age_s'))} ago: "
+                 f"RPO {d.get('rpo_s')}s, RTO {d.get('rto_s')}s")
+    else:
+        line += "; no drill yet"
+    if b.get("running"):
+        line += f"; running: {b['running']}"
+    return line
+
+
 # --------------------------------------------------------------------------- on the store alone
 
 

@@ -268,6 +268,24 @@ class DrillResult:
                 "rpo_s": None if self.rpo is None else round(self.rpo, 3),
                 "rto_s": None if self.rto is None else round(self.rto, 3), "keys": self.keys, "detail": self.detail}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> DrillResult | None:
+        """A drill kept beside the catalogue (:meth:`to_json`), or None when it is not one.
+
+        >>> r = DrillResult(True, 60.0, "g-1", 5.0, 1.25, 3, "ok")
+        >>> DrillResult.from_json(r.to_json()) == r, DrillResult.from_json({"ok": "yes"})
+        (True, None)
+        """
+        def num(k: str) -> float | None:
+            v = d.get(k)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        at, keys, backup = num("time"), d.get("keys"), d.get("backup")
+        if not isinstance(d.get("ok"), bool) or at is None or not (keys is None or isinstance(keys, int)) \
+                or not (backup is None or isinstance(backup, str)):
+            return None
+        return cls(d["ok"], at, backup, num("rpo_s"), num("rto_s"), keys, str(d.get("detail", "")))
+
 
 @dataclass(slots=True)
 class Counters:

@@ -211,12 +211,14 @@ def promised_rpo(schedule: Schedule) -> float:
     (21600.0, 64800.0)
     >>> promised_rpo(parse_schedule("0 0 * * 1-5")) / 86400  # Friday to Monday
     3.0
+    >>> promised_rpo(parse_schedule("0 0 1 1 *")) / 86400  # a leap year
+    366.0
     """
     if isinstance(schedule, Interval):
         return schedule.seconds
     start = datetime(2024, 1, 1, tzinfo=UTC).timestamp()  # a leap year, starting on a Monday
     end = start + 2 * 366 * 86400
-    prev = next_fire(schedule, start)
+    prev = next_fire(schedule, start - 60)  # a firing at the start counts: 2024-01-01 to 2025-01-01 is 366 days
     worst = 0.0
     for _ in range(20000):
         nxt = next_fire(schedule, prev)
@@ -225,7 +227,6 @@ def promised_rpo(schedule: Schedule) -> float:
             break
         prev = nxt
     return worst
-
 
 
 __all__ = ["Cron", "Interval", "Schedule", "next_fire", "next_run", "parse_schedule", "promised_rpo"]

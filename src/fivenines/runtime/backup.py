@@ -136,10 +136,11 @@ class BackupManager:
             doc = await self.store.read_json(CATALOGUE)
             self._records = [] if doc is None else core.parse_catalogue(doc, self.group, f"{self.store.where}/{CATALOGUE}")
             if doc is not None and isinstance(doc.get("last_drill"), dict) and self.counters.last_drill_try is None:
-                t = doc["last_drill"].get("time")
-                self.counters.last_drill_try = t if isinstance(t, int | float) else None
-                if doc["last_drill"].get("ok"):
-                    self.counters.last_drill_ok = self.counters.last_drill_try
+                last = DrillResult.from_json(doc["last_drill"])  # after a restart: status and metrics show it
+                if last is not None:
+                    self.counters.last_drill, self.counters.last_drill_try = last, last.at
+                    if last.ok:
+                        self.counters.last_drill_ok = last.at
             good = [r.time for r in self._records if r.verified is Verdict.OK]
             if good and self.counters.last_ok is None:
                 self.counters.last_ok = max(good)
@@ -475,12 +476,15 @@ class BackupManager:
             "newest": newest.to_json() if newest else None,
             "newest_age_s": round(now - newest.time, 3) if newest else None,
             "last_ok": core.iso(c.last_ok) if c.last_ok else None,
+            "last_ok_time": c.last_ok,
             "next_backup_in_s": round(max(0.0, self.next_backup() - now), 3),
             "backups_ok": c.backups_ok, "backups_failed": c.backups_failed, "deleted": c.deleted,
             "restores_ok": c.restores_ok, "restores_failed": c.restores_failed,
             "drills_ok": c.drills_ok, "drills_failed": c.drills_failed,
             "last_drill": c.last_drill.to_json() if c.last_drill else None,
             "last_drill_ok": core.iso(c.last_drill_ok) if c.last_drill_ok else None,
+            "last_drill_ok_time": c.last_drill_ok,
+            "last_drill_age_s": round(now - c.last_drill.at, 3) if c.last_drill else None,
             "next_drill_in_s": round(max(0.0, nd - now), 3) if nd is not None else None,
         }
 

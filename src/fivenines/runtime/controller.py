@@ -360,6 +360,9 @@ class Controller:
                                  "(replicated.backup; docs/backup.md)")
         return ops
 
+    def backup_status(self) -> Mapping[str, Mapping[str, Any]]:
+        return {name: ops.backups.status() for name, ops in self._backups.items()}
+
     def backup_command(self, group: str, action: str, params: Mapping[str, str],
                        source: str = "admin API") -> dict[str, Any]:
         return self._backup_ops(group).start(action, params, source)

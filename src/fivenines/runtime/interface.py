@@ -131,6 +131,11 @@ class Runtime(Protocol):
         """Reloads by result (``ok``, ``rejected``)."""
         ...
 
+    def backup_status(self) -> Mapping[str, Mapping[str, Any]]:
+        """Each group with ``backup:``: its backups' status, as in ``/status``
+        (``target_groups.G.replication.backup``; docs/backup.md), for metrics."""
+        ...
+
     # -- commands in
 
     def act(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
