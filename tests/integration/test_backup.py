@@ -451,6 +451,7 @@ def test_chaos_wipe_counts_each_acknowledged_write_lost(group: Callable[..., Run
                         restore_after=0.5, after=1.0, declared_rpo_s=3600.0), 60)
     assert r.acknowledged > 50, r
     assert r.missing_after_restore == 0 and r.wrong_value == 0  # nothing acknowledged after the restore is lost
+    assert r.missing_before_backup == 0  # nor anything acknowledged before the backup began
     assert r.lost_before_wipe > 0 and r.lost_after_wipe > 0  # newer than the backup; taken by the wiped primary
     # the restored data ends at the backup point
     assert r.backup_point is not None and taken["started"] - 0.5 <= r.backup_point <= taken["rec"].time + 0.2
