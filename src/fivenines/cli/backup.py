@@ -167,8 +167,7 @@ def backups(group: str, admin: str | None, spec_file: str | None, token_file: st
 
 
 def describe_restore(r: dict[str, Any]) -> list[str]:
-    lines = [f"restored {r['note']} into {r['group']}: {r['keys']} keys on {r['primary']} (data of "
-             f"{r['restored_to']}), {r['rto_s']}s"]
+    lines = [f"restored {r['note']} into {r['group']}: {r['keys']} keys on {r['primary']}, {r['rto_s']}s"]
     lines += [f"  {s['step']:<16} {s['seconds']:>8.3f}s  {s['detail']}".rstrip() for s in r.get("steps", [])]
     lines += [f"  note: {n}" for n in r.get("notes", [])]
     return lines
