@@ -131,10 +131,21 @@ class BackupManager:
 
     # ------------------------------------------------------------------ the catalogue
 
+    async def _read(self) -> tuple[dict[str, Any] | None, list[BackupRecord]]:
+        doc = await self.store.read_json(CATALOGUE)
+        return doc, [] if doc is None else core.parse_catalogue(doc, self.group, f"{self.store.where}/{CATALOGUE}")
+
+    async def stored_records(self) -> list[BackupRecord]:
+        """The catalogue as the store holds it now, oldest first. Unlike :meth:`records` it leaves
+        the cached copy alone: a read beside a running backup must not put back the catalogue that
+        backup is replacing (its retention write would then drop the new record)."""
+        return (await self._read())[1]
+
     async def records(self, reload: bool = False) -> list[BackupRecord]:
+        """The catalogue, oldest first: the cached copy, read from the store the first time or with
+        ``reload`` (only under the lock, or before anything runs)."""
         if self._records is None or reload:
-            doc = await self.store.read_json(CATALOGUE)
-            self._records = [] if doc is None else core.parse_catalogue(doc, self.group, f"{self.store.where}/{CATALOGUE}")
+            doc, self._records = await self._read()
             if doc is not None and isinstance(doc.get("last_drill"), dict) and self.counters.last_drill_try is None:
                 last = DrillResult.from_json(doc["last_drill"])  # after a restart: status and metrics show it
                 if last is not None:

@@ -189,7 +189,7 @@ class BackupOperations:
         """The catalogue, newest first, read from the store. Raises CommandRefused (UNAVAILABLE)."""
         b = self.backups
         try:
-            records = await b.records(reload=True)
+            records = await b.stored_records()  # not records(reload=True): a backup may be running
         except BackupError as exc:
             raise CommandRefused(Refusal.UNAVAILABLE, f"{b.store.where}: {exc}") from None
         return {"group": b.group, "to": b.store.where, "backups": [r.to_json() for r in reversed(records)]}
