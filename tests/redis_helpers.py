@@ -207,3 +207,33 @@ class EtcdServer:
     def close(self) -> None:
         stop_process(self.proc)
         self.log.close()
+
+
+# --------------------------------------------------------------------------- backups (docs/backup.md)
+
+
+def backup_spec(**backup: Any) -> dict[str, Any]:
+    """A replicated redis group ``cache`` (1 primary, 2 replicas, sync) with ``backup:`` to ./backups."""
+    spec = redis_spec(standby=2, durability="sync")
+    inst = spec["target_groups"]["cache"]["instances"]
+    inst["command"] += ["--repl-ping-replica-period", "3600"]  # offsets move only with writes (the drill test)
+    spec["target_groups"]["cache"]["replicated"]["backup"] = {"to": "backups", "schedule": "1h", **backup}
+    return spec
+
+
+def write(address: str, keys: dict[str, str]) -> None:
+    """Write and confirm each write with WAIT 1: acknowledged writes."""
+    with redis(address) as c:
+        for k, v in keys.items():
+            c.cmd("SET", k, v)
+        assert c.cmd("WAIT", 1, 2000) >= 1
+
+
+def dump(address: str) -> dict[str, str]:
+    """Every key and value of a server (small test datasets)."""
+    with redis(address) as c:
+        keys = c.cmd("KEYS", "*")
+        if not keys:
+            return {}
+        values = c.cmd("MGET", *keys)
+        return {k.decode(): v.decode() for k, v in zip(keys, values, strict=True)}

@@ -600,7 +600,7 @@ class RetentionSpec(_Strict):
 
 
 def _schedule(v: str | None) -> str | None:
-    from fivenines.core.backup import parse_schedule
+    from fivenines.core.backup_schedule import parse_schedule
 
     if v is not None:
         parse_schedule(v)  # ScheduleError is a ValueError: reported with the field path

@@ -8,6 +8,7 @@ clients are plain blocking RESP connections. Every server is stopped at the end,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import stat
 import threading
@@ -20,11 +21,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fivenines.runtime.backup import BackupManager, admin_call
+from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.controller import Controller
 from fivenines.spec import parse_spec
 from tests.helpers import IN_CI, wait_until, write_spec
-from tests.redis_helpers import redis, redis_spec
+from tests.redis_helpers import backup_spec, dump, redis, write
 
 T = TypeVar("T")
 AWS_ENV = {
@@ -35,24 +36,46 @@ AWS_ENV = {
 
 
 class Running:
-    """A Controller on its own event-loop thread; ``call`` runs a coroutine or a function there."""
+    """A Controller on its own event-loop thread; ``call`` runs a coroutine or a function there.
 
-    def __init__(self, tmp: Path, spec: dict[str, Any]) -> None:
+    ``setup`` runs on the loop right after :meth:`Controller.start` returns, before the loop runs
+    anything else: the backup schedule has not had a turn yet (it starts inside ``start``)."""
+
+    def __init__(self, tmp: Path, spec: dict[str, Any], setup: Callable[[Running], None] | None = None) -> None:
         spec.setdefault("state_dir", str(tmp / "state"))
         self.spec_path = write_spec(tmp / "fivenines.yaml", spec)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fivenines", daemon=True)
         self.thread.start()
-        self.ctl = Controller(parse_spec(spec), self.spec_path)
+        self.ctl: Controller | None = None
         try:
-            self.call(self.ctl.start(), 30)
+            self.ctl = Controller(parse_spec(spec), self.spec_path)
+            self.call(self._start(setup), 30)
         except BaseException:
             self.close()
             raise
 
+    async def _start(self, setup: Callable[[Running], None] | None) -> None:
+        assert self.ctl is not None
+        await self.c.start()
+        if setup is not None:
+            setup(self)  # no await between: nothing else ran on the loop since start() returned
+
+    @property
+    def c(self) -> Controller:
+        assert self.ctl is not None
+        return self.ctl
+
     def call(self, what: Any, timeout: float = 60.0) -> Any:
         if asyncio.iscoroutine(what):
-            return asyncio.run_coroutine_threadsafe(what, self.loop).result(timeout)
+            cf = asyncio.run_coroutine_threadsafe(what, self.loop)
+            try:
+                return cf.result(timeout)
+            except TimeoutError:
+                cf.cancel()  # never leave it running beside whatever the caller does next (close: stop)
+                with contextlib.suppress(BaseException):
+                    cf.result(10)
+                raise
         fut: Future[Any] = Future()
 
         def run() -> None:
@@ -66,15 +89,27 @@ class Running:
 
     @property
     def backups(self) -> BackupManager:
-        rm = self.ctl.groups["cache"].replication
+        rm = self.c.groups["cache"].replication
         assert rm is not None and rm.backup is not None
         return rm.backup
 
-    def admin(self, action: str, **query: str) -> tuple[int, Any]:
-        return self.call(admin_call(self.backups, "cache", action, query))  # type: ignore[no-any-return]
+    def admin(self, action: str, **query: str) -> tuple[str, Any]:
+        """A backup command through the runtime's interface, as the admin API runs it: started, then
+        polled until it is over. (state: ok, failed or refused; its result, or ``{"error": ...}``)."""
+        if action == "backups":
+            return "ok", self.call(self.c.backups("cache"))
+        op = self.call(lambda: self.c.backup_command("cache", action, query, "test"))
+        assert op["state"] == "running", op
+
+        def over() -> Any:
+            now = self.call(lambda: self.c.backup_operation("cache", op["id"]))
+            return now if now["state"] != "running" else None
+
+        done = wait_until(over, 120, 0.02, what=f"{action} {op['id']} over")
+        return done["state"], done["result"] if done["result"] is not None else {"error": done["error"]}
 
     def status(self) -> Any:
-        return self.call(self.ctl.status)["target_groups"]["cache"]
+        return self.call(self.c.status)["target_groups"]["cache"]
 
     def settled(self, timeout: float = 20.0) -> dict[str, str]:
         """Wait for a published primary with every replica linked and caught up: {id: address}."""
@@ -97,23 +132,18 @@ class Running:
         return wait_until(ok, timeout, 0.05, what="replicated group settled")  # type: ignore[return-value]
 
     def events(self, kind: str) -> list[Any]:
-        return [e for e in self.call(lambda: self.ctl.events.recent(1000)) if e.kind == kind]
+        return [e for e in self.call(lambda: self.c.events.recent(1000)) if e.kind == kind]
 
     def close(self) -> None:
+        """Stop fivenines (also after a failed or timed-out start: ``call`` cancelled it, and
+        ``stop`` cleans up whatever it had started), then the loop."""
         try:
-            self.call(self.ctl.stop(2.0), 30)
+            if self.ctl is not None:
+                self.call(self.ctl.stop(2.0), 30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
-
-
-def backup_spec(tmp: Path, **backup: Any) -> dict[str, Any]:
-    spec = redis_spec(standby=2, durability="sync")
-    inst = spec["target_groups"]["cache"]["instances"]
-    inst["command"] += ["--repl-ping-replica-period", "3600"]  # offsets move only with writes (the drill test)
-    spec["target_groups"]["cache"]["replicated"]["backup"] = {"to": "backups", "schedule": "1h", **backup}
-    return spec
 
 
 @pytest.fixture
@@ -122,32 +152,16 @@ def group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
 
     def make(scheduled: bool = False, **backup: Any) -> Running:
         """``scheduled``: leave the schedule on (else only the test takes backups and drills)."""
-        r = Running(tmp_path, backup_spec(tmp_path, **backup))
+        def pause(r: Running) -> None:
+            r.backups.paused = not scheduled
+
+        r = Running(tmp_path, backup_spec(**backup), setup=pause)
         made.append(r)
-        r.backups.paused = not scheduled  # set before the group serves: the schedule has not acted yet
         return r
 
     yield make
     for r in made:
         r.close()
-
-
-def write(address: str, keys: dict[str, str]) -> None:
-    """Write and confirm each write with WAIT 1: acknowledged writes."""
-    with redis(address) as c:
-        for k, v in keys.items():
-            c.cmd("SET", k, v)
-        assert c.cmd("WAIT", 1, 2000) >= 1
-
-
-def dump(address: str) -> dict[str, str]:
-    """Every key and value of a server (small test datasets)."""
-    with redis(address) as c:
-        keys = c.cmd("KEYS", "*")
-        if not keys:
-            return {}
-        values = c.cmd("MGET", *keys)
-        return {k.decode(): v.decode() for k, v in zip(keys, values, strict=True)}
 
 
 def info(address: str, section: str) -> dict[str, str]:
@@ -169,8 +183,8 @@ def test_scheduled_backups_appear_and_rotate_by_retention(group: Callable[..., R
         seen |= {r.id for r in g.call(g.backups.records())}
     g.backups.paused = True
     wait_until(lambda: g.backups.running is None, 10, what="the schedule idle")
-    code, body = g.admin("backups")
-    assert code == 200
+    state, body = g.admin("backups")
+    assert state == "ok"
     kept = body["backups"]
     assert len(kept) == 2 and all(r["verified"] == "ok" for r in kept)
     assert len(seen) >= 4 and g.backups.counters.deleted >= 2
@@ -230,7 +244,7 @@ def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def listener(g: Running) -> str:
-    return str(g.call(g.ctl.ready_info)["listeners"][0])
+    return str(g.call(g.c.ready_info)["listeners"][0])
 
 
 def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(group: Callable[..., Running],
@@ -240,8 +254,8 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
     primary = addrs["primary"]
     before = {f"a{i}": f"value-{i}" for i in range(300)}
     write(primary, before)  # acknowledged: WAIT 1 returned 1
-    code, rec = g.admin("backup")
-    assert code == 200, rec
+    state, rec = g.admin("backup")
+    assert state == "ok", rec
     assert rec["verified"] == "ok" and rec["keys"] == 300 and rec["kind"] == "rdb"
     head = s3.head_object(Bucket=BUCKET, Key=f"prod/cache/{rec['key']}")
     assert head["ServerSideEncryption"] == "AES256" and head["ContentLength"] == rec["size"]
@@ -252,8 +266,8 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
         assert c.cmd("WAIT", 2, 2000) == 2
     for a in addrs.values():
         assert dump(a) == {}
-    code, res = g.admin("restore", **{"from": rec["id"]})
-    assert code == 200, res
+    state, res = g.admin("restore", **{"from": rec["id"]})
+    assert state == "ok", res
     assert [s["step"] for s in res["steps"]] == [
         "verify", "start_source", "check_source", "fence", "hold_replicas", "load_primary", "check_primary",
         "detach_primary", "resync_replicas", "check_replicas", "unfence", "stop_source"]
@@ -280,6 +294,43 @@ def test_restore_after_flushall_brings_back_exactly_the_acknowledged_writes(grou
     assert rec_events == [("serving", "restoring"), ("restoring", "serving"), ("", "restored")]
 
 
+def test_a_backup_holds_every_write_the_primary_took_before_it_began_even_from_a_lagging_replica(
+        group: Callable[..., Running]) -> None:
+    """``WAIT 1`` acknowledges a write once *one* replica has it: another replica may still lack it.
+    ``CLIENT PAUSE ms WRITE`` on a replica stops it applying its primary's stream while it stays
+    linked and answers INFO and PSYNC, as a replica starved of CPU would: a copy of it then would
+    lack acknowledged writes (this test failed before the backup chose its replica on live offsets
+    and waited for it to reach the primary's offset read when the backup began)."""
+    g = group()
+    addrs = g.settled()
+    primary = addrs["primary"]
+    replicas = [a for i, a in addrs.items() if i != "primary"]
+    expected: dict[str, str] = {}
+    for n, lagging in enumerate(replicas):  # each replica in turn lags: the other acknowledges
+        keys = {f"r{n}-{i}": str(i) for i in range(100)}
+        with redis(lagging) as c:
+            c.cmd("CLIENT", "PAUSE", 3000, "WRITE")
+            write(primary, keys)  # acknowledged (WAIT 1) by the replica that is not paused
+            expected |= keys
+            state, rec = g.admin("backup")
+            c.cmd("CLIENT", "UNPAUSE")
+        assert state == "ok" and rec["verified"] == "ok" and rec["keys"] == len(expected), rec
+        assert rec["source"] != g.status()["serving"][0]
+    # every replica lags: the backup waits for its replica to reach the primary's offset
+    for a in replicas:
+        with redis(a) as c:
+            c.cmd("CLIENT", "PAUSE", 1000, "WRITE")
+    with redis(primary) as c:
+        for i in range(50):
+            c.cmd("SET", f"late-{i}", str(i))
+            expected[f"late-{i}"] = str(i)
+        offset = int(c.info()["master_repl_offset"])
+    state, rec = g.admin("backup")
+    assert state == "ok" and rec["keys"] == len(expected) and rec["offset"] >= offset, rec
+    for a in addrs.values():
+        assert dump(a) == expected, a
+
+
 # --------------------------------------------------------------------------- corruption
 
 
@@ -296,8 +347,8 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
     blob = bytearray((store / a["key"]).read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one bit flip in the stored object
     (store / a["key"]).write_bytes(bytes(blob))
-    code, v = g.admin("verify", id=a["id"])
-    assert code == 500 and v["verified"] == "failed"
+    state, v = g.admin("verify", id=a["id"])
+    assert state == "failed" and v["verified"] == "failed"
     assert "check tool failed" in v["detail"] and f"expected {a['sha256']}" in v["detail"]
 
     def snapshot() -> Any:
@@ -305,15 +356,15 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
                 for x in addrs.values()]
 
     was = snapshot()
-    code, body = g.admin("restore", **{"from": a["id"]})
-    assert code == 409 and "failed verification" in body["error"]
+    state, body = g.admin("restore", **{"from": a["id"]})
+    assert state == "refused" and "failed verification" in body["error"]
     # corrupt b without telling the catalogue: the restore's own check refuses it
     (store / b["key"]).write_bytes((store / b["key"]).read_bytes()[: b["size"] // 2])
-    code, body = g.admin("restore", **{"from": b["id"]})
-    assert code == 409 and "failed verification at restore" in body["error"] and "nothing was changed" in body["error"]
+    state, body = g.admin("restore", **{"from": b["id"]})
+    assert state == "refused" and "failed verification at restore" in body["error"] and "nothing was changed" in body["error"]
     assert {r["id"]: r["verified"] for r in g.admin("backups")[1]["backups"]} == {a["id"]: "failed", b["id"]: "failed"}
-    code, body = g.admin("restore", **{"from": "orders-20250101T000000Z"})
-    assert code == 409 and "belongs to group 'orders', not 'cache'" in body["error"]
+    state, body = g.admin("restore", **{"from": "orders-20250101T000000Z"})
+    assert state == "refused" and "belongs to group 'orders', not 'cache'" in body["error"]
     assert snapshot() == was  # nothing changed
     assert g.status()["replication"]["phase"] == "serving"
     assert [(e.old, e.new) for e in g.events("recovery")] == [("", "refused")] * 3
@@ -324,8 +375,7 @@ def test_a_corrupt_backup_is_detected_at_verification_and_refused_at_restore(gro
 
 def test_a_drill_restores_into_a_scratch_server_and_never_touches_the_live_group(group: Callable[..., Running],
                                                                                  tmp_path: Path) -> None:
-    from fivenines.backup_cli import drill as cli_drill
-    from fivenines.backup_cli import list_backups
+    from fivenines.cli.backup import store_catalogue, store_drill
 
     g = group(drill="1h")
     addrs = g.settled()
@@ -341,13 +391,13 @@ def test_a_drill_restores_into_a_scratch_server_and_never_touches_the_live_group
         return out
 
     was = snapshot()
-    code, d = g.admin("drill")
-    assert code == 200, d
+    state, d = g.admin("drill")
+    assert state == "ok", d
     assert d["ok"] and d["backup"] == rec["id"] and d["keys"] == 120 and d["rto_s"] > 0 and d["rpo_s"] >= 0
     # the same drill from the command line, on the store alone (no running group needed)
-    result = cli_drill(str(g.spec_path), "cache")
+    result = store_drill(str(g.spec_path), "cache")
     assert result.ok and result.keys == 120 and result.backup == rec["id"]
-    assert [r.id for r in list_backups(str(g.spec_path), "cache")] == [rec["id"]]
+    assert [r.id for r in store_catalogue(str(g.spec_path), "cache")] == [rec["id"]]
     assert snapshot() == was  # keys, offsets, replication ids, syncs: untouched
     st = g.status()["replication"]["backup"]
     assert st["drills_ok"] == 1 and st["last_drill"]["ok"] and st["last_drill"]["backup"] == rec["id"]
@@ -368,13 +418,13 @@ def test_point_in_time_restore_replays_the_aof_up_to_the_second_asked(group: Cal
     at = int(time.time())
     wait_until(lambda: time.time() >= at + 1.3, 3, what="the next second")  # Redis' cached clock lags ~100ms
     write(primary, {f"late{i}": str(i) for i in range(40)})
-    code, rec = g.admin("backup")
-    assert code == 200 and rec["kind"] == "aof" and rec["covers_from"] <= at, rec
+    state, rec = g.admin("backup")
+    assert state == "ok" and rec["kind"] == "aof" and rec["covers_from"] <= at, rec
     with redis(primary) as c:
         c.cmd("FLUSHALL")
         c.cmd("WAIT", 2, 2000)
-    code, res = g.admin("restore", at=f"@{at}")
-    assert code == 200, res
+    state, res = g.admin("restore", at=f"@{at}")
+    assert state == "ok", res
     assert "rewrite_aof" in [s["step"] for s in res["steps"]]
     for a in addrs.values():
         assert dump(a) == first, a
@@ -401,6 +451,7 @@ def test_chaos_wipe_counts_each_acknowledged_write_lost(group: Callable[..., Run
                         restore_after=0.5, after=1.0, declared_rpo_s=3600.0), 60)
     assert r.acknowledged > 50, r
     assert r.missing_after_restore == 0 and r.wrong_value == 0  # nothing acknowledged after the restore is lost
+    assert r.missing_before_backup == 0  # nor anything acknowledged before the backup began
     assert r.lost_before_wipe > 0 and r.lost_after_wipe > 0  # newer than the backup; taken by the wiped primary
     # the restored data ends at the backup point
     assert r.backup_point is not None and taken["started"] - 0.5 <= r.backup_point <= taken["rec"].time + 0.2

@@ -192,3 +192,56 @@ def test_ctrl_c_restores_the_hung_target_then_stops(spec_file: Path, tmp_path: P
     assert not pid_alive(pid)
     assert not (report / "summary.json").exists()
     assert os.path.exists(report / "fivenines.log")
+
+
+# --------------------------------------------------------------------------- the wipe (docs/chaos.md, docs/backup.md)
+
+
+def test_wipe_usage_errors_exit_2(spec_file: Path, tmp_path: Path) -> None:
+    r = chaos(str(spec_file), "--dry-run", "--faults", "wipe,kill")
+    assert r.returncode == 2 and "--faults wipe is a run of its own" in r.stderr, r.stderr
+    r = chaos(str(spec_file), "--dry-run", "--faults", "wipe")
+    assert r.returncode == 2 and "a replicated redis group with a backup: section" in r.stderr, r.stderr
+    from tests.redis_helpers import backup_spec
+
+    spec = backup_spec(schedule="0 0 1 1 *")
+    spec["state_dir"] = str(tmp_path / "state")
+    wipe_spec = write_spec(tmp_path / "wipe.yaml", spec)
+    r = chaos(str(wipe_spec), "--dry-run", "--schedule", "5s:wipe, 8s:wipe")
+    assert r.returncode == 2 and "a wipe run has one fault" in r.stderr, r.stderr
+    r = chaos(str(wipe_spec), "--dry-run", "--schedule", "5s:wipe", "--fault-duration", "2s")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("fivenines chaos r: wipe of group cache at 5.00s, restore 2s later")
+    assert not (tmp_path / "state").exists()
+
+
+def test_wipe_counts_every_acknowledged_write_and_measures_rpo_and_rto(tmp_path: Path) -> None:
+    from tests.redis_helpers import backup_spec
+
+    spec = backup_spec(schedule="0 0 1 1 *")  # no scheduled backup: chaos takes one during the warm-up
+    spec["state_dir"] = str(tmp_path / "state")
+    spec_path = write_spec(tmp_path / "wipe.yaml", spec)
+    report = tmp_path / "report"
+    r = chaos(str(spec_path), "--faults", "wipe", "--schedule", "6s:wipe", "--fault-duration", "1s",
+              "--duration", "12s", "--warmup", "2s", "--seed", "3", "--report", str(report), timeout=120)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((report / "summary.json").read_text())
+    m = s["measured"]
+    assert s["kind"] == "wipe" and s["group"] == "cache" and s["backup"]["taken_by"] == "chaos"
+    assert s["restore"]["state"] == "ok", s["restore"]
+    assert s["restore"]["result"]["steps"][0]["step"] == "verify"
+    assert m["acknowledged"] > 100 and s["writers"]["clients"] == 4
+    # writes newer than the backup and writes the wiped primary took are lost, each counted; nothing else
+    assert m["lost_before_wipe"] > 0 and m["lost_after_wipe"] > 0
+    assert m["lost"] == m["lost_before_wipe"] + m["lost_after_wipe"]
+    assert m["missing_before_backup"] == m["missing_after_restore"] == m["wrong_value"] == 0
+    # the restored data is the backup's: its newest write a little before the backup's time
+    assert 0 < m["rpo_s"] < 6.0
+    assert m["rto_s"] > 1.0 and m["restore_s"] > 0  # the operator waited 1s, then the restore ran
+    assert m["declared_rpo_s"] == 366 * 86400 and m["expected_rto_s"] > 0  # the schedule's; the drill's
+    kinds = [(e["kind"], e["new"]) for e in s["events"]]
+    assert ("backup", "ok") in kinds and ("drill", "ok") in kinds and ("recovery", "restored") in kinds
+    assert "RPO measured" in r.stdout and f"lost                 {m['lost']}" in r.stdout, r.stdout
+    page = (report / "report.html").read_text()
+    assert f"{m['lost']} of {m['acknowledged']} acknowledged writes lost" in page
+    assert "fivenines.log" in {p.name for p in report.iterdir()}

@@ -1,4 +1,4 @@
-"""core/backup.py: schedules, retention, the catalogue, verdicts, restore choice and plan."""
+"""core/backup*.py and core/restore_plan.py: schedules, retention, the catalogue, verdicts, restore choice and plan."""
 
 from __future__ import annotations
 
@@ -9,45 +9,49 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fivenines.core.backup import (
-    AofCheck,
-    AofFile,
     BackupError,
     BackupRecord,
     CatalogueError,
-    Checks,
-    Choice,
-    Cron,
-    Interval,
     Kind,
     RestoreRefused,
-    Retention,
     ScheduleError,
-    SourceView,
-    StepKind,
     Verdict,
-    aof_rewritten,
-    choose_backup,
-    choose_source,
     dump_catalogue,
-    first_timestamp,
-    in_sync,
-    judge,
-    latest_verified,
     new_backup_id,
+    parse_catalogue,
+    parse_time,
+)
+from fivenines.core.backup_retention import Retention, retained, to_delete
+from fivenines.core.backup_schedule import (
+    Cron,
+    Interval,
     next_fire,
     next_run,
-    parse_catalogue,
+    parse_schedule,
+    promised_rpo,
+)
+from fivenines.core.backup_verify import (
+    AofCheck,
+    AofFile,
+    Checks,
+    SourceView,
+    choose_source,
+    first_timestamp,
+    judge,
     parse_check_aof,
     parse_manifest,
-    parse_schedule,
-    parse_time,
-    promised_rpo,
     rdb_ctime,
-    restore_plan,
-    retained,
-    source_ok,
-    to_delete,
     torn_tail,
+)
+from fivenines.core.restore_plan import (
+    Choice,
+    StepKind,
+    aof_rewritten,
+    choose_backup,
+    in_sync,
+    latest_verified,
+    restore_plan,
+    source_ok,
 )
 
 DAY = 86400.0
@@ -174,7 +178,8 @@ def test_next_run_cron_counts_from_the_later_of_start_and_last_success() -> None
 
 @pytest.mark.parametrize(("text", "rpo"), [
     ("6h", 21600), ("*/15 * * * *", 900), ("0 3 * * *", DAY), ("0 0 * * 0", 7 * DAY), ("0 0 1 * *", 31 * DAY),
-    ("30 1,13 * * *", 12 * 3600),
+    ("30 1,13 * * *", 12 * 3600), ("0 0 1 1 *", 366 * DAY), ("0 0 29 2 *", (4 * 365 + 1) * DAY),
+    ("0 0 1 1,7 *", 184 * DAY),
 ])
 def test_promised_rpo_is_the_longest_gap(text: str, rpo: float) -> None:
     assert promised_rpo(parse_schedule(text)) == rpo

@@ -9,9 +9,12 @@ check durations go to a prometheus_client histogram (one observation per check).
 Names and units follow Prometheus conventions: ``fivenines_`` prefix, ``_total`` on
 counters, seconds for durations, one ``state``/``role`` label per enum value with
 value 1 for the current one. Labels: ``listener`` (its address), ``group``,
-``target``, ``code_class`` (``2xx``), ``result`` (``pass``/``fail``), ``kind``, and
-``reason`` on ``fivenines_data_plane_compiled`` (why the data plane runs from source; empty
-when it runs compiled: fivenines.accel).
+``target``, ``code_class`` (``2xx``), ``result`` (``pass``/``fail``; ``ok``/``failed`` for
+backups, restores and drills), ``kind``, ``operation``, and ``reason`` on
+``fivenines_data_plane_compiled`` (why the data plane runs from source; empty when it runs
+compiled: fivenines.accel). Backups of replicated groups (``fivenines_backup*``,
+``fivenines_restores_total``, ``fivenines_drill*``) come from the runtime's
+:meth:`~fivenines.runtime.interface.Runtime.backup_status` (docs/backup.md).
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class _Collector(Collector):
         yield from self._listeners()
         yield from self._groups()
         yield from self._targets()
+        yield from self._backups()
 
     def _listeners(self) -> Iterator[Metric]:
         lab = ["listener"]
@@ -197,3 +201,51 @@ class _Collector(Collector):
                 latency.add_metric(name, cumulative, b.latency_sum)
         yield from (reqs, resps, errors, retries, ejections, restarts, in_flight, weight, serving, ejected, state, role,
                     latency)
+
+    def _backups(self) -> Iterator[Metric]:
+        lab = ["group"]
+        backups = CounterMetricFamily("fivenines_backups", "Backups taken, by result (failed: no copy, or it "
+                                      "failed verification).", labels=[*lab, "result"])
+        last = GaugeMetricFamily("fivenines_backup_last_success_timestamp_seconds",
+                                 "When the data of the newest verified backup was taken (seconds since the epoch).",
+                                 labels=lab)
+        promised = GaugeMetricFamily("fivenines_backup_promised_rpo_seconds",
+                                     "The longest gap between two scheduled backups (the RPO the schedule promises).",
+                                     labels=lab)
+        kept = GaugeMetricFamily("fivenines_backups_verified", "Verified backups in the catalogue.", labels=lab)
+        size = GaugeMetricFamily("fivenines_backup_stored_bytes", "Bytes of the backups kept in the store.", labels=lab)
+        restores = CounterMetricFamily("fivenines_restores", "Restores into the live group, by result (refused "
+                                       "ones are not counted: nothing changed).", labels=[*lab, "result"])
+        drills = CounterMetricFamily("fivenines_drills", "Restore drills, by result.", labels=[*lab, "result"])
+        drill_ok = GaugeMetricFamily("fivenines_drill_last_success_timestamp_seconds",
+                                     "When the last successful restore drill ran (seconds since the epoch).",
+                                     labels=lab)
+        rpo = GaugeMetricFamily("fivenines_drill_rpo_seconds",
+                                "The last drill's recovery point: age of the newest data in the backup it restored.",
+                                labels=lab)
+        rto = GaugeMetricFamily("fivenines_drill_rto_seconds",
+                                "The last drill's recovery time: fetch to a loaded, verified server.", labels=lab)
+        running = GaugeMetricFamily("fivenines_backup_running", "1 while a backup, restore or drill runs.",
+                                    labels=[*lab, "operation"])
+        for name, b in sorted(self.m.runtime.backup_status().items()):
+            backups.add_metric([name, "ok"], b["backups_ok"])
+            backups.add_metric([name, "failed"], b["backups_failed"])
+            if b.get("last_ok_time") is not None:
+                last.add_metric([name], b["last_ok_time"])
+            promised.add_metric([name], b["promised_rpo_s"])
+            kept.add_metric([name], b["verified"])
+            size.add_metric([name], b["bytes"])
+            restores.add_metric([name, "ok"], b["restores_ok"])
+            restores.add_metric([name, "failed"], b["restores_failed"])
+            drills.add_metric([name, "ok"], b["drills_ok"])
+            drills.add_metric([name, "failed"], b["drills_failed"])
+            if b.get("last_drill_ok_time") is not None:
+                drill_ok.add_metric([name], b["last_drill_ok_time"])
+            d = b.get("last_drill") or {}
+            if d.get("rpo_s") is not None:
+                rpo.add_metric([name], d["rpo_s"])
+            if d.get("rto_s") is not None:
+                rto.add_metric([name], d["rto_s"])
+            for op in ("backup", "restore", "drill"):
+                running.add_metric([name, op], 1 if b.get("running") == op else 0)
+        yield from (backups, last, promised, kept, size, restores, drills, drill_ok, rpo, rto, running)

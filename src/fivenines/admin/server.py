@@ -7,7 +7,10 @@ Read-only (open to loopback clients; the bearer token from anywhere else):
 Mutating (always the bearer token): ``POST /targets/ID/drain|enable|maintenance``,
 ``PUT /targets/ID/weight`` (``{"weight": N}``), ``POST /reload``,
 ``POST /target_groups/G/restart``; replicated groups: ``POST /target_groups/G/switchover``,
-``POST /target_groups/G/targets/T/cut_off``.
+``POST /target_groups/G/targets/T/cut_off``; with ``backup:`` (docs/backup.md)
+``POST /target_groups/G/backup|verify?id=ID|restore?from=ID|at=TIME|drill``: each answers
+``202`` with an operation to poll at ``GET /target_groups/G/operations/ID`` (read-only, as is
+``GET /target_groups/G/backups``, the catalogue).
 
 It serves a :class:`~fivenines.runtime.interface.Runtime`: reads its read models, sends it
 commands, follows its events; a command it refuses
@@ -36,7 +39,7 @@ _STATIC = {
 }
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TARGET_ACTIONS = ("drain", "enable", "maintenance")
-_REFUSAL_STATUS = {Refusal.UNKNOWN: 404, Refusal.CONFLICT: 409, Refusal.INVALID: 400}
+_REFUSAL_STATUS = {Refusal.UNKNOWN: 404, Refusal.CONFLICT: 409, Refusal.INVALID: 400, Refusal.UNAVAILABLE: 503}
 
 
 def _asset(name: str) -> bytes:
@@ -99,6 +102,8 @@ class AdminServer:
             return _error(401, why, [("WWW-Authenticate", 'Bearer realm="fivenines"')])
         if path.startswith("/target_groups/") and req.method == "POST":
             return await self._group_call(req, path)
+        if path.startswith("/target_groups/") and req.method in ("GET", "HEAD"):
+            return await self._group_read(path)
         if path.startswith("/targets/"):
             return self._target_call(req, path)
         if path == "/reload":
@@ -194,6 +199,12 @@ class AdminServer:
             restart = re.fullmatch(r"/target_groups/([^/]+)/restart", path)
             if restart is not None:  # a rolling restart (fivenines restart GROUP)
                 return Response.json(rt.restart_group(restart.group(1)), 202)
+            backup = re.fullmatch(r"/target_groups/([^/]+)/(backup|verify|restore|drill)", path)
+            if backup is not None:  # long: an operation to poll (fivenines backup / restore GROUP)
+                group = backup.group(1)
+                source = f"admin API from {req.client[0] if req.client else '?'}"
+                op = rt.backup_command(group, backup.group(2), req.query, source)
+                return Response.json(op, 202, [("Location", f"/target_groups/{group}/operations/{op['id']}")])
             m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
             if m is None:
                 return _error(404, f"no such path {path}")
@@ -204,5 +215,18 @@ class AdminServer:
             except ValueError:
                 return _error(400, "seconds must be a number")
             return Response.json(rt.cut_off(m.group(1), m.group(3), seconds))
+        except CommandRefused as exc:
+            return _refused(exc)
+
+    async def _group_read(self, path: str) -> Response:
+        """``GET /target_groups/G/backups`` (the catalogue, from the store) and
+        ``GET /target_groups/G/operations/ID`` (a backup command's progress and result)."""
+        m = re.fullmatch(r"/target_groups/([^/]+)/(backups|operations/([^/]+))", path)
+        if m is None:
+            return _error(404, f"no such path {path}")
+        try:
+            if m.group(2) == "backups":
+                return Response.json(await self.runtime.backups(m.group(1)))
+            return Response.json(self.runtime.backup_operation(m.group(1), m.group(3)))
         except CommandRefused as exc:
             return _refused(exc)

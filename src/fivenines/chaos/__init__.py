@@ -16,7 +16,9 @@ The I/O parts, thin: :mod:`~fivenines.chaos.loadgen` (open-loop HTTP/1.1 load on
 asyncio protocols), :mod:`~fivenines.chaos.inject` (signals and demo control
 calls, only to processes the fivenines under test started),
 :mod:`~fivenines.chaos.runner` (runs ``fivenines up`` and the rest) and
-:mod:`~fivenines.chaos.report` (``summary.json`` and ``report.html``). ``inject``
+:mod:`~fivenines.chaos.report` (``summary.json`` and ``report.html``). The ``wipe``
+disaster of a replicated store is a run of its own: :mod:`~fivenines.chaos.wipe` (its
+accounting, pure, and its writers) and :mod:`~fivenines.chaos.wipe_run` (the run). ``inject``
 and ``runner`` talk HTTP (fivenines' admin API, the demo's control paths) through
 the one admin client, :mod:`fivenines.cli.admin_client`, the one the CLI uses.
 See docs/chaos.md.

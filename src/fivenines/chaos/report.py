@@ -372,4 +372,54 @@ def headline(summary: dict[str, Any]) -> list[str]:
     ]
 
 
-__all__ = ["FaultResult", "headline", "plots", "render_html", "slo_summary", "summarise", "write_report"]
+def wipe_headline(summary: dict[str, Any]) -> list[str]:
+    """A wipe run (docs/chaos.md) for the terminal: the backup, the restore, then every acknowledged write counted."""
+    b, r = summary["backup"], summary["restore"]
+    out = [f"backup {b['id']} ({b['keys']} keys, taken by {b['taken_by']}); wipe at {summary['wipe']['at_s']:.2f}s "
+           f"on {summary['wipe']['primary']}; restore --at {r['at']}: {r['state']} in {r['seconds']}s"
+           + (f": {r['error']}" if r.get("error") else "")]
+    return out + list(summary["lines"])
+
+
+def render_wipe_html(summary: dict[str, Any]) -> str:
+    """``report.html`` of a wipe run: one page, no plots."""
+    m, b, r = summary["measured"], summary["backup"], summary["restore"]
+    ok = m["missing_after_restore"] == 0 and m["missing_before_backup"] == 0 and m["wrong_value"] == 0 \
+        and r["state"] == "ok"
+    rows = "".join(f"<tr><td>{_e(k)}</td><td class=num>{_e(v)}</td></tr>" for k, v in (
+        ("acknowledged writes", m["acknowledged"]),
+        ("lost, newer than the backup", m["lost_before_wipe"]),
+        ("lost, taken by the wiped primary before the restore", m["lost_after_wipe"]),
+        ("missing though acknowledged before the backup began (must be 0)", m["missing_before_backup"]),
+        ("missing though acknowledged after the restore (must be 0)", m["missing_after_restore"]),
+        ("present with another value (must be 0)", m["wrong_value"]),
+        ("RPO measured (age of the restored data at the wipe), s", _fmt_s(m["rpo_s"])),
+        ("RPO declared (the schedule's longest gap), s", _fmt_s(m["declared_rpo_s"])),
+        ("RTO measured (wipe to writes on the restored data), s", _fmt_s(m["rto_s"])),
+        ("of which the restore itself, s", _fmt_s(m["restore_s"])),
+        ("RTO of the last drill, s", _fmt_s(m["expected_rto_s"]))))
+    steps = "".join(f"<tr><td>{_e(s['step'])}</td><td class=num>{s['seconds']:.3f}</td><td>{_e(s['detail'])}</td></tr>"
+                    for s in ((r.get("result") or {}).get("steps") or []))
+    events = "".join(f"<tr><td>{_e(e['at'][11:23])}</td><td>{_e(e['kind'])}</td><td>{_e(e.get('target'))}</td>"
+                     f"<td>{_e(e['old'])} → {_e(e['new'])}</td><td>{_e(e['reason'])}</td></tr>" for e in summary["events"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fivenines chaos wipe: {_e(summary['spec'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>fivenines chaos: wipe of {_e(summary['group'])}</h1>
+<p class=muted>{_e(summary['spec_file'])} · started {_e(summary['started'])} · {summary['duration_s']:.0f} s ·
+{summary['writers']['clients']} writers through {_e(summary['listener'])}, each write confirmed by WAIT 1 ·
+seed {summary['config']['seed']}</p>
+<p class="big {'ok' if ok else 'bad'}">{m['lost']} of {m['acknowledged']} acknowledged writes lost ·
+RPO {_fmt_s(m['rpo_s'])} s · RTO {_fmt_s(m['rto_s'])} s</p>
+<p>Backup {_e(b['id'])} of {_e(b['at'])} ({_e(b['keys'])} keys, taken by {_e(b['taken_by'])}); wipe (FLUSHALL on
+{_e(summary['wipe']['primary'])}) at {summary['wipe']['at_s']:.2f} s; restore --at {_e(r['at'])}: {_e(r['state'])}
+in {_e(r['seconds'])} s{(': ' + _e(r['error'])) if r.get('error') else ''}.</p>
+<h2>Every acknowledged write, counted</h2><table>{rows}</table>
+<h2>Restore steps</h2><table><tr><th>step</th><th>seconds</th><th>detail</th></tr>{steps}</table>
+<h2>Events</h2><table><tr><th>at</th><th>kind</th><th>target</th><th>change</th><th>reason</th></tr>{events}</table>
+</body></html>
+"""
+
+
+__all__ = ["FaultResult", "headline", "plots", "render_html", "render_wipe_html", "slo_summary", "summarise",
+           "wipe_headline", "write_report"]

@@ -82,11 +82,16 @@ class ChaosConfig:
 
 
 def plan(config: ChaosConfig) -> list[PlannedFault]:
-    """The faults of this run: the fixed schedule, or random arrivals in ``[warmup, duration - settle)``."""
+    """The faults of this run: the fixed schedule, or random arrivals in ``[warmup, duration - settle)``.
+    A ``wipe`` run has one wipe: the first arrival (the middle of the window when none falls in it)."""
     if config.schedule is not None:
         return [f for f in config.schedule if f.at < config.duration]
-    return exponential_schedule(mtbf=config.mtbf, start=config.warmup, end=config.duration - config.settle,
-                                kinds=config.kinds, seed=config.seed, duration=config.fault_duration)
+    end = config.duration - config.settle
+    planned = exponential_schedule(mtbf=config.mtbf, start=config.warmup, end=end, kinds=config.kinds,
+                                   seed=config.seed, duration=config.fault_duration)
+    if config.kinds == (FaultKind.WIPE,):
+        return planned[:1] or [PlannedFault((config.warmup + end) / 2, FaultKind.WIPE)]
+    return planned
 
 
 def auto_connections(rate: float, timeout: float) -> int:
@@ -161,6 +166,29 @@ class _FaultRecord:
                         repaired_at=self.repaired_at)
 
 
+async def start_fivenines(config: ChaosConfig, clock: Callable[[], float],
+                          started: Callable[[Process], None]) -> dict[str, Any]:
+    """``fivenines up SPEC --ready-file`` as a child (``started`` gets the process at once, so that
+    the caller stops it whatever happens next); returns the ready file once it is there."""
+    d = config.report_dir
+    ready = d / "ready.json"
+    ready.unlink(missing_ok=True)
+    exited: list[int] = []
+    argv = [sys.executable, "-m", "fivenines", "up", config.spec_path, "--ready-file", str(ready)]
+    started(Process(argv, env=dict(os.environ), cwd=None, stdout=d / "fivenines.log", stderr=d / "fivenines.log",
+                    on_exit=exited.append))
+    deadline = clock() + config.startup_timeout
+    while not ready.exists():
+        if exited:
+            tail = "\n".join(tail_lines(d / "fivenines.log", 15))
+            raise ChaosError(f"fivenines up {config.spec_path} exited ({exited[0]}) before it was ready:\n{tail}")
+        if clock() > deadline:
+            raise ChaosError(f"fivenines was not ready within {config.startup_timeout:g}s (see {d / 'fivenines.log'})")
+        await asyncio.sleep(0.05)
+    info: dict[str, Any] = json.loads(ready.read_text())
+    return info
+
+
 class ChaosRun:
     def __init__(self, config: ChaosConfig, spec: Spec, say: Callable[[str], None] = lambda s: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -187,23 +215,7 @@ class ChaosRun:
     # ------------------------------------------------------------------ fivenines
 
     async def _start_fivenines(self) -> dict[str, Any]:
-        d = self.config.report_dir
-        ready = d / "ready.json"
-        ready.unlink(missing_ok=True)
-        exited: list[int] = []
-        argv = [sys.executable, "-m", "fivenines", "up", self.config.spec_path, "--ready-file", str(ready)]
-        self.proc = Process(argv, env=dict(os.environ), cwd=None, stdout=d / "fivenines.log",
-                            stderr=d / "fivenines.log", on_exit=exited.append)
-        deadline = self.clock() + self.config.startup_timeout
-        while not ready.exists():
-            if exited:
-                tail = "\n".join(tail_lines(d / "fivenines.log", 15))
-                raise ChaosError(f"fivenines up {self.config.spec_path} exited ({exited[0]}) before it was ready:\n{tail}")
-            if self.clock() > deadline:
-                raise ChaosError(f"fivenines was not ready within {self.config.startup_timeout:g}s (see {d / 'fivenines.log'})")
-            await asyncio.sleep(0.05)
-        info: dict[str, Any] = json.loads(ready.read_text())
-        return info
+        return await start_fivenines(self.config, self.clock, lambda proc: setattr(self, "proc", proc))
 
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = self.clock() + self.config.startup_timeout

@@ -36,6 +36,7 @@ class FaultKind(str, Enum):
     SLOW = "slow"  # the demo answers slowly (/_slow?ms=N) for a while, then /_recover
     RESET = "reset"  # every TCP connection of the instance is reset at once
     LB = "lb"  # SIGKILL one data-plane worker (needs workers > 1)
+    WIPE = "wipe"  # FLUSHALL on a replicated store's primary, then a restore from backup (a run of its own)
 
     @property
     def lasts(self) -> bool:
@@ -44,8 +45,13 @@ class FaultKind(str, Enum):
 
     @property
     def on_target(self) -> bool:
-        """True for faults aimed at a target (an instance); ``lb`` hits the load balancer."""
-        return self is not FaultKind.LB
+        """True for faults aimed at a target (an instance); ``lb`` hits the load balancer, ``wipe``
+        the data of a replicated group."""
+        return self not in (FaultKind.LB, FaultKind.WIPE)
+
+
+LOAD_KINDS = tuple(k for k in FaultKind if k is not FaultKind.WIPE)
+"""The faults of a run under HTTP load (the default); ``wipe`` is a run of its own (docs/chaos.md)."""
 
 
 DESCRIPTIONS: dict[FaultKind, str] = {
@@ -55,6 +61,8 @@ DESCRIPTIONS: dict[FaultKind, str] = {
     FaultKind.SLOW: "the instance answers slowly (demo /_slow?ms=N), /_recover after the fault duration",
     FaultKind.RESET: "reset every TCP connection of the instance at once",
     FaultKind.LB: "SIGKILL one data-plane worker (workers > 1)",
+    FaultKind.WIPE: "FLUSHALL on a replicated group's primary (the replicas copy it); after the fault duration, "
+                    "a restore from backup through the admin API; each acknowledged write lost is counted",
 }
 
 
@@ -66,7 +74,7 @@ def parse_kinds(text: str) -> tuple[FaultKind, ...]:
     >>> parse_kinds("kill,boom")
     Traceback (most recent call last):
     ...
-    ValueError: unknown fault 'boom'; valid: kill, hang, error, slow, reset, lb
+    ValueError: unknown fault 'boom'; valid: kill, hang, error, slow, reset, lb, wipe
     """
     kinds: list[FaultKind] = []
     for word in (w.strip().lower() for w in text.split(",")):
@@ -113,6 +121,8 @@ class PlannedFault:
         who = self.target or "a serving target"
         if self.kind is FaultKind.LB:
             who = self.target or "a worker"
+        if self.kind is FaultKind.WIPE:
+            who = "the primary's data, then restore from backup"
         dur = f" for {format_duration(self.duration)}" if self.kind.lasts else ""
         return f"{self.kind.value} {who}{dur}"
 
@@ -137,7 +147,7 @@ def exponential_schedule(
     >>> a = exponential_schedule(mtbf=5, start=0, end=100, kinds=list(FaultKind), seed=7)
     >>> a == exponential_schedule(mtbf=5, start=0, end=100, kinds=list(FaultKind), seed=7)
     True
-    >>> sorted({f.kind.value for f in a[:6]}) == sorted(k.value for k in FaultKind)
+    >>> sorted({f.kind.value for f in a[:len(FaultKind)]}) == sorted(k.value for k in FaultKind)
     True
     """
     if not mtbf > 0:

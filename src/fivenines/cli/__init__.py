@@ -9,6 +9,8 @@ module                 commands
                        ``switchover``: a running fivenines, through its admin API
 :mod:`.model`          ``model``: predicted availability
 :mod:`.chaos`          ``chaos``: faults under load, measured availability
+:mod:`.backup`         ``backup``, ``backups``, ``restore``: backups of a
+                       replicated group, restores and drills
 :mod:`.aws`            ``aws plan|apply|status|destroy``: the spec on AWS
 =====================  ======================================================
 
@@ -32,10 +34,10 @@ from __future__ import annotations
 import click
 
 from fivenines import __version__
-from fivenines.cli import aws, chaos, model, ops, run
+from fivenines.cli import aws, backup, chaos, model, ops, run
 from fivenines.cli.common import Main
 
-FAMILIES = (run, ops, model, chaos, aws)
+FAMILIES = (run, ops, model, chaos, aws, backup)
 """The modules whose ``COMMANDS`` make up ``fivenines``."""
 
 

@@ -161,9 +161,13 @@ class AdminClient:
 
     def group_call(self, group: str, action: str, query: str = "", *, status: int = 200,
                    timeout: float | None = None) -> Any:
-        """``POST /target_groups/GROUP/ACTION`` (``restart``, ``switchover``)."""
+        """``POST /target_groups/GROUP/ACTION`` (``restart``, ``switchover``, ``backup`` ...)."""
         path = f"/target_groups/{quote(group, safe='')}/{action}" + (f"?{query}" if query else "")
         return self.expect(status, "POST", path, timeout=timeout)
+
+    def group_get(self, group: str, what: str) -> Any:
+        """``GET /target_groups/GROUP/WHAT`` (``backups``, ``operations/ID``): the decoded 200."""
+        return self.get_json(f"/target_groups/{quote(group, safe='')}/{what}")
 
     def stream_events(self, since: int, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
         """Events after ``since`` as they happen (``/events/stream``, server-sent events). Connects

@@ -8,13 +8,18 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from rich.table import Table
 
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument
 from fivenines.proxy import aio
+
+if TYPE_CHECKING:
+    from fivenines.chaos.runner import ChaosConfig
+    from fivenines.chaos.schedule import FaultKind
+    from fivenines.spec import Spec
 
 
 def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -33,18 +38,21 @@ def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--duration", default="2m", callback=_chaos_duration, help="How long the load runs (default 2m).")
 @click.option("--rate", default=500.0, type=click.FloatRange(min=1, max=20000), help="Requests per second, open loop (default 500).")
 @click.option("--faults", "faults_text", default=None,
-              help="Fault kinds: kill,hang,error,slow,reset,lb (default: all of them; lb only with workers > 1).")
+              help="Fault kinds: kill,hang,error,slow,reset,lb (default: all of them; lb only with workers > 1); "
+                   "or wipe alone: a replicated group's data wiped and restored from backup.")
 @click.option("--mtbf", default="10s", callback=_chaos_duration, help="Mean time between faults (exponential; default 10s).")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule and target choice (default: random, printed).")
 @click.option("--schedule", "schedule_text", default=None,
               help='A fixed schedule instead of random arrivals: "10s:kill, 25s:hang:web-2, 40s:error".')
-@click.option("--fault-duration", default="5s", callback=_chaos_duration, help="How long hang/error/slow last (default 5s).")
+@click.option("--fault-duration", default="5s", callback=_chaos_duration,
+              help="How long hang/error/slow last; for wipe, how long until the restore (default 5s).")
 @click.option("--slow-ms", default=1000, type=click.IntRange(min=1), help="Added latency of a slow fault (default 1000).")
 @click.option("--warmup", default="5s", callback=_chaos_duration, help="Load without faults first (default 5s).")
 @click.option("--settle", default="10s", callback=_chaos_duration, help="No new fault this close to the end (default 10s).")
 @click.option("--timeout", "req_timeout", default="5s", callback=_chaos_duration, help="Client timeout per request (default 5s).")
 @click.option("--connections", default=None, type=click.IntRange(min=1),
-              help="Most client connections open at once (default: rate x timeout, within the fd limit).")
+              help="Most client connections open at once (default: rate x timeout, within the fd limit); "
+                   "for wipe, the writers (default 4).")
 @click.option("--overlap", is_flag=True, help="Inject on schedule even while an earlier fault is not repaired.")
 @click.option("--path", default="/", help="Request path (default /).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
@@ -60,14 +68,20 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     faults into the instances fivenines started (kill, hang, error, slow, reset,
     lb), restores them, stops everything and writes summary.json and report.html.
     Ctrl-C stops injection and restores every target. See docs/chaos.md.
+
+    --faults wipe: writers confirm each write to a replicated group with WAIT 1, the
+    primary is wiped (FLUSHALL), restored from backup after --fault-duration, and every
+    acknowledged write lost is counted: measured RPO and RTO beside the declared ones.
     """
     import asyncio
     import random
+    import re
 
     from fivenines.chaos import ChaosError
     from fivenines.chaos.runner import ChaosConfig, ChaosRun, load_target, plan
     from fivenines.chaos.schedule import (
         DESCRIPTIONS,
+        LOAD_KINDS,
         FaultKind,
         parse_kinds,
         parse_schedule,
@@ -83,9 +97,20 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         fail(msg, EXIT_USAGE)
 
     try:
-        kinds = parse_kinds(faults_text) if faults_text else tuple(FaultKind)
+        kinds = parse_kinds(faults_text) if faults_text else LOAD_KINDS
     except ValueError as exc:
         usage(f"--faults: {exc}")
+    wiping = FaultKind.WIPE in kinds or bool(schedule_text and re.search(r":\s*wipe\b", schedule_text, re.I))
+    if wiping:
+        if seed is None:
+            seed = random.SystemRandom().randrange(1, 2**31)
+        try:
+            config = _wipe_config(spec_file, spec, kinds if not schedule_text else (FaultKind.WIPE,), schedule_text,
+                                  duration, mtbf, seed, fault_duration, warmup, settle, connections, report_dir)
+        except ValueError as exc:
+            usage(str(exc))
+        _wipe(config, spec, dry_run)
+        return
     if FaultKind.LB in kinds and workers < 2:
         if faults_text:
             usage(f"--faults lb kills a data-plane worker: it needs workers: 2 or more in {spec_file} (workers: {workers})")
@@ -154,6 +179,72 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     left = summary["restore"].get("stopped_left")
     if left:
         err.print(f"[bold red]warning[/]: processes still stopped: {left}", markup=True)
+    out.print(f"report: {page}\n        {js}", markup=False)
+
+
+def _wipe_config(spec_file: str, spec: Spec, kinds: tuple[FaultKind, ...], schedule_text: str | None,
+                 duration: float, mtbf: float, seed: int, fault_duration: float, warmup: float, settle: float,
+                 connections: int | None, report_dir: str | None) -> ChaosConfig:
+    """The configuration of a ``wipe`` run; ValueError (a usage error) when it cannot be one."""
+    from fivenines.chaos import ChaosError
+    from fivenines.chaos.runner import ChaosConfig
+    from fivenines.chaos.schedule import FaultKind, parse_schedule
+    from fivenines.chaos.wipe import wipe_target
+
+    if kinds != (FaultKind.WIPE,):
+        raise ValueError("--faults wipe is a run of its own (writes to a replicated store, no HTTP load): "
+                         "give it alone")
+    schedule = None
+    if schedule_text:
+        schedule = parse_schedule(schedule_text, duration=fault_duration, seed=seed)
+        if [f.kind for f in schedule] != [FaultKind.WIPE]:
+            raise ValueError("--schedule: a wipe run has one fault, the wipe (e.g. --schedule 20s:wipe)")
+    elif duration - settle <= warmup:
+        raise ValueError(f"--duration {duration:g}s leaves no time for the wipe after --warmup {warmup:g}s "
+                         f"and before --settle {settle:g}s")
+    try:
+        wipe_target(spec)
+    except ChaosError as exc:
+        raise ValueError(f"{spec_file}: {exc}") from None
+    if report_dir is None:
+        from fivenines.app import Controller
+
+        report_dir = str(Controller(spec, spec_file).state_dir / "chaos" / time.strftime("%Y%m%d-%H%M%S"))
+    return ChaosConfig(spec_file, Path(report_dir), duration=duration, kinds=(FaultKind.WIPE,), mtbf=mtbf, seed=seed,
+                       schedule=schedule, fault_duration=fault_duration, warmup=warmup, settle=settle,
+                       max_connections=connections)
+
+
+def _wipe(config: ChaosConfig, spec: Spec, dry_run: bool) -> None:
+    """``fivenines chaos SPEC --faults wipe`` (docs/chaos.md)."""
+    import asyncio
+
+    from fivenines.chaos.report import wipe_headline
+    from fivenines.chaos.runner import plan
+    from fivenines.chaos.schedule import DESCRIPTIONS, FaultKind
+    from fivenines.chaos.wipe import wipe_target
+    from fivenines.chaos.wipe_run import WipeRun, write_wipe_report
+
+    _, group = wipe_target(spec)
+    fault = plan(config)[0]
+    out.print(f"fivenines chaos {spec.name}: wipe of group {group} at {fault.at:.2f}s, restore "
+              f"{config.fault_duration:g}s later; writers for {config.duration:g}s; seed {config.seed}",
+              markup=False, highlight=False)
+    if dry_run:
+        out.print(f"  wipe   {DESCRIPTIONS[FaultKind.WIPE]}", markup=False, highlight=False)
+        return
+
+    def say(line: str) -> None:
+        err.print(line, markup=False, highlight=False)
+
+    try:
+        summary = aio.run(WipeRun(config, spec, say).run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("interrupted: the writers stopped, fivenines stopped.")
+        sys.exit(130)
+    js, page = write_wipe_report(config.report_dir, summary)
+    for line in wipe_headline(summary):
+        out.print(line, markup=False, highlight=False)
     out.print(f"report: {page}\n        {js}", markup=False)
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fivenines.cli import connect
 from fivenines.cli.admin_client import AdminRefused, AdminUnreachable
+from fivenines.cli.backup import status_line as backup_status_line
 from fivenines.cli.common import EXIT_USAGE, err, error, fail, out, refusal, warn
 
 _STATE_STYLE = {"healthy": "green", "initial": "yellow", "unhealthy": "red", "draining": "blue", "unused": "dim"}
@@ -78,6 +79,8 @@ def print_status(data: dict[str, Any]) -> None:
         if rep:
             out.print(f"{gname}: {rep['kind']} {rep['phase']}, primary {rep['primary']} (epoch {rep['epoch']}), "
                       f"durability {rep['durability']}: {rep['durability_note']}")
+        if rep and rep.get("backup"):
+            click.echo(backup_status_line(gname, rep["backup"]))
     for lst in data.get("listeners", []):
         out.print(
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "

@@ -461,7 +461,7 @@ class Replication:
         return self._handle(Input.SWITCHOVER, _Ev(target=to or ""), now)
 
     def begin_restore(self, now: float) -> list[Action]:
-        """A backup is about to be loaded into the group (see :mod:`fivenines.core.backup`): stop
+        """A backup is about to be loaded into the group (see :mod:`fivenines.core.restore_plan`): stop
         routing writes and cut the primary's connections; until :meth:`end_restore` nothing is
         elected, fenced or re-pointed (the restore moves roles itself). Raises
         :class:`ReplicationError` when it cannot start now."""

@@ -43,6 +43,7 @@ from fivenines.errors import ConfigError
 from fivenines.proxy.base import ListenerView
 from fivenines.proxy.listener import AccessLogSink, ProxySettings
 from fivenines.runtime.backup import BackupManager
+from fivenines.runtime.backup_ops import BackupOperations
 from fivenines.runtime.checks import Checks
 from fivenines.runtime.context import RuntimeContext
 from fivenines.runtime.dataplane import DataPlane
@@ -86,6 +87,7 @@ class Controller:
         self._started = False
         self._tick_task: asyncio.Task[None] | None = None
         self._port_holds: list[socket.socket] = []  # instance ports kept bound until the servers are (see ports)
+        self._backups: dict[str, BackupOperations] = {}  # replicated groups with backup: (docs/backup.md)
 
     def __repr__(self) -> str:
         state = "stopping" if self.ctx.stopping else "running" if self._started else "not started"
@@ -191,7 +193,9 @@ class Controller:
             if tg.replicated is not None:
                 g.replication = ReplicationManager(ctx, g, self.data_plane)
                 if tg.replicated.backup is not None:
-                    g.replication.backup = BackupManager.for_replication(g.replication)
+                    backups = BackupManager.for_replication(g.replication)
+                    g.replication.backup = backups
+                    self._backups[name] = BackupOperations(backups)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop instances, close admin."""
@@ -212,6 +216,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(ops.close() for ops in self._backups.values()))
         await asyncio.gather(*(g.replication.close() for g in ctx.groups.values() if g.replication))
         await self.instances.stop_all()
         for g in ctx.groups.values():
@@ -344,3 +349,26 @@ class Controller:
         except ReplicationError as exc:
             raise CommandRefused(Refusal.CONFLICT, str(exc)) from exc
         return {"group": group, "target": target_id, "cut_off_s": seconds}
+
+    # ------------------------------------------------------------------ backups (docs/backup.md)
+
+    def _backup_ops(self, group: str) -> BackupOperations:
+        self._replicated(group)  # no such group, not replicated: refused as for a switchover
+        ops = self._backups.get(group)
+        if ops is None:
+            raise CommandRefused(Refusal.CONFLICT, f"target group {group!r} has no backup: section "
+                                 "(replicated.backup; docs/backup.md)")
+        return ops
+
+    def backup_status(self) -> Mapping[str, Mapping[str, Any]]:
+        return {name: ops.backups.status() for name, ops in self._backups.items()}
+
+    def backup_command(self, group: str, action: str, params: Mapping[str, str],
+                       source: str = "admin API") -> dict[str, Any]:
+        return self._backup_ops(group).start(action, params, source)
+
+    def backup_operation(self, group: str, op_id: str) -> dict[str, Any]:
+        return self._backup_ops(group).get(op_id)
+
+    async def backups(self, group: str) -> dict[str, Any]:
+        return await self._backup_ops(group).catalogue()

@@ -8,7 +8,8 @@ A running fivenines, seen from outside the runtime, is a :class:`Runtime`:
 * **commands in**: drain / enable / maintenance a target, set its weight, reload the spec,
   a rolling restart of a group, a switchover (and fault injection) in a replicated group.
   A command the runtime cannot carry out raises :class:`CommandRefused`, saying why
-  (:class:`Refusal`: no such thing, not in this state, a value out of range);
+  (:class:`Refusal`: no such thing, not in this state, a value out of range, a store that
+  did not answer);
 * **events out**: the event bus (:class:`~fivenines.runtime.events.EventLog`: subscribe,
   follow, recent) and every health-check result (:meth:`Runtime.on_check`).
 
@@ -38,6 +39,7 @@ class Refusal(str, Enum):
     UNKNOWN = "unknown"  # no such target or group
     CONFLICT = "conflict"  # not possible in its current state
     INVALID = "invalid"  # a value out of range
+    UNAVAILABLE = "unavailable"  # something it needs did not answer (a backup store)
 
 
 class CommandRefused(ConflictError):
@@ -129,6 +131,11 @@ class Runtime(Protocol):
         """Reloads by result (``ok``, ``rejected``)."""
         ...
 
+    def backup_status(self) -> Mapping[str, Mapping[str, Any]]:
+        """Each group with ``backup:``: its backups' status, as in ``/status``
+        (``target_groups.G.replication.backup``; docs/backup.md), for metrics."""
+        ...
+
     # -- commands in
 
     def act(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
@@ -153,4 +160,24 @@ class Runtime(Protocol):
 
     def cut_off(self, group: str, target_id: str, seconds: float) -> dict[str, Any]:
         """Fault injection in a replicated group: every connection to the target fails for ``seconds``."""
+        ...
+
+    # -- backups of a replicated group with ``backup:`` (docs/backup.md)
+
+    def backup_command(self, group: str, action: str, params: Mapping[str, str],
+                       source: str = "admin API") -> dict[str, Any]:
+        """Start ``backup`` | ``verify`` (``id``) | ``restore`` (``from`` or ``at``) | ``drill`` as an
+        operation (:mod:`fivenines.runtime.backup_ops`); returns it, ``state`` running. Raises
+        CommandRefused: UNKNOWN (no such group or action), CONFLICT (no ``backup:`` section, an
+        operation already running), INVALID (a missing or bad parameter)."""
+        ...
+
+    def backup_operation(self, group: str, op_id: str) -> dict[str, Any]:
+        """An operation started by :meth:`backup_command`: its ``state`` (running, ok, failed,
+        refused), and its ``result`` or ``error`` once over. Raises CommandRefused (UNKNOWN)."""
+        ...
+
+    async def backups(self, group: str) -> dict[str, Any]:
+        """The group's catalogue, newest first, read from the store. Raises CommandRefused
+        (UNKNOWN, CONFLICT as above; UNAVAILABLE: the store did not answer)."""
         ...

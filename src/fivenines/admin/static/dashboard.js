@@ -28,6 +28,24 @@
 
   function fmtRate(r) { return r === null ? "–" : r >= 100 ? r.toFixed(0) : r.toFixed(1); }
   function fmtMs(s) { return s === null ? "–" : (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms"; }
+  function fmtAgo(s) {
+    if (s === null || s === undefined) return "?";
+    s = Math.round(s);
+    if (s >= 86400) return Math.floor(s / 86400) + "d" + (s % 86400 >= 3600 ? " " + Math.floor((s % 86400) / 3600) + "h" : "");
+    if (s >= 3600) return Math.floor(s / 3600) + "h" + (s % 3600 >= 60 ? " " + Math.floor((s % 3600) / 60) + "m" : "");
+    return s >= 60 ? Math.floor(s / 60) + "m" : s + "s";
+  }
+
+  // a replicated group's backups in one line, as `fivenines status` prints it (docs/backup.md)
+  function backupLine(b) {
+    const last = b.newest ? `last ${b.newest.id}, ${fmtAgo(b.newest_age_s)} old (${b.verified} verified)` : "none verified yet";
+    let line = `backups ${b.schedule} to ${b.to}: ${last}, next in ${fmtAgo(b.next_backup_in_s)}`;
+    const d = b.last_drill;
+    line += d ? `; last drill ${d.ok ? "ok" : "FAILED"} ${fmtAgo(b.last_drill_age_s)} ago: RPO ${d.rpo_s}s, RTO ${d.rto_s}s`
+      : "; no drill yet";
+    return line + (b.running ? "; running: " + b.running : "");
+  }
+
   function fmtUptime(s) {
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
     return "up " + (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
@@ -74,8 +92,11 @@
         `${g.active_count} active + ${g.standby_count} standby · ${g.algorithm}` +
         (g.fail_open && g.fail_open.in_force ? ` · FAIL-OPEN (${g.fail_open.policy}) IN FORCE` : "") +
         (g.rollout && g.rollout.state === "running" ? " · rolling restart running" : "");
+      const backup = g.replication && g.replication.backup;
+      const failed = backup && backup.last_drill && !backup.last_drill.ok;
       return el("section", { class: "group", "data-group": name },
         el("h3", {}, "target group ", el("code", {}, name), " ", el("span", { class: "muted" }, summary)),
+        backup ? el("p", { class: "backup " + (failed ? "bad" : "muted"), "data-backup": name }, backupLine(backup)) : "",
         el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
     });
     box.replaceChildren(...sections);
