@@ -207,7 +207,7 @@ def test_vrrp_nodes_take_over_with_keepalived(cluster: dict[str, Any]) -> None:
     spec = node_spec(rig, cluster["name"], ["a", "b"], {"count": 2, "ports": "18081-18082"}, PORT,
                      coordination="vrrp", vrrp={"advert_int": "100ms", "virtual_router_id": 43})
     nodes = start(cluster, spec, "a", "b")
-    a, b = nodes["a"], nodes["b"]
+    b = nodes["b"]
     # the targets' addresses come from the placement and the fixed ports (no store to publish them)
     ts = wait_until(lambda: all_healthy(b, 2), 15, 0.05, what="b seeing both targets healthy")
     assert {i: (t["node"], t["address"]) for i, t in ts.items()} == {

@@ -337,7 +337,7 @@ class OperatorRecord:
         """
         try:
             d = json.loads(text)
-            state = AdminState(d["admin_state"]) if d.get("admin_state") else None
+            state = AdminState(d["admin_state"]) if d["admin_state"] is not None else None
             weight = d.get("weight")
             if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int)
                                        or not 0 <= weight <= 1000):
