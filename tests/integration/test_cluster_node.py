@@ -9,6 +9,7 @@ and outlives the node it was given to.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,8 +22,10 @@ import yaml
 from fivenines.core.keepalived import master_down_interval
 from fivenines.rig import Rig
 from fivenines.rig.etcd import EtcdInRig
+from fivenines.rig.forward import Forward
 from tests.cluster_helpers import VIP, Load, UpNode, node_spec, start_up_nodes
-from tests.helpers import require_binary, require_rig, wait_until
+from tests.helpers import PY, require_binary, require_rig, wait_until
+from tests.ops_helpers import Chromium
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +130,29 @@ def test_the_new_leader_serves_at_once_with_the_targets_it_already_checked(clust
     assert epoch(st["holder_since"]) >= killed_wall - 0.1
     wait_until(lambda: {n["name"]: n["state"] for n in cluster_of(b)["nodes"]} == {"a": "lost", "b": "up"}, 5, 0.05,
                what="a shown lost")
+    dashboard_shows_the_cluster(rig, b)
+
+
+NODE_ROWS = """JSON.stringify([[...document.querySelectorAll('#nodes tr[data-node]')].map(r => [
+  r.dataset.node, r.dataset.state, r.dataset.vip]), [...document.querySelectorAll('tr[data-target]')].map(r => [
+  r.dataset.target, r.dataset.node, r.dataset.state]), document.getElementById('cluster-summary').textContent])"""
+
+
+def dashboard_shows_the_cluster(rig: Rig, b: UpNode) -> None:
+    """b's dashboard in a real Chromium (through a port into b's namespace): every node, the VIP at b,
+    every target with its node."""
+    chromium = require_binary("chromium")
+    with Forward(rig, "b", "127.0.0.1", int(b.admin().rsplit(":", 1)[1])) as fwd:
+        browser = Chromium(chromium, f"{fwd.url}/")
+        try:
+            nodes, targets, summary = wait_until(
+                lambda: (x := json.loads(browser.evaluate(NODE_ROWS))) and len(x[0]) == 2 and x, 15, 0.1,
+                what="the cluster on the dashboard")
+        finally:
+            browser.close()
+    assert nodes == [["a", "lost", ""], ["b", "up", "1"]]
+    assert targets == [["web-1", "b", "healthy"], ["web-2", "b", "healthy"]]
+    assert "VIP 10.199.0.100/24 held by b since" in summary and "fencing revision" in summary
 
 
 def openapi_covers(status: dict[str, Any]) -> None:
@@ -165,6 +191,16 @@ def test_a_lost_node_s_instances_are_replaced_by_standbys_on_the_other(cluster: 
     events = b.call("GET", "/events?limit=200")[1]["events"]
     assert any(e["kind"] == "cluster" and e["new"] == "node a lost" for e in events)
     assert any(e["kind"] == "role" and e["target"] == "web-2" and e["new"] == "active" for e in events)
+    # fivenines status, run on b, finds b (FIVENINES_NODE: both nodes' folders are on this one disk)
+    text = rig.run("b", ["env", "FIVENINES_NODE=b", PY, "-m", "fivenines", "status", "-f",
+                         str(cluster["work"] / "fivenines.yaml")], timeout=30).stdout
+    print(text)
+    assert f"cluster (etcd): VIP {VIP}/24 held by b since" in text and "fencing revision" in text
+    cells = [[c.strip() for c in line.strip("│ ").split("│")] for line in text.splitlines() if line.startswith("│")]
+    nodes = {c[0].split()[0]: c for c in cells if c[0] != "web"}
+    targets = {c[1]: c for c in cells if c[0] == "web"}
+    assert nodes["a"][3] == "lost" and nodes["b"][3:5] == ["up", "holds"] and nodes["b"][0] == "b (this node)"
+    assert targets["web-1"][2:5:2] == ["a", "unhealthy"] and targets["web-2"][2:5:2] == ["b", "healthy"]
 
 
 def test_a_drain_lives_in_etcd_and_outlives_the_leader(cluster: dict[str, Any]) -> None:
