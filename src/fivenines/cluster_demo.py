@@ -12,7 +12,6 @@ Needs root (network namespaces).
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -20,12 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fivenines.cli.admin_client import AdminClient, AdminError
 from fivenines.rig import Rig, unavailable
 from fivenines.rig.etcd import EtcdInRig
 from fivenines.rig.forward import Forward
@@ -76,9 +75,8 @@ class Demo:
         if node not in self.admin or self.procs[node].poll() is not None:
             return None
         try:
-            with urllib.request.urlopen(f"{self.admin[node].url}/status", timeout=1) as r:
-                return dict(json.loads(r.read()))
-        except (OSError, ValueError):
+            return AdminClient(self.admin[node].url, timeout=1.0).status()
+        except AdminError:
             return None
 
     def holder(self) -> tuple[str | None, str]:
