@@ -396,7 +396,8 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
 
 class InstancesSpec(_Strict):
     command: list[str] | str = Field(
-        description="argv list; {port} and {id} are substituted. A string needs shell: true."
+        description="argv list; {port}, {id} and {host} (127.0.0.1, or in a cluster the node's address) are "
+        "substituted. A string needs shell: true."
     )
     count: int = Field(1, ge=1, le=256, description="N: active instances that serve traffic.")
     standby: int = Field(0, ge=0, le=256, description="M: hot standbys, started and checked, serving only on loss.")
