@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -226,8 +227,8 @@ class Load:
         return {r[2] for r in self.answered(since) if r[1] == 200}
 
     def gap(self, since: float) -> float:
-        """Seconds from the last 200 before ``since`` to the first 200 after it."""
+        """The longest time without a 200 (between the sending of two requests answered 200) that
+        ends after ``since``: the outage a fault at ``since`` caused."""
         ok = [r[0] for r in list(self.results) if r[1] == 200]
-        before = max((t for t in ok if t < since), default=since)
-        after = min((t for t in ok if t >= since), default=float("inf"))
-        return after - before
+        gaps = [b - a for a, b in itertools.pairwise(ok) if b >= since]
+        return max(gaps, default=float("inf"))

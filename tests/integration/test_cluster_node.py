@@ -100,7 +100,8 @@ def all_healthy(node: UpNode, n: int) -> dict[str, dict[str, Any]]:
 def test_the_new_leader_serves_at_once_with_the_targets_it_already_checked(cluster: dict[str, Any]) -> None:
     rig = cluster["rig"]
     spec = etcd_spec(cluster, {"count": 2, "placement": {"b": 2}})  # both instances on b: a's death takes none
-    _, b = leader_then_follower(cluster, spec, "a", "b")
+    a, b = leader_then_follower(cluster, spec, "a", "b")
+    wait_until(lambda: all_healthy(a, 2), 10, 0.05, what="the leader serving both targets")
     # before the kill, the follower already checks every target and finds them healthy
     before = wait_until(lambda: all_healthy(b, 2), 10, 0.05, what="b seeing both targets healthy")
     st = cluster_of(b)
