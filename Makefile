@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean spec-doc
+.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean spec-doc
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -33,6 +33,10 @@ compile: $(VENV)/.installed
 ## Run the bundled demo: 2 active + 1 standby demo instances behind the load balancer.
 demo: compile
 	$(BIN)/fivenines up examples/demo.yaml
+
+## Two fivenines nodes, a floating address and etcd in network namespaces on this machine (needs root).
+cluster-demo: compile
+	$(BIN)/python -m fivenines.cluster_demo
 
 ## Lint, type-check and run the whole test suite (installs the Debian packages tests need).
 test: test-deps $(VENV)/.installed-dev compile

@@ -28,13 +28,17 @@ log = logging.getLogger("fivenines")
 
 
 async def run(spec: Spec, spec_path: str | Path | None, *, ready_file: str | None = None,
-              announce: Callable[[Controller], None] | None = None, access_log: str | None = None) -> int:
-    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly; SIGHUP reloads. Returns the exit status."""
+              announce: Callable[[Controller], None] | None = None, access_log: str | None = None,
+              node: str | None = None) -> int:
+    """Start ``spec``, serve until SIGINT/SIGTERM, stop cleanly; SIGHUP reloads. Returns the exit status.
+
+    ``node``: run as that node of the spec's ``cluster:`` (``spec`` as
+    :func:`fivenines.core.membership.node_spec` gives it)."""
     sink = None
     if access_log is not None:
         sink = AccessLog(access_log)
         sink.open()
-    ctl = Controller(spec, spec_path, access_log=sink)
+    ctl = Controller(spec, spec_path, access_log=sink, node=node)
     admin = AdminServer(ctl, Metrics(ctl))
     await ctl.start(admin)
     loop = asyncio.get_running_loop()

@@ -397,7 +397,8 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
 
 class InstancesSpec(_Strict):
     command: list[str] | str = Field(
-        description="argv list; {port} and {id} are substituted. A string needs shell: true."
+        description="argv list; {port}, {id} and {host} (127.0.0.1, or in a cluster the node's address) are "
+        "substituted. A string needs shell: true."
     )
     count: int = Field(1, ge=1, le=256, description="N: active instances that serve traffic.")
     standby: int = Field(0, ge=0, le=256, description="M: hot standbys, started and checked, serving only on loss.")
@@ -408,6 +409,11 @@ class InstancesSpec(_Strict):
     stop_timeout: Duration = Field(5.0, description="Time between SIGTERM and SIGKILL when stopping.")
     restart: RestartSpec = Field(default_factory=RestartSpec)
     logs: LogsSpec = Field(default_factory=lambda: LogsSpec())
+    placement: Literal["spread"] | dict[str, int] = Field(
+        "spread",
+        description="In a cluster: spread (actives balanced over the nodes and zones, standbys on other nodes), "
+        "or the number of actives on each node, e.g. {a: 2, b: 1} (standbys still go where actives are fewest).",
+    )
 
     @field_validator("command")
     @classmethod
@@ -1400,7 +1406,9 @@ def cluster_errors(spec: Spec) -> list[FieldError]:
 
     c = spec.cluster
     if c is None:
-        return []
+        return [FieldError(f"target_groups.{name}.instances.placement", "actives per node need a cluster: section")
+                for name, tg in spec.target_groups.items()
+                if tg.instances is not None and isinstance(tg.instances.placement, dict)]
     errors: list[FieldError] = []
     vip = ipaddress.IPv4Interface(c.vip)
     names: dict[str, int] = {}
@@ -1431,6 +1439,40 @@ def cluster_errors(spec: Spec) -> list[FieldError]:
                 errors.append(FieldError(f"cluster.vrrp.priority.{node}", f"no node {node!r}; nodes: {', '.join(names)}"))
     elif c.vrrp is not None:
         errors.append(FieldError("cluster.vrrp", "only used with coordination: vrrp (coordination is etcd)"))
+    errors.extend(_cluster_group_errors(spec, c, list(names)))
+    return errors
+
+
+def _cluster_group_errors(spec: Spec, c: ClusterSpec, names: list[str]) -> list[FieldError]:
+    """What a cluster asks of the target groups: placements naming its nodes, fixed ports without etcd,
+    and the features that do not run across nodes yet."""
+    errors: list[FieldError] = []
+    for name, tg in spec.target_groups.items():
+        path = f"target_groups.{name}"
+        if tg.replicated is not None:
+            errors.append(FieldError(f"{path}.replicated", "a replicated store does not run across cluster nodes yet "
+                                     "(its failover must run on one node and the others follow its primary record; "
+                                     "docs/cluster.md): run it on its own fivenines, without cluster:"))
+        if tg.scaling is not None:
+            errors.append(FieldError(f"{path}.scaling", "scaling does not run across cluster nodes yet: "
+                                     "set count and placement instead"))
+        inst = tg.instances
+        if inst is None:
+            continue
+        if isinstance(inst.placement, dict):
+            for node, n in inst.placement.items():
+                if node not in names:
+                    errors.append(FieldError(f"{path}.instances.placement.{node}",
+                                             f"no node {node!r}; nodes: {', '.join(names)}"))
+                elif n < 0:
+                    errors.append(FieldError(f"{path}.instances.placement.{node}", f"must be >= 0, got {n}"))
+            if sum(inst.placement.values()) != inst.count:
+                errors.append(FieldError(f"{path}.instances.placement", f"the actives per node add up to "
+                                         f"{sum(inst.placement.values())}, not count ({inst.count})"))
+        if c.mode == "vrrp" and parse_port_range(inst.ports) is None:
+            errors.append(FieldError(f"{path}.instances.ports", "coordination vrrp has no store to publish the "
+                                     "instances' ports: give a range (e.g. 9101-9110); instance i of the group "
+                                     "listens on the range's i-th port of its node"))
     return errors
 
 

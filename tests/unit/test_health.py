@@ -87,6 +87,18 @@ def test_process_exit_is_unhealthy_at_once() -> None:
     assert m.check(OK, 2) is not None  # h=1: the next pass makes it healthy again
 
 
+def test_a_lost_node_makes_its_target_unhealthy_at_once_with_its_own_reason() -> None:
+    m = machine(h=2, u=5)
+    m.check(OK, 0)
+    m.check(OK, 1)
+    t = m.lost(1.5, "node b left the cluster")
+    assert t is not None and t.new is HealthState.UNHEALTHY and t.reason is Reason.NODE_LOST
+    assert m.detail == "node b left the cluster"
+    assert m.exited(2) is not None and m.reason is Reason.PROCESS_EXITED  # the reason follows the input
+    m.unuse(3)
+    assert m.lost(4) is None  # unused: nothing to lose
+
+
 def test_register_restarts_counting_from_initial() -> None:
     m = machine(h=2, u=2)
     m.check(OK, 0)

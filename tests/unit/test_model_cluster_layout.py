@@ -28,7 +28,7 @@ def spec(count: int = 2, standby: int = 2, **cluster: Any) -> Spec:
     data: dict[str, Any] = {
         "name": "shop",
         "listeners": [{"port": 0, "default_target_group": "web"}],
-        "target_groups": {"web": {"instances": {"command": ["srv", "{port}"], "count": count, "standby": standby}}},
+        "target_groups": {"web": {"instances": {"command": ["srv", "{host}", "{port}"], "count": count, "standby": standby, "ports": "9101-9120"}}},
         "cluster": {"nodes": copy.deepcopy(NODES), "vip": "10.0.0.100/24", "etcd": ETCD3, **cluster},
     }
     return parse_spec(data)

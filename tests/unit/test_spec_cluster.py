@@ -86,3 +86,45 @@ def test_etcd_is_the_default_when_endpoints_are_given_else_vrrp() -> None:
 def test_bad_cluster_specs_name_the_field(cluster: dict[str, Any], expected: str) -> None:
     got = errors(base(**cluster))
     assert expected in [f"f.yaml: {g}" for g in got], got
+
+
+def group(**instances: Any) -> dict[str, Any]:
+    return {"instances": {"command": ["x", "--host", "{host}", "--port", "{port}"], **instances}}
+
+
+def with_groups(groups: dict[str, Any], **cluster: Any) -> dict[str, Any]:
+    spec = base(**cluster)
+    spec["target_groups"] = groups
+    return spec
+
+
+ETCD = {"nodes": NODES, "vip": "10.0.0.100/24", "etcd": ["http://10.0.0.2:2379"]}
+
+
+def test_placement_per_node_names_the_cluster_s_nodes_and_adds_up_to_count() -> None:
+    ok = parse_spec(with_groups({"web": group(count=3, placement={"a": 2, "b": 1})}, **ETCD))
+    inst = ok.target_groups["web"].instances
+    assert inst is not None and inst.placement == {"a": 2, "b": 1}
+    assert parse_spec(with_groups({"web": group()}, **ETCD)).target_groups["web"].instances.placement == "spread"  # type: ignore[union-attr]
+    assert errors(with_groups({"web": group(count=2, placement={"a": 1, "x": 1})}, **ETCD)) == [
+        "target_groups.web.instances.placement.x: no node 'x'; nodes: a, b"]
+    assert errors(with_groups({"web": group(count=3, placement={"a": 1, "b": 1})}, **ETCD)) == [
+        "target_groups.web.instances.placement: the actives per node add up to 2, not count (3)"]
+    assert errors(with_groups({"web": group(count=2, placement={"a": 2})})) == [
+        "target_groups.web.instances.placement: actives per node need a cluster: section"]
+
+
+def test_a_cluster_refuses_what_does_not_run_across_nodes_yet() -> None:
+    vrrp = {"nodes": NODES, "vip": "10.0.0.100/24", "coordination": "vrrp"}
+    assert errors(with_groups({"web": group(ports="auto")}, **vrrp)) == [
+        "target_groups.web.instances.ports: coordination vrrp has no store to publish the instances' ports: give a "
+        "range (e.g. 9101-9110); instance i of the group listens on the range's i-th port of its node"]
+    assert parse_spec(with_groups({"web": group(ports="9101-9102")}, **vrrp)).cluster is not None
+    replicated = {"db": {"instances": {"command": ["redis-server", "--port", "{port}"], "count": 1, "standby": 1},
+                         "replicated": {"kind": "redis"}}}
+    spec = base(**ETCD)
+    spec["target_groups"] = replicated
+    spec["listeners"] = [{"port": 0, "protocol": "tcp", "default_target_group": "db"}]
+    msgs = errors(spec)
+    assert any(m.startswith("target_groups.db.replicated: a replicated store does not run across cluster nodes yet")
+               for m in msgs), msgs

@@ -1,5 +1,6 @@
 """How a command finds the running fivenines: its admin URL and token, from ``--admin``,
-``-f SPEC`` (or ``./fivenines.yaml``) and ``--token-file``; the options that say so.
+``-f SPEC`` (or ``./fivenines.yaml``) and ``--token-file``; the options that say so. With a
+cluster spec, the node running on this machine (``$FIVENINES_NODE`` when there are several).
 
 Only the few keys needed are read from the spec (``name``, ``state_dir``, ``admin``),
 so that a spec with a pending (even invalid) edit still finds the fivenines that runs
@@ -72,6 +73,8 @@ def locate(spec_file: str | None) -> Located | None:
         state_dir = state_dir_for(name, raw.get("state_dir"), path)
         listen = str(admin.get("listen", DEFAULT_ADMIN))
         token_file = admin.get("token_file")
+        if raw.get("cluster"):
+            state_dir = _node_dir(path, state_dir, [str(n["name"]) for n in raw["cluster"].get("nodes") or []])
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         fail(f"{path}: cannot find the running fivenines from it: {exc}", EXIT_USAGE)
     token = spec_base_dir(Path(path)) / str(token_file) if token_file else state_dir / TOKEN_NAME
@@ -81,6 +84,29 @@ def locate(spec_file: str | None) -> Located | None:
         return Located(str(info["admin"]), token)
     except (OSError, ValueError, KeyError, TypeError):
         return Located(f"http://{listen}", token)
+
+
+def _alive(run_dir: Path) -> bool:
+    from fivenines.runtime.paths import RUN_FILE
+
+    try:
+        os.kill(int(json.loads((run_dir / RUN_FILE).read_text())["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _node_dir(path: str, state_dir: Path, nodes: list[str]) -> Path:
+    """A cluster spec: the state dir of the node running here (``STATE_DIR/node-NAME``; the one in
+    ``$FIVENINES_NODE`` when several run on this machine)."""
+    wanted = os.environ.get("FIVENINES_NODE")
+    if wanted:
+        return state_dir / f"node-{wanted}"
+    live = [n for n in nodes if _alive(state_dir / f"node-{n}")]
+    if len(live) > 1:
+        fail(f"{path}: nodes {', '.join(live)} of this cluster run on this machine: say which with "
+             "FIVENINES_NODE=NAME, or give --admin", EXIT_USAGE)
+    return state_dir / f"node-{live[0] if live else nodes[0]}"
 
 
 def admin_url(admin: str | None, spec_file: str | None) -> str:

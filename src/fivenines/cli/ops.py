@@ -36,8 +36,11 @@ def state_cell(state: str | None) -> str:
 
 def render_status(status: dict[str, Any]) -> Table:
     table = Table(title=f"fivenines: {status.get('name', '')}", title_justify="left")
-    for col in ("group", "target", "address", "state", "reason", "role", "pid", "since", "requests", "errors"):
-        table.add_column(col, justify="right" if col in ("pid", "requests", "errors") else "left")
+    clustered = "cluster" in status
+    cols = ("group", "target", "node", "address", "state", "reason", "role", "pid", "since", "requests", "errors")
+    for col in cols:
+        if col != "node" or clustered:
+            table.add_column(col, justify="right" if col in ("pid", "requests", "errors") else "left")
     for gname, g in status.get("target_groups", {}).items():
         for t in g["targets"]:
             reason = t.get("reason") or ""
@@ -57,6 +60,7 @@ def render_status(status: dict[str, Any]) -> Table:
             table.add_row(
                 gname,
                 t["id"],
+                *([t.get("node") or "-"] if clustered else []),
                 t["address"],
                 state_cell(t["state"]),
                 reason,
@@ -69,7 +73,30 @@ def render_status(status: dict[str, Any]) -> Table:
     return table
 
 
+def render_cluster(c: dict[str, Any]) -> Table:
+    """Every node of the cluster, who holds the VIP and since when, as this node sees it."""
+    how = (f"lease {c.get('lease') or '-'}, fencing revision {c.get('fencing_revision') or '-'}" if c["mode"] == "etcd"
+           else f"VRRP {c.get('vrrp_state') or '-'}")
+    since = f" since {str(c['holder_since'])[11:19]}" if c.get("holder_since") else ""
+    table = Table(title=f"cluster ({c['mode']}): VIP {c['vip']} held by {c.get('holder') or 'nobody'}{since}; {how}",
+                  title_justify="left")
+    for col in ("node", "address", "zone", "state", "VIP", "instances", "admin"):
+        table.add_column(col)
+    for n in c.get("nodes", []):
+        name = f"{n['name']} (this node)" if n.get("this_node") else n["name"]
+        state = n["state"] if n.get("same_layout") is not False else f"{n['state']}, placed differently: another spec?"
+        table.add_row(name, n["address"], n.get("zone") or "", state, "holds" if n.get("holds_vip") else "",
+                      " ".join(n.get("instances", [])), n.get("admin") or "")
+    return table
+
+
 def print_status(data: dict[str, Any]) -> None:
+    if data.get("cluster"):
+        c = data["cluster"]
+        out.print(render_cluster(c))
+        if not c.get("healthy"):
+            out.print(f"[yellow]node {c['node']} may not hold the VIP: {escape(c.get('health') or '')}[/]", markup=True)
+        out.print(f"operator state: {c.get('operator_state')}")
     out.print(render_status(data))
     plane = data.get("data_plane", "")
     if plane and plane != "compiled":

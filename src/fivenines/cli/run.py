@@ -16,7 +16,7 @@ from rich.markup import escape
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument, warn
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy import aio
-from fivenines.spec import json_schema, not_served_yet
+from fivenines.spec import Spec, json_schema, node_error, not_served_yet, port_errors
 
 
 @click.command()
@@ -45,14 +45,21 @@ def validate(spec_file: str, no_port_check: bool) -> None:
               help="fivenines' own log on stderr: human-readable, or one JSON object per line.")
 @click.option("--access-log", metavar="PATH",
               help="Log every proxied request (Common Log Format + target + duration) to PATH ('-': stdout).")
-def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, access_log: str | None) -> None:
+@click.option("--node", metavar="NAME", help="Run as this node of the spec's cluster: section (docs/cluster.md).")
+def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, access_log: str | None,
+       node: str | None) -> None:
     """Start the instances of SPEC_FILE behind the load balancer and keep them healthy.
 
-    SIGHUP (or `fivenines reload`) re-reads SPEC_FILE and applies the difference.
+    SIGHUP (or `fivenines reload`) re-reads SPEC_FILE and applies the difference. With a
+    cluster: section, every node runs the same SPEC_FILE with --node NAME.
     """
-    spec = load(spec_file, check_ports=True)
+    spec = load(spec_file, check_ports=False)
+    spec = _as_node(spec_file, spec, node)
     if not_served_yet(spec):
         raise SpecError(spec_file, not_served_yet(spec))
+    problems = port_errors(spec)
+    if problems:
+        raise SpecError(spec_file, problems)
     from fivenines.runtime.logs import setup_logging
 
     setup_logging(log_level, log_format)
@@ -73,6 +80,12 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
                       f"{escape(accel.reason())}", markup=True)
         for u in urls:
             err.print(f"  open        {u}")
+        if ctl.cluster is not None:
+            c = ctl.cluster
+            err.print(f"  node        {c.node} ({c.address}) of {', '.join(n.name for n in c.layout.nodes)}; "
+                      f"VIP {c.cluster.vip} on {c.cluster.interface} by {c.mode}")
+            for line in c.layout.describe():
+                err.print(f"  placement   {line}")
         err.print(f"  dashboard   {ctl.admin.url}/")
         err.print(f"  status      fivenines status -f {spec_file}")
         err.print(f"  logs        {ctl.state_dir / 'logs'}")
@@ -80,12 +93,33 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
         StartupProgress(ctl)
 
     try:
-        code = aio.run(run(spec, spec_file, ready_file=ready_file, announce=announce, access_log=access_log))
+        code = aio.run(run(spec, spec_file, ready_file=ready_file, announce=announce, access_log=access_log,
+                           node=node))
     except SpecError:
         raise
     except ConfigError as exc:
         fail(f"{spec_file}: {exc}", EXIT_USAGE)
     sys.exit(code)
+
+
+def _as_node(spec_file: str, spec: Spec, node: str | None) -> Spec:
+    """The spec as ``--node NODE`` runs it (unchanged without a cluster: section), after checking
+    that this host can run that node (exit 2 otherwise, nothing started)."""
+    problem = node_error(spec, node)
+    if problem is not None:
+        raise SpecError(spec_file, [problem])
+    if spec.cluster is None or node is None:
+        return spec
+    from fivenines.core.membership import node_spec
+    from fivenines.runtime.node import preflight
+
+    spec = node_spec(spec, node)
+    problems, warnings = preflight(spec, node)
+    if problems:
+        raise SpecError(spec_file, problems)
+    for w in warnings:
+        warn(f"{spec_file}: {w}")
+    return spec
 
 
 class StartupProgress:

@@ -14,7 +14,8 @@ States and reason codes are ELB's:
   ``Target.ResponseCodeMismatch``, ``Target.FailedHealthChecks``);
 * an ``unhealthy`` target becomes ``healthy`` after ``healthy_threshold`` passes;
 * a supervised target whose process exits is ``unhealthy`` at once
-  (``Target.ProcessExited``: fivenines knows, so it need not wait for checks);
+  (``Target.ProcessExited``: fivenines knows, so it need not wait for checks); so is a
+  target on a cluster node that left the cluster (``Target.NodeLost``: its lease expired);
 * ``draining`` (``Target.DeregistrationInProgress``) and ``unused``
   (``Target.NotInUse``) are entered on request and left by re-registering.
 
@@ -51,6 +52,7 @@ class Reason(str, Enum):
     DEREGISTRATION_IN_PROGRESS = "Target.DeregistrationInProgress"
     NOT_IN_USE = "Target.NotInUse"
     PROCESS_EXITED = "Target.ProcessExited"
+    NODE_LOST = "Target.NodeLost"
 
 
 class Input(str, Enum):
@@ -131,6 +133,10 @@ class TargetHealth:
         """The target's process is gone: unhealthy at once."""
         return self._feed(Input.EXITED, CheckResult.failed(Reason.PROCESS_EXITED, detail), now)
 
+    def lost(self, now: float, detail: str = "") -> Transition | None:
+        """The cluster node the target lives on is gone: unhealthy at once, as for an exit."""
+        return self._feed(Input.EXITED, CheckResult.failed(Reason.NODE_LOST, detail), now)
+
     def register(self, now: float) -> Transition | None:
         """(Re-)register the target: back to ``initial``, counting from zero."""
         return self._feed(Input.REGISTER, None, now)
@@ -179,7 +185,7 @@ def _exited(h: TargetHealth, r: CheckResult | None, now: float) -> Transition | 
     assert r is not None
     h.passes = 0
     h.failures = max(h.failures, h.unhealthy_threshold)
-    return h._move(HealthState.UNHEALTHY, Reason.PROCESS_EXITED, now, r.detail)
+    return h._move(HealthState.UNHEALTHY, r.reason or Reason.PROCESS_EXITED, now, r.detail)
 
 
 def _register(h: TargetHealth, r: CheckResult | None, now: float) -> Transition | None:

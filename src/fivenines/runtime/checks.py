@@ -77,7 +77,7 @@ class Checks:
             check = make_check(hc, lambda: (t.backend.host, t.backend.port), t.id,
                                env=slot.env if slot else None, cwd=slot.cwd if slot else None)
         await probe_loop(check, hc.interval, lambda r: self.on_check(t, r), rng=self.ctx.rng,
-                         ready=slot.running if slot else None)
+                         ready=slot.running if slot else t.reachable)
 
     def on_check(self, t: TargetRuntime, result: CheckResult) -> None:
         if self.ctx.stopping:
@@ -103,8 +103,9 @@ class Checks:
         rng = self.ctx.rng
         await asyncio.sleep(rng.uniform(0.05, 0.25) * ag.interval)
         while not self.ctx.stopping:
-            if t.slot is not None and not t.slot.running.is_set():
-                await t.slot.running.wait()
+            ready = t.slot.running if t.slot is not None else t.reachable
+            if ready is not None and not ready.is_set():
+                await ready.wait()
                 continue
             port = ag.port or hc.port or t.backend.port
             try:

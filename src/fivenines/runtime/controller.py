@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from fivenines.runtime.draining import Draining
 from fivenines.runtime.events import EventLog
 from fivenines.runtime.instances import Instances
 from fivenines.runtime.interface import CommandRefused, FrontEnd, Refusal, ReloadResult
+from fivenines.runtime.node import ClusterNode
 from fivenines.runtime.operator import Operator
 from fivenines.runtime.ports import allocate_ports, release_ports
 from fivenines.runtime.reconcile import Reconciler
@@ -69,7 +71,10 @@ class Controller:
     """Runs one spec on this machine."""
 
     def __init__(self, spec: Spec, spec_path: str | Path | None = None, *, rng: random.Random | None = None,
-                 settings: ProxySettings | None = None, access_log: AccessLogSink | None = None) -> None:
+                 settings: ProxySettings | None = None, access_log: AccessLogSink | None = None,
+                 node: str | None = None) -> None:
+        """``node``: run ``spec`` (as :func:`fivenines.core.membership.node_spec` gives it) as that
+        node of its ``cluster:`` (:mod:`.node`)."""
         ctx = self.ctx = RuntimeContext(spec, Path(spec_path) if spec_path else None, rng or random.Random())
         self.data_plane = DataPlane(ctx, settings, access_log)
         self.reconciler = Reconciler(ctx, self.data_plane)
@@ -80,6 +85,7 @@ class Controller:
         self.operator = Operator(ctx, self.reconciler, self.draining)
         self.reloader = Reloader(ctx, self.reconciler, self.data_plane, self.instances, self.checks, self.draining)
         self.statefile = StateFile(ctx, ctx.state_dir / "health-state.json")
+        self.cluster = ClusterNode(ctx, node, self.reconciler, self.operator, self.data_plane) if node else None
         self._admin: FrontEnd | None = None  # the admin API, when the entry point gave one
         self.started_at = 0.0
         self.stopped = asyncio.Event()
@@ -171,6 +177,12 @@ class Controller:
             self.reconciler.reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
         self.statefile.start()
+        if self.cluster is not None:  # serving and checking: now join the cluster and stand for the VIP
+            try:
+                await self.cluster.start(self.admin_url)
+            except ConfigError:
+                await self.stop()
+                raise
 
     def _build_groups(self) -> None:
         ctx = self.ctx
@@ -179,6 +191,10 @@ class Controller:
         for name, tg in ctx.spec.target_groups.items():
             g = GroupRuntime(name, tg, clock=ctx.now)
             ctx.groups[name] = g
+            placed = self.cluster is not None and self.cluster.build(  # on the cluster's nodes
+                g, self.instances.new_instance_target, taken, self._port_holds, now)
+            if placed:
+                continue
             if tg.instances is not None:
                 inst = tg.instances
                 ports = allocate_ports(inst.ports, inst.total, taken, self._port_holds)
@@ -204,6 +220,8 @@ class Controller:
             await self.stopped.wait()
             return
         ctx.stopping = True
+        if self.cluster is not None:  # the VIP goes to another node first, then this node drains
+            await self.cluster.stop()
         if self._started:
             self.statefile.stop()
         await self.reloader.stop()
@@ -246,6 +264,8 @@ class Controller:
         for g in self.ctx.groups.values():
             decisions += self.reconciler.tick(g, now)
             self.rollouts.step(g, now)
+        if self.cluster is not None:
+            self.cluster.tick(now)
         return decisions
 
     # ------------------------------------------------------------------ read models
@@ -262,8 +282,11 @@ class Controller:
         return self._admin.url if self._admin is not None else None
 
     def status(self) -> dict[str, Any]:
-        return service_status(self.ctx, self.data_plane, started_at=self.started_at, admin_url=self.admin_url,
-                              config=self.reloader.status())
+        out = service_status(self.ctx, self.data_plane, started_at=self.started_at, admin_url=self.admin_url,
+                             config=self.reloader.status())
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.status()
+        return out
 
     def target(self, target_id: str) -> TargetRuntime | None:
         return self.ctx.target(target_id)
@@ -305,10 +328,16 @@ class Controller:
     # ------------------------------------------------------------------ commands in
 
     def act(self, target_id: str, action: str, source: str = "admin API") -> dict[str, Any]:
-        return target_status(self.ctx, self.operator.act(target_id, action, source), self.now())
+        t = self.operator.act(target_id, action, source)
+        if self.cluster is not None:
+            self.cluster.operator_changed(t, source)  # every node applies it (etcd)
+        return target_status(self.ctx, t, self.now())
 
     def set_weight(self, target_id: str, weight: int, source: str = "admin API") -> dict[str, Any]:
-        return target_status(self.ctx, self.operator.set_weight(target_id, weight, source), self.now())
+        t = self.operator.set_weight(target_id, weight, source)
+        if self.cluster is not None:
+            self.cluster.operator_changed(t, source)
+        return target_status(self.ctx, t, self.now())
 
     def deregister(self, target_id: str) -> str:
         """Start draining a target (no operator state kept: see :meth:`act` for that)."""
@@ -318,6 +347,11 @@ class Controller:
         return self.draining.register(target_id)
 
     async def reload(self, source: str = "admin API") -> ReloadResult:
+        if self.cluster is not None:
+            why = ("a cluster node does not reload its spec yet (the placement and the other nodes would have "
+                   "to follow): restart the nodes one at a time")
+            self.ctx.emit("reload", "", "", f"generation {self.generation}", "rejected", f"{source}: {why}")
+            return ReloadResult(False, source, self.generation, time.time(), errors=[why])
         return await self.reloader.reload(source)
 
     def request_reload(self, source: str) -> None:

@@ -39,9 +39,9 @@ class Instances:
     # ------------------------------------------------------------------ a target's life
 
     def new_instance_target(self, g: GroupRuntime, index: int, tid: str, port: int, role: Role,
-                            now: float) -> TargetRuntime:
+                            now: float, host: str = "127.0.0.1") -> TargetRuntime:
         return instance_target(g, index, tid, port, role, now, base_dir=self.ctx.base_dir,
-                               log_dir=self.ctx.state_dir / "logs")
+                               log_dir=self.ctx.state_dir / "logs", host=host)
 
     def new_static_target(self, g: GroupRuntime, index: int, tid: str, address: str, weight: int,
                           now: float) -> TargetRuntime:
@@ -88,7 +88,7 @@ class Instances:
             return
         slot.process = proc
         slot.lifecycle.started(proc.pid, now)
-        t.backend.move_to("127.0.0.1", slot.port)
+        t.backend.move_to(slot.host, slot.port)
         t.group.backends.notify("move", t.backend)
         ctx.event("instance", t, "", "running", f"started pid {proc.pid} on port {slot.port}")
         if slot.lifecycle.restarts:

@@ -209,11 +209,28 @@ class Etcd:
         kvs = doc.get("kvs") or []
         return (kvs[0] if kvs else None), int(doc.get("header", {}).get("revision", 0))
 
-    async def watch(self, key: str, start_revision: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """etcd's watch responses for ``key`` (from ``start_revision``; 0: from now) as they come:
+    async def read_prefix(self, prefix: str, range_end: bytes) -> tuple[list[dict[str, Any]], int]:
+        """Every kv with a key in ``[prefix, range_end)`` and etcd's revision when it answered."""
+        doc = await self.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(range_end)})
+        return list(doc.get("kvs") or []), int(doc.get("header", {}).get("revision", 0))
+
+    async def put(self, key: str, value: str, lease: str | None = None) -> int:
+        """Set ``key`` (attached to ``lease`` when given); etcd's revision after the write."""
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease is not None:
+            body["lease"] = lease
+        doc = await self.call("/v3/kv/put", body)
+        return int(doc.get("header", {}).get("revision", 0))
+
+    async def watch(self, key: str, start_revision: int = 0,
+                    range_end: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
+        """etcd's watch responses for ``key`` (every key in ``[key, range_end)`` with ``range_end``;
+        from ``start_revision``, 0: from now) as they come:
         ``{"header": {"revision": ...}, "events": [{"type": "DELETE"?, "kv": {...}}]}``.
         Ends with :class:`EtcdError` when the stream breaks; the caller re-reads and watches again."""
         body: dict[str, Any] = {"create_request": {"key": b64(key)}}
+        if range_end is not None:
+            body["create_request"]["range_end"] = b64(range_end)
         if start_revision:
             body["create_request"]["start_revision"] = str(start_revision)
         loop = asyncio.get_running_loop()

@@ -99,7 +99,9 @@ class StateFile:
         done = []
         for g in ctx.groups.values():
             for t in g.targets:
-                r = decide(records.get(t.id), t.fingerprint, t.slot is not None, saved_at, now_wall, self.max_age)
+                # an instance another cluster node runs is supervised too (there): its health is not restored
+                supervised = t.slot is not None or t.reachable is not None
+                r = decide(records.get(t.id), t.fingerprint, supervised, saved_at, now_wall, self.max_age)
                 if t.id in records and not r.anything:
                     ctx.emit("restore", g.name, t.id, "", "", f"not restored: {r.why}", at=now_mono)
                     continue

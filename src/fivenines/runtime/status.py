@@ -106,6 +106,7 @@ def target_status(ctx: RuntimeContext, t: TargetRuntime, now: float) -> dict[str
     out: dict[str, Any] = {
         "id": t.id,
         "address": b.address,
+        "node": t.node,  # in a cluster: the node it lives on
         "state": h.state.value,
         "reason": h.reason.value if h.reason else None,
         "detail": h.detail,

@@ -64,9 +64,11 @@ class InstanceSlot:
     """A supervised process slot: its lifecycle, its current process and its logs."""
 
     def __init__(self, target_id: str, port: int, argv: list[str] | str, env: dict[str, str], cwd: str | None,
-                 shell: bool, stop_timeout: float, policy: RestartPolicy, log_dir: Path) -> None:
+                 shell: bool, stop_timeout: float, policy: RestartPolicy, log_dir: Path,
+                 host: str = "127.0.0.1") -> None:
         self.target_id = target_id
         self.port = port
+        self.host = host  # where it listens: loopback, or its cluster node's address
         self.argv = argv
         self.env = env
         self.cwd = cwd
@@ -85,7 +87,7 @@ class InstanceSlot:
 
     def command(self) -> list[str]:
         def sub(s: str) -> str:
-            return s.replace("{port}", str(self.port)).replace("{id}", self.target_id)
+            return s.replace("{port}", str(self.port)).replace("{id}", self.target_id).replace("{host}", self.host)
 
         if isinstance(self.argv, str):
             return [sub(self.argv)]
@@ -119,6 +121,9 @@ class TargetRuntime:
         self.admin_state: AdminState | None = None  # what an operator asked (drain, maintenance)
         self.spec_weight = weight  # the spec's; base_weight differs when an operator set it
         self.fingerprint = fingerprint(group.name, group.spec, None if slot else self.backend.address)
+        self.node: str | None = None  # in a cluster: the node it lives on
+        # an instance on another cluster node: set while its node publishes its address (checks wait)
+        self.reachable: asyncio.Event | None = None
 
     @property
     def excluded(self) -> str:
@@ -131,7 +136,10 @@ class TargetRuntime:
 
     @property
     def running(self) -> bool:
-        """Its process runs (always true of a target fivenines does not run)."""
+        """Its process runs (always true of a target fivenines does not run; for an instance on
+        another cluster node: while its node publishes it)."""
+        if self.reachable is not None:
+            return self.reachable.is_set()
         return self.slot is None or (self.slot.process is not None and self.slot.process.running)
 
     def member(self, now: float | None = None) -> Member:
@@ -199,18 +207,35 @@ def restart_policy(tg: TargetGroupSpec) -> RestartPolicy:
 
 
 def instance_target(g: GroupRuntime, index: int, tid: str, port: int, role: Role, now: float, *,
-                    base_dir: Path, log_dir: Path) -> TargetRuntime:
-    """A target whose process fivenines runs (``instances:``), on loopback ``port``."""
+                    base_dir: Path, log_dir: Path, host: str = "127.0.0.1") -> TargetRuntime:
+    """A target whose process fivenines runs (``instances:``), on ``host:port`` (loopback, or its
+    cluster node's address: ``{host}`` in the command and ``FIVENINES_HOST`` say which)."""
     inst = g.spec.instances
     assert inst is not None
     env = dict(os.environ)
-    env.update({k: v.replace("{port}", str(port)).replace("{id}", tid) for k, v in inst.env.items()})
+    env.update({k: v.replace("{port}", str(port)).replace("{id}", tid).replace("{host}", host)
+                for k, v in inst.env.items()})
     env["FIVENINES_TARGET_ID"] = tid
     env["FIVENINES_PORT"] = str(port)
+    env["FIVENINES_HOST"] = host
     cwd = inst.cwd or str(base_dir)
     slot = InstanceSlot(tid, port, inst.command, env, cwd, inst.shell, inst.stop_timeout, restart_policy(g.spec),
-                        log_dir)
-    return TargetRuntime(g, index, tid, "127.0.0.1", port, role, slot, now)
+                        log_dir, host)
+    return TargetRuntime(g, index, tid, host, port, role, slot, now)
+
+
+def remote_target(g: GroupRuntime, index: int, tid: str, node: str, address: str | None, role: Role,
+                  now: float) -> TargetRuntime:
+    """An instance another cluster node runs: checked and balanced here, supervised there. With
+    ``address`` None (not published yet) its checks wait until :attr:`TargetRuntime.reachable` is set."""
+    host, port = split_hostport(address) if address else ("0.0.0.0", 0)
+    t = TargetRuntime(g, index, tid, host, port, role, None, now)
+    t.node = node
+    t.fingerprint = fingerprint(g.name, g.spec, f"cluster node {node}")
+    t.reachable = asyncio.Event()
+    if address:
+        t.reachable.set()
+    return t
 
 
 def static_target(g: GroupRuntime, index: int, tid: str, address: str, weight: int, now: float) -> TargetRuntime:

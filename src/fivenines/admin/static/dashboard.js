@@ -65,11 +65,36 @@
     body.replaceChildren(...rows);
   }
 
+  // a node of a cluster: every node, who holds the VIP and since when, the lease or VRRP state
+  function renderCluster(status) {
+    const box = document.getElementById("cluster");
+    const c = status.cluster;
+    box.hidden = !c;
+    if (!c) return;
+    const since = c.holder_since ? " since " + new Date(c.holder_since).toLocaleTimeString() : "";
+    const how = c.mode === "etcd" ? `lease ${c.lease || "–"} · fencing revision ${c.fencing_revision || "–"}`
+      : `VRRP ${c.vrrp_state || "–"}`;
+    document.getElementById("cluster-summary").textContent =
+      `${c.mode} · VIP ${c.vip} held by ${c.holder || "nobody"}${since} · ${how} · operator state ${c.operator_state}` +
+      (c.healthy ? "" : ` · this node may not hold the VIP: ${c.health}`);
+    const rows = c.nodes.map((n) => el("tr", { "data-node": n.name, "data-state": n.state, "data-vip": n.holds_vip ? "1" : "",
+      class: n.state === "lost" ? "state-unhealthy" : "" },
+      el("td", {}, n.name + (n.this_node ? " (this node)" : "")), el("td", {}, n.address), el("td", {}, n.zone || ""),
+      el("td", {}, n.state + (n.same_layout === false ? " · placed differently: another spec?" : "")),
+      el("td", { class: "role-active" }, n.holds_vip ? "holds the VIP" : ""), el("td", {}, (n.instances || []).join(" ")),
+      el("td", { class: "muted" }, n.admin || "")));
+    document.querySelector("#nodes tbody").replaceChildren(...rows);
+  }
+
   function renderGroups(status, dt) {
     const box = document.getElementById("groups");
+    const clustered = !!status.cluster;
     const sections = Object.entries(status.target_groups).map(([name, g]) => {
-      const head = el("tr", {}, ...["target", "state", "reason", "role", "address", "pid", "req/s", "err/s",
-        "errors %", "latency", "in flight", "weight"].map((h, i) => el("th", { class: i >= 6 ? "num" : "" }, h)));
+      const cols = ["target", "state", "reason", "role", "address", "pid", "req/s", "err/s",
+        "errors %", "latency", "in flight", "weight"];
+      if (clustered) cols.splice(4, 0, "node");
+      const firstNum = cols.indexOf("req/s");
+      const head = el("tr", {}, ...cols.map((h, i) => el("th", { class: i >= firstNum ? "num" : "" }, h)));
       const rows = g.targets.map((t) => {
         const p = prev && prev.targets[t.id];
         const rq = rate(t.requests, p && p.requests, dt);
@@ -78,11 +103,13 @@
         const lat = p && dn > 0 ? (t.latency.sum_s - p.latency_sum) / dn : null;
         const pct = rq && rq > 0 && er !== null ? ((100 * er) / rq).toFixed(1) + "%" : "–";
         const reason = t.admin_state ? t.admin_state + " by operator" : t.excluded || t.reason || "";
-        return el("tr", { "data-target": t.id, "data-state": t.state, "data-role": t.role, class: "state-" + t.state },
+        return el("tr", { "data-target": t.id, "data-state": t.state, "data-role": t.role, "data-node": t.node || "",
+          class: "state-" + t.state },
           el("td", {}, t.id),
           el("td", {}, el("span", { class: "badge " + t.state }, t.state)),
           el("td", { class: "muted" }, reason),
           el("td", { class: "role-" + t.role }, t.role),
+          ...(clustered ? [el("td", {}, t.node || "–")] : []),
           el("td", {}, t.address), el("td", { class: "num" }, t.pid || ""),
           el("td", { class: "num" }, fmtRate(rq)), el("td", { class: "num" }, fmtRate(er)),
           el("td", { class: "num" }, pct), el("td", { class: "num" }, fmtMs(lat)),
@@ -146,6 +173,7 @@
       document.title = "fivenines · " + status.name;
       document.getElementById("uptime").textContent = fmtUptime(status.uptime_s);
       document.getElementById("generation").textContent = status.config ? "· config generation " + status.config.generation : "";
+      renderCluster(status);
       renderListeners(status, dt);
       renderGroups(status, dt);
       remember(status, t);
