@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from fivenines.errors import ProviderError
-from fivenines.rig.netlink import RouteSocket
+from fivenines.runtime.netlink import RouteSocket
 from fivenines.runtime.supervisor import die_with_parent
 
 T = TypeVar("T")
@@ -393,6 +393,15 @@ class Rig:
 
     def route_socket(self, host: str) -> RouteSocket:
         return self.call_in(host, RouteSocket)
+
+    def mac(self, host: str) -> str:
+        """The hardware address of ``host``'s interface, e.g. ``6a:1f:...``."""
+        h = self.host(host)
+        out = _run(["ip", "-n", h.netns, "-o", "link", "show", "dev", h.interface]).stdout
+        m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+        if m is None:
+            raise RigError(f"no MAC address for {host}'s {h.interface}: {out.strip()}")
+        return m.group(1)
 
     def pids(self, host: str) -> list[int]:
         inode = netns_inode(self.host(host).netns)
