@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -26,8 +27,10 @@ from fivenines.errors import FivenineError, SpecError
 from fivenines.runtime.cluster import ElectionRunner, leader_key
 from fivenines.runtime.keepalived import Keepalived, config_for
 from fivenines.runtime.lease import Etcd
-from fivenines.runtime.vip import Vip
+from fivenines.runtime.vip import Fence, Vip
 from fivenines.spec import ClusterSpec, load_spec, node_error
+
+log = logging.getLogger("fivenines.cluster")
 
 
 def write_status(path: Path | None, status: dict[str, Any]) -> None:
@@ -60,6 +63,15 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
         await runner.stop()
         write_status(status_file, {"mode": "etcd", **runner.status()})
         return 0
+    # keepalived moves the address; fivenines only makes a node whose balancer is gone ignore
+    # connections to it rather than refuse them (a SIGKILLed keepalived leaves its address behind)
+    quiet: Fence | None = Fence(str(ipaddress.IPv4Interface(cluster.vip).ip), gate=False)
+    try:
+        assert quiet is not None
+        quiet.install()
+    except FivenineError as exc:
+        log.warning("connections to the VIP with no listener will be refused: %s", exc)
+        quiet = None
     ka: Keepalived | None = None
 
     def on_state(state: str) -> None:
@@ -71,6 +83,9 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
     write_status(status_file, {"node": node, **ka.status()})
     await stop.wait()
     await ka.stop()
+    if quiet is not None:
+        with contextlib.suppress(FivenineError):
+            quiet.remove()
     write_status(status_file, {"node": node, **ka.status(), "state": "STOP", "holds_vip": False})
     return 0
 

@@ -7,6 +7,7 @@ with SIGKILL leaves its address behind. Both are shown here, as docs/cluster.md 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -109,6 +110,17 @@ def test_a_keepalived_killed_with_sigkill_leaves_its_address_behind(pair: dict[s
     time.sleep(0.3)
     assert watch.holders == ("a", "b"), "keepalived leaves a SIGKILLed node's address: two holders"
     assert watch.moments_of_two()
+
+    def connect() -> str:
+        try:
+            socket.create_connection((VIP, pair["port"]), 0.3).close()
+        except OSError as exc:
+            return type(exc).__name__
+        return "connected"
+
+    # fivenines' rule stays behind: the dead node ignores connections to the VIP (a client retransmits,
+    # to the new holder once it has announced itself) rather than refusing them
+    assert rig.call_in(first, connect) == "TimeoutError"
 
 
 def test_a_partition_between_the_two_makes_two_masters_then_one_again(pair: dict[str, Any]) -> None:

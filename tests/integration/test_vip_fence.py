@@ -4,6 +4,7 @@ millisecond, while its address is still configured; a new process starts with th
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,24 @@ def test_a_new_process_starts_with_the_fence_closed(rig: Rig, tmp_path: Path) ->
     last = probe.last_answer("a")
     assert last is not None and restarted - 0.5 < last < installed, probe.timeline()
     assert probe.first_answer("a", installed) is None and installed + 0.3 < until
+
+
+def test_a_connection_nothing_listens_for_is_ignored_not_refused(rig: Rig, tmp_path: Path) -> None:
+    """A holder whose balancer died does not refuse connections to the VIP: the client's SYN goes
+    unanswered, so its retransmission can reach the next holder. Its own address still refuses."""
+    until, _ = holder(rig, tmp_path, "first", "10")
+    assert until is not None
+
+    def connect(address: str) -> str:
+        try:
+            socket.create_connection((address, 8080), 0.3).close()
+        except OSError as exc:
+            return type(exc).__name__
+        return "connected"
+
+    assert rig.call_in("obs", connect, VIP) == "TimeoutError"
+    assert rig.call_in("obs", connect, rig.host("a").address) == "ConnectionRefusedError"
+    log = tmp_path / "demo.log"
+    rig.popen("a", [PY, "-m", "fivenines.demo", "--host", "0.0.0.0", "--port", "8080"], log=log)
+    wait_until(lambda: "listening on" in log.read_text(), 10, 0.02, what="the demo listening")
+    assert rig.call_in("obs", connect, VIP) == "connected"

@@ -37,6 +37,9 @@ def test_the_rules_drop_arp_and_ip_for_the_address_unless_it_is_in_the_live_set(
     assert "add rule arp fivenines output arp saddr ip 10.0.0.100 arp saddr ip != @live drop" in rules
     assert "add rule ip fivenines input ip daddr 10.0.0.100 ip daddr != @live drop" in rules
     assert "add rule ip fivenines output ip saddr 10.0.0.100 ip saddr != @live drop" in rules
+    # nothing listening: the SYN is dropped (the client retransmits) rather than refused
+    assert rules.endswith("add rule ip fivenines input ip daddr 10.0.0.100 tcp flags & (syn | ack) == syn drop\n")
+    assert "add rule ip fivenines input ip daddr 10.0.0.100 tcp flags & (syn | ack) == syn socket transparent 0 accept" in rules
     # installing replaces whatever a previous process left: the fence starts closed
     assert rules.index("delete table arp fivenines") < rules.index("add set arp fivenines live")
     with pytest.raises(ValueError):

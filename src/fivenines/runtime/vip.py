@@ -9,7 +9,9 @@ are, by a **fence** in the node's network namespace (nftables, two tables named
     table arp fivenines   drop ARP asking for the address, and ARP answering from it,
     table ip fivenines    drop IPv4 to the address, and from it,
 
-    unless the address is an element of the set ``live``, which has a timeout in ms.
+    unless the address is an element of the set ``live``, which has a timeout in ms;
+    and a connection to the address that nothing listens for is not refused but
+    ignored (its SYN dropped), so a client's retransmission reaches the next holder.
 
 Every hold (the election's :class:`~fivenines.core.election.HoldVip`, after each lease
 renewal) re-adds that element with a timeout that ends at the election's deadline, so
@@ -82,23 +84,39 @@ def announce(interface: str, address: str) -> None:
             s.send(frame)
 
 
-def fence_rules(address: str) -> str:
+def fence_rules(address: str, *, gate: bool = True) -> str:
     """The fence for ``address``, as one nft transaction that replaces any earlier one (closed).
+
+    ``gate=False``: only the rule that ignores connections nothing listens for (coordination:
+    vrrp, where keepalived moves the address).
 
     >>> print(fence_rules("10.0.0.100").splitlines()[3])
     add set arp fivenines live { type ipv4_addr; flags timeout; }
+    >>> fence_rules("10.0.0.100", gate=False).count("add table")
+    2
     """
     ipaddress.IPv4Address(address)
     lines = []
     for family, match in (("arp", "arp {dir} ip"), ("ip", "ip {dir}")):
+        if not gate and family == "arp":
+            continue
         t = f"{family} {FENCE_TABLE}"
-        lines += [f"add table {t}", f"delete table {t}", f"add table {t}",
-                  f"add set {t} {FENCE_SET} {{ type ipv4_addr; flags timeout; }}"]
+        lines += [f"add table {t}", f"delete table {t}", f"add table {t}"]
+        if gate:
+            lines.append(f"add set {t} {FENCE_SET} {{ type ipv4_addr; flags timeout; }}")
         hooks = (("input", "input" if family == "arp" else "prerouting", "daddr"), ("output", "output", "saddr"))
-        for chain, hook, direction in hooks:
+        for chain, hook, direction in hooks if gate else hooks[:1]:
             m = match.format(dir=direction)
-            lines += [f"add chain {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}",
-                      f"add rule {t} {chain} {m} {address} {m} != @{FENCE_SET} drop"]
+            lines.append(f"add chain {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}")
+            if gate:
+                lines.append(f"add rule {t} {chain} {m} {address} {m} != @{FENCE_SET} drop")
+    # A connection to the address on a port nothing listens on (the balancer died, the fence is still
+    # open) is not refused: the client's SYN is dropped, so its retransmission (1 s later) can reach
+    # the next holder instead of failing at once.
+    syn = f"ip daddr {address} tcp flags & (syn | ack) == syn"
+    lines += [f"add rule ip {FENCE_TABLE} input {syn} socket transparent 0 accept",
+              f"add rule ip {FENCE_TABLE} input {syn} socket transparent 1 accept",
+              f"add rule ip {FENCE_TABLE} input {syn} drop"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,10 +134,14 @@ def fence_open_commands(address: str, ms: int) -> str:
 
 
 class Fence:
-    """The nftables fence of ``address`` in this network namespace (see the module docstring)."""
+    """The nftables fence of ``address`` in this network namespace (see the module docstring).
 
-    def __init__(self, address: str, nft: Nft | None = None) -> None:
+    ``gate=False``: no gate, only connections nothing listens for ignored rather than refused.
+    """
+
+    def __init__(self, address: str, nft: Nft | None = None, *, gate: bool = True) -> None:
         self.address = str(ipaddress.IPv4Address(address))
+        self.gate = gate
         self._nft = nft
         self.open_until: float | None = None  # clock time it closes, as last set (None: closed)
 
@@ -134,7 +156,7 @@ class Fence:
 
     def install(self) -> None:
         """Put the fence in place, closed (replacing any a previous process left, open or not)."""
-        self.nft.run(fence_rules(self.address))
+        self.nft.run(fence_rules(self.address, gate=self.gate))
         self.open_until = None
 
     def open_until_time(self, until: float, clock: Callable[[], float]) -> float:
@@ -168,7 +190,8 @@ class Fence:
         return expires_in(out)
 
     def remove(self) -> None:
-        self.nft.run("\n".join(f"delete table {f} {FENCE_TABLE}" for f in ("arp", "ip")) + "\n")
+        families = ("arp", "ip") if self.gate else ("ip",)
+        self.nft.run("\n".join(f"delete table {f} {FENCE_TABLE}" for f in families) + "\n")
         self.open_until = None
 
 
