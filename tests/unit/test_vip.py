@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from fivenines.runtime.vip import Fence, expires_in, fence_open_commands, fence_rules
+from fivenines.runtime.nft import NftError
+from fivenines.runtime.vip import Fence, Vip, expires_in, fence_open_commands, fence_rules
 
 
 class FakeNft:
@@ -77,3 +78,38 @@ def test_a_deadline_passed_closes_the_fence_and_three_late_commits_in_a_row_too(
 ])
 def test_expires_reads_nfts_listing(listing: str, seconds: Any) -> None:
     assert expires_in(listing) == seconds
+
+
+class GoneOnce(FakeNft):
+    """The first command fails as if the tables had been flushed away."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__(clock, [])
+        self.failed = False
+
+    def run(self, commands: str) -> str:
+        if not self.failed:
+            self.failed = True
+            raise NftError("Error: No such file or directory")
+        return super().run(commands)
+
+
+class Addresses:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None, bool]] = []
+
+    def set_address(self, index: int, address: str, prefixlen: int, valid: float | None = None, *,
+                    exclusive: bool = False) -> None:
+        self.calls.append((address, None if valid is None else int(valid), exclusive))
+
+
+def test_a_fence_removed_under_the_holder_is_installed_again_at_the_next_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [50.0]
+    nft = GoneOnce(clock)
+    vip = Vip("10.0.0.100/24", "eth0", fence=Fence("10.0.0.100", nft))  # type: ignore[arg-type]
+    rt = Addresses()
+    vip._rt = rt  # type: ignore[assignment]
+    monkeypatch.setattr("fivenines.runtime.vip.announce", lambda interface, address: None)
+    assert vip.hold(50.5, 1, lambda: clock[0]) is True
+    assert nft.commands[0].startswith("add table arp fivenines") and "timeout 500ms" in nft.commands[1]
+    assert rt.calls == [("10.0.0.100", 1, True)]

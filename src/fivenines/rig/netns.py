@@ -414,8 +414,14 @@ class Rig:
     # -- faults ---------------------------------------------------------------------------
 
     def kill(self, host: str, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
-        """Send ``sig`` to every process of ``host``; for SIGKILL, wait until they are gone."""
-        pids = self.pids(host)
+        """Send ``sig`` to every process of ``host``; for SIGKILL, wait until they are gone.
+
+        SIGKILL and SIGSTOP hit the whole host at one instant, as a crash or a freeze would: every
+        process is stopped first (again, until no new one appears), so none can react to the
+        death or the stop of another (a child told of its parent's death by PR_SET_PDEATHSIG,
+        a supervisor restarting a child) before it is killed or stopped itself.
+        """
+        pids = self._stop_all(host) if sig in (signal.SIGKILL, signal.SIGSTOP) else self.pids(host)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -428,6 +434,18 @@ class Rig:
                 time.sleep(0.005)
             self._reap()
         return pids
+
+    def _stop_all(self, host: str) -> list[int]:
+        stopped: set[int] = set()
+        for _ in range(20):
+            fresh = [p for p in self.pids(host) if p not in stopped]
+            if not fresh:
+                break
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped.update(fresh)
+        return sorted(stopped)
 
     def pause(self, host: str) -> list[int]:
         """SIGSTOP every process of ``host`` (its kernel still answers for its addresses)."""

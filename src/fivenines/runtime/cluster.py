@@ -83,6 +83,7 @@ class ElectionRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
         self._seen: tuple[object, ...] = ()
+        self._drop_failed = False
 
     def __repr__(self) -> str:
         return f"<ElectionRunner {self.election!r} vip={'held' if self.holds_vip else '-'}>"
@@ -115,7 +116,7 @@ class ElectionRunner:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
-        if not self.holds_vip:
+        if not self.holds_vip and not self._drop_failed:  # else leave the fence: it keeps the address silent
             self.vip.close()
 
     # -- the loops ------------------------------------------------------------------------
@@ -179,7 +180,10 @@ class ElectionRunner:
                 self.vip.drop()
             except FivenineError as exc:
                 self.last_error = str(exc)
+                self._drop_failed = True
                 log.error("%s: could not drop the VIP: %s", self.node, exc)
+            else:
+                self._drop_failed = False
             self.holds_vip, self.vip_since = False, None
         elif isinstance(action, Campaign):
             self._spawn(self._campaign(action.ttl))

@@ -256,7 +256,16 @@ class Vip:
         """
         if lifetime < 1:
             raise ValueError("a kernel lifetime is at least 1 s")
-        if self.fence.open_until_time(fence_until, clock) <= 0:
+        try:
+            opened = self.fence.open_until_time(fence_until, clock)
+        except NftError as first:  # the tables were removed under us (a flushed ruleset): put them back
+            log.warning("the VIP fence is gone (%s); installing it again", first)
+            try:
+                self.fence.install()
+                opened = self.fence.open_until_time(fence_until, clock)
+            except NftError as exc:
+                raise ProviderError(f"cannot open the fence of {self.address}: {exc}") from exc
+        if opened <= 0:
             return False
         now = clock()
         added = now >= self.expires_at
