@@ -444,6 +444,7 @@ class Result:
     two_addr_s: float = 0.0
     baseline_failed: int = 0  # failures before the fault (should be 0)
     load: str = ""
+    loadavg: str = ""  # the machine's load average when the run ended
     errors: dict[str, int] = field(default_factory=dict)
     note: str = ""
 
@@ -596,6 +597,7 @@ def analyse(c: Contender, scenario: str, active: str, other: str, records: list[
     res.two_addr, res.two_addr_s = episodes(two_holder_spans(watch, start, end))
     n_new = sum(1 for r in records if r[0] == "n")
     res.load = f"{n_new / (end - start):.0f} new/s + {len(records) - n_new} keep-alive"
+    res.loadavg = loadavg()
     return res
 
 

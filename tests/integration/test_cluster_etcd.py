@@ -32,6 +32,8 @@ TAKEOVER_BOUND = TTL + 0.5 + 0.5
 # the fence closes by the deadline, sent + 0.75 x ttl of the last answered renewal (sent at most
 # ttl/6 before the fault): the kernel's lateness is inside it
 FENCE_BOUND = 0.75 * TTL + 0.05
+# (the address watch sees a change up to its longest gap between samples late on a loaded machine;
+# the ARP probe's last answer is never late: a round answered means the fence was open at its start)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def test_leader_killed_another_takes_the_vip_within_the_ttl_and_clients_follow(p
     assert took - killed <= TAKEOVER_BOUND
     dropped = watch.dropped_at(old)
     assert dropped is not None and dropped < took, "the killed node's fence must silence the VIP before the other adds it"
-    assert dropped - killed <= FENCE_BOUND
+    assert dropped - killed <= FENCE_BOUND + watch.longest_gap
     single_holder_throughout(pair, killed)
     # the new holder announced itself: the client reaches it without waiting for its ARP cache to go stale
     answered = wait_until(lambda: ask_vip(rig, pair["port"]) == new, 2, 0.02, what="the client reaching the new holder")
@@ -146,7 +148,7 @@ def test_leader_cut_from_etcd_drops_the_vip_before_anyone_else_adds_it(pair: dic
     print(f"{old} dropped {dropped and round(dropped - cut, 3)}s, {new} took {took - cut:.3f}s after the cut\n"
           f"{watch.timeline(cut)}")
     assert dropped is not None and dropped < took
-    assert dropped - cut <= FENCE_BOUND, "the old leader gives the VIP up by its own deadline, before the lease can expire"
+    assert dropped - cut <= FENCE_BOUND + watch.longest_gap, "the old leader gives the VIP up by its own deadline, before the lease can expire"
     handed_over_on_the_wire(pair, old, new, cut)
     single_holder_throughout(pair, cut)
     assert not has_address(rig, old), "alive, the old leader removed the address itself (not only fenced it)"
@@ -171,7 +173,7 @@ def test_a_frozen_leader_is_silenced_by_its_fence_and_steps_down_on_resume(pair:
         last_old, first_new = handed_over_on_the_wire(pair, old, new, frozen)
         print(f"{old} silenced {dropped and round(dropped - frozen, 3)}s (ARP {last_old - frozen:.3f}s), {new} took it "
               f"{took - frozen:.3f}s (ARP {first_new - frozen:.3f}s) after SIGSTOP")
-        assert dropped is not None and dropped < took and dropped - frozen <= FENCE_BOUND
+        assert dropped is not None and dropped < took and dropped - frozen <= FENCE_BOUND + watch.longest_gap
         assert took - frozen <= TAKEOVER_BOUND
         # the address's kernel lifetime (whole seconds, the backstop) removes it from the frozen node too
         wait_until(lambda: not has_address(rig, old), 2.5, 0.02, what=f"the address gone from frozen {old}")
