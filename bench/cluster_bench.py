@@ -49,7 +49,7 @@ not more two-holder moments); 0 failed requests for a retrying client in the kil
 Exit 1 when a fivenines target is missed.
 
 The machine is shared: numbers are indicative; the load average is printed with them.
-The whole run takes about 6 minutes (``--quick``: about 3; ``--smoke``: one short run
+The whole run takes about 5 minutes (``--quick``: about 3; ``--smoke``: one short run
 per contender, numbers meaningless). Everything is cleaned up by the rig, even on failure.
 """
 
@@ -673,6 +673,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scenario", action="append", default=[], choices=["kill", "sigstop", "cable", "partition"])
     ap.add_argument("--budget", type=float, default=540.0, help="stop starting runs after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cluster_bench.json")
+    ap.add_argument("--keep-logs", type=Path, help="copy every process's log here before the rig is removed")
     args = ap.parse_args(argv)
     from fivenines.rig import unavailable
 
@@ -732,6 +733,9 @@ def main(argv: list[str]) -> int:
                           f"{r.failed_after_retry}) two holders {r.two_arp}/{r.two_addr} takeover {fmt(r.takeover)}s "
                           f"[{time.monotonic() - t0:.0f}s, load {loadavg()}]")
                 results.append(r)
+        if args.keep_logs:
+            shutil.copytree(work, args.keep_logs, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.load.json", "member", "*.pid"))
     print_table([r for r in results if not r.note])
     for r in results:
         if r.note:

@@ -129,7 +129,10 @@ class Settings:
     node: str
     ttl: int  # requested lease ttl, whole seconds (etcd's unit)
     margin_ratio: float = 0.25  # margin = ttl * ratio
-    renew_every: float | None = None  # default ttl / 6: two renewals may fail before the deadline
+    renew_every: float | None = None  # default ttl / 6: four renewals may fail before the deadline
+    # a slow etcd's answers still count (each extends the deadline from when it was sent): renewals
+    # overlap, a new one every renew_every while up to this many wait for their answers
+    max_renewals_in_flight: int = 3
     retry_every: float | None = None  # campaign retry after a failure (default renew_every)
     # how late the kernel may close an expired fence: timeouts round up to its tick (two ticks are
     # 8 ms at HZ=250, 20 ms at HZ=100), plus reading the clock to committing (about 0.1 ms)
@@ -142,6 +145,8 @@ class Settings:
             raise ValueError("margin_ratio must be in (0, 1)")
         if not 0 <= self.fence_slack < self.ttl * (1 - self.margin_ratio):
             raise ValueError("fence_slack must be >= 0 and leave part of the ttl")
+        if self.max_renewals_in_flight < 1:
+            raise ValueError("max_renewals_in_flight must be at least 1")
 
     @property
     def renew_interval(self) -> float:
@@ -195,7 +200,7 @@ class Election:
     vacant: bool = False  # the key was last seen absent
     next_campaign: float = float("-inf")
     next_renew: float = 0.0
-    renew_in_flight: bool = False
+    renewals_in_flight: int = 0  # keepalives of the current lease sent and not yet answered
     history: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -299,7 +304,7 @@ class Election:
     def _end(self, now: float, role: Role, why: str) -> Step:
         """Leadership ends: drop the address first, then revoke the lease."""
         lease = self.lease
-        self.lease, self.ttl, self.valid_until, self.renew_in_flight = None, 0.0, 0.0, False
+        self.lease, self.ttl, self.valid_until, self.renewals_in_flight = None, 0.0, 0.0, 0
         self.vip_until = min(self.vip_until, now)
         if self.holder == self.settings.node:
             self._see(None, 0, now)
@@ -350,8 +355,6 @@ def _nothing(e: Election, ev: Event, now: float) -> Step:
 
 def _stale(e: Election, ev: Event, now: float) -> Step:
     """A late answer about a lease this node no longer holds: nothing to do but forget it."""
-    if ev.kind is Input.RENEWED:
-        e.renew_in_flight = False
     return Step()
 
 
@@ -400,9 +403,9 @@ def _leader_tick(e: Election, ev: Event, now: float) -> Step:
     if now >= e.valid_until:
         return e._end(now, Role.FOLLOWER, f"lease {lease_hex(e.lease)} not renewed by its deadline "
                       f"({now - e.valid_until:.2f}s ago)")
-    if now >= e.next_renew and not e.renew_in_flight:
+    if now >= e.next_renew and e.renewals_in_flight < e.settings.max_renewals_in_flight:
         assert e.lease is not None
-        e.renew_in_flight = True
+        e.renewals_in_flight += 1
         e.next_renew = now + e.settings.renew_interval
         return Step((Renew(e.lease),))
     return Step()
@@ -411,7 +414,7 @@ def _leader_tick(e: Election, ev: Event, now: float) -> Step:
 def _leader_renewed(e: Election, ev: Event, now: float) -> Step:
     if ev.lease != e.lease:
         return _stale(e, ev, now)
-    e.renew_in_flight = False
+    e.renewals_in_flight = max(0, e.renewals_in_flight - 1)
     if now >= e.valid_until:
         return _leader_tick(e, ev, now)  # too late: the deadline passed before the answer
     assert ev.sent_at is not None
@@ -423,7 +426,7 @@ def _leader_renewed(e: Election, ev: Event, now: float) -> Step:
 def _leader_renew_failed(e: Election, ev: Event, now: float) -> Step:
     if ev.lease != e.lease:
         return Step()
-    e.renew_in_flight = False
+    e.renewals_in_flight = max(0, e.renewals_in_flight - 1)
     if now >= e.valid_until:
         return _leader_tick(e, ev, now)
     return Step((), f"{e.settings.node} could not renew lease {lease_hex(e.lease)} ({ev.why}): "

@@ -223,8 +223,10 @@ class ElectionRunner:
 
     async def _renew(self, lease: int) -> None:
         sent = self.now()
+        # an answer is worth waiting for until the deadline (it extends it from ``sent``); renewals overlap
+        wait = min(max(0.05, self.election.valid_until - sent), float(self.election.settings.ttl))
         try:
-            ttl = await self.etcd.keepalive(str(lease))
+            ttl = await self.etcd.keepalive(str(lease), wait)
         except EtcdError as exc:
             self.last_error = str(exc)
             self._apply(self.election.renew_failed(lease, str(exc), self.now()))
