@@ -734,8 +734,7 @@ def main(argv: list[str]) -> int:
                           f"[{time.monotonic() - t0:.0f}s, load {loadavg()}]")
                 results.append(r)
         if args.keep_logs:
-            shutil.copytree(work, args.keep_logs, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*.load.json", "member", "*.pid"))
+            keep_logs(work, args.keep_logs)
     print_table([r for r in results if not r.note])
     for r in results:
         if r.note:
@@ -756,6 +755,15 @@ def main(argv: list[str]) -> int:
     missed = [w for w, m, _ in targets if not m and w.startswith("fivenines")]
     failed_runs = [r for r in results if r.note and r.contender.startswith("fivenines")]
     return 1 if (missed or failed_runs) and not args.smoke else 0
+
+
+def keep_logs(work: Path, dest: Path) -> None:
+    """Copy the logs, configurations and status files of every run (not etcd's data, not FIFOs)."""
+    for f in work.rglob("*"):
+        if f.is_file() and f.suffix in (".log", ".yaml", ".cfg", ".conf", ".json") and not f.name.endswith(".load.json"):
+            target = dest / f.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
 
 
 def tail_logs(folder: Path, lines: int = 8) -> str:
