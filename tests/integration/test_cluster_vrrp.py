@@ -46,7 +46,11 @@ def pair(rig: Rig, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
                         vrrp={"advert_int": f"{round(ADVERT * 1000)}ms", "virtual_router_id": 42})
     port = {h: serve_id(rig, h, work) for h in ("a", "b")}["a"]
     watch = AddressWatch(rig, VIP, ["a", "b"]).start()
-    nodes = start_nodes(rig, spec, ["a", "b"], work)
+    # a first: with nopreempt the first master-down timer to run out wins, and a's (priority 150) is
+    # only 20 ms shorter than b's; two processes started together differ by more on a loaded machine
+    nodes = start_nodes(rig, spec, ["a"], work)
+    wait_until(lambda: nodes["a"].status().get("state"), 10, 0.01, what="a's keepalived started")
+    nodes.update(start_nodes(rig, spec, ["b"], work))
     try:
         yield {"rig": rig, "nodes": nodes, "watch": watch, "port": port, "work": work}
     finally:

@@ -31,10 +31,14 @@ def library() -> ctypes.CDLL:
     with _lib_lock:
         if _lib is None:
             try:
-                lib = ctypes.CDLL(ctypes.util.find_library("nftables") or LIBRARY)
-            except OSError as exc:
-                raise NftError(f"cannot load {LIBRARY} (Debian package libnftables1, installed with nftables): "
-                               f"{exc}") from exc
+                lib = ctypes.CDLL(LIBRARY)
+            except OSError:
+                found = ctypes.util.find_library("nftables")  # runs ldconfig: only when the usual name fails
+                try:
+                    lib = ctypes.CDLL(found or LIBRARY)
+                except OSError as exc:
+                    raise NftError(f"cannot load {LIBRARY} (Debian package libnftables1, installed with "
+                                   f"nftables): {exc}") from exc
             lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
             lib.nft_ctx_new.restype = ctypes.c_void_p
             lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
