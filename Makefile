@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench jepsen-redis restore-bench clean spec-doc
+.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench cluster-bench jepsen-redis restore-bench clean spec-doc
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -64,6 +64,13 @@ bench: $(VENV)/.installed-dev
 failover-bench: $(VENV)/.installed-dev compile
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/failover_bench.py
+
+## A pair of balancers behind a floating address when the active one fails (kill -9, SIGSTOP, cable,
+## partition): HAProxy + keepalived beside fivenines vrrp and etcd modes, in the namespace rig (needs root).
+cluster-bench: $(VENV)/.installed-dev
+	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
+	scripts/install-test-deps --bench
+	$(BIN)/python bench/cluster_bench.py
 
 clean:
 	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache build src/fivenines/_compiled.json

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.core.election import Settings
-from fivenines.errors import SpecError
+from fivenines.errors import FivenineError, SpecError
 from fivenines.runtime.cluster import ElectionRunner, leader_key
 from fivenines.runtime.keepalived import Keepalived, config_for
 from fivenines.runtime.lease import Etcd
-from fivenines.runtime.vip import Vip
+from fivenines.runtime.vip import Fence, Vip
 from fivenines.spec import ClusterSpec, load_spec, node_error
+
+log = logging.getLogger("fivenines.cluster")
 
 
 def write_status(path: Path | None, status: dict[str, Any]) -> None:
@@ -38,7 +41,7 @@ def write_status(path: Path | None, status: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path | None, workdir: Path) -> None:
+async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path | None, workdir: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,12 +53,25 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
             Etcd(cluster.etcd, timeout=max(0.2, ttl / 6)), Settings(node, ttl),
             leader_key(cluster.key_prefix, service), Vip(cluster.vip, cluster.interface),
             on_change=lambda st: write_status(status_file, {"mode": "etcd", **st}))
-        runner.start()
+        try:
+            runner.start()
+        except FivenineError as exc:
+            print(f"cannot fence the VIP {cluster.vip} on {cluster.interface}: {exc}", file=sys.stderr)
+            return 2
         write_status(status_file, {"mode": "etcd", **runner.status()})
         await stop.wait()
         await runner.stop()
         write_status(status_file, {"mode": "etcd", **runner.status()})
-        return
+        return 0
+    # keepalived moves the address; fivenines only makes a node whose balancer is gone ignore
+    # connections to it rather than refuse them (a SIGKILLed keepalived leaves its address behind)
+    quiet: Fence | None = Fence(str(ipaddress.IPv4Interface(cluster.vip).ip), gate=False)
+    try:
+        assert quiet is not None
+        quiet.install()
+    except FivenineError as exc:
+        log.warning("connections to the VIP with no listener will be refused: %s", exc)
+        quiet = None
     ka: Keepalived | None = None
 
     def on_state(state: str) -> None:
@@ -67,7 +83,11 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
     write_status(status_file, {"node": node, **ka.status()})
     await stop.wait()
     await ka.stop()
+    if quiet is not None:
+        with contextlib.suppress(FivenineError):
+            quiet.remove()
     write_status(status_file, {"node": node, **ka.status(), "state": "STOP", "holds_vip": False})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = args.workdir or (args.status_file.parent if args.status_file else Path.cwd()) / f"node-{args.node}"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(spec.cluster, spec.name, args.node, args.status_file, workdir))
+        return asyncio.run(run(spec.cluster, spec.name, args.node, args.status_file, workdir))
     return 0
 
 

@@ -926,7 +926,7 @@ _NAME_RE = r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$"
 
 # --------------------------------------------------------------------------- cluster
 
-MIN_LEASE_TTL = 2.0  # see ClusterSpec.lease_ttl
+MIN_LEASE_TTL = 1.0  # see ClusterSpec.lease_ttl
 
 
 class HostReliabilitySpec(UnitReliabilitySpec):
@@ -1007,10 +1007,11 @@ class ClusterSpec(_Strict):
     )
     etcd: list[str] | None = Field(None, description="etcd client URLs, e.g. [http://10.0.0.2:2379].")
     lease_ttl: Duration = Field(
-        2.0,
-        description="etcd lease time to live (whole seconds, at least 2s): a dead leader's VIP moves within about this. "
-        "The holder drops the VIP a quarter of it early; etcd must run with --election-timeout <= 1333ms "
-        "for 2s (its shortest lease is 1.5 x the election timeout).",
+        1.0,
+        description="etcd lease time to live (whole seconds, at least 1s): another node holds the VIP about this "
+        "(+ up to 0.5s, etcd's expiry sweep) after the leader stops renewing; the leader's fence closes a quarter of it "
+        "early. etcd grants no lease shorter than 1.5 x its --election-timeout, in whole seconds (<= 666ms for 1s, "
+        "<= 1333ms for 2s); a shorter one is granted at that minimum.",
     )
     key_prefix: str = Field("/fivenines", description="etcd key prefix; the cluster's keys are PREFIX/NAME/cluster/...")
     vrrp: VrrpSpec | None = Field(None, description="keepalived settings, for coordination: vrrp.")
@@ -1043,9 +1044,8 @@ class ClusterSpec(_Strict):
     @classmethod
     def _check_ttl(cls, v: float) -> float:
         if v < MIN_LEASE_TTL or v != int(v):
-            raise ValueError(
-                f"lease_ttl must be whole seconds and at least {format_duration(MIN_LEASE_TTL)}: the VIP gets a "
-                f"kernel lifetime of whole seconds that must end a margin before the lease can expire (got {format_duration(v)})")
+            raise ValueError(f"lease_ttl must be whole seconds and at least {format_duration(MIN_LEASE_TTL)}: "
+                             f"etcd's leases count whole seconds (got {format_duration(v)})")
         return v
 
     @property

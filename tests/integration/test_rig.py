@@ -104,6 +104,24 @@ def test_kill_pause_and_resume_reach_every_process_of_a_host(rig: Rig) -> None:
     assert rig.pids("a") == [] and len(rig.pids("b")) == 1
 
 
+def test_kill_stops_every_process_before_it_kills_any(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a crash, no process of the host may see another die (a child told of its parent's death
+    by PR_SET_PDEATHSIG, as keepalived's are, would shut down cleanly) before it is killed itself."""
+    rig.popen("a", ["sh", "-c", "sleep 300 & sleep 301 & exec sleep 302"])
+    pids = wait_until(lambda: len(p := rig.pids("a")) == 3 and p, 5, what="three processes on a")
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        sent.append((pid, sig))
+        real_kill(pid, sig)
+
+    monkeypatch.setattr("fivenines.rig.netns.os.kill", kill)
+    assert sorted(rig.kill("a")) == sorted(pids)
+    signals = [sig for _, sig in sent]
+    assert signals == [signal.SIGSTOP] * 3 + [signal.SIGKILL] * 3 and rig.pids("a") == []
+
+
 def test_crash_pulls_the_cable_and_kills_everything(rig: Rig, tmp_path: Path) -> None:
     port = serve(rig, "a", tmp_path)
     rig.crash("a")

@@ -23,7 +23,7 @@ from fivenines.core.election import (
     Revoke,
     Role,
     Settings,
-    kernel_lifetime,
+    backstop_lifetime,
 )
 from fivenines.errors import InvalidTransition
 
@@ -69,7 +69,8 @@ def test_a_follower_campaigns_when_it_sees_the_key_vacant_and_takes_the_vip() ->
     assert step.actions == (Campaign(2),) and e.role is Role.CAMPAIGNING
     step = e.granted(0x7A3F, 2.0, 42, sent_at=0.0, now=0.01)
     assert step.decision == "a took the VIP: lease 7a3f revision 42"
-    assert step.actions == (HoldVip(1),)  # 0.01 + 1 + 0.3 <= 1.5
+    # the fence closes by the deadline (the kernel may be fence_slack late); the address outlives it by < 1 s
+    assert step.actions == (HoldVip(1.47, 2),)
     assert e.role is Role.LEADER and e.valid_until == 1.5 and e.revision == 42 and e.holder == "a"
     assert e.may_hold_vip(1.49) and not e.may_hold_vip(1.5)
     assert repr(e) == "<Election a leader holder=a lease=7a3f revision=42 valid_until=1.500>"
@@ -82,13 +83,13 @@ def test_the_deadline_counts_from_the_grant_request_not_its_answer() -> None:
 
 
 def test_a_slow_grant_takes_the_lease_without_the_address_until_a_renewal() -> None:
-    e = Election(S, role=Role.CAMPAIGNING)
-    step = e.granted(9, 2.0, 7, sent_at=0.0, now=0.4)  # 0.4 + 1 + 0.3 > 1.5: no lifetime fits
+    e = Election(S, role=Role.CAMPAIGNING, next_renew=0.0)
+    step = e.granted(9, 2.0, 7, sent_at=0.0, now=1.48)  # before the deadline (1.5), after the fence's (1.47)
     assert e.role is Role.LEADER and step.actions == ()
-    assert e.tick(0.3).actions == ()
-    step = e.tick(0.45)  # renew_every = 2/6 after the grant was sent
+    assert step.decision == "a won lease 9 revision 7; the answer came too late to add the VIP (1.48s), a renewal will"
+    step = e.tick(1.48)  # renew_every = 2/6 after the grant was sent: overdue
     assert step.actions == (Renew(9),)
-    assert e.renewed(9, 2.0, sent_at=0.45, now=0.46).actions == (HoldVip(1),)
+    assert e.renewed(9, 2.0, sent_at=1.48, now=1.49).actions == (HoldVip(2.95, 2),)
 
 
 def test_a_grant_answered_after_its_deadline_is_given_back_at_once() -> None:
@@ -127,18 +128,25 @@ def test_a_follower_tracks_the_holder_and_since_when() -> None:
 # --------------------------------------------------------------------------- leading
 
 
-def test_a_leader_renews_every_sixth_of_the_ttl_one_request_at_a_time() -> None:
+def test_a_leader_renews_every_sixth_of_the_ttl_with_up_to_three_renewals_waiting() -> None:
     e = leader()
     assert e.tick(0.3).actions == ()
     assert e.tick(1 / 3).actions == (Renew(0x7A3F),)
-    assert e.tick(0.7).actions == ()  # the first renewal is still in flight
-    assert e.renewed(0x7A3F, 2.0, sent_at=1 / 3, now=0.4).actions == (HoldVip(1),)
+    (hold,) = e.renewed(0x7A3F, 2.0, sent_at=1 / 3, now=0.4).actions
+    assert isinstance(hold, HoldVip) and hold.fence_until == pytest.approx(1 / 3 + 1.5 - 0.03) and hold.lifetime == 2
     assert e.valid_until == pytest.approx(1 / 3 + 1.5)
     assert e.tick(0.5).actions == ()
-    assert e.tick(0.7).actions == (Renew(0x7A3F),)
-    # an answer too slow for a whole second of kernel lifetime renews the lease, not the address
-    assert e.renewed(0x7A3F, 2.0, sent_at=0.7, now=1.0).actions == ()
-    assert e.may_hold_vip(1.0) and e.valid_until == pytest.approx(2.2)
+    # etcd is slow: a renewal goes out every sixth of the ttl while earlier ones wait, three at most
+    assert [e.tick(t).actions for t in (0.7, 1.04, 1.38, 1.72)] == [(Renew(0x7A3F),)] * 3 + [()]
+    assert e.renewals_in_flight == 3
+    # a slow answer still moves the fence's deadline: from when its request was sent
+    (hold,) = e.renewed(0x7A3F, 2.0, sent_at=0.7, now=1.75).actions
+    assert isinstance(hold, HoldVip) and hold.fence_until == pytest.approx(2.17)
+    assert e.may_hold_vip(1.75) and e.valid_until == pytest.approx(2.2)
+    assert e.tick(1.76).actions == (Renew(0x7A3F),)  # one answered: room for another
+    e.renew_failed(0x7A3F, "no answer", 1.8)
+    e.renewed(0x123, 2.0, sent_at=1.0, now=1.8)  # an answer about another lease changes nothing
+    assert e.renewals_in_flight == 2
 
 
 def test_a_renewal_never_moves_the_deadline_back() -> None:
@@ -196,11 +204,24 @@ def test_resigning_drops_then_revokes_and_gives_back_a_late_grant() -> None:
     assert e.granted(5, 2.0, 9, 0.0, 0.02).actions == (Revoke(5),)
 
 
-@pytest.mark.parametrize(("valid_until", "now", "slack", "life"),
-                         [(101.5, 100.0, 0.3, 1), (101.29, 100.0, 0.3, 0), (103.3, 100.0, 0.3, 3), (100.0, 100.0, 0.0, 0)])
-def test_kernel_lifetime_ends_by_the_deadline(valid_until: float, now: float, slack: float, life: int) -> None:
-    assert kernel_lifetime(valid_until, now, slack) == life
-    assert now + life + slack <= valid_until or life == 0
+@pytest.mark.parametrize(("valid_until", "now", "life"),
+                         [(100.75, 100.0, 1), (101.0, 100.0, 1), (101.01, 100.0, 2), (103.3, 100.0, 4), (100.0, 100.0, 1)])
+def test_the_address_lifetime_is_a_backstop_ending_within_a_second_after_the_deadline(
+        valid_until: float, now: float, life: int) -> None:
+    assert backstop_lifetime(valid_until, now) == life
+    assert (life >= 1 and now + life < valid_until + 1) or life == 1
+
+
+def test_a_one_second_lease_holds_the_vip_for_three_quarters_of_it_and_renews_six_times() -> None:
+    s1 = Settings("a", ttl=1)
+    e = Election(s1)
+    e.observe(None, 0, 1, 0.0)
+    step = e.granted(5, 1.0, 9, sent_at=0.0, now=0.005)
+    assert step.actions == (HoldVip(0.72, 1),) and e.valid_until == 0.75
+    assert e.tick(1 / 6).actions == (Renew(5),)
+    assert e.renewed(5, 1.0, sent_at=1 / 6, now=0.2).actions == (HoldVip(pytest.approx(1 / 6 + 0.72), 1),)
+    assert e.tick(0.9).actions == (Renew(5),)  # no answer since: renewals go on until the deadline
+    assert e.tick(0.92).actions == (DropVip(), Revoke(5))  # ... 1/6 + 0.75
 
 
 def test_settings_are_checked() -> None:
@@ -208,6 +229,8 @@ def test_settings_are_checked() -> None:
         Settings("a", ttl=0)
     with pytest.raises(ValueError):
         Settings("a", ttl=2, margin_ratio=1.0)
+    with pytest.raises(ValueError, match="fence_slack"):
+        Settings("a", ttl=1, fence_slack=0.8)
     assert Settings("a", ttl=3).renew_interval == 0.5 and Settings("a", ttl=3, retry_every=1).retry_interval == 1
 
 
@@ -218,12 +241,14 @@ inputs = st.sampled_from([i for i in Input if i not in (Input.RESIGN,)])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(inputs, st.floats(0, 0.6), st.floats(0, 0.6), st.floats(1, 5)), max_size=60))
+@given(st.lists(st.tuples(inputs, st.floats(0, 0.6), st.floats(0, 0.6), st.floats(1, 5)), max_size=60),
+       st.sampled_from([1, 2, 3]))
 def test_holding_never_outlives_the_last_request_sent_plus_ttl_minus_margin(
-        events: list[tuple[Input, float, float, float]]) -> None:
-    """Whatever arrives when, the node may hold the address (and any kernel lifetime it asked for ends)
-    before ``sent + ttl - margin`` of the latest request etcd answered with that ttl."""
-    e = Election(Settings("a", ttl=2))
+        events: list[tuple[Input, float, float, float]], ttl: int) -> None:
+    """Whatever arrives when, the node may hold the address (and any fence it opens closes, the
+    kernel's lateness included) before ``sent + ttl - margin`` of the latest request etcd answered
+    with that ttl."""
+    e = Election(Settings("a", ttl=ttl))
     now = 0.0
     latest_bound = float("-inf")  # the latest sent + ttl - margin etcd could have honoured
     for kind, gap, rtt, ttl in events:
@@ -259,8 +284,8 @@ def test_holding_never_outlives_the_last_request_sent_plus_ttl_minus_margin(
             assert now < latest_bound
         for a in step.actions:
             if isinstance(a, HoldVip):
-                assert a.lifetime >= 1
-                assert now + a.lifetime + e.settings.kernel_slack <= latest_bound + 1e-9
+                assert a.lifetime >= 1 and now < a.fence_until
+                assert a.fence_until + e.settings.fence_slack <= latest_bound + 1e-9
         if any(isinstance(a, Revoke) for a in step.actions) and any(isinstance(a, DropVip) for a in step.actions):
             kinds = [type(a) for a in step.actions]
             assert kinds.index(DropVip) < kinds.index(Revoke)
@@ -286,7 +311,7 @@ class SimNode:
     machine: Election
     frozen: list[Window]
     cut: list[Window]  # cut from etcd (requests and answers lost)
-    addr_until: float | None = None  # real time the kernel removes the address; None: absent
+    addr_until: float | None = None  # real time the kernel closes this node's fence; None: closed
     held: list[list[float]] = field(default_factory=list)  # real [start, end] of holding
 
     def local(self, t: float) -> float:
@@ -302,10 +327,10 @@ class SimNode:
 class Sim:
     """Nodes following the machine, one etcd, lossy delayed links, freezes, partitions, clock rates."""
 
-    def __init__(self, nodes: list[SimNode], rnd: random.Random, kernel_slack_real: Callable[[], float]) -> None:
+    def __init__(self, nodes: list[SimNode], rnd: random.Random, kernel_lateness: Callable[[], float]) -> None:
         self.nodes = {n.name: n for n in nodes}
         self.rnd = rnd
-        self.slack = kernel_slack_real
+        self.slack = kernel_lateness
         self.q: list[tuple[float, int, Callable[[float], None]]] = []
         self.seq = itertools.count()
         self.revision = 1
@@ -405,7 +430,8 @@ class Sim:
             elif isinstance(a, Revoke):
                 self.send(n, t, "revoke", a.lease)
             elif isinstance(a, HoldVip):
-                until = t + (a.lifetime + self.slack()) / n.rate  # the kernel keeps this node's time
+                # the kernel keeps this node's time, and closes the fence up to fence_slack late
+                until = t + (a.fence_until - n.local(t) + self.slack()) / n.rate
                 if n.addr_until is not None and n.addr_until > t:
                     n.addr_until = until
                     n.held[-1][1] = until
@@ -479,19 +505,19 @@ windows = st.lists(st.tuples(st.floats(0, 6), st.floats(0.05, 3)).map(lambda p: 
 @given(rates=st.lists(st.floats(0.9, 1.1), min_size=2, max_size=3),
        offsets=st.lists(st.floats(-1000, 1000), min_size=3, max_size=3),
        frozen=st.lists(windows, min_size=3, max_size=3), cut=st.lists(windows, min_size=3, max_size=3),
-       seed=st.integers(0, 2**32), ttl=st.sampled_from([2, 3, 5]))
+       seed=st.integers(0, 2**32), ttl=st.sampled_from([1, 2, 3, 5]))
 def test_no_two_nodes_ever_hold_the_address_at_once_and_one_holds_it_after_the_faults(
         rates: list[float], offsets: list[float], frozen: list[list[Window]], cut: list[list[Window]],
         seed: int, ttl: int) -> None:
     """Through a simulated etcd (leases expire exactly at receipt + ttl, the worst case), links that
     delay each way up to 0.3 s and lose 5%, nodes frozen (SIGSTOP) or cut from etcd at any time, and
-    clocks running 10% fast or slow: never two holders. The kernel may remove an expired address up
-    to kernel_slack late. Once the faults are over and the network is calm, someone holds the
+    clocks running 10% fast or slow: never two holders. The kernel may close an expired fence up
+    to fence_slack late. Once the faults are over and the network is calm, someone holds the
     address again within ttl + 1 s."""
     rnd = random.Random(seed)  # the delays, losses and kernel lateness of this run
     nodes = [SimNode(name, rate, offsets[i], Election(Settings(name, ttl=ttl)), frozen[i], cut[i])
              for i, (name, rate) in enumerate(zip("abc", rates, strict=False))]
-    sim = Sim(nodes, rnd, lambda: rnd.uniform(0, 0.3))
+    sim = Sim(nodes, rnd, lambda: rnd.uniform(0, nodes[0].machine.settings.fence_slack))
     faults_end = max([w.end for n in nodes for w in n.frozen + n.cut] + [0.0])
     sim.calm_after = faults_end
     end = faults_end + ttl + 2.5
@@ -504,12 +530,12 @@ def test_no_two_nodes_ever_hold_the_address_at_once_and_one_holds_it_after_the_f
 
 
 @pytest.mark.parametrize("fault", ["frozen", "cut"])
-@pytest.mark.parametrize("ttl", [2, 3])
+@pytest.mark.parametrize("ttl", [1, 2, 3])
 def test_a_frozen_or_cut_off_leader_loses_the_address_before_another_takes_it(fault: str, ttl: int) -> None:
     """The leader stops (SIGSTOP: only its kernel still acts) or loses etcd, right after a renewal."""
     rnd = random.Random(7)
     nodes = [SimNode(name, 1.0, 0.0, Election(Settings(name, ttl=ttl)), [], []) for name in "ab"]
-    sim = Sim(nodes, rnd, lambda: 0.3)  # the kernel as late as it may be
+    sim = Sim(nodes, rnd, lambda: nodes[0].machine.settings.fence_slack)  # the kernel as late as it may be
     sim.calm_after = 0.0
     sim.run(2.0)
     first = sim.holder(2.0)

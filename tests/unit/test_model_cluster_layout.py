@@ -134,7 +134,7 @@ def test_json_has_the_cluster_and_no_cluster_stays_as_it_was() -> None:
     assert c["mode"] == "etcd" and c["vip"] == "10.0.0.100/24"
     assert [n["name"] for n in c["nodes"]] == ["a", "b"] and c["nodes"][0]["address"] == "10.0.0.11"
     assert c["etcd"] == {"members": 3, "quorum": 2, "on_nodes": [None, None, None]}
-    assert c["takeover_time_s"] == pytest.approx(2.6)
+    assert c["takeover_time_s"] == pytest.approx(1.6)
     assert set(c["tier"]["contributions"]) == {"nodes", "quorum", "takeover", "switchover"}
     assert c["placement"] == {"web": {"web-1": "a", "web-2": "b", "web-3": "a", "web-4": "b"}}
     assert data["load_balancer"]["availability"] == pytest.approx(c["tier"]["availability"])

@@ -41,7 +41,7 @@ def test_a_spec_without_cluster_is_one_node_as_before() -> None:
 def test_etcd_is_the_default_when_endpoints_are_given_else_vrrp() -> None:
     spec = parse_spec(base(nodes=NODES, vip="10.0.0.100/24", etcd=["http://10.0.0.2:2379"]))
     c = spec.cluster
-    assert c is not None and c.mode == "etcd" and c.lease_ttl == 2.0 and c.interface == "eth0"
+    assert c is not None and c.mode == "etcd" and c.lease_ttl == 1.0 and c.interface == "eth0"
     assert node_error(spec, "b") is None
     assert str(node_error(spec, "x")) == "cluster.nodes: --node x: no such node; nodes: a, b"
     assert str(node_error(spec, None)).startswith("cluster.nodes: this spec describes a cluster: give --node NAME")
@@ -70,12 +70,12 @@ def test_etcd_is_the_default_when_endpoints_are_given_else_vrrp() -> None:
      "f.yaml: cluster.vrrp.priority.x: no node 'x'; nodes: a, b"),
     ({"nodes": NODES, "vip": "10.0.0.100/24", "etcd": ["http://e:2379"], "vrrp": {}},
      "f.yaml: cluster.vrrp: only used with coordination: vrrp (coordination is etcd)"),
-    ({"nodes": NODES, "vip": "10.0.0.100/24", "etcd": ["http://e:2379"], "lease_ttl": "1s"},
-     "f.yaml: cluster.lease_ttl: lease_ttl must be whole seconds and at least 2s: the VIP gets a kernel lifetime "
-     "of whole seconds that must end a margin before the lease can expire (got 1s)"),
+    ({"nodes": NODES, "vip": "10.0.0.100/24", "etcd": ["http://e:2379"], "lease_ttl": "500ms"},
+     "f.yaml: cluster.lease_ttl: lease_ttl must be whole seconds and at least 1s: etcd's leases count whole "
+     "seconds (got 500ms)"),
     ({"nodes": NODES, "vip": "10.0.0.100/24", "etcd": ["http://e:2379"], "lease_ttl": "2500ms"},
-     "f.yaml: cluster.lease_ttl: lease_ttl must be whole seconds and at least 2s: the VIP gets a kernel lifetime "
-     "of whole seconds that must end a margin before the lease can expire (got 2500ms)"),
+     "f.yaml: cluster.lease_ttl: lease_ttl must be whole seconds and at least 1s: etcd's leases count whole "
+     "seconds (got 2500ms)"),
     ({"nodes": [{"name": "a", "address": "10.0.0.300"}], "vip": "10.0.0.100/24"},
      "f.yaml: cluster.nodes.0.address: '10.0.0.300' is not an IPv4 address, e.g. 10.0.0.11"),
     ({"nodes": NODES, "vip": "10.0.0.100/24", "vrrp": {"advert_int": "5ms"}},

@@ -19,13 +19,15 @@ The rules:
 
   The margin (a quarter of the ttl by default) covers a clock that runs faster or
   slower than etcd's, and the time it takes to carry out a drop.
-* Holding is enforced twice. The runner drops the address at the deadline; and every
-  hold gives the address a **kernel lifetime** (``ip addr ... valid_lft L``) short
-  enough that the kernel itself removes it by ``valid_until`` even if this process is
-  frozen (SIGSTOP) or killed with SIGKILL: ``now + L + kernel_slack <= valid_until``,
-  ``L`` a whole number of seconds >= 1 (the kernel's unit), ``kernel_slack`` how late
-  the kernel may be in removing an expired address. When no such ``L`` exists (a slow
-  answer), the address is not refreshed and lapses; a later renewal restores it.
+* Holding is enforced where the packets are. Every hold opens the node's **fence**
+  (:mod:`fivenines.runtime.vip`: nftables rules that drop ARP and IPv4 for the address
+  unless a set element with a millisecond timeout is present) until
+  ``fence_until = valid_until - fence_slack``, so the kernel itself stops answering for the
+  address by ``valid_until`` even if this process is frozen (SIGSTOP) or killed with
+  SIGKILL; ``fence_slack`` covers the kernel's rounding of timeouts to its tick and the
+  moment between reading the clock and committing. The address itself gets a kernel
+  lifetime of whole seconds that ends within a second after the deadline: a backstop that
+  removes a dead node's address, not what keeps the VIP single.
 * Every step that ends leadership drops the address *before* it revokes the lease, so
   the next leader cannot take it while this node still has it.
 
@@ -82,8 +84,10 @@ class Renew:
 
 @dataclass(frozen=True, slots=True)
 class HoldVip:
-    """Add the address (announce it if it was absent) or refresh it, with a kernel lifetime of ``lifetime`` s."""
+    """Open the fence until ``fence_until`` (this node's clock), then add the address (announce it if
+    it was absent) or refresh it, with a kernel lifetime of ``lifetime`` whole seconds (a backstop)."""
 
+    fence_until: float
     lifetime: int
 
 
@@ -125,15 +129,24 @@ class Settings:
     node: str
     ttl: int  # requested lease ttl, whole seconds (etcd's unit)
     margin_ratio: float = 0.25  # margin = ttl * ratio
-    renew_every: float | None = None  # default ttl / 6: two renewals may fail before the deadline
+    renew_every: float | None = None  # default ttl / 6: four renewals may fail before the deadline
+    # a slow etcd's answers still count (each extends the deadline from when it was sent): renewals
+    # overlap, a new one every renew_every while up to this many wait for their answers
+    max_renewals_in_flight: int = 3
     retry_every: float | None = None  # campaign retry after a failure (default renew_every)
-    kernel_slack: float = 0.3  # how late the kernel may remove an address whose lifetime ran out
+    # how late the kernel may close an expired fence: timeouts round up to its tick (two ticks are
+    # 8 ms at HZ=250, 20 ms at HZ=100), plus reading the clock to committing (about 0.1 ms)
+    fence_slack: float = 0.03
 
     def __post_init__(self) -> None:
         if self.ttl < 1:
             raise ValueError("ttl must be at least 1 s")
         if not 0 < self.margin_ratio < 1:
             raise ValueError("margin_ratio must be in (0, 1)")
+        if not 0 <= self.fence_slack < self.ttl * (1 - self.margin_ratio):
+            raise ValueError("fence_slack must be >= 0 and leave part of the ttl")
+        if self.max_renewals_in_flight < 1:
+            raise ValueError("max_renewals_in_flight must be at least 1")
 
     @property
     def renew_interval(self) -> float:
@@ -156,13 +169,14 @@ def lease_hex(lease: int | None) -> str:
     return "-" if lease is None else format(lease, "x")
 
 
-def kernel_lifetime(valid_until: float, now: float, kernel_slack: float) -> int:
-    """The longest whole-second address lifetime the kernel ends by ``valid_until``; 0 when none.
+def backstop_lifetime(valid_until: float, now: float) -> int:
+    """The address's kernel lifetime: whole seconds (the kernel's unit), at least 1, ending at most a
+    second after ``valid_until``: a dead node's address goes away soon after its fence closed.
 
-    >>> kernel_lifetime(101.5, 100.0, 0.3), kernel_lifetime(101.2, 100.0, 0.3), kernel_lifetime(104.0, 100.0, 0.3)
-    (1, 0, 3)
+    >>> backstop_lifetime(100.75, 100.0), backstop_lifetime(101.5, 100.0), backstop_lifetime(103.0, 100.0)
+    (1, 2, 3)
     """
-    return max(0, math.floor(valid_until - now - kernel_slack + 1e-9))
+    return max(1, math.ceil(valid_until - now - 1e-9))
 
 
 _Handler = Callable[["Election", Event, float], Step]
@@ -181,12 +195,12 @@ class Election:
     holder: str | None = None  # who holds the leader key, as last seen
     holder_since: float | None = None  # when this node first saw that holder
     valid_until: float = 0.0  # leader: may hold the address while now < valid_until
-    vip_until: float = 0.0  # the latest moment an address this node added can still exist
+    vip_until: float = 0.0  # the latest moment this node's fence can still let the address answer
     since: float = 0.0  # when the role last changed
     vacant: bool = False  # the key was last seen absent
     next_campaign: float = float("-inf")
     next_renew: float = 0.0
-    renew_in_flight: bool = False
+    renewals_in_flight: int = 0  # keepalives of the current lease sent and not yet answered
     history: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -276,17 +290,21 @@ class Election:
         self.holder, self.revision = holder, revision if holder is not None else 0
         self.vacant = holder is None
 
+    def fence_until(self) -> float:
+        """Until when the fence may be open: the kernel closes it by ``valid_until`` at the latest."""
+        return self.valid_until - self.settings.fence_slack
+
     def _hold(self, now: float) -> tuple[Action, ...]:
-        life = kernel_lifetime(self.valid_until, now, self.settings.kernel_slack)
-        if life < 1:
+        until = self.fence_until()
+        if until <= now:
             return ()
-        self.vip_until = max(self.vip_until, now + life + self.settings.kernel_slack)
-        return (HoldVip(life),)
+        self.vip_until = max(self.vip_until, until + self.settings.fence_slack)
+        return (HoldVip(until, backstop_lifetime(self.valid_until, now)),)
 
     def _end(self, now: float, role: Role, why: str) -> Step:
         """Leadership ends: drop the address first, then revoke the lease."""
         lease = self.lease
-        self.lease, self.ttl, self.valid_until, self.renew_in_flight = None, 0.0, 0.0, False
+        self.lease, self.ttl, self.valid_until, self.renewals_in_flight = None, 0.0, 0.0, 0
         self.vip_until = min(self.vip_until, now)
         if self.holder == self.settings.node:
             self._see(None, 0, now)
@@ -337,8 +355,6 @@ def _nothing(e: Election, ev: Event, now: float) -> Step:
 
 def _stale(e: Election, ev: Event, now: float) -> Step:
     """A late answer about a lease this node no longer holds: nothing to do but forget it."""
-    if ev.kind is Input.RENEWED:
-        e.renew_in_flight = False
     return Step()
 
 
@@ -387,9 +403,9 @@ def _leader_tick(e: Election, ev: Event, now: float) -> Step:
     if now >= e.valid_until:
         return e._end(now, Role.FOLLOWER, f"lease {lease_hex(e.lease)} not renewed by its deadline "
                       f"({now - e.valid_until:.2f}s ago)")
-    if now >= e.next_renew and not e.renew_in_flight:
+    if now >= e.next_renew and e.renewals_in_flight < e.settings.max_renewals_in_flight:
         assert e.lease is not None
-        e.renew_in_flight = True
+        e.renewals_in_flight += 1
         e.next_renew = now + e.settings.renew_interval
         return Step((Renew(e.lease),))
     return Step()
@@ -398,7 +414,7 @@ def _leader_tick(e: Election, ev: Event, now: float) -> Step:
 def _leader_renewed(e: Election, ev: Event, now: float) -> Step:
     if ev.lease != e.lease:
         return _stale(e, ev, now)
-    e.renew_in_flight = False
+    e.renewals_in_flight = max(0, e.renewals_in_flight - 1)
     if now >= e.valid_until:
         return _leader_tick(e, ev, now)  # too late: the deadline passed before the answer
     assert ev.sent_at is not None
@@ -410,7 +426,7 @@ def _leader_renewed(e: Election, ev: Event, now: float) -> Step:
 def _leader_renew_failed(e: Election, ev: Event, now: float) -> Step:
     if ev.lease != e.lease:
         return Step()
-    e.renew_in_flight = False
+    e.renewals_in_flight = max(0, e.renewals_in_flight - 1)
     if now >= e.valid_until:
         return _leader_tick(e, ev, now)
     return Step((), f"{e.settings.node} could not renew lease {lease_hex(e.lease)} ({ev.why}): "
@@ -489,5 +505,5 @@ TRANSITIONS = frozenset(_TABLE)
 
 __all__ = [
     "TRANSITIONS", "Action", "Campaign", "DropVip", "Election", "Event", "HoldVip", "Input", "Renew",
-    "Revoke", "Role", "Settings", "Step", "kernel_lifetime", "lease_hex",
+    "Revoke", "Role", "Settings", "Step", "backstop_lifetime", "lease_hex",
 ]

@@ -23,7 +23,7 @@ Which numbers go where (docs/availability.md, "Clusters"):
 >>> from fivenines.model.layout import predict
 >>> c = predict(spec).cluster
 >>> c.params.takeover_time, [m.node for m in c.params.etcd], c.placements["web"].describe()
-(2.6, ['a', 'b', None], 'web: actives web-1@a web-2@b; standbys web-3@a web-4@b')
+(1.6, ['a', 'b', None], 'web: actives web-1@a web-2@b; standbys web-3@a web-4@b')
 """
 
 from __future__ import annotations

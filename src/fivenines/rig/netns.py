@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from fivenines.errors import ProviderError
-from fivenines.rig.netlink import RouteSocket
+from fivenines.runtime.netlink import RouteSocket
 from fivenines.runtime.supervisor import die_with_parent
 
 T = TypeVar("T")
@@ -394,6 +394,15 @@ class Rig:
     def route_socket(self, host: str) -> RouteSocket:
         return self.call_in(host, RouteSocket)
 
+    def mac(self, host: str) -> str:
+        """The hardware address of ``host``'s interface, e.g. ``6a:1f:...``."""
+        h = self.host(host)
+        out = _run(["ip", "-n", h.netns, "-o", "link", "show", "dev", h.interface]).stdout
+        m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+        if m is None:
+            raise RigError(f"no MAC address for {host}'s {h.interface}: {out.strip()}")
+        return m.group(1)
+
     def pids(self, host: str) -> list[int]:
         inode = netns_inode(self.host(host).netns)
         return pids_in_netns({inode}) if inode is not None else []
@@ -405,8 +414,14 @@ class Rig:
     # -- faults ---------------------------------------------------------------------------
 
     def kill(self, host: str, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
-        """Send ``sig`` to every process of ``host``; for SIGKILL, wait until they are gone."""
-        pids = self.pids(host)
+        """Send ``sig`` to every process of ``host``; for SIGKILL, wait until they are gone.
+
+        SIGKILL and SIGSTOP hit the whole host at one instant, as a crash or a freeze would: every
+        process is stopped first (again, until no new one appears), so none can react to the
+        death or the stop of another (a child told of its parent's death by PR_SET_PDEATHSIG,
+        a supervisor restarting a child) before it is killed or stopped itself.
+        """
+        pids = self._stop_all(host) if sig in (signal.SIGKILL, signal.SIGSTOP) else self.pids(host)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -419,6 +434,18 @@ class Rig:
                 time.sleep(0.005)
             self._reap()
         return pids
+
+    def _stop_all(self, host: str) -> list[int]:
+        stopped: set[int] = set()
+        for _ in range(20):
+            fresh = [p for p in self.pids(host) if p not in stopped]
+            if not fresh:
+                break
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped.update(fresh)
+        return sorted(stopped)
 
     def pause(self, host: str) -> list[int]:
         """SIGSTOP every process of ``host`` (its kernel still answers for its addresses)."""

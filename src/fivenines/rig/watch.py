@@ -1,10 +1,15 @@
 """Which hosts hold an address, sampled every millisecond or two across all of a rig's namespaces.
 
-A host *holds* the address when it is configured on one of its interfaces that is up
-with carrier: its kernel then answers ARP for it. One sample asks every namespace in
-turn over a netlink socket opened inside it (a few tens of microseconds each), so a
-handover shorter than the sampling interval can be missed, but two holders seen in
-one sample were two holders at once, to within the time one sample takes (recorded).
+A host *holds* the address when its kernel answers for it: the address is configured
+on one of its interfaces that is up with carrier, and, when the host has fivenines'
+fence (:mod:`fivenines.runtime.vip`: nftables tables ``fivenines``), the fence lets the
+address through (its set has an unexpired element). A host without a fence (keepalived)
+holds it when the address is there. One sample asks every namespace in turn over a
+netlink socket opened inside it (a few tens of microseconds each), plus a libnftables
+call where the address is present, so a handover shorter than the sampling interval
+can be missed, but two holders seen in one sample were two holders at once, to within
+the time one sample takes (recorded). :class:`~fivenines.rig.arp.ArpProbe` measures the
+same from the wire.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fivenines.rig.netlink import RouteSocket
 from fivenines.rig.netns import Rig
+from fivenines.runtime.netlink import RouteSocket
+from fivenines.runtime.nft import Nft, NftError
+from fivenines.runtime.vip import FENCE_SET, FENCE_TABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +46,28 @@ class AddressWatch:
     longest_gap: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    fenced: int = 0  # samples in which a host had the address but its fence kept it silent
     _socks: dict[str, RouteSocket] = field(default_factory=dict)
+    _nft: dict[str, Nft] = field(default_factory=dict)
     _error: BaseException | None = None
 
     def __post_init__(self) -> None:
         for h in self.hosts if self.hosts is not None else list(self.rig.hosts):
             self._socks[h] = self.rig.route_socket(h)
+            self._nft[h] = self.rig.call_in(h, Nft)
+
+    def answers(self, host: str) -> bool:
+        """The address is on an up interface of ``host`` and no fence keeps it silent."""
+        if not self._socks[host].holds(self.address):
+            return False
+        try:
+            listing = self._nft[host].run(f"list set arp {FENCE_TABLE} {FENCE_SET}")
+        except NftError:
+            return True  # no fence on this host
+        if f" {self.address} " in listing:
+            return True
+        self.fenced += 1
+        return False
 
     def __repr__(self) -> str:
         now = self.changes[-1].holders if self.changes else ()
@@ -52,7 +75,7 @@ class AddressWatch:
                 f"with_two={self.samples_with_two} changes={len(self.changes)}>")
 
     def sample(self) -> tuple[str, ...]:
-        return tuple(h for h, s in self._socks.items() if s.holds(self.address))
+        return tuple(h for h in self._socks if self.answers(h))
 
     def start(self) -> AddressWatch:
         self._thread = threading.Thread(target=self._run, name=f"watch {self.address}", daemon=True)
@@ -87,6 +110,8 @@ class AddressWatch:
             self._thread.join(5)
         for s in self._socks.values():
             s.close()
+        for n in self._nft.values():
+            n.close()
         if self._error is not None:
             raise self._error
         return self

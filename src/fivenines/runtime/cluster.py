@@ -6,10 +6,11 @@ Three things run on the event loop:
   when to campaign, renew, or give the address up at its deadline;
 * a **watcher** reads the leader key and then watches it, feeding every change (with
   the revision etcd answered at, so stale answers are told apart);
-* the **actions** the machine returns: address changes (:class:`~fivenines.runtime.vip.Vip`,
-  a few milliseconds of ``ip``) are carried out at once and in order, so a drop is never
-  stuck behind a slow etcd call; etcd calls (campaign, keepalive, revoke) run as tasks,
-  each timing its request from just before it is sent.
+* the **actions** the machine returns: fence and address changes
+  (:class:`~fivenines.runtime.vip.Vip`: in-process nftables and rtnetlink calls, well under
+  a millisecond) are carried out at once, in order and without yielding to the loop, so a
+  drop is never stuck behind a slow etcd call; etcd calls (campaign, keepalive, revoke)
+  run as tasks, each timing its request from just before it is sent.
 
 ``status()`` says who holds the VIP and since when, the lease and the fencing revision;
 ``on_change(status)`` is called whenever the holder or this node's role changes (the
@@ -44,9 +45,13 @@ log = logging.getLogger("fivenines.cluster")
 
 
 class VipLike(Protocol):
-    async def hold(self, lifetime: int) -> bool: ...
+    def install(self) -> None: ...
 
-    async def drop(self) -> None: ...
+    def hold(self, fence_until: float, lifetime: int, clock: Callable[[], float]) -> bool: ...
+
+    def drop(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def leader_key(prefix: str, service: str) -> str:
@@ -77,8 +82,8 @@ class ElectionRunner:
         self.decisions: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
-        self._vip_lock = asyncio.Lock()
         self._seen: tuple[object, ...] = ()
+        self._drop_failed = False
 
     def __repr__(self) -> str:
         return f"<ElectionRunner {self.election!r} vip={'held' if self.holds_vip else '-'}>"
@@ -93,6 +98,9 @@ class ElectionRunner:
     # -- life ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Put the VIP's fence in place (closed; raises :class:`~fivenines.errors.ProviderError` when it
+        cannot be), then start the ticker and the watcher."""
+        self.vip.install()
         loop = asyncio.get_running_loop()
         self._main = [loop.create_task(self._ticker(), name="election ticker"),
                       loop.create_task(self._watcher(), name="election watcher")]
@@ -102,31 +110,33 @@ class ElectionRunner:
         for t in self._main:
             t.cancel()
         await asyncio.gather(*self._main, return_exceptions=True)
-        await self._apply(self.election.resign(self.now()))
+        self._apply(self.election.resign(self.now()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
+        if not self.holds_vip and not self._drop_failed:  # else leave the fence: it keeps the address silent
+            self.vip.close()
 
     # -- the loops ------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
         while True:
-            await self._apply(self.election.tick(self.now()))
+            self._apply(self.election.tick(self.now()))
             await asyncio.sleep(self.tick)
 
     async def _watcher(self) -> None:
         while True:
             try:
                 kv, read_at = await self.etcd.read(self.key)
-                await self._observe(kv, read_at)
+                self._observe(kv, read_at)
                 # a watch can stall silently (a half-open connection): read afresh now and then
                 async with asyncio.timeout(2 * self.election.settings.ttl):
                     async for resp in self.etcd.watch(self.key, read_at + 1):
                         at = int(resp.get("header", {}).get("revision", 0))
                         for ev in resp.get("events", []):
-                            await self._observe(None if ev.get("type") == "DELETE" else ev.get("kv"), at)
+                            self._observe(None if ev.get("type") == "DELETE" else ev.get("kv"), at)
                         if resp.get("canceled"):
                             raise EtcdError(f"watch canceled: {resp.get('cancel_reason', '')}")
             except TimeoutError:
@@ -136,44 +146,45 @@ class ElectionRunner:
                 log.debug("%s: watch: %s", self.node, exc)
             await asyncio.sleep(self.election.settings.retry_interval)
 
-    async def _observe(self, kv: dict[str, Any] | None, read_at: int) -> None:
+    def _observe(self, kv: dict[str, Any] | None, read_at: int) -> None:
         now = self.now()
         if kv is None:
             step = self.election.observe(None, 0, read_at, now)
         else:
             step = self.election.observe(unb64(kv["value"]).decode(), int(kv["create_revision"]), read_at, now)
-        await self._apply(step)
+        self._apply(step)
 
     # -- carrying out -----------------------------------------------------------------------
 
-    async def _apply(self, step: Step) -> None:
+    def _apply(self, step: Step) -> None:
         if step.decision:
             log.info("%s", step.decision)
             self.decisions.append(step.decision)
             del self.decisions[:-20]
         for action in step.actions:
-            await self._do(action)
+            self._do(action)
         self._changed()
 
-    async def _do(self, action: Action) -> None:
+    def _do(self, action: Action) -> None:
         if isinstance(action, HoldVip):
-            async with self._vip_lock:
-                try:
-                    added = await self.vip.hold(action.lifetime)
-                except FivenineError as exc:
-                    self.last_error = str(exc)
-                    log.error("%s: could not hold the VIP: %s", self.node, exc)
-                    return
-                if added or not self.holds_vip:
-                    self.holds_vip, self.vip_since = True, time.time()
+            try:
+                added = self.vip.hold(action.fence_until, action.lifetime, self.now)
+            except FivenineError as exc:
+                self.last_error = str(exc)
+                log.error("%s: could not hold the VIP: %s", self.node, exc)
+                return
+            if added or not self.holds_vip:
+                self.holds_vip, self.vip_since = True, time.time()
         elif isinstance(action, DropVip):
-            async with self._vip_lock:
-                try:
-                    await self.vip.drop()
-                except FivenineError as exc:
-                    self.last_error = str(exc)
-                    log.error("%s: could not drop the VIP: %s", self.node, exc)
-                self.holds_vip, self.vip_since = False, None
+            try:
+                self.vip.drop()
+            except FivenineError as exc:
+                self.last_error = str(exc)
+                self._drop_failed = True
+                log.error("%s: could not drop the VIP: %s", self.node, exc)
+            else:
+                self._drop_failed = False
+            self.holds_vip, self.vip_since = False, None
         elif isinstance(action, Campaign):
             self._spawn(self._campaign(action.ttl))
         elif isinstance(action, Renew):
@@ -199,30 +210,32 @@ class ElectionRunner:
             )
         except EtcdError as exc:
             self.last_error = str(exc)
-            await self._apply(self.election.campaign_failed(lease, str(exc), self.now()))
+            self._apply(self.election.campaign_failed(lease, str(exc), self.now()))
             return
         now = self.now()
         if ok:
-            await self._apply(self.election.granted(lease, granted, revision, sent, now))
+            self._apply(self.election.granted(lease, granted, revision, sent, now))
             return
         kvs = (doc.get("responses") or [{}])[0].get("response_range", {}).get("kvs") or []
         holder = unb64(kvs[0]["value"]).decode() if kvs else None
         held_rev = int(kvs[0]["create_revision"]) if kvs else 0
-        await self._apply(self.election.refused(lease, holder, held_rev, now))
+        self._apply(self.election.refused(lease, holder, held_rev, now))
 
     async def _renew(self, lease: int) -> None:
         sent = self.now()
+        # an answer is worth waiting for until the deadline (it extends it from ``sent``); renewals overlap
+        wait = min(max(0.05, self.election.valid_until - sent), float(self.election.settings.ttl))
         try:
-            ttl = await self.etcd.keepalive(str(lease))
+            ttl = await self.etcd.keepalive(str(lease), wait)
         except EtcdError as exc:
             self.last_error = str(exc)
-            await self._apply(self.election.renew_failed(lease, str(exc), self.now()))
+            self._apply(self.election.renew_failed(lease, str(exc), self.now()))
             return
         now = self.now()
         if ttl <= 0:
-            await self._apply(self.election.expired(lease, now))
+            self._apply(self.election.expired(lease, now))
         else:
-            await self._apply(self.election.renewed(lease, ttl, sent, now))
+            self._apply(self.election.renewed(lease, ttl, sent, now))
 
     async def _revoke(self, lease: int) -> None:
         try:

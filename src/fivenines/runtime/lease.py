@@ -175,12 +175,13 @@ class Etcd:
         self.timeout = timeout
         self._current = 0
 
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """POST to the endpoints in turn until one answers, each given ``timeout`` (default: the client's)."""
         errors = []
         for i in range(len(self.endpoints)):
             url = self.endpoints[(self._current + i) % len(self.endpoints)]
             try:
-                doc = await post_json(url, path, body, self.timeout)
+                doc = await post_json(url, path, body, self.timeout if timeout is None else timeout)
             except EtcdError as exc:
                 errors.append(str(exc))
                 continue
@@ -192,9 +193,9 @@ class Etcd:
         doc = await self.call("/v3/lease/grant", {"TTL": max(1, round(ttl))})
         return str(doc["ID"]), float(doc.get("TTL", 0))
 
-    async def keepalive(self, lease_id: str) -> float:
+    async def keepalive(self, lease_id: str, timeout: float | None = None) -> float:
         """The lease's new TTL; 0 when etcd no longer knows it (expired or revoked)."""
-        doc = await self.call("/v3/lease/keepalive", {"ID": lease_id})
+        doc = await self.call("/v3/lease/keepalive", {"ID": lease_id}, timeout)
         return float(doc.get("TTL", 0))
 
     async def revoke(self, lease_id: str) -> None:
