@@ -131,7 +131,7 @@ def test_openapi_describes_every_route(run_fivenines: Any) -> None:
             "/targets/{id}/enable": ["post"], "/targets/{id}/maintenance": ["post"],
             "/targets/{id}/weight": ["put"], "/reload": ["post"], "/openapi.yaml": ["get"],
             "/target_groups/{group}/switchover": ["post"], "/target_groups/{group}/targets/{id}/cut_off": ["post"],
-            "/target_groups/{group}/restart": ["post"]}
+            "/target_groups/{group}/restart": ["post"], "/target_groups/{group}/scale": ["post"]}
     assert {p: sorted(m for m in ops if m != "parameters") for p, ops in paths.items()} == want
     for p, ops in paths.items():
         for m in want[p]:

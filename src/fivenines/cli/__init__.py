@@ -7,6 +7,7 @@ module                 commands
 :mod:`.ops`            ``status``, ``events``, ``drain``, ``enable``,
                        ``maintenance``, ``weight``, ``reload``, ``restart``,
                        ``switchover``: a running fivenines, through its admin API
+:mod:`.scale`          ``scale``: a manual count for a scaled group
 :mod:`.model`          ``model``: predicted availability
 :mod:`.chaos`          ``chaos``: faults under load, measured availability
 :mod:`.aws`            ``aws plan|apply|status|destroy``: the spec on AWS
@@ -32,10 +33,10 @@ from __future__ import annotations
 import click
 
 from fivenines import __version__
-from fivenines.cli import aws, chaos, model, ops, run
+from fivenines.cli import aws, chaos, model, ops, run, scale
 from fivenines.cli.common import Main
 
-FAMILIES = (run, ops, model, chaos, aws)
+FAMILIES = (run, ops, scale, model, chaos, aws)
 """The modules whose ``COMMANDS`` make up ``fivenines``."""
 
 

@@ -60,6 +60,8 @@ def model_cmd(spec_file: str, as_json: bool) -> None:
         f"{format_seconds(p.downtime_per_year_s)} a year, {format_seconds(p.downtime_per_month_s)} per 30 days; "
         f"dominated by {top}{share}."
     )
+    for line in p.load_lines():  # groups with a load: section: instances the load needs, availability at min/max
+        out.print(line, markup=False)
     if p.slo is not None:
         verdict = "met" if p.slo.meets else "[red]missed[/]"
         out.print(
