@@ -299,17 +299,20 @@ def _next_ids(name: str, taken: set[str], n: int) -> list[tuple[str, int]]:
     return out
 
 
-def removal_order(targets: Sequence[RunningTarget]) -> list[RunningTarget]:
-    """Targets in the order to remove them when a group shrinks: those serving least first.
+def removal_order(targets: Sequence[RunningTarget], actives_first: bool = False) -> list[RunningTarget]:
+    """Targets in the order to remove them when a group shrinks: those serving least first
+    (not healthy, then standbys, then the highest index); with ``actives_first`` (a scaled
+    group whose count was clamped: the standby pool keeps its members), actives before standbys.
 
     >>> ts = [RunningTarget("w-1", "a", Role.ACTIVE, HealthState.HEALTHY, 0),
     ...       RunningTarget("w-2", "b", Role.STANDBY, HealthState.HEALTHY, 1),
     ...       RunningTarget("w-3", "c", Role.ACTIVE, HealthState.UNHEALTHY, 2),
     ...       RunningTarget("w-4", "d", Role.ACTIVE, HealthState.HEALTHY, 3)]
-    >>> [t.id for t in removal_order(ts)]
-    ['w-3', 'w-2', 'w-4', 'w-1']
+    >>> [t.id for t in removal_order(ts)], [t.id for t in removal_order(ts, actives_first=True)]
+    (['w-3', 'w-2', 'w-4', 'w-1'], ['w-3', 'w-4', 'w-1', 'w-2'])
     """
-    return sorted(targets, key=lambda t: (t.state is HealthState.HEALTHY, t.role is Role.ACTIVE, -t.index))
+    return sorted(targets, key=lambda t: (t.state is HealthState.HEALTHY, (t.role is Role.ACTIVE) != actives_first,
+                                          -t.index))
 
 
 def active_count_after(old: TargetGroupSpec, new: TargetGroupSpec, running: int | None) -> tuple[int, int]:
@@ -370,7 +373,7 @@ def _group_diff(name: str, old: TargetGroupSpec, new: TargetGroupSpec, running: 
             return actions
         keep = list(running)
         if len(running) > total:
-            going = removal_order(running)[: len(running) - total]
+            going = removal_order(running, new.scaling is not None)[: len(running) - total]
             for t in going:
                 actions.append(RemoveTarget(name, t.id, f"{what} + standby lowered to {total}"))
             keep = [t for t in running if t not in going]
