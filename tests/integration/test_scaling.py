@@ -199,6 +199,22 @@ def test_manual_override_status_metrics_and_refusals(run_fivenines: Any, tmp_pat
     assert r.returncode == 0 and "(manual" not in r.stdout, r.stdout
     assert scaling(f)["manual"] is None and scaling(f)["current"] == 2
     assert events(f)[-1]["reason"] == "manual override cleared: the policies decide (admin API from 127.0.0.1)"
+    # a reload: count is the starting count only (the group keeps its 2); a lower max clamps it
+    data = yaml.safe_load(f.spec_path.read_text())
+    data["target_groups"]["web"]["instances"]["count"] = 3
+    f.spec_path.write_text(yaml.safe_dump(data))
+    r = cli("reload", "-f", spec)
+    assert r.returncode == 0 and "no change" in r.stdout, r.stdout + r.stderr
+    assert scaling(f)["current"] == 2
+    data["target_groups"]["web"]["instances"]["count"] = 1
+    data["target_groups"]["web"]["scaling"]["max"] = 1
+    f.spec_path.write_text(yaml.safe_dump(data))
+    r = cli("reload", "-f", spec)
+    assert r.returncode == 0 and "web: 1 active" in r.stdout, r.stdout + r.stderr
+    wait_until(lambda: len(f.targets()) == 2 and scaling(f)["current"] == 1 and scaling(f)["max"] == 1, 15, 0.1,
+               what="the clamp to max 1")
+    assert roles(f) == {"web-1": "active", "web-2": "standby"}  # an active went, the standby stayed
+    assert events(f)[-1]["reason"].startswith("scaling settings changed: 1..1 from 1 actives")
 
 
 def test_a_group_without_scaling_refuses_a_count(run_fivenines: Any) -> None:
@@ -207,3 +223,29 @@ def test_a_group_without_scaling_refuses_a_count(run_fivenines: Any) -> None:
     assert f.status()["target_groups"]["web"]["scaling"] is None
     r = cli("scale", "web", "2", "-f", str(f.spec_path))
     assert r.returncode == 1 and "web has no scaling: section: its count is fixed" in r.stderr, r.stderr
+
+
+def test_the_dashboard_shows_the_scaling_of_a_group(run_fivenines: Any, tmp_path: Path) -> None:
+    import json
+
+    from tests.helpers import require_binary
+    from tests.ops_helpers import Chromium
+
+    chromium = require_binary("chromium")
+    f = run_fivenines(scaled_spec())
+    f.wait_healthy()
+    browser = Chromium(chromium, f"{f.admin}/")
+    shown = ("JSON.stringify((e => e && [e.dataset.current, e.dataset.desired, e.dataset.min, e.dataset.max, "
+             "e.dataset.manual, e.textContent])(document.querySelector('section[data-group=\"web\"] p.scaling')))")
+    try:
+        first = wait_until(lambda: (x := json.loads(browser.evaluate(shown))) and x, 10, 0.1, what="the scaling line")
+        assert first[:5] == ["1", "1", "1", "4", ""], first
+        assert first[5].startswith("scaling 1 of 1..4 · requests_per_target "), first
+        status, _, _ = admin_call(f.admin, "POST", "/target_groups/web/scale?count=2", token_of(tmp_path / "state"))
+        assert status == 200
+        line = wait_until(lambda: (x := json.loads(browser.evaluate(shown))) and x[0] == "2" and x, 10, 0.1,
+                          what="the new count shown")
+        assert line[4] == "2" and line[5].startswith("scaling 2 of 1..4 (manual 2) · "), line
+        assert line[5].endswith("scale web 1 -> 2: manual override 2"), line
+    finally:
+        browser.close()
