@@ -21,7 +21,7 @@ import yaml
 
 from fivenines.chaos.loadgen import LoadGen
 from fivenines.chaos.outcomes import OutcomeLog
-from tests.helpers import PY, LoopThread, demo_spec, wait_until
+from tests.helpers import PY, LoopThread, demo_spec, http_get, wait_until
 from tests.ops_helpers import admin_call, token_of
 
 pytestmark = pytest.mark.slow
@@ -29,11 +29,14 @@ pytestmark = pytest.mark.slow
 TARGET = 30  # requests per second per instance; an instance serves up to 100 (20 ms, 2 at once)
 
 
-def scaled_spec(**scaling: Any) -> dict[str, Any]:
-    spec = demo_spec(count=1, standby=1, interval="200ms", timeout="150ms", deregistration_delay="5s")
+def scaled_spec(interval: str = "200ms", timeout: str = "150ms", **scaling: Any) -> dict[str, Any]:
+    spec = demo_spec(count=1, standby=1, interval=interval, timeout=timeout, deregistration_delay="5s")
     tg = spec["target_groups"]["web"]
     tg["instances"]["command"] += ["--cost-ms", "20", "--capacity", "2"]
     tg["health_check"]["startup_grace"] = "5s"  # a check before the demo listens does not swap the roles
+    # a short hold: were a new active placed after the standby, the standby would soon be "reinstated"
+    tg["failover"] = {"hold_time": "1s"}
+    tg["outlier_detection"] = {"latency": None}  # the test slows the actives down on purpose
     tg["scaling"] = {"min": 1, "max": 4, "policies": [{"requests_per_target": TARGET}],
                      "evaluation_interval": "1s", "scale_out_window": "2s", "scale_in_stabilization": "4s",
                      **scaling}
@@ -97,11 +100,12 @@ def roles(f: Any) -> dict[str, str]:
 
 
 def test_scale_out_and_in_under_load_fails_no_request(run_fivenines: Any, load_runs: list[Phases]) -> None:
-    f = run_fivenines(scaled_spec())
+    # checks slow enough to pass while the actives answer in 300 ms (below)
+    f = run_fivenines(scaled_spec(interval="600ms", timeout="500ms"))
     f.wait_healthy()
     assert roles(f) == {"web-1": "active", "web-2": "standby"}
     # 2.5x the target on the one active (3 instances' worth), then a light load for the scale-in
-    load = Phases(f.host, f.port, [(2.5 * TARGET, 12.0), (8.0, 14.0)])
+    load = Phases(f.host, f.port, [(2.5 * TARGET, 12.0), (12.0, 14.0)])
     load_runs.append(load)
     out = wait_until(lambda: [e for e in events(f) if e["target"] == "" and e["old"].isdigit()
                               and int(e["new"]) > int(e["old"])], 15, 0.2, what="a scale-out")
@@ -112,14 +116,29 @@ def test_scale_out_and_in_under_load_fails_no_request(run_fivenines: Any, load_r
         t["state"] == "healthy" and t["role"] == "active" for t in f.targets()) == 3, 15, 0.2, what="3 healthy actives")
     ids = roles(f)
     assert ids["web-2"] == "standby"  # the standby pool is untouched
+    assert [t["id"] for t in f.targets()] == ["web-1", "web-3", "web-4", "web-2"]  # the standby's place is last
     assert set(ids) == {"web-1", "web-2", "web-3", "web-4"}  # new ids after web-{count + standby}
     st = scaling(f)
     assert (st["min"], st["max"], st["manual"]) == (1, 4, None) and st["metrics"][0]["metric"] == "requests_per_target"
+    # every active now answers in 300 ms: the ones a scale-in removes have requests in flight as they drain
+    for t in f.targets():
+        if t["role"] == "active":
+            host, port = t["address"].rsplit(":", 1)
+            assert http_get(host, int(port), "/_slow?ms=300")[0] == 200
     # light load: every evaluation agrees the group may shrink; after the 4 s window it does
     down = wait_until(lambda: [e for e in events(f) if e["target"] == "" and e["old"].isdigit()
                                and int(e["new"]) < int(e["old"])], 25, 0.2, what="a scale-in")
-    wait_until(lambda: scaling(f)["current"] == 1 and roles(f) == {"web-1": "active", "web-2": "standby"},
-               20, 0.2, what="back to one active: the two new instances drained and stopped")
+    seen: list[tuple[str, str]] = []  # (health, instance state) of the instances going, while they drain
+
+    def back_to_one() -> bool:
+        targets = f.targets()
+        seen.extend((t["state"], t["instance"]["state"]) for t in targets if t["id"] in ("web-3", "web-4"))
+        return scaling(f)["current"] == 1 and {t["id"]: t["role"] for t in targets} == {
+            "web-1": "active", "web-2": "standby"}
+
+    wait_until(back_to_one, 20, 0.03, what="back to one active: the two new instances drained and stopped")
+    # an instance is stopped only once drained (its in-flight requests finished)
+    assert all(inst == "running" for health, inst in seen if health == "draining"), seen
     down = [e for e in events(f) if e["target"] == "" and e["old"].isdigit() and int(e["new"]) < int(e["old"])]
     for e in down:  # one step, or two as the light load's rate settles in the window
         assert re.fullmatch(rf"scaled web [32] -> [21]: every policy below target: requests_per_target [\d.]+/s "
@@ -128,6 +147,8 @@ def test_scale_out_and_in_under_load_fails_no_request(run_fivenines: Any, load_r
     assert sorted(e["target"] for e in removed) == ["web-3", "web-4"]
     drains = [e for e in events(f, "drain") if e["target"] in ("web-3", "web-4") and e["new"] == "unused"]
     assert len(drains) == 2 and all(e["reason"].startswith("drained in ") for e in drains), drains  # none cut
+    for e in removed:  # drained first, stopped after
+        assert next(d["seq"] for d in drains if d["target"] == e["target"]) < e["seq"], (drains, removed)
     logs = load.finish(30)
     for log in logs:
         failed = int(log.failed_mask().sum())
