@@ -26,13 +26,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fivenines import __version__
 from fivenines.cloud.aws_kinds import HANDLERS, Update, error_code
 from fivenines.cloud.aws_shapes import changed_fields, resolve, tags_of
-from fivenines.cloud.mapping import map_spec
+from fivenines.cloud.mapping import ALB_REQUESTS, ASG_CPU, map_spec
 from fivenines.cloud.plan import Action, Observed, Op, Plan, diff, steps
 from fivenines.cloud.resources import (
     TAG_MANAGED,
@@ -47,6 +47,9 @@ from fivenines.cloud.resources import (
 )
 from fivenines.errors import NetworkError, ProviderError, TimedOut
 from fivenines.spec import AwsSpec, Spec
+
+POLICY_METRICS = {ALB_REQUESTS: "requests_per_target", ASG_CPU: "cpu"}
+"""AWS's predefined metric of a scaling policy -> the ``scaling:`` policy it maps (its key: ``policy/GROUP/METRIC``)."""
 
 
 class AwsUnreachable(ProviderError, NetworkError):
@@ -331,6 +334,16 @@ class AwsProvider:
             tags = tags_of(g.get("Tags"))
             if _ours(tags, stack) and g.get("Status") != "Delete in progress":
                 keep(Kind.AUTO_SCALING_GROUP, tags, g["AutoScalingGroupName"], g["AutoScalingGroupName"], g)
+                # its scaling policies carry no tags: ours are the fivenines- ones tracking a metric we map
+                group = (tags.get(TAG_RESOURCE) or "").partition("/")[2]
+                for pol in self._paginate(self.asg, "describe_policies", "ScalingPolicies",
+                                          f"listing the scaling policies of {g['AutoScalingGroupName']}",
+                                          AutoScalingGroupName=g["AutoScalingGroupName"]):
+                    tracked = (pol.get("TargetTrackingConfiguration") or {}).get("PredefinedMetricSpecification") or {}
+                    metric = POLICY_METRICS.get(str(tracked.get("PredefinedMetricType", "")))
+                    if group and metric and str(pol.get("PolicyName", "")).startswith("fivenines-"):
+                        ptags = {TAG_RESOURCE: f"policy/{group}/{metric}"}
+                        keep(Kind.SCALING_POLICY, ptags, pol["PolicyName"], pol["PolicyName"], pol)
 
         def ref(rid: str) -> str:
             return f"@{id_to_key[rid]}" if rid in id_to_key else rid
@@ -384,8 +397,26 @@ class AwsProvider:
     # ------------------------------------------------------------------ plan
 
     def desired(self, spec: Spec) -> Desired:
-        """The spec mapped onto this account's network (looks up the VPC and subnets only)."""
-        return map_spec(spec, self.network(spec.aws or AwsSpec()))
+        """The spec mapped onto this account's network (looks up the VPC and subnets, and the
+        instance type's vCPUs when a ``cpu`` scaling policy needs them)."""
+        aws = spec.aws or AwsSpec()
+        network = self.network(aws)
+        if any(p.cpu is not None for tg in spec.target_groups.values() if tg.scaling for p in tg.scaling.policies):
+            network = replace(network, vcpus=self.vcpus(aws.instance_type))
+        return map_spec(spec, network)
+
+    def vcpus(self, instance_type: str) -> int | None:
+        """The default vCPUs of an EC2 instance type (None: AWS does not know the type)."""
+        from botocore.exceptions import ClientError
+
+        with self.aws(f"aws.instance_type: looking up {instance_type}"):
+            try:
+                found = self.ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+            except ClientError as exc:
+                if error_code(exc).startswith("InvalidInstanceType"):
+                    return None  # the mapping says it cannot convert the cpu target
+                raise
+        return int(found[0]["VCpuInfo"]["DefaultVCpus"]) if found else None
 
     def prepare(self, desired: Desired) -> Prepared:
         """Observe the stack and diff it against ``desired``; no changes are made."""
@@ -420,7 +451,8 @@ class AwsProvider:
                     ids.pop(key, None)
                 elif step.op is Op.CREATE:
                     r = desired[key]
-                    ids[key] = handler.create(self, resolve(r.props, ids), stack_tags(prepared.desired.stack, key, aws), ids)
+                    props = resolve({**r.props, **r.create_only}, ids)
+                    ids[key] = handler.create(self, props, stack_tags(prepared.desired.stack, key, aws), ids)
                 else:
                     r, old = desired[key], observed[key].resource.props
                     handler.update(self, Update(r, old, resolve(r.props, ids), ids[key], changed_fields(r.props, old), ids))
