@@ -78,6 +78,10 @@ def test_scaling_maps_to_the_group_sizes_and_target_tracking_policies(moto_url: 
     assert cpu["TargetValue"] == 25.0
     # read back as written: nothing to do
     assert p.prepare(p.desired(spec)).plan.empty
+    assert p.status("shop")["auto_scaling_groups"]["web"] == {
+        "name": ASG, "min": 3, "desired": 3, "max": 7,
+        "policies": [{"metric": "ASGAverageCPUUtilization", "target": 25.0},
+                     {"metric": "ALBRequestCountPerTarget", "target": 24000.0}]}
 
     # AWS scales the group (here: by hand, moto evaluates no policy): no drift, apply leaves it
     clients(moto_url)["autoscaling"].set_desired_capacity(AutoScalingGroupName=ASG, DesiredCapacity=5)

@@ -464,8 +464,19 @@ class AwsProvider:
     def status(self, stack: str) -> dict[str, Any]:
         """Load balancers, and every target's ELB health state and reason, as JSON-able data."""
         obs = self.observe(stack)
-        out: dict[str, Any] = {"stack": stack, "region": self.region, "load_balancers": [], "target_groups": {}}
+        out: dict[str, Any] = {"stack": stack, "region": self.region, "load_balancers": [], "target_groups": {},
+                               "auto_scaling_groups": {}}
         instances: dict[str, dict[str, Any]] = {}
+        for key, o in sorted(obs.resources.items()):
+            if o.resource.kind is Kind.AUTO_SCALING_GROUP:  # sizes, and the policies that move them
+                group = key.split("/", 1)[1]
+                props = o.resource.props
+                out["auto_scaling_groups"][group] = {
+                    "name": o.resource.name, "min": props["min_size"], "desired": props["desired_capacity"],
+                    "max": props["max_size"],
+                    "policies": [{"metric": x.resource.props["metric"], "target": x.resource.props["target_value"]}
+                                 for k, x in sorted(obs.resources.items()) if k.startswith(f"policy/{group}/")],
+                }
         for key, o in obs.resources.items():
             item = obs.extra.get(key, {})
             if o.resource.kind is Kind.AUTO_SCALING_GROUP:
