@@ -152,3 +152,31 @@ def test_the_provider_reads_the_vcpus_of_an_instance_type(moto_url: str) -> None
     p = provider(moto_url)
     assert (p.vcpus("t3.micro"), p.vcpus("m5.2xlarge"), p.vcpus("t9.imaginary")) == (2, 8, None)
 
+
+
+def test_plan_apply_and_status_of_a_scaled_group_on_the_command_line(moto_url: str, tmp_path: Any) -> None:  # noqa: F811
+    from tests.helpers import write_spec
+    from tests.integration.test_aws_cli import fivenines_aws
+
+    raw = {"name": "shop", "listeners": [{"port": 80, "default_target_group": "web"}],
+           "target_groups": {"web": {
+               "instances": {"command": ["app", "--port", "{port}"], "count": 2, "standby": 1},
+               "health_check": {"interval": "10s", "timeout": "5s"},
+               "scaling": {"min": 2, "max": 6, "policies": [{"requests_per_target": 400},
+                                                            {"p99_latency": "250ms"}]}}}}
+    spec = str(write_spec(tmp_path / "shop.yaml", raw))
+    plan = fivenines_aws(moto_url, "plan", spec)
+    assert plan.returncode == 2, plan.stdout + plan.stderr  # p99_latency has no AWS equivalent: written, it blocks
+    assert ("target_groups.web.scaling.policies.1.p99_latency: EC2 Auto Scaling target tracking has no metric for "
+            "a latency percentile per target; nearest valid value: no such policy on AWS") in plan.stderr
+    plan = fivenines_aws(moto_url, "plan", spec, "--adjust")
+    assert plan.returncode == 0, plan.stderr
+    for line in ("+ create scaling policy fivenines-shop-web-requests-per-target", "target_value: 24000.0",
+                 "metric: ALBRequestCountPerTarget", "min_size: 3", "max_size: 7", "desired_capacity: 3"):
+        assert line in plan.stdout, line
+    applied = fivenines_aws(moto_url, "apply", spec, "--adjust")
+    assert applied.returncode == 0, applied.stderr
+    status = fivenines_aws(moto_url, "status", spec)
+    assert ("web: Auto Scaling group fivenines-shop-web: 3 instances of 3..7 "
+            "(ALBRequestCountPerTarget target 24000)") in status.stdout, status.stdout
+    assert fivenines_aws(moto_url, "destroy", spec, "--yes").returncode == 0
