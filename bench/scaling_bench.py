@@ -9,9 +9,10 @@
    throughput is C requests/s.
 2. From C: the policy's target T = C / 2 requests/s per instance (half the capacity:
    room for the load to double while instances start, as the usual 50 % CPU target);
-   1x = MIN x T (MIN instances on target); 5x = 5 x 1x (10 instances' worth at target);
-   MAX = 12 (the 5x's 10 plus room for noise). A p99 objective of 4 x the cost
-   (160 ms: an instance on target answers in about the cost).
+   1x = 1.7 x T (the MIN = 2 instances at 85 % of target); 5x = 8.5 x T (8.5 instances'
+   worth: not a whole number, so that a reading a hair above it does not ask for one more);
+   MAX = ceil(8.5) + 1 = 10. A p99 objective of 4 x the cost (160 ms: an instance on
+   target answers in about the cost).
 3. The same open-loop load (``fivenines.chaos.loadgen``: each request sent when due,
    latency counted from then; a 10 s client timeout) in three phases, 1x -> 5x -> 1x,
    against three runs of fivenines, each over its own demo instances:
@@ -45,6 +46,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -71,8 +73,10 @@ from fivenines.runtime.supervisor import die_with_parent  # noqa: E402
 PY = sys.executable
 COST_MS = 40
 CAPACITY = 4  # requests one instance works on at once
-MIN, MAX = 2, 12
+MIN = 2
+BASE_X_TARGET = 1.7  # the base load (1x) in instances' worth at the target
 STEP = 5  # the peak is 5x the base load
+MAX = math.ceil(BASE_X_TARGET * STEP) + 1
 OBJECTIVE_X_COST = 4  # the p99 objective: 4 x the cost
 CLIENT_TIMEOUT = 10.0
 TARGETS = {"failed": 0, "p99_back_s": 10.0, "instance_seconds_saved": 0.30, "direction_changes": 1}
@@ -320,11 +324,12 @@ def main() -> int:
         work = Path(tmp)
         capacity = measure_capacity(work)
         target = capacity / 2
-        base = MIN * target
+        base = BASE_X_TARGET * target
         objective = OBJECTIVE_X_COST * COST_MS / 1000
         print(f"one instance (--cost-ms {COST_MS} --capacity {CAPACITY}) serves {capacity:.1f} requests/s "
               f"(ideal {CAPACITY * 1000 / COST_MS:g}); target T = {target:.1f}/s per instance; "
-              f"1x = {base:.0f}/s, {STEP}x = {STEP * base:.0f}/s; p99 objective {objective * 1000:.0f} ms", flush=True)
+              f"1x = {base:.0f}/s ({BASE_X_TARGET:g} instances' worth), {STEP}x = {STEP * base:.0f}/s "
+              f"({BASE_X_TARGET * STEP:g}); min {MIN}, max {MAX}; p99 objective {objective * 1000:.0f} ms", flush=True)
         configs = [("a-fixed-min", spec_for("a-fixed-min", work, MIN, None, 1)),
                    ("b-fixed-max", spec_for("b-fixed-max", work, MAX, None, 1)),
                    ("c-scaling", spec_for("c-scaling", work, MIN, target, 1))]
