@@ -61,7 +61,7 @@ failover-bench: $(VENV)/.installed-dev compile
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/failover_bench.py
 
-## Elastic scaling: a 1x -> 5x -> 1x load against fixed min, fixed max and scaling: (docs/scaling.md; ~5 min).
+## Elastic scaling: a 1x -> 5x -> 1x load against fixed min, fixed max and scaling: (docs/scaling.md; 5-6 min).
 scaling-bench: $(VENV)/.installed-dev compile
 	$(BIN)/python bench/scaling_bench.py
 

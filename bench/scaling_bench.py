@@ -35,7 +35,7 @@ than one scale direction change within a constant phase.
 
 The scaling run uses a 15 s scale-in stabilisation (the default is 3 minutes: the phases
 here are 35 s) and evaluates every second on a 3 s window (defaults 2 s and 6 s); both are
-printed. Results go to bench/results/scaling_bench.json. Bounded: about 5 minutes; every
+printed. Results go to bench/results/scaling_bench.json. Bounded: 5 to 6 minutes; every
 process started is stopped at the end (and on Ctrl-C). ``--quick`` shortens the phases (a
 check that the bench works: its numbers mean little).
 """
