@@ -15,7 +15,9 @@ from fivenines.cloud.aws import AwsProvider, Prepared
 from fivenines.cloud.plan import Action
 from fivenines.spec import AwsSpec, Spec, parse_spec
 from tests.helpers import require_module
-from tests.integration.test_aws import clients, moto_server, moto_url, provider  # noqa: F401 (fixtures)
+from tests.integration.test_aws import clients, moto_server, moto_url, provider
+
+__all__ = ["moto_server", "moto_url"]  # fixtures used here
 
 require_module("boto3")
 require_module("moto.server")
@@ -54,7 +56,7 @@ def policies(url: str) -> dict[str, dict[str, Any]]:
     return {p["PolicyName"]: p for p in found}
 
 
-def test_scaling_maps_to_the_group_sizes_and_target_tracking_policies(moto_url: str) -> None:  # noqa: F811
+def test_scaling_maps_to_the_group_sizes_and_target_tracking_policies(moto_url: str) -> None:
     p = provider(moto_url)
     spec = scaled(min=2, max=6, policies=[{"requests_per_target": 400}, {"cpu": 50}])
     apply(p, spec)
@@ -117,7 +119,7 @@ def test_scaling_maps_to_the_group_sizes_and_target_tracking_policies(moto_url: 
     assert p.prepare_destroy("shop").plan.empty
 
 
-def test_a_policy_edited_out_of_band_is_repaired_and_foreign_ones_are_left(moto_url: str) -> None:  # noqa: F811
+def test_a_policy_edited_out_of_band_is_repaired_and_foreign_ones_are_left(moto_url: str) -> None:
     p = provider(moto_url)
     spec = scaled(min=2, max=6, policies=[{"cpu": 60}])
     apply(p, spec)
@@ -140,7 +142,7 @@ def test_a_policy_edited_out_of_band_is_repaired_and_foreign_ones_are_left(moto_
     assert p.prepare(p.desired(spec)).plan.empty
 
 
-def test_an_instance_type_aws_does_not_know_cannot_convert_cpu(moto_url: str) -> None:  # noqa: F811
+def test_an_instance_type_aws_does_not_know_cannot_convert_cpu(moto_url: str) -> None:
     spec = scaled(min=1, max=3, policies=[{"cpu": 50}])
     spec.aws = AwsSpec(instance_type="t9.imaginary")
     desired = provider(moto_url).desired(spec)
@@ -148,13 +150,13 @@ def test_an_instance_type_aws_does_not_know_cannot_convert_cpu(moto_url: str) ->
     assert "vCPUs of t9.imaginary are unknown" in f.message and f.blocks(adjust=True)
 
 
-def test_the_provider_reads_the_vcpus_of_an_instance_type(moto_url: str) -> None:  # noqa: F811
+def test_the_provider_reads_the_vcpus_of_an_instance_type(moto_url: str) -> None:
     p = provider(moto_url)
     assert (p.vcpus("t3.micro"), p.vcpus("m5.2xlarge"), p.vcpus("t9.imaginary")) == (2, 8, None)
 
 
 
-def test_plan_apply_and_status_of_a_scaled_group_on_the_command_line(moto_url: str, tmp_path: Any) -> None:  # noqa: F811
+def test_plan_apply_and_status_of_a_scaled_group_on_the_command_line(moto_url: str, tmp_path: Any) -> None:
     from tests.helpers import write_spec
     from tests.integration.test_aws_cli import fivenines_aws
 
