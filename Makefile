@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench cluster-bench jepsen-redis restore-bench clean spec-doc
+.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench cluster-bench scaling-bench jepsen-redis restore-bench clean spec-doc
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -71,6 +71,10 @@ cluster-bench: $(VENV)/.installed-dev
 	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/cluster_bench.py
+
+## Elastic scaling: a 1x -> 5x -> 1x load against fixed min, fixed max and scaling: (docs/scaling.md; 5-6 min).
+scaling-bench: $(VENV)/.installed-dev compile
+	$(BIN)/python bench/scaling_bench.py
 
 clean:
 	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache build src/fivenines/_compiled.json

@@ -1210,6 +1210,9 @@ def scaling_errors(spec: Spec) -> list[FieldError]:
         if tg.instances is None or tg.replicated is not None:
             why = "a replicated group has one primary" if tg.replicated is not None else "give instances: to scale"
             errors.append(FieldError(path, f"only groups of instances fivenines runs can scale ({why})"))
+        if spec.workers > 1:
+            errors.append(FieldError(path, f"scaling needs workers: 1 (workers is {spec.workers}: the worker "
+                                     "processes hold the targets they balance, set up at start)"))
         if sc.min > sc.max:
             errors.append(FieldError(f"{path}.min", f"must be at most max ({sc.max}), got {sc.min}"))
         elif tg.instances is not None and not sc.min <= tg.instances.count <= sc.max:

@@ -134,7 +134,7 @@ def test_openapi_describes_every_route(run_fivenines: Any) -> None:
             "/target_groups/{group}/restart": ["post"], "/target_groups/{group}/backup": ["post"],
             "/target_groups/{group}/verify": ["post"], "/target_groups/{group}/restore": ["post"],
             "/target_groups/{group}/drill": ["post"], "/target_groups/{group}/backups": ["get"],
-            "/target_groups/{group}/operations/{op}": ["get"]}
+            "/target_groups/{group}/operations/{op}": ["get"], "/target_groups/{group}/scale": ["post"]}
     assert {p: sorted(m for m in ops if m != "parameters") for p, ops in paths.items()} == want
     for p, ops in paths.items():
         for m in want[p]:

@@ -62,6 +62,7 @@ def test_the_whole_flow_through_the_command_line(moto_url: str) -> None:
     assert status.returncode == 0, status.stderr
     assert "aws-demo-alb: active" in status.stdout
     assert status.stdout.count("InService") == 3
+    assert "web: Auto Scaling group fivenines-aws-demo-web: 3 instances of 3..3 (fixed size)" in status.stdout
 
     # out of band: someone deletes the listener and the target group in the console
     elb = clients(moto_url)["elbv2"]

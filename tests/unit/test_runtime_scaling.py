@@ -123,6 +123,20 @@ def test_warming_instances_are_not_sampled() -> None:
     assert s.samples(9.0)[2].warm and s.samples(9.0)[2].requests_per_s == 400
 
 
+def test_a_new_split_of_the_load_restarts_every_history() -> None:
+    g = FakeGroup(2)
+    s = scaler(g)
+    drive(s, g, 0.0, 6.0, 800)
+    assert s.evaluate(6.0).reason == "scale web 2 -> 4: requests_per_target 800/s > target 400/s"
+    drive(s, g, 7.0, 8.0, 800)  # the new two warm up; the old two carry the load
+    for i in g.instances[2:]:
+        i.warm = True
+    drive(s, g, 9.0, 11.0, 400)  # 1600/s over four
+    # the old two's 800/s before the split is not averaged in (it would read 533/s and scale out to 6)
+    d = s.evaluate(11.0)
+    assert d.reason == "hold web at 4: requests_per_target 400/s near target 400/s" and g.outs == [2], d.reason
+
+
 def test_the_first_evaluation_does_not_scale_in_at_once() -> None:
     g = FakeGroup(6)
     s = scaler(g, scale_in_stabilization="30s")

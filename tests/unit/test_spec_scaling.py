@@ -105,6 +105,13 @@ def test_a_replicated_group_does_not_scale() -> None:
            "has one primary)" in errors_of(data)
 
 
+def test_scaling_needs_one_data_plane_process() -> None:
+    data = spec_with(scaling={"min": 1, "max": 3})
+    data["workers"] = 2
+    assert errors_of(data) == ["target_groups.web.scaling: scaling needs workers: 1 (workers is 2: the worker "
+                               "processes hold the targets they balance, set up at start)"]
+
+
 def test_load_section() -> None:
     tg = parse_spec(spec_with(load={"mean_rps": 300, "peak_rps": 2000, "per_instance_rps": 500})).target_groups["web"]
     assert tg.load is not None and (tg.load.mean_rps, tg.load.peak_rps, tg.load.per_instance_rps) == (300, 2000, 500)

@@ -56,6 +56,7 @@ class Metrics:
         self.promotions: Counter[str] = Counter()
         self.failovers: Counter[str] = Counter()
         self.ejections: Counter[tuple[str, str]] = Counter()
+        self.scaling_changes: Counter[tuple[str, str]] = Counter()  # (group, "out" | "in")
         self.registry.register(_Collector(self))
         runtime.events.subscribe(self._on_event)
         runtime.on_check(self.observe_check)
@@ -71,6 +72,8 @@ class Metrics:
                 self.failovers[ev.group] += 1
         elif ev.kind == "ejection" and ev.new.startswith("eject"):
             self.ejections[(ev.group, ev.target)] += 1
+        elif ev.kind == "scaling" and not ev.target and ev.old.isdigit() and ev.new.isdigit():
+            self.scaling_changes[(ev.group, "out" if int(ev.new) > int(ev.old) else "in")] += 1
 
     def observe_check(self, group: str, target: str, result: CheckResult) -> None:
         self.check_duration.labels(group, "pass" if result.ok else "fail").observe(result.duration)
@@ -107,6 +110,7 @@ class _Collector(Collector):
         yield ev
         yield from self._listeners()
         yield from self._groups()
+        yield from self._scaling()
         yield from self._targets()
         yield from self._backups()
 
@@ -149,6 +153,38 @@ class _Collector(Collector):
             promos.add_metric([name], self.m.promotions[name])
             fails.add_metric([name], self.m.failovers[name])
         yield from (serving, healthy, wanted, promos, fails, fail_open)
+
+    def _scaling(self) -> Iterator[Metric]:
+        lab = ["group"]
+        desired = GaugeMetricFamily("fivenines_scaling_desired", "Actives the scaler last asked for.", labels=lab)
+        current = GaugeMetricFamily("fivenines_scaling_current", "Actives the group runs (or is moving to).",
+                                    labels=lab)
+        low = GaugeMetricFamily("fivenines_scaling_min", "Fewest actives (scaling.min).", labels=lab)
+        high = GaugeMetricFamily("fivenines_scaling_max", "Most actives (scaling.max).", labels=lab)
+        manual = GaugeMetricFamily("fivenines_scaling_manual",
+                                   "The operator's count (fivenines scale); absent when the policies decide.",
+                                   labels=lab)
+        value = GaugeMetricFamily("fivenines_scaling_metric",
+                                  "Each policy's metric over the warm actives (per second, count, seconds or percent "
+                                  "of one core); absent while not measured.", labels=[*lab, "metric"])
+        target = GaugeMetricFamily("fivenines_scaling_target", "Each policy's target per instance.",
+                                   labels=[*lab, "metric"])
+        changes = CounterMetricFamily("fivenines_scaling_changes", "Scaling changes by direction.",
+                                      labels=[*lab, "direction"])
+        for name, st in sorted(self.m.runtime.scaling().items()):
+            desired.add_metric([name], st["desired"])
+            current.add_metric([name], st["current"])
+            low.add_metric([name], st["min"])
+            high.add_metric([name], st["max"])
+            if st.get("manual") is not None:
+                manual.add_metric([name], st["manual"])
+            for p in st["metrics"]:
+                target.add_metric([name, p["metric"]], p["target"])
+                if p["value"] is not None:
+                    value.add_metric([name, p["metric"]], p["value"])
+            for direction in ("out", "in"):
+                changes.add_metric([name, direction], self.m.scaling_changes[(name, direction)])
+        yield from (desired, current, low, high, manual, value, target, changes)
 
     def _targets(self) -> Iterator[Metric]:
         lab = ["group", "target"]

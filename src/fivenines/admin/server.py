@@ -6,7 +6,8 @@ Read-only (open to loopback clients; the bearer token from anywhere else):
 
 Mutating (always the bearer token): ``POST /targets/ID/drain|enable|maintenance``,
 ``PUT /targets/ID/weight`` (``{"weight": N}``), ``POST /reload``,
-``POST /target_groups/G/restart``; replicated groups: ``POST /target_groups/G/switchover``,
+``POST /target_groups/G/restart``, ``POST /target_groups/G/scale?count=N|auto`` (a scaled
+group); replicated groups: ``POST /target_groups/G/switchover``,
 ``POST /target_groups/G/targets/T/cut_off``; with ``backup:`` (docs/backup.md)
 ``POST /target_groups/G/backup|verify?id=ID|restore?from=ID|at=TIME|drill``: each answers
 ``202`` with an operation to poll at ``GET /target_groups/G/operations/ID`` (read-only, as is
@@ -150,11 +151,14 @@ class AdminServer:
         ids = rt.target_ids()
         if tid not in ids:
             return _error(404, f"no target {tid!r}; targets: {', '.join(ids)}")
-        source = f"admin API from {req.client[0] if req.client else '?'}"
         try:
-            return self._target_command(req, path, parts, source)
+            return self._target_command(req, path, parts, self._source(req))
         except CommandRefused as exc:
             return _refused(exc)
+
+    @staticmethod
+    def _source(req: Request) -> str:
+        return f"admin API from {req.client[0] if req.client else '?'}"
 
     def _target_command(self, req: Request, path: str, parts: list[str], source: str) -> Response:
         rt = self.runtime
@@ -191,7 +195,7 @@ class AdminServer:
                 yield f"id: {ev.seq}\ndata: {data}\n\n".encode()
 
     async def _group_call(self, req: Request, path: str) -> Response:
-        """``POST /target_groups/G/restart`` (a rolling restart); replicated groups:
+        """``POST /target_groups/G/restart`` (a rolling restart), ``.../scale?count=N|auto``; replicated groups:
         ``POST /target_groups/G/switchover[?to=T]``, ``.../targets/T/cut_off``.
         The token was checked by :meth:`handle`."""
         rt = self.runtime
@@ -205,6 +209,14 @@ class AdminServer:
                 source = f"admin API from {req.client[0] if req.client else '?'}"
                 op = rt.backup_command(group, backup.group(2), req.query, source)
                 return Response.json(op, 202, [("Location", f"/target_groups/{group}/operations/{op['id']}")])
+            scale = re.fullmatch(r"/target_groups/([^/]+)/scale", path)
+            if scale is not None:  # a manual count (fivenines scale GROUP N|auto)
+                given = req.query.get("count", "")
+                if given == "auto":
+                    return Response.json(rt.scale(scale.group(1), None, self._source(req)))
+                if not given.isdigit():
+                    return _error(400, f"count must be a whole number or auto, got {given!r}")
+                return Response.json(rt.scale(scale.group(1), int(given), self._source(req)))
             m = re.fullmatch(r"/target_groups/([^/]+)/(switchover|targets/([^/]+)/cut_off)", path)
             if m is None:
                 return _error(404, f"no such path {path}")

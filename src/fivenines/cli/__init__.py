@@ -7,6 +7,7 @@ module                 commands
 :mod:`.ops`            ``status``, ``events``, ``drain``, ``enable``,
                        ``maintenance``, ``weight``, ``reload``, ``restart``,
                        ``switchover``: a running fivenines, through its admin API
+:mod:`.scale`          ``scale``: a manual count for a scaled group
 :mod:`.model`          ``model``: predicted availability
 :mod:`.chaos`          ``chaos``: faults under load, measured availability
 :mod:`.backup`         ``backup``, ``backups``, ``restore``: backups of a
@@ -34,10 +35,10 @@ from __future__ import annotations
 import click
 
 from fivenines import __version__
-from fivenines.cli import aws, backup, chaos, model, ops, run
+from fivenines.cli import aws, backup, chaos, model, ops, run, scale
 from fivenines.cli.common import Main
 
-FAMILIES = (run, ops, model, chaos, aws, backup)
+FAMILIES = (run, ops, scale, model, chaos, aws, backup)
 """The modules whose ``COMMANDS`` make up ``fivenines``."""
 
 

@@ -169,6 +169,10 @@ class AdminClient:
         """``GET /target_groups/GROUP/WHAT`` (``backups``, ``operations/ID``): the decoded 200."""
         return self.get_json(f"/target_groups/{quote(group, safe='')}/{what}")
 
+    def scale(self, group: str, count: int | None) -> Any:
+        """``POST /target_groups/GROUP/scale?count=N`` (``None``: ``count=auto``); the group's scaling status."""
+        return self.group_call(group, "scale", f"count={'auto' if count is None else count}")
+
     def stream_events(self, since: int, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
         """Events after ``since`` as they happen (``/events/stream``, server-sent events). Connects
         now (an error here is raised now); the events then come until fivenines closes the stream

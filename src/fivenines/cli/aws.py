@@ -177,6 +177,10 @@ def aws_status(ctx: click.Context, /, spec_file: str, as_json: bool, **kw: Any) 
         return
     for lb in data["load_balancers"]:
         out.print(f"{lb['type']} load balancer {lb['name']}: {lb['state']}; " + ", ".join(lb["urls"]), markup=False)
+    for gname, a in data.get("auto_scaling_groups", {}).items():
+        tracking = "; ".join(f"{p['metric']} target {p['target']:g}" for p in a["policies"]) or "fixed size"
+        out.print(f"{gname}: Auto Scaling group {a['name']}: {a['desired']} instances of {a['min']}..{a['max']} "
+                  f"({tracking})", markup=False)
     table = Table(title=f"fivenines aws: {spec.name} ({data['region']})", title_justify="left")
     for col in ("group", "target", "port", "zone", "state", "reason", "description", "lifecycle"):
         table.add_column(col)

@@ -70,6 +70,8 @@ def model_cmd(spec_file: str, as_json: bool) -> None:
     if p.cluster is not None:
         for line in p.cluster.lines():
             out.print(line, markup=False)
+    for line in p.load_lines():  # groups with a load: section: instances the load needs, availability at min/max
+        out.print(line, markup=False)
     if p.slo is not None:
         verdict = "met" if p.slo.meets else "[red]missed[/]"
         out.print(

@@ -120,12 +120,27 @@ def print_status(data: dict[str, Any]) -> None:
         ro = g.get("rollout") or {}
         if ro.get("state") == "running":
             out.print(f"{gname}: rolling restart at {ro.get('target')}: {ro.get('steps')}")
+        sc = g.get("scaling")
+        if sc:
+            out.print(scaling_line(gname, sc), markup=False)
     for t in (t for g in data.get("target_groups", {}).values() for t in g["targets"]):
         inst = t.get("instance") or {}
         if inst.get("state") == "crash_loop" and inst.get("stderr_tail"):
             out.print(f"[red]{t['id']}[/] crash loop, last {inst.get('last_exit')}; stderr tail:", markup=True)
             for line in inst["stderr_tail"][-5:]:
                 out.print(f"    {line}", markup=False)
+
+
+def scaling_line(group: str, sc: dict[str, Any]) -> str:
+    """``web: scaling 3 -> 5 of 2..10 (manual 5); requests_per_target 640/s (target 400/s); last: ...``."""
+    moving = f"{sc['current']}" if sc["desired"] == sc["current"] else f"{sc['current']} -> {sc['desired']}"
+    parts = [f"{group}: scaling {moving} of {sc['min']}..{sc['max']}"
+             + (f" (manual {sc['manual']})" if sc.get("manual") is not None else "")]
+    for m in sc.get("metrics", []):
+        value = "not measured" if m["value"] is None else f"{m['value']:.4g}"
+        parts.append(f"{m['metric']} {value} (target {m['target']:g}, {m['warm']} warm)")
+    parts.append(f"last: {sc['reason']}" + (f" (waiting: {sc['paused']})" if sc.get("paused") else ""))
+    return "; ".join(parts)
 
 
 def format_event(e: dict[str, Any]) -> str:

@@ -26,14 +26,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fivenines import __version__
 from fivenines.cloud.aws_kinds import HANDLERS, Update, error_code
 from fivenines.cloud.aws_shapes import changed_fields, resolve, tags_of
-from fivenines.cloud.mapping import map_spec
+from fivenines.cloud.mapping import ALB_REQUESTS, ASG_CPU, map_spec
 from fivenines.cloud.plan import Action, Observed, Op, Plan, diff, steps
 from fivenines.cloud.resources import (
     TAG_MANAGED,
@@ -48,6 +48,9 @@ from fivenines.cloud.resources import (
 )
 from fivenines.errors import NetworkError, ProviderError, TimedOut
 from fivenines.spec import AwsSpec, Spec
+
+POLICY_METRICS = {ALB_REQUESTS: "requests_per_target", ASG_CPU: "cpu"}
+"""AWS's predefined metric of a scaling policy -> the ``scaling:`` policy it maps (its key: ``policy/GROUP/METRIC``)."""
 
 
 class AwsUnreachable(ProviderError, NetworkError):
@@ -346,6 +349,16 @@ class AwsProvider:
             tags = tags_of(g.get("Tags"))
             if _ours(tags, stack) and g.get("Status") != "Delete in progress":
                 keep(Kind.AUTO_SCALING_GROUP, tags, g["AutoScalingGroupName"], g["AutoScalingGroupName"], g)
+                # its scaling policies carry no tags: ours are the fivenines- ones tracking a metric we map
+                group = (tags.get(TAG_RESOURCE) or "").partition("/")[2]
+                for pol in self._paginate(self.asg, "describe_policies", "ScalingPolicies",
+                                          f"listing the scaling policies of {g['AutoScalingGroupName']}",
+                                          AutoScalingGroupName=g["AutoScalingGroupName"]):
+                    tracked = (pol.get("TargetTrackingConfiguration") or {}).get("PredefinedMetricSpecification") or {}
+                    metric = POLICY_METRICS.get(str(tracked.get("PredefinedMetricType", "")))
+                    if group and metric and str(pol.get("PolicyName", "")).startswith("fivenines-"):
+                        ptags = {TAG_RESOURCE: f"policy/{group}/{metric}"}
+                        keep(Kind.SCALING_POLICY, ptags, pol["PolicyName"], pol["PolicyName"], pol)
 
         def ref(rid: str) -> str:
             return f"@{id_to_key[rid]}" if rid in id_to_key else rid
@@ -399,12 +412,30 @@ class AwsProvider:
     # ------------------------------------------------------------------ plan
 
     def desired(self, spec: Spec, base: Path | None = None) -> Desired:
-        """The spec mapped onto this account's network (looks up the VPC and subnets only);
-        ``base``: the spec's folder, where https/tls certificate files are read for ACM."""
+        """The spec mapped onto this account's network (looks up the VPC and subnets, and the
+        instance type's vCPUs when a ``cpu`` scaling policy needs them); ``base``: the spec's
+        folder, where https/tls certificate files are read for ACM."""
         from fivenines.certs import read_materials
 
+        aws = spec.aws or AwsSpec()
+        network = self.network(aws)
+        if any(p.cpu is not None for tg in spec.target_groups.values() if tg.scaling for p in tg.scaling.policies):
+            network = replace(network, vcpus=self.vcpus(aws.instance_type))
         materials = read_materials(spec, base) if base is not None else None
-        return map_spec(spec, self.network(spec.aws or AwsSpec()), materials)
+        return map_spec(spec, network, materials)
+
+    def vcpus(self, instance_type: str) -> int | None:
+        """The default vCPUs of an EC2 instance type (None: AWS does not know the type)."""
+        from botocore.exceptions import ClientError
+
+        with self.aws(f"aws.instance_type: looking up {instance_type}"):
+            try:
+                found = self.ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+            except ClientError as exc:
+                if error_code(exc).startswith("InvalidInstanceType"):
+                    return None  # the mapping says it cannot convert the cpu target
+                raise
+        return int(found[0]["VCpuInfo"]["DefaultVCpus"]) if found else None
 
     def prepare(self, desired: Desired) -> Prepared:
         """Observe the stack and diff it against ``desired``; no changes are made."""
@@ -439,7 +470,7 @@ class AwsProvider:
                     ids.pop(key, None)
                 elif step.op is Op.CREATE:
                     r = desired[key]
-                    props = resolve(r.props, ids)
+                    props = resolve({**r.props, **r.create_only}, ids)
                     if r.payload is not None:
                         props["payload"] = r.payload
                     ids[key] = handler.create(self, props, stack_tags(prepared.desired.stack, key, aws), ids)
@@ -454,8 +485,19 @@ class AwsProvider:
     def status(self, stack: str) -> dict[str, Any]:
         """Load balancers, and every target's ELB health state and reason, as JSON-able data."""
         obs = self.observe(stack)
-        out: dict[str, Any] = {"stack": stack, "region": self.region, "load_balancers": [], "target_groups": {}}
+        out: dict[str, Any] = {"stack": stack, "region": self.region, "load_balancers": [], "target_groups": {},
+                               "auto_scaling_groups": {}}
         instances: dict[str, dict[str, Any]] = {}
+        for key, o in sorted(obs.resources.items()):
+            if o.resource.kind is Kind.AUTO_SCALING_GROUP:  # sizes, and the policies that move them
+                group = key.split("/", 1)[1]
+                props = o.resource.props
+                out["auto_scaling_groups"][group] = {
+                    "name": o.resource.name, "min": props["min_size"], "desired": props["desired_capacity"],
+                    "max": props["max_size"],
+                    "policies": [{"metric": x.resource.props["metric"], "target": x.resource.props["target_value"]}
+                                 for k, x in sorted(obs.resources.items()) if k.startswith(f"policy/{group}/")],
+                }
         for key, o in obs.resources.items():
             item = obs.extra.get(key, {})
             if o.resource.kind is Kind.AUTO_SCALING_GROUP:

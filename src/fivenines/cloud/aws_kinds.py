@@ -505,12 +505,15 @@ class AutoScalingGroups(KindHandler):
                 if error_code(exc) != "TargetGroupNotFound":
                     raise  # a group deleted out of band has nothing left to detach
         if u.changed - {"target_groups"}:
+            # a group that scales has no desired capacity here: AWS moves it (and brings it within
+            # a new MinSize..MaxSize itself)
+            desired_capacity = {"DesiredCapacity": u.want["desired_capacity"]} if "desired_capacity" in u.want else {}
             api.asg.update_auto_scaling_group(
                 AutoScalingGroupName=u.rid,
                 LaunchTemplate={"LaunchTemplateId": u.want["launch_template"], "Version": u.want["launch_template_version"]},
                 MinSize=u.want["min_size"],
                 MaxSize=u.want["max_size"],
-                DesiredCapacity=u.want["desired_capacity"],
+                **desired_capacity,
                 VPCZoneIdentifier=",".join(u.want["subnets"]),
                 HealthCheckType=u.want["health_check_type"],
                 HealthCheckGracePeriod=u.want["health_check_grace_period"],
@@ -531,9 +534,62 @@ class AutoScalingGroups(KindHandler):
             api.ec2.get_waiter("instance_terminated").wait(InstanceIds=instances, WaiterConfig=api.waiter_config())
 
 
+class ScalingPolicies(KindHandler):
+    """Target-tracking policies of an Auto Scaling group. They carry no tags: the provider finds
+    them on the stack's own groups, by their ``fivenines-`` names (``observe``)."""
+
+    kind = Kind.SCALING_POLICY
+
+    def normalise(self, api: Api, item: dict[str, Any], ref: Ref) -> dict[str, Any]:
+        tt = item.get("TargetTrackingConfiguration") or {}
+        metric = tt.get("PredefinedMetricSpecification") or {}
+        props: dict[str, Any] = {
+            "name": item["PolicyName"],
+            "auto_scaling_group": ref(item["AutoScalingGroupName"]),
+            "policy_type": item.get("PolicyType"),
+            "estimated_instance_warmup": item.get("EstimatedInstanceWarmup"),
+            "disable_scale_in": bool(tt.get("DisableScaleIn", False)),
+            "metric": metric.get("PredefinedMetricType"),
+            "target_value": float(tt["TargetValue"]) if tt.get("TargetValue") is not None else None,
+        }
+        label = metric.get("ResourceLabel")
+        if label:
+            arns = shapes.label_arns(label, item.get("PolicyARN", ""))
+            props["resource_label"] = ({"load_balancer": ref(arns[0]), "target_group": ref(arns[1])} if arns
+                                       else label)
+        return props
+
+    def _put(self, api: Api, p: dict[str, Any]) -> None:
+        metric: dict[str, Any] = {"PredefinedMetricType": p["metric"]}
+        label = p.get("resource_label")
+        if label:
+            metric["ResourceLabel"] = shapes.resource_label(label["load_balancer"], label["target_group"])
+        api.asg.put_scaling_policy(
+            AutoScalingGroupName=p["auto_scaling_group"],
+            PolicyName=p["name"],
+            PolicyType=p["policy_type"],
+            EstimatedInstanceWarmup=p["estimated_instance_warmup"],
+            TargetTrackingConfiguration={
+                "PredefinedMetricSpecification": metric,
+                "TargetValue": p["target_value"],
+                "DisableScaleIn": p["disable_scale_in"],
+            },
+        )
+
+    def create(self, api: Api, p: dict[str, Any], tags: list[dict[str, str]], ids: dict[str, str]) -> str:
+        self._put(api, p)
+        return str(p["name"])
+
+    def update(self, api: Api, u: Update) -> None:
+        self._put(api, u.want)  # the same name replaces the policy's configuration
+
+    def delete(self, api: Api, have: Observed, item: dict[str, Any]) -> None:
+        api.asg.delete_policy(AutoScalingGroupName=item["AutoScalingGroupName"], PolicyName=have.id)
+
+
 HANDLERS: dict[Kind, KindHandler] = {
     h.kind: h
     for h in (SecurityGroups(), Certificates(), LoadBalancers(), TargetGroups(), Listeners(), Rules(), LaunchTemplates(),
-              AutoScalingGroups())
+              AutoScalingGroups(), ScalingPolicies())
 }
 """The handler of every kind (tests/unit/test_aws_kinds.py checks that none is missing)."""

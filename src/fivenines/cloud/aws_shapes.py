@@ -215,3 +215,32 @@ def conditions_from_api(conds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append({"field": f, "values": list(cfg.get("Values") or c.get("Values") or [])})
     return sorted(out, key=lambda c: (c["field"], c.get("name", "") or "", repr(c["values"])))
+
+
+# --------------------------------------------------------------------------- scaling policies
+
+
+def resource_label(lb_arn: str, tg_arn: str) -> str:
+    """``ALBRequestCountPerTarget``'s ResourceLabel: ``app/LB/ID/targetgroup/TG/ID`` from the two ARNs.
+
+    >>> resource_label("arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/shop-alb/50dc",
+    ...                "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/shop-web/73e2")
+    'app/shop-alb/50dc/targetgroup/shop-web/73e2'
+    """
+    return f"{lb_arn.split(':loadbalancer/', 1)[-1]}/{tg_arn.split(':', 5)[-1]}"
+
+
+def label_arns(label: str, policy_arn: str) -> tuple[str, str] | None:
+    """The load balancer's and target group's ARNs a ResourceLabel names (partition, region and
+    account from the policy's ARN); None for a label of another shape.
+
+    >>> label_arns("app/shop-alb/50dc/targetgroup/shop-web/73e2",
+    ...            "arn:aws:autoscaling:eu-west-1:1:scalingPolicy:x:autoScalingGroupName/g:policyName/p")[1]
+    'arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/shop-web/73e2'
+    """
+    head, sep, tail = label.partition("/targetgroup/")
+    parts = policy_arn.split(":")
+    if not sep or len(parts) < 5:
+        return None
+    prefix = f"arn:{parts[1]}:elasticloadbalancing:{parts[3]}:{parts[4]}"
+    return f"{prefix}:loadbalancer/{head}", f"{prefix}:targetgroup/{tail}"

@@ -57,6 +57,7 @@ from fivenines.spec import (
     RedirectSpec,
     RuleMatch,
     RuleSpec,
+    ScalingSpec,
     Spec,
     TargetGroupSpec,
     format_duration,
@@ -708,7 +709,8 @@ def user_data(stack: str, group: str, inst: InstancesSpec, aws: AwsSpec) -> str:
 
 
 def map_instances(
-    name: str, inst: InstancesSpec, network: Network, aws: AwsSpec, stack: str, d: Desired
+    name: str, inst: InstancesSpec, network: Network, aws: AwsSpec, stack: str, d: Desired,
+    scaling: ScalingSpec | None = None,
 ) -> tuple[Resource, Resource]:
     path = f"target_groups.{name}.instances"
     if inst.cwd is not None and not inst.cwd.startswith("/"):
@@ -728,9 +730,11 @@ def map_instances(
             "address (e.g. 0.0.0.0) for the load balancer to reach it"
         )
     if inst.standby:
+        served = (f"the {inst.count} active one(s) (desired capacity {inst.total})" if scaling is None else
+                  f"the actives (the group's range is {scaling.min + inst.standby}..{scaling.max + inst.standby})")
         d.notes.append(
             f"{path}.standby: Elastic Load Balancing has no standby role; the {inst.standby} standby instance(s) "
-            f"serve traffic like the {inst.count} active one(s) (desired capacity {inst.total})"
+            f"serve traffic like {served}"
         )
     lt_key, asg_key = f"lt/{name}", f"asg/{name}"
     instance_tags = [t for t in stack_tags(stack, asg_key, aws) if t["Key"] != TAG_RESOURCE]
@@ -752,6 +756,12 @@ def map_instances(
     lt = Resource(Kind.LAUNCH_TEMPLATE, lt_key, lt_name, {"name": lt_name, "data": data})
     grace = round(aws.health_check_grace_period)
     asg_name = aws_name("fivenines", stack, name, limit=255)
+    sizes: dict[str, int] = {"min_size": inst.total, "max_size": inst.total, "desired_capacity": inst.total}
+    start: dict[str, int] = {}
+    if scaling is not None:
+        # min..max actives, standbys on top; the desired capacity is AWS's to move: sent at creation only
+        sizes = {"min_size": scaling.min + inst.standby, "max_size": scaling.max + inst.standby}
+        start = {"desired_capacity": inst.total}
     asg = Resource(
         Kind.AUTO_SCALING_GROUP,
         asg_key,
@@ -760,16 +770,103 @@ def map_instances(
             "name": asg_name,
             "launch_template": f"@{lt_key}",
             "launch_template_version": "$Latest",
-            "min_size": inst.total,
-            "max_size": inst.total,
-            "desired_capacity": inst.total,
+            **sizes,
             "subnets": sorted(s.id for s in network.subnets),
             "target_groups": [f"@tg/{name}"],
             "health_check_type": "ELB",
             "health_check_grace_period": grace,
         },
+        create_only=start,
     )
     return lt, asg
+
+
+# --------------------------------------------------------------------------- scaling
+
+ALB_REQUESTS = "ALBRequestCountPerTarget"
+ASG_CPU = "ASGAverageCPUUtilization"
+
+
+def instance_warmup(tg_props: dict[str, Any], aws: AwsSpec) -> int:
+    """Seconds before a new instance's metrics count, as EC2 Auto Scaling estimates it (its
+    ``EstimatedInstanceWarmup``): the boot allowance (``aws.health_check_grace_period``), then
+    passing the target group's checks, then its slow start, all as mapped onto AWS.
+
+    >>> instance_warmup({"health_check": {"interval": 10, "healthy_threshold": 3},
+    ...                  "attributes": {"slow_start.duration_seconds": "60"}}, AwsSpec())
+    390
+    """
+    hc = tg_props["health_check"]
+    slow = int(tg_props["attributes"].get("slow_start.duration_seconds", "0"))
+    return round(aws.health_check_grace_period) + int(hc["interval"]) * int(hc["healthy_threshold"]) + slow
+
+
+def map_scaling(name: str, tg: TargetGroupSpec, protocol: str, network: Network, aws: AwsSpec, stack: str,
+                d: Desired) -> list[Resource]:
+    """A group's ``scaling:`` policies as EC2 Auto Scaling target-tracking policies.
+
+    ``requests_per_target`` (per second) becomes ``ALBRequestCountPerTarget`` (per minute: x 60);
+    ``cpu`` (percent of one core per instance process) becomes ``ASGAverageCPUUtilization``
+    (percent of the instance's vCPUs: / vCPUs). ``in_flight_per_target`` and ``p99_latency``
+    have no AWS target-tracking metric: left out (a finding). The decision's timing settings
+    have no AWS counterpart (CloudWatch decides on 1-minute datapoints): notes.
+    """
+    sc = tg.scaling
+    assert sc is not None
+    path = f"target_groups.{name}.scaling"
+    warmup = instance_warmup(d.resources[f"tg/{name}"].props, aws)
+    out: list[Resource] = []
+    for i, pol in enumerate(sc.policies):
+        given = pol.metric()
+        assert given is not None, "spec validation lets exactly one metric per policy through"
+        metric, target = given
+        ppath = f"{path}.policies.{i}.{metric}"
+        written = _written(sc, "policies")
+        if metric == "requests_per_target" and (protocol != "http" or "lb/alb" not in d.resources):
+            behind = "a network load balancer (tcp)" if protocol != "http" else "no listener"
+            d.findings.append(Finding(ppath, "ALBRequestCountPerTarget needs an application load balancer; this "
+                                      f"group is behind {behind}", "no such policy on AWS", written))
+            continue
+        if metric in ("in_flight_per_target", "p99_latency"):
+            what = ("requests in flight per target" if metric == "in_flight_per_target"
+                    else "a latency percentile per target")
+            d.findings.append(Finding(ppath, f"EC2 Auto Scaling target tracking has no metric for {what}",
+                                      "no such policy on AWS (the group's other policies remain)", written))
+            continue
+        props: dict[str, Any] = {
+            "name": aws_name("fivenines", stack, name, metric, limit=255),
+            "auto_scaling_group": f"@asg/{name}",
+            "policy_type": "TargetTrackingScaling",
+            "estimated_instance_warmup": warmup,
+            "disable_scale_in": False,
+        }
+        if metric == "requests_per_target":
+            props["metric"] = ALB_REQUESTS
+            props["resource_label"] = {"load_balancer": "@lb/alb", "target_group": f"@tg/{name}"}
+            props["target_value"] = float(round(float(target) * 60, 3))  # AWS counts per minute
+        else:
+            if network.vcpus is None:
+                d.findings.append(Finding(ppath, f"the vCPUs of {aws.instance_type} are unknown: cannot convert a "
+                                          "percent of one core to a percent of the instance", None, written))
+                continue
+            share = float(target) / network.vcpus
+            if share > 100:
+                d.findings.append(Finding(ppath, f"{target:g}% of one core is {share:g}% of a {network.vcpus}-vCPU "
+                                          f"{aws.instance_type}: more than it has", f"{100 * network.vcpus:g}", written))
+                share = 100.0
+            props["metric"] = ASG_CPU
+            props["target_value"] = float(round(share, 3))
+        out.append(Resource(Kind.SCALING_POLICY, f"policy/{name}/{metric}", props["name"], props))
+    if not out:
+        d.findings.append(Finding(f"{path}.policies", "no policy has an AWS target-tracking equivalent: give "
+                                  "requests_per_target (behind an ALB) or cpu", None))
+    d.notes.append(
+        f"{path}: on AWS, target tracking decides on CloudWatch's 1-minute datapoints (minutes to scale out, about "
+        f"15 minutes of low readings to scale in; no scale-in cooldown setting exists for it): evaluation_interval, "
+        f"scale_out_window, scale_in_stabilization, max_step and tolerance apply to the local runtime only; "
+        f"instance warm-up {warmup}s (grace period + checks + slow start)"
+    )
+    return out
 
 
 # --------------------------------------------------------------------------- the whole stack
@@ -886,8 +983,11 @@ def map_spec(spec: Spec, network: Network, certificates: Mapping[str, Certificat
         protocol = "tcp" if used == {"tcp"} else "http"
         d.add(map_target_group(name, tg, protocol, network, aws, stack, d))
         if tg.instances is not None:
-            for r in map_instances(name, tg.instances, network, aws, stack, d):
+            for r in map_instances(name, tg.instances, network, aws, stack, d, tg.scaling):
                 d.add(r)
+            if tg.scaling is not None:
+                for r in map_scaling(name, tg, protocol, network, aws, stack, d):
+                    d.add(r)
 
     # listeners and rules
     for i, lst in enumerate(spec.listeners):

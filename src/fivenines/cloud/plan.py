@@ -247,7 +247,8 @@ def render(plan: Plan, desired: dict[str, Resource], observed: dict[str, Observe
     for c in plan.changes:
         lines.append(f"{_SIGN[c.action]:>3} {c}")
         if c.action is Action.CREATE:
-            for path, value in _flatten(desired[c.key].props):
+            r = desired[c.key]
+            for path, value in _flatten({**r.props, **r.create_only}):
                 if path != "name":
                     lines.append(f"      {path}: {_show(value, names)}")
         else:

@@ -34,6 +34,7 @@ class Kind(str, Enum):
     RULE = "rule"
     LAUNCH_TEMPLATE = "launch_template"
     AUTO_SCALING_GROUP = "auto_scaling_group"
+    SCALING_POLICY = "scaling_policy"
 
     @property
     def label(self) -> str:
@@ -52,6 +53,7 @@ IMMUTABLE: dict[Kind, frozenset[str]] = {
     Kind.RULE: frozenset({"listener", "priority"}),
     Kind.LAUNCH_TEMPLATE: frozenset({"name"}),
     Kind.AUTO_SCALING_GROUP: frozenset({"name"}),
+    Kind.SCALING_POLICY: frozenset({"name", "auto_scaling_group"}),
 }
 """Properties whose change needs the resource replaced (deleted, then created)."""
 
@@ -69,10 +71,12 @@ class Subnet:
 
 @dataclass(frozen=True)
 class Network:
-    """Facts the provider looked up: the stack's VPC and subnets."""
+    """Facts the provider looked up: the stack's VPC and subnets (and, when a ``cpu`` scaling
+    policy needs it, the vCPUs of ``aws.instance_type``)."""
 
     vpc_id: str
     subnets: tuple[Subnet, ...]
+    vcpus: int | None = None
 
     @property
     def zones(self) -> list[str]:
@@ -104,7 +108,10 @@ class Finding:
 
 @dataclass(frozen=True)
 class Resource:
-    """One AWS resource of the desired (or observed) state, in normal form."""
+    """One AWS resource of the desired (or observed) state, in normal form.
+
+    ``create_only``: values sent when the resource is created and never compared afterwards
+    (the desired capacity of an Auto Scaling group that scales: AWS moves it)."""
 
     kind: Kind
     key: str
@@ -112,6 +119,7 @@ class Resource:
     props: dict[str, Any]
     payload: Any = field(default=None, compare=False, repr=False)
     """What create needs but AWS never gives back (a private key): not compared, not shown."""
+    create_only: dict[str, Any] = field(default_factory=dict)
 
     @property
     def refs(self) -> frozenset[str]:
@@ -122,7 +130,7 @@ class Resource:
         return f"<{self.kind.label} {self.key} {self.name!r}>"
 
 
-REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|cert|lb|tg|listener|rule|lt|asg)/[^\s\"]+)")
+REF_RE = re.compile(r"(?:^|(?<=[\s\"]))@((?:sg|cert|lb|tg|listener|rule|lt|asg|policy)/[^\s\"]+)")
 
 
 def refs_in(value: Any) -> Iterator[str]:

@@ -16,6 +16,10 @@ only carries the actions out. The rules:
   been checked. A change of ``count``/``standby`` adds or removes instances (removing
   the ones that serve least first: not healthy, then standbys, then the highest index).
   Restart policy and ``stop_timeout`` changes apply in place.
+* **Scaling.** In a group with ``scaling:``, ``count`` is the starting count only: a
+  reload keeps the active count the scaler reached (``Running.active_counts``), brought
+  within the new ``min..max`` when those changed. Removing ``scaling:`` brings the group
+  back to its ``count``.
 * **Group settings** (algorithm, health check, retries, stickiness, deregistration
   delay, slow start) apply in place: health state survives a health-check change.
 * **Listeners.** A changed address or protocol rebinds (established connections stay
@@ -56,10 +60,12 @@ class RunningTarget:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """What runs now: targets per group, and every target id in use (removing ones included)."""
+    """What runs now: targets per group, every target id in use (removing ones included), and
+    the active count of each group that scales (``scaling:``; it may differ from ``count``)."""
 
     targets: Mapping[str, Sequence[RunningTarget]]
     taken_ids: frozenset[str] = frozenset()
+    active_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -254,7 +260,8 @@ def plan(old: Spec, new: Spec, running: Running) -> Plan:
             actions.append(AddGroup(name))
             actions.extend(_new_group_targets(name, tg))
         else:
-            actions.extend(_group_diff(name, old.target_groups[name], tg, list(running.targets.get(name, ())), taken))
+            actions.extend(_group_diff(name, old.target_groups[name], tg, list(running.targets.get(name, ())), taken,
+                                       running.active_counts.get(name)))
     for name in old.target_groups:
         if name not in new.target_groups:
             actions.append(RemoveGroup(name))
@@ -292,21 +299,49 @@ def _next_ids(name: str, taken: set[str], n: int) -> list[tuple[str, int]]:
     return out
 
 
-def removal_order(targets: Sequence[RunningTarget]) -> list[RunningTarget]:
-    """Targets in the order to remove them when a group shrinks: those serving least first.
+def removal_order(targets: Sequence[RunningTarget], actives_first: bool = False) -> list[RunningTarget]:
+    """Targets in the order to remove them when a group shrinks: those serving least first
+    (not healthy, then standbys, then the highest index); with ``actives_first`` (a scaled
+    group whose count was clamped: the standby pool keeps its members), actives before standbys.
 
     >>> ts = [RunningTarget("w-1", "a", Role.ACTIVE, HealthState.HEALTHY, 0),
     ...       RunningTarget("w-2", "b", Role.STANDBY, HealthState.HEALTHY, 1),
     ...       RunningTarget("w-3", "c", Role.ACTIVE, HealthState.UNHEALTHY, 2),
     ...       RunningTarget("w-4", "d", Role.ACTIVE, HealthState.HEALTHY, 3)]
-    >>> [t.id for t in removal_order(ts)]
-    ['w-3', 'w-2', 'w-4', 'w-1']
+    >>> [t.id for t in removal_order(ts)], [t.id for t in removal_order(ts, actives_first=True)]
+    (['w-3', 'w-2', 'w-4', 'w-1'], ['w-3', 'w-4', 'w-1', 'w-2'])
     """
-    return sorted(targets, key=lambda t: (t.state is HealthState.HEALTHY, t.role is Role.ACTIVE, -t.index))
+    return sorted(targets, key=lambda t: (t.state is HealthState.HEALTHY, (t.role is Role.ACTIVE) != actives_first,
+                                          -t.index))
+
+
+def active_count_after(old: TargetGroupSpec, new: TargetGroupSpec, running: int | None) -> tuple[int, int]:
+    """``(actives now, actives after the reload)`` of a group of instances in both specs.
+
+    Without ``scaling:`` in the new spec, the group runs its ``count``. With it, ``count`` is
+    the starting count only: the group keeps the actives it runs now (``running``: the
+    scaler's count, default the old spec's ``count``), within the new ``min..max``.
+
+    >>> from fivenines.spec import TargetGroupSpec
+    >>> def tg(count, **scaling):
+    ...     return TargetGroupSpec.model_validate({"instances": {"command": ["x"], "count": count},
+    ...                                            **({"scaling": scaling} if scaling else {})})
+    >>> active_count_after(tg(2, min=2, max=8), tg(3, min=2, max=8), 6)  # count changed: kept
+    (6, 6)
+    >>> active_count_after(tg(2, min=2, max=8), tg(2, min=2, max=4), 6)  # max lowered: clamped
+    (6, 4)
+    >>> active_count_after(tg(2, min=2, max=8), tg(3), 6)  # scaling removed: back to count
+    (6, 3)
+    """
+    assert old.instances is not None and new.instances is not None
+    now = old.instances.count if running is None else running
+    if new.scaling is None:
+        return now, new.instances.count
+    return now, min(new.scaling.max, max(new.scaling.min, now))
 
 
 def _group_diff(name: str, old: TargetGroupSpec, new: TargetGroupSpec, running: list[RunningTarget],
-                taken: set[str]) -> list[Action]:
+                taken: set[str], active_now: int | None = None) -> list[Action]:
     actions: list[Action] = []
     fields = [f for f in _GROUP_SETTINGS if _dump(getattr(old, f)) != _dump(getattr(new, f))]
     if old.instances is not None and new.instances is not None:
@@ -317,6 +352,12 @@ def _group_diff(name: str, old: TargetGroupSpec, new: TargetGroupSpec, running: 
     running = sorted(running, key=lambda t: t.index)
     if new.instances is not None:
         inst = new.instances
+        if old.instances is None:
+            was, count = -1, inst.count
+        else:
+            was, count = active_count_after(old, new, active_now)
+        total = count + inst.standby
+        what = "count" if new.scaling is None else "the scaled count"
         same_kind = old.instances is not None and all(
             _dump(getattr(old.instances, f)) == _dump(getattr(inst, f)) for f in _INSTANCE_IDENTITY)
         if not same_kind:
@@ -325,27 +366,26 @@ def _group_diff(name: str, old: TargetGroupSpec, new: TargetGroupSpec, running: 
                 if old.instances is not None else "now runs instances instead of targets")
             for t in running:
                 actions.append(RemoveTarget(name, t.id, why))
-            for tid, idx in _next_ids(name, taken, inst.total):
+            for tid, idx in _next_ids(name, taken, total):
                 actions.append(AddTarget(name, tid, idx, Role.STANDBY))
-            if old.instances is None or old.instances.count != inst.count:
-                actions.append(SetActiveCount(name, inst.count))
+            if was != count:
+                actions.append(SetActiveCount(name, count))
             return actions
         keep = list(running)
-        if len(running) > inst.total:
-            going = removal_order(running)[: len(running) - inst.total]
+        if len(running) > total:
+            going = removal_order(running, new.scaling is not None)[: len(running) - total]
             for t in going:
-                actions.append(RemoveTarget(name, t.id, f"count + standby lowered to {inst.total}"))
+                actions.append(RemoveTarget(name, t.id, f"{what} + standby lowered to {total}"))
             keep = [t for t in running if t not in going]
-        elif len(running) < inst.total:
-            for tid, idx in _next_ids(name, taken, inst.total - len(running)):
+        elif len(running) < total:
+            for tid, idx in _next_ids(name, taken, total - len(running)):
                 actions.append(AddTarget(name, tid, idx, Role.STANDBY))
-        assert old.instances is not None
-        if old.instances.count != inst.count:
-            actions.append(SetActiveCount(name, inst.count))
+        if was != count:
+            actions.append(SetActiveCount(name, count))
         actives = [t for t in keep if t.role is Role.ACTIVE]
-        if len(actives) > inst.count:
-            for t in removal_order(actives)[: len(actives) - inst.count]:
-                actions.append(Demote(name, t.id, f"count lowered to {inst.count}"))
+        if len(actives) > count:
+            for t in removal_order(actives)[: len(actives) - count]:
+                actions.append(Demote(name, t.id, f"{what} lowered to {count}"))
         return actions
     # static targets: identity is the address
     wanted = new.target_list()

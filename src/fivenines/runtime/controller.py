@@ -17,6 +17,7 @@ one :class:`~fivenines.runtime.context.RuntimeContext` (spec, groups, clock, eve
 :mod:`.operator`            an operator's drain / maintenance / enable / weight
 :mod:`.statefile`           health and operator state kept across restarts
 :mod:`.status`              the read model (``GET /status``)
+:mod:`.autoscale`           elastic scaling: a scaler per ``scaling:`` group, its actions
 ==========================  ==========================================================
 
 The controller implements :class:`~fivenines.runtime.interface.Runtime`: its read models,
@@ -43,6 +44,7 @@ from fivenines.core.replication import ReplicationError
 from fivenines.errors import ConfigError
 from fivenines.proxy.base import ListenerView
 from fivenines.proxy.listener import AccessLogSink, ProxySettings
+from fivenines.runtime.autoscale import Autoscaler
 from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.backup_ops import BackupOperations
 from fivenines.runtime.checks import Checks
@@ -85,6 +87,8 @@ class Controller:
         self.operator = Operator(ctx, self.reconciler, self.draining)
         self.reloader = Reloader(ctx, self.reconciler, self.data_plane, self.instances, self.checks, self.draining)
         self.statefile = StateFile(ctx, ctx.state_dir / "health-state.json")
+        self.autoscaler = Autoscaler(ctx, self.reconciler, self.instances, self.draining, self.reloader.removing,
+                                     self._scaling_busy)
         self.cluster = ClusterNode(ctx, node, self.reconciler, self.operator, self.data_plane) if node else None
         self._admin: FrontEnd | None = None  # the admin API, when the entry point gave one
         self.started_at = 0.0
@@ -177,6 +181,7 @@ class Controller:
             self.reconciler.reconcile(g)
         self._tick_task = loop.create_task(self._tick_loop(), name="failover tick")
         self.statefile.start()
+        self.autoscaler.start()
         if self.cluster is not None:  # serving and checking: now join the cluster and stand for the VIP
             try:
                 await self.cluster.start(self.admin_url)
@@ -224,6 +229,7 @@ class Controller:
             await self.cluster.stop()
         if self._started:
             self.statefile.stop()
+        await self.autoscaler.stop()
         await self.reloader.stop()
         cut = await self.data_plane.drain(drain_timeout)
         if cut:
@@ -283,10 +289,14 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         out = service_status(self.ctx, self.data_plane, started_at=self.started_at, admin_url=self.admin_url,
-                             config=self.reloader.status())
+                             config=self.reloader.status(), scaling=self.autoscaler.status())
         if self.cluster is not None:
             out["cluster"] = self.cluster.status()
         return out
+
+
+    def scaling(self) -> Mapping[str, dict[str, Any]]:
+        return self.autoscaler.status()
 
     def target(self, target_id: str) -> TargetRuntime | None:
         return self.ctx.target(target_id)
@@ -360,6 +370,20 @@ class Controller:
 
     def restart_group(self, name: str) -> dict[str, Any]:
         return self.rollouts.restart_group(name)
+
+    def scale(self, group: str, count: int | None, source: str = "admin API") -> dict[str, Any]:
+        return self.autoscaler.set_manual(group, count, source)
+
+    def _scaling_busy(self, g: GroupRuntime) -> str:
+        """Why a group's scaling decisions must wait now ("": they need not)."""
+        if self.ctx.stopping:
+            return "fivenines is stopping"
+        if self.reloader.lock.locked():
+            return "a reload is in progress"
+        ro = g.failover.rollout
+        if ro is not None and ro.running:
+            return f"a rolling restart of {g.name} is running"
+        return ""
 
     def _replicated(self, group: str) -> Replicated:
         g = self.ctx.groups.get(group)

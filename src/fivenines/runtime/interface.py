@@ -6,7 +6,8 @@ A running fivenines, seen from outside the runtime, is a :class:`Runtime`:
   :mod:`fivenines.runtime.status`), :meth:`Runtime.target_status`, and, for metrics,
   the groups and listeners themselves (read only);
 * **commands in**: drain / enable / maintenance a target, set its weight, reload the spec,
-  a rolling restart of a group, a switchover (and fault injection) in a replicated group.
+  a rolling restart of a group, a manual count for a scaled group, a switchover (and fault
+  injection) in a replicated group.
   A command the runtime cannot carry out raises :class:`CommandRefused`, saying why
   (:class:`Refusal`: no such thing, not in this state, a value out of range, a store that
   did not answer);
@@ -152,6 +153,15 @@ class Runtime(Protocol):
 
     def restart_group(self, name: str) -> dict[str, Any]:
         """Start a rolling restart of a group; returns the rollout's snapshot."""
+        ...
+
+    def scaling(self) -> Mapping[str, dict[str, Any]]:
+        """Each scaled group's scaling status (as ``target_groups.G.scaling`` in :meth:`status`)."""
+        ...
+
+    def scale(self, group: str, count: int | None, source: str = "admin API") -> dict[str, Any]:
+        """An operator's count for a scaled group, within its min..max (None: back to the policies);
+        returns the group's scaling status."""
         ...
 
     async def switchover(self, group: str, to: str | None = None) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class Reloader:
         self.generation = 1
         self.last: ReloadResult | None = None
         self.counts = {"ok": 0, "rejected": 0}
-        self.removing: set[str] = set()  # ids of targets being drained out
+        self.removing: set[str] = set()  # ids of targets being drained out (by a reload or a scale-in)
         # listeners that stopped accepting (with the index they served); their connections finish
         self.retiring: list[tuple[int | None, ProxyListener]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -188,7 +188,8 @@ class Reloader:
             for name, g in self.ctx.groups.items()
         }
         taken = frozenset(t.id for g in self.ctx.groups.values() for t in g.targets)
-        return reconfig.Running(targets, taken)
+        actives = {name: g.active_count for name, g in self.ctx.groups.items() if g.spec.instances is not None}
+        return reconfig.Running(targets, taken, actives)
 
     # ------------------------------------------------------------------ step 1: check everything
 

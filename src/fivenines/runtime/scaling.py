@@ -9,7 +9,9 @@ Decisions are :func:`fivenines.core.scaling.decide` and
   (requests, in flight, the latency histogram of
   :class:`~fivenines.proxy.backend.Backend`) and the CPU seconds of its process
   (``/proc/PID/stat``). A member that is not warm is forgotten, so its history
-  starts again when it is: warm-up never enters a metric;
+  starts again when it is: warm-up never enters a metric. When the set of warm
+  members changes, every member's history starts again (the load is split
+  another way from then on);
 * **evaluates** (:meth:`GroupScaler.evaluate`, every ``evaluation_interval``):
   rates over ``scale_out_window``, the decision, then one of the two callbacks
   it was given: ``scale_out(n)`` (start ``n`` more actives) or
@@ -136,6 +138,7 @@ class GroupScaler:
         scale_out: Callable[[int], None],
         scale_in: Callable[[Sequence[str]], None],
         on_decision: Callable[[Decision], None] | None = None,
+        paused: Callable[[], str] = lambda: "",
         cpu_seconds: Callable[[int], float | None] = read_cpu_seconds,
         bounds: Sequence[float] = LATENCY_BUCKETS,
         sample_interval: float = SAMPLE_INTERVAL,
@@ -148,6 +151,7 @@ class GroupScaler:
         self.scale_out = scale_out
         self.scale_in = scale_in
         self.on_decision = on_decision
+        self.paused = paused
         self.cpu_seconds = cpu_seconds
         self.sample_interval = min(sample_interval, spec.evaluation_interval)
         self.window = RateWindow(spec.scale_out_window, bounds)
@@ -156,6 +160,10 @@ class GroupScaler:
         self.last: Decision | None = None
         self.last_samples: list[Sample] = []
         self.evaluated_at: float | None = None
+        self.held = ""  # why the last due evaluation did not run (paused), if it did not
+        self._warm: frozenset[str] = frozenset()  # the warm members at the last sample
+        self.next_sample: float | None = None
+        self.next_eval: float | None = None
 
     def __repr__(self) -> str:
         last = f" {self.last.reason!r}" if self.last else ""
@@ -165,8 +173,17 @@ class GroupScaler:
     # ------------------------------------------------------------------ the two steps
 
     def sample(self, now: float) -> None:
-        """Record the counters of every warm member; forget the others."""
+        """Record the counters of every warm member; forget the others.
+
+        When the set of warm members changes (one joins, leaves or fails), every member's
+        history starts again here: the load is split another way from now on, and the older
+        samples describe the old split (a group that just grew would otherwise look as busy
+        as before for a whole window, its old members' past counted, and grow again)."""
         members = self.members(now)
+        warm = frozenset(m.id for m in members if m.warm)
+        if warm != self._warm:
+            self._warm = warm
+            self.window.keep_only(())
         for m in members:
             if not m.warm:
                 self.window.forget(m.id)
@@ -237,24 +254,37 @@ class GroupScaler:
             "manual": self.manual,
             "metrics": metrics,
             "reason": d.reason if d is not None else "not evaluated yet",
+            "paused": self.held or None,
             "evaluation_interval_s": self.spec.evaluation_interval,
             "scale_in_stabilization_s": self.spec.scale_in_stabilization,
         }
 
     # ------------------------------------------------------------------ the loop
 
+    def tick(self, now: float) -> Decision | None:
+        """One pass: sample when a sample is due, evaluate when an evaluation is due (the first one
+        ``evaluation_interval`` after the first pass). An evaluation that ``paused()`` gives a
+        reason against is skipped (:attr:`held`). Returns the decision, if one was taken."""
+        if self.next_eval is None:
+            self.next_eval = now + self.spec.evaluation_interval
+        if self.next_sample is None or now >= self.next_sample:
+            self.next_sample = now + self.sample_interval
+            self.sample(now)
+        if now < self.next_eval:
+            return None
+        self.next_eval = now + self.spec.evaluation_interval
+        self.held = self.paused()
+        if self.held:
+            return None
+        return self.evaluate(now)
+
     async def run(self, clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         """Sample every ``sample_interval`` and evaluate every ``evaluation_interval``, until cancelled.
         An exception in one pass is logged; the next pass runs as usual."""
-        next_eval = clock() + self.spec.evaluation_interval
         while True:
-            now = clock()
             try:
-                self.sample(now)
-                if now >= next_eval:
-                    next_eval = now + self.spec.evaluation_interval
-                    self.evaluate(now)
+                self.tick(clock())
             except Exception:  # a bug here must not stop scaling (or the controller) for good
                 log.exception("scaling %s: pass failed", self.group)
             await sleep(self.sample_interval)

@@ -24,7 +24,8 @@ from fivenines.runtime.targets import GroupRuntime, TargetRuntime
 
 
 def service_status(ctx: RuntimeContext, data_plane: DataPlane, *, started_at: float, admin_url: str | None,
-                   config: Mapping[str, Any] | None) -> dict[str, Any]:
+                   config: Mapping[str, Any] | None,
+                   scaling: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     now = ctx.now()
     listeners = []
     for i, (ls, lst) in enumerate(data_plane.listeners):
@@ -52,7 +53,7 @@ def service_status(ctx: RuntimeContext, data_plane: DataPlane, *, started_at: fl
             "refused_connections": c.refused,
             "rate_limited": c.rate_limited,
         })
-    groups = {name: group_status(ctx, g, now) for name, g in ctx.groups.items()}
+    groups = {name: group_status(ctx, g, now, (scaling or {}).get(name)) for name, g in ctx.groups.items()}
     workers = data_plane.workers
     out: dict[str, Any] = {
         "name": ctx.spec.name,
@@ -72,7 +73,8 @@ def service_status(ctx: RuntimeContext, data_plane: DataPlane, *, started_at: fl
     return out
 
 
-def group_status(ctx: RuntimeContext, g: GroupRuntime, now: float) -> dict[str, Any]:
+def group_status(ctx: RuntimeContext, g: GroupRuntime, now: float,
+                 scaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
     rep = g.replication.status() if g.replication is not None else None  # first: applies a lapsed lease
     targets = [target_status(ctx, t, now) for t in g.targets]
     fo = g.failover
@@ -92,6 +94,7 @@ def group_status(ctx: RuntimeContext, g: GroupRuntime, now: float) -> dict[str, 
         "fail_open": {"policy": fo.fail_open.value, "in_force": fo.serving.fail_open},
         "ejected": [t.id for t in g.targets if t.ejection],
         "rollout": fo.rollout.snapshot(now) if fo.rollout is not None else None,
+        "scaling": dict(scaling) if scaling is not None else None,  # a group with scaling: (runtime/autoscale)
     }
     if g.replication is not None:
         out["replication"] = rep

@@ -124,9 +124,21 @@
       return el("section", { class: "group", "data-group": name },
         el("h3", {}, "target group ", el("code", {}, name), " ", el("span", { class: "muted" }, summary)),
         backup ? el("p", { class: "backup " + (failed ? "bad" : "muted"), "data-backup": name }, backupLine(backup)) : "",
+        ...(g.scaling ? [renderScaling(g.scaling)] : []),
         el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
     });
     box.replaceChildren(...sections);
+  }
+
+  // A scaled group (scaling: section): current/desired of min..max, each policy's metric, the last decision.
+  function renderScaling(sc) {
+    const moving = sc.desired === sc.current ? String(sc.current) : `${sc.current} → ${sc.desired}`;
+    const metrics = sc.metrics.map((m) =>
+      `${m.metric} ${m.value === null ? "not measured" : Number(m.value.toPrecision(3))} (target ${m.target}, ${m.warm} warm)`);
+    const text = [`scaling ${moving} of ${sc.min}..${sc.max}` + (sc.manual !== null ? ` (manual ${sc.manual})` : ""),
+      ...metrics, sc.reason + (sc.paused ? ` (waiting: ${sc.paused})` : "")].join(" · ");
+    return el("p", { class: "scaling", "data-current": sc.current, "data-desired": sc.desired,
+      "data-min": sc.min, "data-max": sc.max, "data-manual": sc.manual === null ? "" : sc.manual }, text);
   }
 
   function addEvents(events) {
