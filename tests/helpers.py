@@ -200,6 +200,12 @@ def demo_spec(name: str = "t", count: int = 2, standby: int = 1, interval: str =
     }
 
 
+def last_seq(f: Any) -> int:
+    """The sequence number of the last event a running fivenines recorded (0: none yet): a test
+    that judges what its own action caused looks only at the events after it, not at start-up's."""
+    return int(get_json(f"{f.admin}/events?limit=0")["last_seq"])
+
+
 class Fivenines:
     """``fivenines up`` as a real subprocess, with its admin and listener addresses."""
 

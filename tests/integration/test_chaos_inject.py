@@ -230,7 +230,11 @@ def test_loadgen_open_loop_on_schedule(demo: Demo) -> None:
     gen, log = _load(demo.port, 400, 1.0)
     p = log.request_availability()
     assert (p.k, p.n) == (400, 400)
-    assert gen.stats()["connections_opened"] <= 10  # keep-alive: a few connections carry it all
+    # keep-alive: every connection opened stayed open and carried later requests (none was replaced),
+    # so the connections opened are as many as were ever needed at once; how many that is depends
+    # on how the machine schedules the demo (10 on an idle one, a few more under load)
+    stats = gen.stats()
+    assert stats["connections_opened"] == stats["max_open_connections"], stats
     # request i completed no earlier than when it was due
     assert (log.latency >= 0).all()
 

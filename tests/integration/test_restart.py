@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PY, Fivenines, demo_spec, get_json, wait_until
+from tests.helpers import PY, Fivenines, demo_spec, get_json, last_seq, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,7 @@ def test_rolling_restart_under_load_fails_no_request(run_fivenines: Any) -> None
         t.start()
     try:
         wait_until(lambda: len(results) > 50, 10, what="load to flow")
+        mark = last_seq(f)  # what start-up did is not the rollout's to answer for
         r = restart(f, "web")
     finally:
         stop.set()
@@ -74,8 +75,8 @@ def test_rolling_restart_under_load_fails_no_request(run_fivenines: Any) -> None
     events = get_json(f"{f.admin}/events?limit=1000")["events"]
     steps = [(e["target"], e["new"]) for e in events if e["kind"] == "rollout" and e["target"]]
     assert steps == [(t, s) for t in ("web-3", "web-1", "web-2") for s in ("deregister", "stop", "start")]
-    serving = [e["new"].split(",") for e in events if e["kind"] == "serving" and e["new"]]
-    assert all(len(s) == 2 for s in serving[1:]), serving
+    serving = [e["new"].split(",") for e in events if e["kind"] == "serving" and e["seq"] > mark]
+    assert serving and all(len(s) == 2 for s in serving), serving
     st = f.status()["target_groups"]["web"]["rollout"]
     assert st["state"] == "done" and st["steps"] == {"web-3": "done", "web-1": "done", "web-2": "done"}
 
@@ -99,8 +100,21 @@ def test_restart_needs_the_admin_token(run_fivenines: Any, tmp_path: Path) -> No
     assert f.status()["target_groups"]["web"]["rollout"] is None
 
 
-def test_restart_refuses_what_it_cannot_do(run_fivenines: Any, demos: list[Any]) -> None:
+def test_restart_refuses_what_it_cannot_do(run_fivenines: Any, demos: list[Any], tmp_path: Path) -> None:
+    # Instances that wait at start while a gate file exists: the first restart is held at its first
+    # member's health check until the test opens the gate, so the second call surely overlaps it
+    # (an unheld restart of two demo instances can finish before a second CLI call even starts).
+    gate = tmp_path / "gate"
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import os, sys, time\n"
+        f"while os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.02)\n"
+        "from fivenines.demo import main\n"
+        "main(sys.argv[1:])\n"
+    )
     spec = demo_spec(count=1, standby=1)
+    spec["target_groups"]["web"]["instances"]["command"] = ["python", str(app), "--port", "{port}"]
     spec["target_groups"]["ext"] = {"targets": [demos[0].address]}
     f = run_fivenines(spec)
     f.wait_healthy()
@@ -108,10 +122,14 @@ def test_restart_refuses_what_it_cannot_do(run_fivenines: Any, demos: list[Any])
     assert r.returncode == 1 and "no target group 'nope'; defined: ext, web" in r.stderr
     r = restart(f, "ext")
     assert r.returncode == 1 and "ext: its targets are not run by fivenines" in r.stderr
+    gate.write_text("")
     r = restart(f, "web", "--no-wait")
     assert r.returncode == 0 and r.stdout.startswith("rolling restart of web: web-2, web-1")
     r2 = restart(f, "web", "--no-wait")
     assert r2.returncode == 1 and "a rolling restart is already running" in r2.stderr
+    ro = f.status()["target_groups"]["web"]["rollout"]
+    assert ro["state"] == "running" and ro["steps"]["web-1"] == "waiting"  # the refused call changed nothing
+    gate.unlink()
     wait_until(lambda: f.status()["target_groups"]["web"]["rollout"]["state"] == "done", 30, 0.1,
                what="restart to finish")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fivenines.core import pool
 from fivenines.core.health import HealthState, Reason
 from fivenines.core.pool import (
     FailOpen,
@@ -12,6 +13,7 @@ from fivenines.core.pool import (
     Member,
     Role,
     apply_changes,
+    initial_roles,
     plan_roles,
     plan_serving,
     serving,
@@ -56,6 +58,50 @@ def test_recovered_home_member_is_reinstated_only_after_its_hold() -> None:
         "promoted standby a: reinstated: ready 0.0s past its hold",
         "demoted active c: back to standby: a reinstated",
     ]
+
+
+def test_only_a_recovery_is_held_not_the_first_time_a_member_can_serve() -> None:
+    assert pool.ready_at(12.0, 30.0, first_able=None) == 12.0  # not able to serve yet: moot
+    assert pool.ready_at(12.0, 30.0, first_able=12.0) == 12.0  # its first stretch: nothing to prove
+    assert pool.ready_at(50.0, 30.0, first_able=12.0) == 80.0  # healthy again after a loss: held
+
+
+def test_a_home_member_slow_to_start_takes_its_role_the_moment_it_is_healthy() -> None:
+    """Start-up on a loaded machine: web-1's first checks failed (demoted), web-3 was healthy first
+    (promoted). When web-1 is healthy for the first time it is reinstated at once, not 30 s later."""
+    ms = [m("web-1", S, H, order=0, since=3.0, ready_at=pool.ready_at(3.0, 30.0, first_able=3.0)),
+          m("web-2", A, H, order=1, since=1.0), m("web-3", A, H, order=2, since=2.0)]
+    assert [str(c) for c in plan_roles(ms, 2, now=3.0)] == [
+        "promoted standby web-1: reinstated: ready 0.0s past its hold",
+        "demoted active web-3: back to standby: web-1 reinstated",
+    ]
+
+
+@settings(max_examples=300)
+@given(data=st.data(), total=st.integers(1, 5), n=st.integers(1, 5))
+def test_start_up_ends_with_the_roles_by_member_order_whoever_answers_first(data: st.DataObject, total: int,
+                                                                             n: int) -> None:
+    """Every member starts ``initial``; some fail their first checks (``unhealthy``, as a slow starter
+    does), then each becomes healthy, in any interleaving. Once all are healthy the first N are
+    active: the check race at start decides nothing that lasts."""
+    n = min(n, total)
+    ids = [f"web-{i + 1}" for i in range(total)]
+    slow = data.draw(st.lists(st.booleans(), min_size=total, max_size=total))
+    tokens = data.draw(st.permutations([i for i in range(total) for _ in range(2 if slow[i] else 1)]))
+    roles = initial_roles(ids, n)
+    state = dict.fromkeys(ids, INIT)
+    since = dict.fromkeys(ids, 0.0)
+    first: dict[str, float] = {}
+    for t, i in enumerate(tokens, 1):
+        now, tid = float(t), ids[i]
+        state[tid] = U if slow[i] and state[tid] is INIT else H
+        since[tid] = now
+        if state[tid] is H:
+            first.setdefault(tid, now)
+        ms = [Member(x, roles[x], state[x], since[x], k, Reason.TIMEOUT if state[x] is U else None, "",
+                     pool.ready_at(since[x], 30.0, first.get(x))) for k, x in enumerate(ids)]
+        roles = apply_changes(roles, plan_roles(ms, n, now=now))
+    assert roles == initial_roles(ids, n)
 
 
 def test_classic_active_standby_one_plus_one() -> None:

@@ -257,6 +257,28 @@ def test_failed_promotion_retries_and_stale_results_are_ignored() -> None:
     assert p2.target == "db-3" and p2.epoch == 2
 
 
+def test_a_heartbeat_asked_before_a_promote_or_follow_ended_is_ignored() -> None:
+    """Heartbeats run beside the commands: one asked while db-2 was being promoted may answer
+    after the promotion with the role from before (a replica of the lost db-1). Taken as news, it
+    would start another election at once and, the lost primary restarted empty, leave the group
+    with no primary (sync mode cannot rule out that db-1 held acknowledged writes)."""
+    r = serving_group()
+    [c] = of(r.health("db-1", True, "Target.ProcessExited", 1.0), Collect)
+    [p] = of(r.positions(c.round, {"db-2": rep(100), "db-3": rep(100)}, 1.0), Promote)
+    [f] = of(r.promoted(p.round, "db-2", True, "", 1.2), Follow)
+    assert (f.target, f.primary) == ("db-3", "db-2")
+    assert r.observed("db-2", rep(100, "h:1"), 1.3, asked_at=1.1) == []  # asked mid-promotion: stale
+    assert r.observed("db-3", rep(100, "h:1"), 1.3, asked_at=1.25) == []  # no second re-point of db-3
+    r.followed("db-3", True, "", 1.35)
+    assert r.observed("db-3", rep(100, "h:1"), 1.4, asked_at=1.3) == []  # asked before its follow ended
+    assert (r.phase, r.primary, r.published.primary) == (Phase.SERVING, "db-2", "db-2")
+    assert r.observed("db-2", prim(100, "h:3"), 1.5, asked_at=1.45) == []  # a fresh one is taken
+    assert r.members["db-2"].obs == prim(100, "h:3")
+    # had the promoted replica really gone back to following db-1, a fresh heartbeat says so
+    assert of(r.observed("db-2", rep(100, "h:1"), 1.7, asked_at=1.6), Collect)
+    assert r.phase is Phase.ELECTING
+
+
 def test_primary_reporting_replica_starts_an_election() -> None:
     r = serving_group()
     acts = r.observed("db-1", rep(100, "h:3"), 1.0)

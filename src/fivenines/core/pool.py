@@ -19,7 +19,10 @@ role changes to make now, each with a readable reason:
    which is demoted back to standby. ``ready_at`` is when the member became
    healthy (or its ejection ended) plus its hold time; a member that flaps gets a
    growing hold-down (:class:`FlapHistory`), so a flapping target neither
-   flip-flops the roles nor is trusted again quickly.
+   flip-flops the roles nor is trusted again quickly. A member able to serve for the
+   first time has no hold (:func:`ready_at`): a slow starter whose first checks failed
+   is not recovering from anything, so the roles after start-up are by member order
+   (the first N active), whichever instance happened to answer first.
 
 A member in ``initial`` state keeps its role: a starting active is not replaced by a
 standby before it had a chance to pass its first checks.
@@ -94,6 +97,21 @@ def initial_roles(ids: Sequence[str], active_count: int) -> dict[str, Role]:
     {'web-1': <Role.ACTIVE: 'active'>, 'web-2': <Role.ACTIVE: 'active'>, 'web-3': <Role.STANDBY: 'standby'>}
     """
     return {tid: (Role.ACTIVE if i < active_count else Role.STANDBY) for i, tid in enumerate(ids)}
+
+
+def ready_at(able_since: float, hold: float, first_able: float | None) -> float:
+    """When a member able to serve since ``able_since`` is trusted (reinstated, preferred for
+    promotion): ``hold`` seconds later, except on the first time it is able to serve at all
+    (``first_able``: when that began; None: not yet). A member that has never served, such as a
+    slow starter whose first checks failed, recovers from nothing: a home member takes its role
+    the moment it can serve, so start-up ends with the roles by member order.
+
+    >>> ready_at(100.0, 30.0, first_able=100.0), ready_at(150.0, 30.0, first_able=100.0), ready_at(7.0, 30.0, None)
+    (100.0, 180.0, 7.0)
+    """
+    if first_able is None or able_since <= first_able:
+        return able_since
+    return able_since + hold
 
 
 def _why(m: Member) -> str:

@@ -218,6 +218,7 @@ class MemberView:
     regressed: bool = False  # reported less than ``high``: restarted empty or truncated, data lost
     incarnation: str | None = None  # None: unknown, or a fresh start fivenines made itself
     synced: bool = True  # False from a fresh start until it is a primary or a linked replica
+    changed_at: float = float("-inf")  # when a promote or follow of it last ended: heartbeats asked before are stale
 
     def record(self, obs: Observation | None) -> bool:
         """Take a fresh observation. True when it shows the member lost data since last seen:
@@ -428,8 +429,15 @@ class Replication:
 
     # ------------------------------------------------------------------ inputs
 
-    def observed(self, target: str, obs: Observation | None, now: float) -> list[Action]:
-        """A heartbeat's result: ``obs`` (None: unreachable)."""
+    def observed(self, target: str, obs: Observation | None, now: float, asked_at: float | None = None) -> list[Action]:
+        """A heartbeat's result: ``obs`` (None: unreachable), asked at ``asked_at`` (default: now).
+
+        A heartbeat asked before a promote or follow of the member ended is ignored: it may show
+        the role from before (a replica just promoted, still reported following the lost primary,
+        would start another election); the next heartbeat tells."""
+        m = self.members.get(target)
+        if m is not None and asked_at is not None and asked_at <= m.changed_at:
+            return []
         return self._handle(Input.OBSERVED, _Ev(target=target, obs=obs), now)
 
     def health(self, target: str, lost: bool, why: str, now: float) -> list[Action]:
@@ -706,6 +714,7 @@ class Replication:
         old = self.primary
         planned = self.switch is not None
         m = self._member(ev.target)
+        m.changed_at = now
         if not ev.ok:
             acts: list[Action] = [Emit("switchover" if planned else "failover", m.id, "replica", "replica",
                                        f"promotion failed: {ev.detail}")]
@@ -742,7 +751,7 @@ class Replication:
 
     def _on_followed(self, ev: _Ev, now: float) -> list[Action]:
         m = self._member(ev.target)
-        m.pending = False
+        m.pending, m.changed_at = False, now
         if not ev.ok:
             m.obs = None  # unknown until observed again (no retry storm against a dead member)
             return [Emit("fence", m.id, "", "", f"follow failed: {ev.detail}")]

@@ -123,6 +123,7 @@ class ClientConnection(Forwarder):
             # a client that half-closed after its request still gets the answer
             self._closing = True
             return True
+        self.flush()  # an answer finished in this round waits in _wbuf (flush_soon): out before the close
         return None
 
     def data_received(self, data: bytes) -> None:

@@ -49,6 +49,8 @@ class Reconciler:
         if tr.detail:
             reason = f"{reason}: {tr.detail}"
         self.ctx.event("health", t, tr.old.value, tr.new.value, reason)
+        if tr.new is HealthState.HEALTHY and t.first_healthy is None:
+            t.first_healthy = tr.at  # its first time: nothing to recover from, no hold (pool.ready_at)
         if tr.old is HealthState.HEALTHY and tr.new is HealthState.UNHEALTHY and not t.ejection:
             t.group.failover.flaps.lost(t.id, tr.at)  # one loss per incident: not again after an ejection
         return self.reconcile(t.group)

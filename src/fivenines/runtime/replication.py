@@ -219,6 +219,7 @@ class ReplicationManager:
         """One heartbeat: the store's report of role and position."""
         st = self.targets[t.id]
         start = time.perf_counter()
+        asked = self.ctx.now()
         obs: Observation | None = None
         if self._is_cut_off(t.id):
             await asyncio.sleep(self.timeout)
@@ -239,7 +240,7 @@ class ReplicationManager:
             return result
         now = self.ctx.now()
         self.observations[t.id] = (obs, now)
-        self._feed(self.core.observed(t.id, obs, now))
+        self._feed(self.core.observed(t.id, obs, now, asked))
         return result
 
     def reconcile(self) -> list[str]:

@@ -112,6 +112,7 @@ class TargetRuntime:
         self.agent_task: asyncio.Task[None] | None = None
         self.ejection = ""  # why passive detection ejected it (empty: not ejected)
         self.available_since = now  # when it last stopped being excluded
+        self.first_healthy: float | None = None  # when it first became healthy: later recoveries are held
         self.agent: AgentReport | None = None
         self.agent_error = ""
         self.base_weight = weight  # the spec's weight; an agent's N% scales it
@@ -146,7 +147,8 @@ class TargetRuntime:
         h = self.health
         ready_at = 0.0
         if now is not None:
-            ready_at = max(h.since, self.available_since) + self.group.failover.flaps.hold(self.id, now)
+            able = max(h.since, self.available_since)
+            ready_at = pool.ready_at(able, self.group.failover.flaps.hold(self.id, now), self.first_healthy)
         return Member(self.id, self.role, h.state, h.since, self.index, h.reason, self.excluded, ready_at,
                       self.running)
 
