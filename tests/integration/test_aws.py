@@ -9,9 +9,6 @@ exists, not by trusting moto to refuse duplicates.
 
 from __future__ import annotations
 
-import logging
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +21,21 @@ from fivenines.cloud.resources import TAG_MANAGED, TAG_STACK
 from fivenines.errors import ProviderError
 from fivenines.spec import AwsSpec, Spec, load_spec, parse_spec
 from tests.helpers import require_module
+from tests.moto_helpers import AWS_ENV, empty_account, moto_server
 
 # the moto server and real boto3 clients: skipped where they are not installed, required under CI
 require_module("boto3")
 require_module("moto.server")
 
+__all__ = ["AWS_ENV", "moto_server"]  # shared with the other AWS tests
+
 REGION = "eu-west-1"
 EXAMPLE = Path(__file__).parents[2] / "examples" / "aws-demo.yaml"
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
 
 @pytest.fixture
 def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A moto server with an empty account, and dummy credentials in the environment."""
-    for k, v in AWS_ENV.items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(k, raising=False)
-    req = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
-    return moto_server
+    return empty_account(moto_server, monkeypatch)
 
 
 def provider(url: str) -> AwsProvider:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import stat
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -24,17 +22,13 @@ import pytest
 from fivenines.runtime.backup import BackupManager
 from fivenines.runtime.controller import Controller
 from fivenines.spec import parse_spec
-from tests.helpers import IN_CI, wait_until, write_spec
+from tests.helpers import wait_until, write_spec
+from tests.moto_helpers import empty_account, moto_server
 from tests.redis_helpers import backup_spec, dump, redis, write
 
+__all__ = ["moto_server"]  # a fixture used here
+
 T = TypeVar("T")
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-    "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_DEFAULT_REGION": "eu-west-1",
-}
-
-
 class Running:
     """A Controller on its own event-loop thread; ``call`` runs a coroutine or a function there.
 
@@ -210,33 +204,12 @@ def test_scheduled_backups_appear_and_rotate_by_retention(group: Callable[..., R
 BUCKET = "fivenines-backups"
 
 
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        if IN_CI:
-            pytest.fail("moto[server] is not installed (pip install -e '.[dev]')")
-        pytest.skip("moto[server] is not installed")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An empty moto account with one bucket; dummy credentials in the environment (the boto3 chain)."""
     import boto3
 
-    for k, v in AWS_ENV.items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(k, raising=False)
-    with urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10):
-        pass
+    empty_account(moto_server, monkeypatch, region="eu-west-1")
     client = boto3.client("s3", endpoint_url=moto_server, region_name="eu-west-1")
     client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     client.url = moto_server
