@@ -171,7 +171,8 @@ class World:
 def primary_of(g: dict[str, Any]) -> dict[str, Any] | None:
     if not g["serving"]:
         return None
-    return next(t for t in g["targets"] if t["id"] == g["serving"][0])
+    p: dict[str, Any] = next(t for t in g["targets"] if t["id"] == g["serving"][0])
+    return p
 
 
 async def settled(world: World, timeout: float = 30.0) -> dict[str, Any]:
@@ -457,8 +458,8 @@ async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*clients, return_exceptions=True)
         await router.stop()
     elapsed = time.monotonic() - started
-    primary = await settled(world, 60)
-    present = await read_all(primary["address"], [w.key for w in history.acked])
+    final = await settled(world, 60)
+    present = await read_all(final["address"], [w.key for w in history.acked])
     lost = [w for w in history.acked if w.key not in present]
     lost_before = attribute(faults, history.acked, lost)
     acks = sorted(w.acked for w in history.acked)
@@ -572,7 +573,7 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=0.5, help="seconds of writes between recovery and next fault")
     ap.add_argument("--loss", type=float, default=30.0, help="percent of packets the loss fault drops")
     ap.add_argument("--seed", type=int, default=9, help="which replica the replica and split faults pick")
-    ap.add_argument("--time-limit", type=float, default=900.0, help="give up (FAIL) after this many seconds")
+    ap.add_argument("--time-limit", type=float, default=300.0, help="give up (FAIL) after this many seconds")
     ap.add_argument("--redis-server", default="/usr/bin/redis-server")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--json-writes", action="store_true", help="with --json: every acknowledged write too")
@@ -588,14 +589,18 @@ def main() -> None:
     if not os.path.exists(args.redis_server):
         raise SystemExit(f"{args.redis_server} not found (scripts/install-test-deps installs redis-server)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the rig cleans up on the way out
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        sys.exit(run(args, work))
-    import tempfile
+    try:
+        if args.workdir:
+            work = Path(args.workdir)
+            work.mkdir(parents=True, exist_ok=True)
+            sys.exit(run(args, work))
+        import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="jepsen-redis-") as tmp:
-        sys.exit(run(args, Path(tmp)))
+        with tempfile.TemporaryDirectory(prefix="jepsen-redis-") as tmp:
+            sys.exit(run(args, Path(tmp)))
+    except KeyboardInterrupt:  # the rig has removed its world (namespaces, rules, links, processes) by now
+        print("interrupted: every namespace, rule, link and process of the run removed", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
