@@ -13,10 +13,13 @@ write unique keys continuously and record which writes were acknowledged: most t
 fivenines' listener, some (``--direct``) straight to the primary fivenines publishes in
 its status, as a client holding its own connection to the primary would.
 
-Faults are real and never announced to fivenines: the rig injects them inside the hosts.
+Faults are real and never announced to fivenines: the rig injects them inside the hosts, in
+turn, one at a time. Each lasts ``--hold`` seconds; one that takes the primary away (kill,
+stop, split, isolate, link) lasts until fivenines published a new primary (at most the
+failover bound + 5 s), so a loaded machine cannot heal it before fivenines reacts.
 
-    kill     ``kill -9`` of the primary's redis-server; after ``--hold`` its supervisor (this
-             script) starts it again, empty, as a replica of no one (docs/replication.md)
+    kill     ``kill -9`` of the primary's redis-server; then its supervisor (this script)
+             starts it again, empty, as a replica of no one (docs/replication.md)
     stop     SIGSTOP of the primary's redis-server, SIGCONT after ``--hold``
     split    the primary cut from fivenines and from the replicas (nftables inside its host),
              not from the client host: direct clients still reach it
@@ -30,17 +33,24 @@ client's own ``WAIT 1`` confirmed that a replica has it (docs/replication.md say
 why a proxy cannot do this for the client). In ``async`` mode ``OK`` is the
 acknowledgement.
 
-Afterwards it checks, against the current primary:
+After every fault, once the group settled again, and at the end it checks:
 
-* every acknowledged write is readable there (``sync``: lost must be 0; ``async``:
-  it prints how many were lost, which is the trade-off), counted per fault;
+* every write acknowledged so far is readable on the current primary (``sync``: lost
+  must be 0; ``async``: it prints how many were lost, which is the trade-off); a lost
+  write is counted against the fault after which it was first found missing;
 * the history shows at most one primary acknowledging writes at any time: grouping the
   acknowledged writes by the term that took them (the server's replication id when the
   client connected: a new one at every promotion), no term acknowledged a write that
   began after a later term had acknowledged one;
-* after every fault that takes the primary away (kill, stop, split, isolate) a new
+* after every fault that takes the primary away (kill, stop, split, isolate, link) a new
   primary was published within ``interval x unhealthy_threshold + timeout + 1 s``, and
   a replica cut caused no failover.
+
+Before the next fault the group must have settled again (a primary, every other server a
+linked, caught-up replica of it). The run is bounded: it gives up (FAIL) after ``--time-limit``
+seconds (300 by default; 24 faults take about 80 s) and, whatever ends it (a failure, Ctrl-C,
+SIGTERM), removes every namespace, nftables rule, link and process it made (:class:`fivenines.rig.Rig`).
+Every redis-server keeps its files (a replica's resync RDB) in a folder of its own under the work dir.
 
     sudo python bench/jepsen_redis.py --failures 24 --durability sync
 """
@@ -165,7 +175,7 @@ class World:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(Exception):
-                self.proc.wait(20)
+                self.proc.wait(5)  # then the rig kills it
 
 
 def primary_of(g: dict[str, Any]) -> dict[str, Any] | None:
@@ -302,7 +312,7 @@ class Fault:
     failover_s: float | None = None  # fault -> a new primary published
     unavailable_s: float | None = None  # longest stretch without an acknowledged write around it
     acked: int = 0  # writes acknowledged between this fault and the next
-    lost: int = 0  # of those, lost
+    lost: int = 0  # acknowledged writes (of all so far) first found missing by the check after this fault
 
     @property
     def verdict(self) -> str:
@@ -390,19 +400,23 @@ async def read_all(address: str, keys: list[str]) -> set[str]:
     return present
 
 
-def attribute(faults: list[Fault], acked: list[Write], lost: list[Write]) -> int:
-    """Count each acknowledged (and each lost) write against the fault it was acknowledged after;
-    returns how many were lost before the first fault."""
+def count_acked(faults: list[Fault], acked: list[Write]) -> None:
+    """Count each acknowledged write against the fault it was acknowledged after."""
     starts = [f.at for f in faults]
-    before = 0
-    for ws, attr in ((acked, "acked"), (lost, "lost")):
-        for w in ws:
-            i = bisect.bisect_right(starts, w.acked) - 1
-            if i >= 0:
-                setattr(faults[i], attr, getattr(faults[i], attr) + 1)
-            elif attr == "lost":
-                before += 1
-    return before
+    for w in acked:
+        i = bisect.bisect_right(starts, w.acked) - 1
+        if i >= 0:
+            faults[i].acked += 1
+
+
+async def newly_lost(address: str, acked: list[Write], missing: set[str]) -> int:
+    """Read every write acknowledged so far on ``address`` (the settled primary); add the keys it
+    lacks to ``missing``; how many were not missing before."""
+    keys = [w.key for w in acked]
+    present = await read_all(address, keys)
+    new = {k for k in keys if k not in present} - missing
+    missing |= new
+    return len(new)
 
 
 async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
@@ -420,6 +434,8 @@ async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
     clients += [asyncio.create_task(client(f"d{i}", lambda: router.address, sync, history, stop))
                 for i in range(args.direct)]
     faults: list[Fault] = []
+    missing: set[str] = set()  # acknowledged writes found lost by the check after a fault
+    check_s: list[float] = []  # how long each of those checks took
     started = time.monotonic()
     try:
         await asyncio.sleep(1.0)
@@ -448,8 +464,14 @@ async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
                 f.new, t = found
                 f.failover_s = t - f.at
             faults.append(f)
+            # every write acknowledged so far, this fault's failover included, readable on the primary
+            now = await settled(world)
+            t0 = time.monotonic()
+            f.lost = await newly_lost(now["address"], history.acked[:], missing)
+            check_s.append(time.monotonic() - t0)
             fs = f"{f.failover_s:.3f}s" if f.failover_s is not None else "none"
-            print(f"  failure {f.n:2d}: {f.kind:7s} on {f.host}  {f.old} -> {f.new or '-'}  failover {fs}"
+            print(f"  failure {f.n:2d}: {f.kind:7s} on {f.host}  {f.old} -> {f.new or '-'}  failover {fs}  "
+                  f"acked writes lost {f.lost} (of {len(history.acked)} read back on {now['id']})"
                   + (f"  ({f.verdict})" if f.verdict else ""), flush=True)
         await settled(world, 60)
         await asyncio.sleep(0.5)
@@ -461,7 +483,9 @@ async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
     final = await settled(world, 60)
     present = await read_all(final["address"], [w.key for w in history.acked])
     lost = [w for w in history.acked if w.key not in present]
-    lost_before = attribute(faults, history.acked, lost)
+    count_acked(faults, history.acked)
+    if faults:  # lost after the last check after a fault: the last fault's
+        faults[-1].lost += len({w.key for w in lost} - missing)
     acks = sorted(w.acked for w in history.acked)
     for f, nxt in zip(faults, [*faults[1:], None], strict=True):
         # the longest stretch without an acknowledged write around the fault (not reaching the next one)
@@ -471,7 +495,7 @@ async def scenario(world: World, args: argparse.Namespace) -> dict[str, Any]:
         around = [a for a in acks if f.at - 0.5 <= a <= end]
         if len(around) >= 2:
             f.unavailable_s = max(b - a for a, b in itertools.pairwise(around))
-    return {"history": history, "faults": faults, "lost": lost, "lost_before": lost_before,
+    return {"history": history, "faults": faults, "lost": lost, "check_s": check_s,
             "overlaps": overlapping_primaries(history.acked), "elapsed": elapsed, "kinds": kinds}
 
 
@@ -513,6 +537,8 @@ def report(args: argparse.Namespace, rig: Rig, res: dict[str, Any]) -> int:
     print(f"failover bound            : interval x unhealthy_threshold + timeout + 1s = {BOUND:.2f}s")
     print(f"writes attempted          : {history.attempted}")
     print(f"writes acknowledged       : {len(history.acked)}")
+    print(f"read-back checks          : {len(res['check_s'])} after the faults + 1 at the end, "
+          f"{_stats(res['check_s'])} s max / mean")
     print(f"acknowledged writes lost  : {len(lost)}" + (f"  e.g. {[w.key for w in lost[:5]]}" if lost else ""))
     print(f"servers that took writes  : {len({w.server for w in history.acked})} (run_ids)")
     print(f"overlapping primaries     : {len(overlaps)}" + (f"  e.g. {overlaps[:2]}" if overlaps else ""))
@@ -521,7 +547,7 @@ def report(args: argparse.Namespace, rig: Rig, res: dict[str, Any]) -> int:
         Path(args.json).write_text(json.dumps({
             "rig": rig.prefix, "durability": args.durability, "clients": args.clients, "direct": args.direct,
             "attempted": history.attempted, "acknowledged": len(history.acked), "lost": len(lost),
-            "lost_before_faults": res["lost_before"], "overlaps": overlaps, "bound_s": BOUND,
+            "overlaps": overlaps, "bound_s": BOUND,
             "elapsed_s": res["elapsed"], "faults": [{**asdict(f), "verdict": f.verdict} for f in faults],
             "writes": [asdict(w) for w in history.acked] if args.json_writes else None,
         }, indent=2))
