@@ -80,7 +80,8 @@ clean:
 	rm -rf $(VENV) .fivenines .mypy_cache .ruff_cache .pytest_cache build src/fivenines/_compiled.json
 	find src -name '*.so' -delete
 
-## Jepsen-style check of replicated Redis: 24 primary failures, acknowledged writes lost (0 in sync).
+## Jepsen-style check of replicated Redis in the namespace rig (root): 24 real faults (kill -9, SIGSTOP, nft partitions,
+## link down, packet loss), acknowledged writes lost (0 in sync, exit 1 otherwise); at most 300 s, about 2 min.
 jepsen-redis: $(VENV)/.installed-dev
 	scripts/install-test-deps
 	$(BIN)/python bench/jepsen_redis.py --failures 24 --durability sync
