@@ -12,15 +12,14 @@ observer that asks who has the VIP by ARP every 5 ms), and puts each contender o
   keepalived (VRRPv3, unicast peers, ``nopreempt``), at ``advert_int`` 1 s and at the
   fastest setting that stayed stable here (``--fast-advert``, 50 ms: 20 ms flapped on this
   loaded machine with no fault at all), two rows;
-* **fivenines vrrp** — ``fivenines up`` for the data path and ``python -m
-  fivenines.cluster_node`` with ``coordination: vrrp`` (fivenines renders keepalived's
-  configuration and supervises it), at the same two settings;
-* **fivenines etcd** — ``fivenines up`` and ``python -m fivenines.cluster_node`` with
-  ``coordination: etcd`` (leader lease of ``lease_ttl`` 1 s, the nftables fence).
+* **fivenines vrrp** — ``fivenines up SPEC --node NAME`` with ``coordination: vrrp``
+  (fivenines renders keepalived's configuration and supervises it), at the same two
+  settings;
+* **fivenines etcd** — ``fivenines up SPEC --node NAME`` with ``coordination: etcd``
+  (leader lease of ``lease_ttl`` 1 s, the nftables fence).
 
 A contender is a small class (:class:`Contender`): how it starts on a node, what its
-configuration is. Until ``fivenines up SPEC --node NAME`` exists, a fivenines node is
-two processes; the class is where that changes.
+configuration is. A fivenines node is the one command a user runs on each host.
 
 Scenarios, each under a steady load from ``client`` — new connections (``--rate``,
 200/s, each its own request) and ``--keepalive`` clients on persistent connections
@@ -45,7 +44,9 @@ the address with an open fence (every namespace sampled every few ms) — and wh
 other node first answered ARP (takeover). Targets, checked: fivenines etcd gap <= 2 s in
 every scenario and 0 two-holder moments; fivenines vrrp no worse than the keepalived
 pair at the same advert_int (gap within 0.25 s, failures after retry within 10% or 3,
-not more two-holder moments); 0 failed requests for a retrying client in the kill scenario.
+not more two-holder moments); 0 failed requests for a retrying client in the kill scenario
+(where the takeover can be that fast: at ``advert_int`` 1 s a VRRP backup waits 3.6 s for
+the master to be down, so those rows are printed, not judged).
 Exit 1 when a fivenines target is missed.
 
 The machine is shared: numbers are indicative; the load average is printed with them.
@@ -77,6 +78,7 @@ from fivenines.rig import AddressWatch, ArpProbe, Rig  # noqa: E402
 from fivenines.rig.etcd import EtcdInRig  # noqa: E402
 
 PY = sys.executable
+FIVENINES = str(Path(PY).with_name("fivenines"))  # the console script of the installed package
 HOSTS = ["e1", "e2", "e3", "a", "b", "be1", "be2", "client", "obs"]
 NODES = ("a", "b")
 ETCD = ["e1", "e2", "e3"]
@@ -223,7 +225,7 @@ class HaproxyKeepalived(Contender):
 
 
 def fivenines_spec(rig: Rig, name: str) -> dict[str, Any]:
-    """One node's data path: `fivenines up` in single-node mode, static targets on the backends."""
+    """The service without its cluster: section: static targets on the two backends."""
     return {
         "name": name,
         "admin": {"listen": ADMIN},
@@ -238,7 +240,7 @@ def fivenines_spec(rig: Rig, name: str) -> dict[str, Any]:
 
 
 def cluster_spec(rig: Rig, name: str, **cluster: Any) -> dict[str, Any]:
-    """The VIP part (`python -m fivenines.cluster_node`): the same service with a cluster: section."""
+    """What every node runs (`fivenines up SPEC --node NAME`): the service with a cluster: section."""
     spec = fivenines_spec(rig, name)
     spec["cluster"] = {"nodes": [{"name": n, "address": rig.host(n).address} for n in NODES],
                        "vip": f"{VIP}/{PREFIX}", "interface": "eth0", **cluster}
@@ -252,16 +254,13 @@ def dump_yaml(doc: dict[str, Any]) -> str:
 
 
 class Fivenines(Contender):
-    """A fivenines node, for now: `fivenines up` (data path) + `python -m fivenines.cluster_node` (the VIP).
-
-    When `fivenines up SPEC --node NAME` exists, :meth:`start_node` becomes that one command.
-    """
+    """A fivenines node: `fivenines up SPEC --node NAME`, the data path and the VIP in one process."""
 
     def cluster(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def configs(self) -> dict[str, str]:
-        return {f"{self.name}: fivenines.yaml (cluster_node reads cluster:, fivenines up the rest)":
+        return {f"{self.name}: fivenines.yaml (both nodes; each runs fivenines up fivenines.yaml --node NAME)":
                 dump_yaml(cluster_spec(self.rig, "bench", **self.cluster()))}
 
     def start(self, run: str) -> None:
@@ -270,15 +269,10 @@ class Fivenines(Contender):
 
     def start_node(self, run: str, node: str) -> None:
         d = self.node_dir(run, node)
-        up = d / "up.yaml"
-        up.write_text(dump_yaml(fivenines_spec(self.rig, run)))
-        cl = d / "cluster.yaml"
-        cl.write_text(dump_yaml(cluster_spec(self.rig, run, **self.cluster())))
-        self.rig.popen(node, [PY, "-m", "fivenines", "up", str(up), "--log-level", "warning"], log=d / "up.log",
-                       cwd=d)
-        self.rig.popen(node, [PY, "-m", "fivenines.cluster_node", str(cl), "--node", node,
-                              "--status-file", str(d / "status.json"), "--workdir", str(d / "vip")],
-                       log=d / "cluster_node.log", cwd=d)
+        spec = d / "fivenines.yaml"
+        spec.write_text(dump_yaml(cluster_spec(self.rig, run, **self.cluster())))
+        self.rig.popen(node, [FIVENINES, "up", str(spec), "--node", node, "--log-level", "warning"],
+                       log=d / "up.log", cwd=d)
 
 
 class FiveninesVrrp(Fivenines):
@@ -648,9 +642,20 @@ def check_targets(results: list[Result]) -> list[tuple[str, bool, str]]:
                     f"gap {r.gap:.2f} vs {pair.gap:.2f}s, after retry {r.failed_after_retry} vs "
                     f"{pair.failed_after_retry}, two holders {r.two_arp} vs {pair.two_arp}"))
     for r in results:
-        if r.scenario == "kill":
-            out.append((f"{r.contender}: 0 failed for a retrying client (kill)", r.failed_after_retry == 0,
-                        f"{r.failed_after_retry} of {r.failed} failed"))
+        if r.scenario != "kill":
+            continue
+        last = r.contender.split()[-1]
+        advert = float(last[:-1]) if "etcd" not in r.contender and last.endswith("s") else None
+        wait = master_down_interval(advert, 100) if advert is not None else 0.0
+        if wait > Load.retry_after:
+            # a VRRP backup waits for the master-down interval before it takes the address: a client
+            # retrying once after 0.25 s is beyond reach of any VRRP pair at this advert_int
+            out.append((f"(not a target) {r.contender}: failed for a retrying client (kill)", True,
+                        f"{r.failed_after_retry} of {r.failed} failed; a backup waits {wait:.2f}s for the master "
+                        f"to be down, the retry comes {Load.retry_after:g}s after a failure"))
+            continue
+        out.append((f"{r.contender}: 0 failed for a retrying client (kill)", r.failed_after_retry == 0,
+                    f"{r.failed_after_retry} of {r.failed} failed"))
     return out
 
 
@@ -744,7 +749,8 @@ def main(argv: list[str]) -> int:
     targets = check_targets([r for r in results if not r.note])
     print("\ntargets:")
     for what, met, detail in targets:
-        print(f"  [{'ok' if met else 'MISSED'}] {what}: {detail}")
+        mark = "--" if what.startswith("(not a target)") else "ok" if met else "MISSED"
+        print(f"  [{mark}] {what}: {detail}")
     print(f"\nload average at the end: {loadavg()}; the whole run took {time.monotonic() - began:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"load": asdict(load), "timing": asdict(timing), "loadavg_end": loadavg(),
