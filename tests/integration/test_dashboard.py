@@ -55,7 +55,9 @@ def test_dashboard_renders_targets_and_shows_a_killed_instance_unhealthy(run_fiv
         wait_until(lambda: browser.evaluate(
             "document.querySelector('tr[data-target=\"web-3\"]').dataset.role") == "active", 5, 0.05,
             what="web-3 shown active")
-        events = browser.evaluate("[...document.querySelectorAll('#events li')].map(li => li.textContent)")
-        assert any("web/web-1" in e and "unhealthy" in e and "Target.ProcessExited" in e for e in events), events
+        # the events list is fed on its own (the table's roles may arrive first): wait for the line
+        events_js = "[...document.querySelectorAll('#events li')].map(li => li.textContent)"
+        wait_until(lambda: any("web/web-1" in e and "unhealthy" in e and "Target.ProcessExited" in e
+                               for e in browser.evaluate(events_js)), 5, 0.05, what="web-1's health event listed")
     finally:
         browser.close()
