@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from typing import Any
 from fivenines.core.election import Settings
 from fivenines.errors import FivenineError, SpecError
 from fivenines.runtime.cluster import ElectionRunner, leader_key
-from fivenines.runtime.keepalived import Keepalived, config_for
+from fivenines.runtime.keepalived import Keepalived, config_for, quiet_fence, remove_quiet_fence
 from fivenines.runtime.lease import Etcd
-from fivenines.runtime.vip import Fence, Vip
+from fivenines.runtime.vip import Vip
 from fivenines.spec import ClusterSpec, load_spec, node_error
 
 log = logging.getLogger("fivenines.cluster")
@@ -65,13 +64,7 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
         return 0
     # keepalived moves the address; fivenines only makes a node whose balancer is gone ignore
     # connections to it rather than refuse them (a SIGKILLed keepalived leaves its address behind)
-    quiet: Fence | None = Fence(str(ipaddress.IPv4Interface(cluster.vip).ip), gate=False)
-    try:
-        assert quiet is not None
-        quiet.install()
-    except FivenineError as exc:
-        log.warning("connections to the VIP with no listener will be refused: %s", exc)
-        quiet = None
+    quiet = quiet_fence(cluster)
     ka: Keepalived | None = None
 
     def on_state(state: str) -> None:
@@ -83,9 +76,7 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
     write_status(status_file, {"node": node, **ka.status()})
     await stop.wait()
     await ka.stop()
-    if quiet is not None:
-        with contextlib.suppress(FivenineError):
-            quiet.remove()
+    remove_quiet_fence(quiet)
     write_status(status_file, {"node": node, **ka.status(), "state": "STOP", "holds_vip": False})
     return 0
 

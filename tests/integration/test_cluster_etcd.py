@@ -20,7 +20,15 @@ import pytest
 from fivenines.cluster_node import main as cluster_node_main
 from fivenines.rig import AddressWatch, ArpProbe, Rig
 from fivenines.rig.etcd import EtcdInRig
-from tests.cluster_helpers import VIP, Node, ask_vip, cluster_spec, serve_id, start_nodes
+from tests.cluster_helpers import (
+    VIP,
+    Node,
+    ask_vip,
+    cluster_spec,
+    reset_host,
+    serve_id,
+    start_nodes,
+)
 from tests.helpers import require_binary, require_rig, wait_until, write_spec
 
 pytestmark = pytest.mark.slow
@@ -66,9 +74,7 @@ def pair(world: tuple[Rig, EtcdInRig], request: pytest.FixtureRequest) -> Iterat
         watch.stop()
         probe.stop()
         for h in ("a", "b"):
-            rig.heal(h)
-            rig.kill(h)
-            rig.run(h, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+            reset_host(rig, h)
         for n in nodes.values():  # shown only when the test failed
             print(f"--- {n.host}\n{n.tail()}")
         print(f"--- VIP timeline\n{watch.timeline()}\n--- ARP answers\n{probe.timeline()}")

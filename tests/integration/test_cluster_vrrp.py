@@ -20,7 +20,7 @@ from fivenines.core.keepalived import master_down_interval
 from fivenines.rig import AddressWatch, Rig
 from fivenines.runtime.keepalived import config_for
 from fivenines.spec import parse_spec
-from tests.cluster_helpers import VIP, ask_vip, cluster_spec, serve_id, start_nodes
+from tests.cluster_helpers import VIP, ask_vip, cluster_spec, reset_host, serve_id, start_nodes
 from tests.helpers import require_binary, require_rig, wait_until
 
 pytestmark = pytest.mark.slow
@@ -56,9 +56,7 @@ def pair(rig: Rig, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     finally:
         watch.stop()
         for h in ("a", "b"):
-            rig.heal(h)
-            rig.kill(h)
-            rig.run(h, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+            reset_host(rig, h)
         for n in nodes.values():  # shown only when the test failed
             print(f"--- {n.host}\n{n.tail()}\n--- keepalived {n.host}")
             log = work / f"work-{n.host}" / "keepalived.log"

@@ -6,12 +6,18 @@ machine), restarts it if it exits, feeds it this node's health through the track
 and learns its state (MASTER, BACKUP, FAULT, STOP) from the notify FIFO. On stop it
 sends SIGTERM: keepalived then removes the address itself. A keepalived killed with
 SIGKILL cannot: its address stays on the interface (docs/cluster.md).
+
+Beside keepalived, the node keeps a fence without a gate (:func:`quiet_fence`): a dead
+node's address ignores connections rather than refusing them, and whatever fence an
+earlier fivenines left on this host (a node killed in etcd mode leaves its gate closed,
+which would silence keepalived's address) is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -22,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.core.keepalived import VrrpPeer, parse_notify, render
+from fivenines.errors import FivenineError
 from fivenines.runtime.supervisor import die_with_parent
+from fivenines.runtime.vip import Fence
 from fivenines.spec import ClusterSpec
 
 log = logging.getLogger("fivenines.keepalived")
@@ -36,6 +44,25 @@ def config_for(cluster: ClusterSpec, node: str, workdir: Path) -> str:
                   virtual_router_id=vrrp.virtual_router_id if vrrp else 51,
                   preempt=vrrp.preempt if vrrp else False,
                   track_file=str(workdir / "health"), notify_fifo=str(workdir / "notify"))
+
+
+def quiet_fence(cluster: ClusterSpec) -> Fence | None:
+    """Install the VIP's fence without a gate (replacing any an earlier process left); None, with a
+    warning, when nftables cannot be used here (connections to a dead node's VIP are then refused)."""
+    fence = Fence(str(ipaddress.IPv4Interface(cluster.vip).ip), gate=False)
+    try:
+        fence.install()
+    except FivenineError as exc:
+        log.warning("connections to the VIP with no listener will be refused, and a fence left by an earlier "
+                    "fivenines stays: %s", exc)
+        return None
+    return fence
+
+
+def remove_quiet_fence(fence: Fence | None) -> None:
+    if fence is not None:
+        with contextlib.suppress(FivenineError):
+            fence.remove()
 
 
 class Keepalived:

@@ -66,13 +66,13 @@ from fivenines.runtime.cluster_state import Entries, OperatorWriter, PrefixWatch
 from fivenines.runtime.context import RuntimeContext
 from fivenines.runtime.dataplane import DataPlane
 from fivenines.runtime.events import Event, iso
-from fivenines.runtime.keepalived import Keepalived, config_for
+from fivenines.runtime.keepalived import Keepalived, config_for, quiet_fence, remove_quiet_fence
 from fivenines.runtime.lease import Etcd, EtcdError
 from fivenines.runtime.operator import Operator
 from fivenines.runtime.ports import allocate_ports
 from fivenines.runtime.reconcile import Reconciler
 from fivenines.runtime.targets import GroupRuntime, TargetRuntime, remote_target
-from fivenines.runtime.vip import Vip
+from fivenines.runtime.vip import Fence, Vip
 from fivenines.spec import ClusterSpec, Spec, port_is_free, split_hostport
 
 log = logging.getLogger("fivenines.cluster")
@@ -182,6 +182,7 @@ class ClusterNode:
         self._op_first = True
         self.runner: ElectionRunner | None = None
         self.keepalived: Keepalived | None = None
+        self.quiet: Fence | None = None  # vrrp: the fence without a gate (runtime/keepalived.py)
         self.presence: Presence | None = None
         self.members: PrefixWatch | None = None
         self.operators: PrefixWatch | None = None
@@ -248,6 +249,7 @@ class ClusterNode:
         if self.keepalived is not None:
             self.keepalived.workdir.mkdir(parents=True, exist_ok=True)
             self.tick(self.ctx.now())  # the track file, before keepalived reads it
+            self.quiet = quiet_fence(self.cluster)  # before keepalived may add the address
             await self.keepalived.start()
             return
         self.tick(self.ctx.now())
@@ -279,6 +281,7 @@ class ClusterNode:
             await self.runner.stop()
         if self.keepalived is not None:
             await self.keepalived.stop()
+            remove_quiet_fence(self.quiet)
         if self.writer is not None:
             await self.writer.stop()
         if self.presence is not None:
