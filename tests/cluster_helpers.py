@@ -33,6 +33,15 @@ def leave_closed_fence(rig: Rig, host: str) -> None:
     rig.run(host, ["nft", "-f", "-"], input=fence_rules(VIP))
 
 
+def has_address(rig: Rig, host: str) -> bool:
+    """``host`` has the VIP on an interface (whether its fence lets anything through or not)."""
+    sock = rig.route_socket(host)
+    try:
+        return any(a.address == VIP for a in sock.addresses())
+    finally:
+        sock.close()
+
+
 def cluster_spec(rig: Rig, name: str, nodes: list[str], **cluster: Any) -> dict[str, Any]:
     return {
         "name": name,

@@ -25,6 +25,7 @@ from tests.cluster_helpers import (
     Node,
     ask_vip,
     cluster_spec,
+    has_address,
     reset_host,
     serve_id,
     start_nodes,
@@ -85,14 +86,6 @@ def leader(ctx: dict[str, Any], timeout: float = 10.0) -> tuple[str, str]:
     held = wait_until(lambda: len(watch.holders) == 1 and watch.holders, timeout, 0.01, what="one VIP holder")
     first = held[0]
     return first, "b" if first == "a" else "a"
-
-
-def has_address(rig: Rig, host: str) -> bool:
-    sock = rig.route_socket(host)
-    try:
-        return any(a.address == VIP for a in sock.addresses())
-    finally:
-        sock.close()
 
 
 def single_holder_throughout(ctx: dict[str, Any], since: float) -> None:
