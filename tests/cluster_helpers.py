@@ -12,9 +12,34 @@ from pathlib import Path
 from typing import Any
 
 from fivenines.rig import Rig
+from fivenines.runtime.vip import fence_rules
 from tests.helpers import PY, wait_until, write_spec
 
 VIP = "10.199.0.100"
+
+
+def reset_host(rig: Rig, host: str) -> None:
+    """Between tests on one rig: undo every fault of ``host``, kill its processes, and remove the VIP and
+    any fence a killed node left behind (a closed fence silences the VIP for the next test's node)."""
+    rig.heal(host)
+    rig.kill(host)
+    rig.run(host, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+    for family in ("arp", "ip"):
+        rig.run(host, ["nft", "delete", "table", family, "fivenines"], check=False)
+
+
+def leave_closed_fence(rig: Rig, host: str) -> None:
+    """What a node killed in etcd mode leaves on ``host``: the VIP's fence, closed."""
+    rig.run(host, ["nft", "-f", "-"], input=fence_rules(VIP))
+
+
+def has_address(rig: Rig, host: str) -> bool:
+    """``host`` has the VIP on an interface (whether its fence lets anything through or not)."""
+    sock = rig.route_socket(host)
+    try:
+        return any(a.address == VIP for a in sock.addresses())
+    finally:
+        sock.close()
 
 
 def cluster_spec(rig: Rig, name: str, nodes: list[str], **cluster: Any) -> dict[str, Any]:

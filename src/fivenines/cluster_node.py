@@ -25,9 +25,9 @@ from typing import Any
 from fivenines.core.election import Settings
 from fivenines.errors import FivenineError, SpecError
 from fivenines.runtime.cluster import ElectionRunner, leader_key
-from fivenines.runtime.keepalived import Keepalived, config_for
+from fivenines.runtime.keepalived import Keepalived, MasterFence, config_for, node_fence_timeout
 from fivenines.runtime.lease import Etcd
-from fivenines.runtime.vip import Fence, Vip
+from fivenines.runtime.vip import Vip
 from fivenines.spec import ClusterSpec, load_spec, node_error
 
 log = logging.getLogger("fivenines.cluster")
@@ -63,29 +63,24 @@ async def run(cluster: ClusterSpec, service: str, node: str, status_file: Path |
         await runner.stop()
         write_status(status_file, {"mode": "etcd", **runner.status()})
         return 0
-    # keepalived moves the address; fivenines only makes a node whose balancer is gone ignore
-    # connections to it rather than refuse them (a SIGKILLed keepalived leaves its address behind)
-    quiet: Fence | None = Fence(str(ipaddress.IPv4Interface(cluster.vip).ip), gate=False)
-    try:
-        assert quiet is not None
-        quiet.install()
-    except FivenineError as exc:
-        log.warning("connections to the VIP with no listener will be refused: %s", exc)
-        quiet = None
+    # keepalived moves the address; the fence keeps a dead or frozen master silent (runtime/keepalived.py)
     ka: Keepalived | None = None
 
     def on_state(state: str) -> None:
         if ka is not None:
             write_status(status_file, {"node": node, **ka.status()})
 
-    ka = Keepalived(config_for(cluster, node, workdir), workdir, on_state=on_state)
-    await ka.start()
+    fence = MasterFence(str(ipaddress.IPv4Interface(cluster.vip).ip), cluster.interface,
+                        node_fence_timeout(cluster, node))
+    ka = Keepalived(config_for(cluster, node, workdir), workdir, on_state=on_state, fence=fence)
+    try:
+        await ka.start()
+    except FivenineError as exc:
+        print(f"cannot fence the VIP {cluster.vip} on {cluster.interface}: {exc}", file=sys.stderr)
+        return 2
     write_status(status_file, {"node": node, **ka.status()})
     await stop.wait()
     await ka.stop()
-    if quiet is not None:
-        with contextlib.suppress(FivenineError):
-            quiet.remove()
     write_status(status_file, {"node": node, **ka.status(), "state": "STOP", "holds_vip": False})
     return 0
 

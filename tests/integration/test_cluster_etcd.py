@@ -20,7 +20,16 @@ import pytest
 from fivenines.cluster_node import main as cluster_node_main
 from fivenines.rig import AddressWatch, ArpProbe, Rig
 from fivenines.rig.etcd import EtcdInRig
-from tests.cluster_helpers import VIP, Node, ask_vip, cluster_spec, serve_id, start_nodes
+from tests.cluster_helpers import (
+    VIP,
+    Node,
+    ask_vip,
+    cluster_spec,
+    has_address,
+    reset_host,
+    serve_id,
+    start_nodes,
+)
 from tests.helpers import require_binary, require_rig, wait_until, write_spec
 
 pytestmark = pytest.mark.slow
@@ -66,9 +75,7 @@ def pair(world: tuple[Rig, EtcdInRig], request: pytest.FixtureRequest) -> Iterat
         watch.stop()
         probe.stop()
         for h in ("a", "b"):
-            rig.heal(h)
-            rig.kill(h)
-            rig.run(h, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+            reset_host(rig, h)
         for n in nodes.values():  # shown only when the test failed
             print(f"--- {n.host}\n{n.tail()}")
         print(f"--- VIP timeline\n{watch.timeline()}\n--- ARP answers\n{probe.timeline()}")
@@ -79,14 +86,6 @@ def leader(ctx: dict[str, Any], timeout: float = 10.0) -> tuple[str, str]:
     held = wait_until(lambda: len(watch.holders) == 1 and watch.holders, timeout, 0.01, what="one VIP holder")
     first = held[0]
     return first, "b" if first == "a" else "a"
-
-
-def has_address(rig: Rig, host: str) -> bool:
-    sock = rig.route_socket(host)
-    try:
-        return any(a.address == VIP for a in sock.addresses())
-    finally:
-        sock.close()
 
 
 def single_holder_throughout(ctx: dict[str, Any], since: float) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fivenines.rig import ArpProbe, Rig
+from tests.cluster_helpers import has_address
 from tests.helpers import PY, require_rig, wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,14 +47,6 @@ def holder(rig: Rig, tmp: Path, name: str, fence_s: str) -> tuple[float | None, 
     text = wait_until(lambda: "ready" in (t := log.read_text()) and t, 10, 0.01, what=f"{name} ready")
     m = re.search(r"until ([\d.]+)", text)
     return (float(m.group(1)) if m else None), proc
-
-
-def has_address(rig: Rig, host: str) -> bool:
-    sock = rig.route_socket(host)
-    try:
-        return any(a.address == VIP for a in sock.addresses())
-    finally:
-        sock.close()
 
 
 def test_a_killed_holder_goes_silent_at_its_fence_deadline_with_its_address_still_there(rig: Rig, tmp_path: Path) -> None:

@@ -11,6 +11,14 @@ keepalived tells fivenines every state change (``INSTANCE "fivenines" MASTER 150
 A backup declares the master dead after ``3 x advert_int + skew``, with
 ``skew = (256 - priority) x advert_int / 256`` (RFC 5798), the bound docs/cluster.md
 gives for this mode.
+
+**The fence.** keepalived cannot remove its address when it is killed with SIGKILL, and a
+frozen one (SIGSTOP) keeps it too: the node's kernel answers for the VIP while the other
+node has taken it over. So fivenines keeps the same nftables fence as in etcd mode
+(:mod:`fivenines.runtime.vip`) and opens it only while keepalived says MASTER, its process
+runs and fivenines runs, for :func:`fence_timeout` at a time, renewed every
+:func:`fence_refresh`: a master that dies or freezes goes silent on its own before the
+backup's master-down timer runs out.
 """
 
 from __future__ import annotations
@@ -36,6 +44,48 @@ def master_down_interval(advert_int: float, priority: int) -> float:
     (3.609, 0.3609)
     """
     return 3 * advert_int + (256 - priority) * advert_int / 256
+
+
+FENCE_MARGIN = 0.02
+"""Seconds kept between the fence's closing and the backup's earliest takeover: two kernel ticks
+of the nftables timeout (8 ms at HZ=250) and the scheduling of the backup's timer."""
+
+
+def fence_timeout(advert_int: float, peer_priority: int) -> float:
+    """How long one opening of a master's fence lasts: it must close before the backup can take over.
+
+    The backup (priority ``peer_priority``) takes over a master-down interval after the *last
+    advert it received*; that advert left the master up to one ``advert_int`` before the
+    master died, and the fence may have been renewed just before. So a fence opened for
+    ``master_down_interval - advert_int - margin`` closes before the backup's timer ends,
+    whenever the master stops (the margin is :data:`FENCE_MARGIN`, or a tenth of
+    ``advert_int`` when larger: an advert sent a little late on a loaded host).
+
+    >>> round(fence_timeout(1.0, 100), 3), round(fence_timeout(0.1, 100), 4), round(fence_timeout(0.05, 100), 4)
+    (2.509, 0.2409, 0.1105)
+    """
+    if advert_int <= 0:
+        raise ValueError(f"advert_int must be > 0, got {advert_int!r}")
+    return master_down_interval(advert_int, peer_priority) - advert_int - max(FENCE_MARGIN, advert_int / 10)
+
+
+def fence_refresh(timeout: float) -> float:
+    """How often an open fence is renewed: four renewals per opening, so three may come late.
+
+    >>> fence_refresh(0.2409)
+    0.060225
+    """
+    return timeout / 4
+
+
+def fence_may_open(state: str, keepalived_running: bool) -> bool:
+    """May this node's fence be open: keepalived says MASTER and its process runs (not exited, not
+    stopped). That fivenines runs is implied: it is fivenines that opens the fence.
+
+    >>> fence_may_open("MASTER", True), fence_may_open("MASTER", False), fence_may_open("BACKUP", True)
+    (True, False, False)
+    """
+    return state == "MASTER" and keepalived_running
 
 
 def _seconds(value: float) -> str:
@@ -120,13 +170,21 @@ def render(*, node: str, peers: list[VrrpPeer], vip: str, interface: str, advert
     return "\n".join(lines) + "\n"
 
 
+STATES = frozenset({"MASTER", "BACKUP", "FAULT", "STOP", "DELETED"})
+"""The states keepalived reports through the notify FIFO. It also writes events that are not
+states, e.g. ``MASTER_RX_LOWER_PRI`` (a master heard a lower priority's advert: still MASTER)."""
+
+
 def parse_notify(line: str) -> tuple[str, str, str] | None:
-    """A notify FIFO line: (kind, name, state), e.g. ``INSTANCE "fivenines" MASTER 150``.
+    """A notify FIFO line that reports a state: (kind, name, state), e.g. ``INSTANCE "fivenines" MASTER 150``;
+    None for anything else (events that change no state among them).
 
     >>> parse_notify('INSTANCE "fivenines" MASTER 150'), parse_notify("junk")
     (('INSTANCE', 'fivenines', 'MASTER'), None)
+    >>> parse_notify('INSTANCE "fivenines" MASTER_RX_LOWER_PRI 150') is None
+    True
     """
     parts = line.strip().split()
-    if len(parts) < 3 or parts[0] not in ("INSTANCE", "GROUP"):
+    if len(parts) < 3 or parts[0] not in ("INSTANCE", "GROUP") or parts[2] not in STATES:
         return None
     return parts[0], parts[1].strip('"'), parts[2]

@@ -66,7 +66,7 @@ from fivenines.runtime.cluster_state import Entries, OperatorWriter, PrefixWatch
 from fivenines.runtime.context import RuntimeContext
 from fivenines.runtime.dataplane import DataPlane
 from fivenines.runtime.events import Event, iso
-from fivenines.runtime.keepalived import Keepalived, config_for
+from fivenines.runtime.keepalived import Keepalived, MasterFence, config_for, node_fence_timeout
 from fivenines.runtime.lease import Etcd, EtcdError
 from fivenines.runtime.operator import Operator
 from fivenines.runtime.ports import allocate_ports
@@ -201,8 +201,10 @@ class ClusterNode:
                                          lambda tid: operator_key(prefix, service, tid))
             self.runner = election_runner(cluster, service, node, self._on_election)
         else:
+            fence = MasterFence(str(ipaddress.IPv4Interface(cluster.vip).ip), cluster.interface,
+                                node_fence_timeout(cluster, node))
             self.keepalived = Keepalived(config_for(cluster, node, ctx.state_dir / "keepalived"),
-                                         ctx.state_dir / "keepalived", on_state=self._on_vrrp)
+                                         ctx.state_dir / "keepalived", on_state=self._on_vrrp, fence=fence)
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node} {self.mode} holder={self.holder or '-'} members={sorted(self.records)}>"
@@ -248,7 +250,11 @@ class ClusterNode:
         if self.keepalived is not None:
             self.keepalived.workdir.mkdir(parents=True, exist_ok=True)
             self.tick(self.ctx.now())  # the track file, before keepalived reads it
-            await self.keepalived.start()
+            try:
+                await self.keepalived.start()
+            except FivenineError as exc:
+                raise ConfigError(f"cluster.vip: cannot fence {self.cluster.vip} on {self.cluster.interface}: "
+                                  f"{exc}") from exc
             return
         self.tick(self.ctx.now())
         assert self.presence and self.members and self.operators and self.writer and self.runner

@@ -88,19 +88,21 @@ def fence_rules(address: str, *, gate: bool = True) -> str:
     """The fence for ``address``, as one nft transaction that replaces any earlier one (closed).
 
     ``gate=False``: only the rule that ignores connections nothing listens for (coordination:
-    vrrp, where keepalived moves the address).
+    vrrp, where keepalived moves the address); a gate left behind by an earlier process (a node
+    killed in etcd mode, its fence closed) is deleted too, or it would silence keepalived's address.
 
     >>> print(fence_rules("10.0.0.100").splitlines()[3])
     add set arp fivenines live { type ipv4_addr; flags timeout; }
-    >>> fence_rules("10.0.0.100", gate=False).count("add table")
-    2
+    >>> print(fence_rules("10.0.0.100", gate=False).splitlines()[:3])
+    ['add table arp fivenines', 'delete table arp fivenines', 'add table ip fivenines']
     """
     ipaddress.IPv4Address(address)
     lines = []
     for family, match in (("arp", "arp {dir} ip"), ("ip", "ip {dir}")):
-        if not gate and family == "arp":
-            continue
         t = f"{family} {FENCE_TABLE}"
+        if not gate and family == "arp":
+            lines += [f"add table {t}", f"delete table {t}"]
+            continue
         lines += [f"add table {t}", f"delete table {t}", f"add table {t}"]
         if gate:
             lines.append(f"add set {t} {FENCE_SET} {{ type ipv4_addr; flags timeout; }}")
