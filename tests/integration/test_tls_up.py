@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +195,21 @@ def test_https_serves_by_sni_with_forwarded_headers_and_shared_tickets(
     tls = f.status()["listeners"][0]["tls"]
     assert tls["tickets"] == "shared"
     wait_until(lambda: f.status()["listeners"][0]["tls"]["resumed"] >= 8, 5, what="resumptions counted")
+    # each certificate in status, fivenines status and /metrics (summed over the workers)
+    certs = {c["subject"]: c for c in tls["certificates"]}
+    assert certs["CN=a.test"]["sans"] == ["a.test"] and certs["CN=*.b.test"]["sans"] == ["*.b.test"]
+    assert 89 < certs["CN=a.test"]["days_left"] <= 90 and certs["CN=a.test"]["default"]
+    cli = subprocess.run([PY, "-m", "fivenines", "status", "--admin", f.admin], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert re.search(r"certificate CN=a\.test \(a\.test\) expires \S+, in (?:89|90)(?:\.\d+)? days \[default\]", cli), cli
+    with urllib.request.urlopen(f"{f.admin}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    expiry = re.findall(r'^fivenines_tls_certificate_expiry_days\{(.*)\} (\S+)$', metrics, re.M)
+    assert len(expiry) == 2 and all(f'listener="127.0.0.1:{f.port}"' in labels for labels, _ in expiry), metrics
+    assert all(89 < float(v) <= 90 for _, v in expiry)
+    done = re.search(rf'^fivenines_tls_handshakes_total\{{listener="127.0.0.1:{f.port}",outcome="resumed"\}} (\S+)$',
+                     metrics, re.M)
+    assert done and float(done.group(1)) >= 8, metrics
 
 
 def test_disallowed_version_is_refused(up: Any, pki: dict[str, Any], demo: Demo) -> None:
