@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -348,3 +349,41 @@ def test_sslscan_sees_nothing_outside_the_policy(up: Any, pki: dict[str, Any], d
     assert enabled == want_protocols, r.stdout
     assert accepted and {c for _, c in accepted} <= set(p.ciphers), r.stdout  # (an ECDSA certificate: its half)
     assert all(v in want_protocols for v, _ in accepted)
+
+
+def test_stalled_handshakes_are_cut_at_the_timeout_and_a_flood_is_capped(up: Any, pki: dict[str, Any],
+                                                                          demo: Demo) -> None:
+    lst = https(pki, timeouts={"handshake": "1s"}, limits={"max_handshakes": 20})
+    f = up(spec_of([lst], {"web": [demo.address]}))
+    stalled = []
+    for i in range(30):  # 20 take every place; 10 more are closed at once, before any handshake work
+        s = socket.create_connection(("127.0.0.1", f.port), timeout=5)
+        if i % 2:
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, then nothing
+        stalled.append(s)
+        if i == 19:  # (the gate has admitted all 20 before more come)
+            wait_until(lambda: f.status()["listeners"][0]["tls"]["handshakes_in_progress"] == 20, 5,
+                       what="20 handshakes in progress")
+    try:
+        wait_until(lambda: f.status()["listeners"][0]["tls"]["refused"] == 10, 5, what="10 refused over the cap")
+        assert all(closed_by_server(s) for s in stalled[20:])  # aborted at accept
+        # the stalled ones are cut at 1 s, and the listener serves handshakes again
+        stalled_at = time.monotonic()
+        assert all(closed_by_server(s) for s in stalled[:20])  # (recv timeout 5 s)
+        cut_after = time.monotonic() - stalled_at
+        assert cut_after < 3, cut_after
+        c = Conn(f.port, client_ctx(pki), "a.test")
+        assert c.get()[0] == 200
+        c.close()
+        tls = f.status()["listeners"][0]["tls"]
+        assert tls["timed_out"] == 20 and tls["handshakes_in_progress"] == 0, tls
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
