@@ -103,7 +103,11 @@ class Conn:
 
     def __init__(self, port: int, ctx: ssl.SSLContext, name: str, session: ssl.SSLSession | None = None) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.s = ctx.wrap_socket(raw, server_hostname=name, session=session)
+        try:
+            self.s = ctx.wrap_socket(raw, server_hostname=name, session=session)
+        except BaseException:
+            raw.close()  # (a refused handshake leaves no socket behind)
+            raise
         self.name = name
         self.buf = b""
 
@@ -387,3 +391,25 @@ def closed_by_server(s: socket.socket) -> bool:
         return s.recv(100) == b""
     except ConnectionResetError:
         return True
+
+
+def test_tls_listener_terminates_and_routes_by_sni(up: Any, pki: dict[str, Any], demo: Demo) -> None:
+    other = Demo("other")
+    try:
+        d = pki["dir"]
+        lst = {"port": 0, "protocol": "tls", "default_target_group": "web", "ssl_policy": POLICY,
+               "certificates": [{"cert": str(d / "a.pem"), "key": str(d / "a.key")},
+                                {"cert": str(d / "wild.pem"), "key": str(d / "wild.key")}],
+               "rules": [{"match": {"sni": ["*.b.test"]}, "forward": "b"}]}
+        f = up(spec_of([lst], {"web": [demo.address], "b": [other.address]}))
+        f.wait_healthy(group="b")
+        ctx = client_ctx(pki)
+        for name, instance in (("a.test", "demo"), ("x.b.test", "other"), ("a.test", "demo")):
+            c = Conn(f.port, ctx, name)
+            status, _, body = c.get()  # plain HTTP inside the TLS the listener terminated
+            assert status == 200 and json.loads(body)["instance"] == instance, (name, body)
+            sent = {k.lower() for k, _ in json.loads(body)["headers"]}
+            assert "x-forwarded-for" not in sent  # (a byte stream: nothing added)
+            c.close()
+    finally:
+        other.stop()
