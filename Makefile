@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench failover-bench cluster-bench scaling-bench jepsen-redis restore-bench clean spec-doc
+.PHONY: demo cluster-demo test check lint typecheck unit test-deps compile bench tls-bench failover-bench cluster-bench scaling-bench jepsen-redis restore-bench clean spec-doc
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("fivenines needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -60,6 +60,12 @@ test-deps: $(BIN)/python
 bench: $(VENV)/.installed-dev
 	scripts/install-test-deps --bench
 	$(BIN)/python bench/proxy_bench.py
+
+## https listener vs HAProxy 2.6 (same ECDSA P-256 certificate and policy): keep-alive, new TLS, handshakes
+## with and without resumption, interleaved (docs/dataplane.md). `bench/tls_bench.py --quick`: a smoke run.
+tls-bench: $(VENV)/.installed-dev
+	scripts/install-test-deps --bench
+	$(BIN)/python bench/tls_bench.py
 
 failover-bench: $(VENV)/.installed-dev compile
 	scripts/install-test-deps --bench

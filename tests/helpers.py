@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -159,6 +160,35 @@ def http_get(host: str, port: int, path: str = "/", timeout: float = 5.0,
         return r.status, r.read()
     finally:
         c.close()
+
+
+def https_get(host: str, port: int, ctx: ssl.SSLContext, path: str = "/", timeout: float = 5.0,
+              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    c = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    try:
+        c.request("GET", path, headers={"Host": "proxy.test", **(headers or {})})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def https_in_front(listener: Any, folder: Path, **listener_spec: Any) -> ssl.SSLContext:
+    """Put TLS in front of an HTTP ``listener`` (not yet started), as ``fivenines up`` does for an
+    https one, with a fresh certificate for proxy.test written to ``folder``; returns a client
+    context that trusts it."""
+    from fivenines.proxy.tls_serve import TlsServing, serve_https
+    from fivenines.spec import ListenerSpec
+    from tests.tls_helpers import issue, make_ca
+
+    ca = make_ca()
+    issue(ca, ["proxy.test", "127.0.0.1"]).write(folder, "proxy")
+    ls = ListenerSpec.model_validate({"port": 0, "protocol": "https", "default_target_group": "web",
+                                      "certificates": [{"cert": "proxy.pem", "key": "proxy.key"}], **listener_spec})
+    serve_https(listener, TlsServing(ls, folder))
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cadata=ca.pem().decode())
+    return ctx
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
@@ -371,7 +401,7 @@ class InProcess:
 class ProxyUnderTest:
     """A :class:`fivenines.proxy.listener.Listener` in a LoopThread, balancing over given addresses."""
 
-    def __init__(self, addresses: list[str], **settings: Any) -> None:
+    def __init__(self, addresses: list[str], tls_dir: Path | None = None, **settings: Any) -> None:
         from fivenines.proxy.backend import Backend, BackendGroup
         from fivenines.proxy.client import http_listener
         from fivenines.proxy.listener import ProxySettings
@@ -382,12 +412,28 @@ class ProxyUnderTest:
             host, port = addr.rsplit(":", 1)
             self.group.add(Backend(f"web-{i + 1}", host, int(port)))
         self.group.set_serving(self.group.backends)
+        if tls_dir is not None:
+            settings.setdefault("proto", b"https")
         self.listener = http_listener(lambda: self.group, 0, ProxySettings(**settings))
+        # https (``tls_dir``: a folder for a test certificate): TLS in front, as fivenines up serves it
+        self.client_tls: ssl.SSLContext | None = None
+        if tls_dir is not None:
+            self.client_tls = https_in_front(self.listener, tls_dir)
         self.lt.call(self.listener.start("127.0.0.1", 0))
         self.host, self.port = self.listener.address
 
     def get(self, path: str = "/", **kw: Any) -> tuple[int, bytes]:
+        if self.client_tls is not None:
+            return https_get(self.host, self.port, self.client_tls, path, **kw)
         return http_get(self.host, self.port, path, **kw)
+
+    def connect(self, timeout: float = 5.0, source: str | None = None) -> socket.socket:
+        """A connection to the listener (over TLS, the handshake done, for an https one)."""
+        s = socket.create_connection((self.host, self.port), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+        if self.client_tls is not None:
+            return self.client_tls.wrap_socket(s, server_hostname="proxy.test")
+        return s
 
     def raw(self, data: bytes, timeout: float = 5.0, until_close: bool = True) -> bytes:
         return raw_exchange(self.host, self.port, data, timeout, until_close)

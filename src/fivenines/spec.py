@@ -1291,14 +1291,6 @@ def tls_errors(lst: ListenerSpec, path: str) -> list[FieldError]:
     return errors
 
 
-def not_served_yet(spec: Spec) -> list[FieldError]:
-    """Listeners this build validates but does not serve yet: https and tls (issue 19's data-plane
-    wiring is a follow-up). ``up`` and reload refuse them rather than serve them in the clear."""
-    return [FieldError(f"listeners.{i}.protocol", f"{lst.protocol} listeners are checked but not served yet by "
-                       "this build of fivenines (docs/tls.md); use http/tcp behind a TLS terminator for now")
-            for i, lst in enumerate(spec.listeners) if lst.tls]
-
-
 def _failover_errors(spec: Spec) -> list[FieldError]:
     """Cross-field checks of health checks, detectors and hedging."""
     errors: list[FieldError] = []

@@ -12,7 +12,9 @@ value 1 for the current one. Labels: ``listener`` (its address), ``group``,
 ``target``, ``code_class`` (``2xx``), ``result`` (``pass``/``fail``; ``ok``/``failed`` for
 backups, restores and drills), ``kind``, ``operation``, and ``reason`` on
 ``fivenines_data_plane_compiled`` (why the data plane runs from source; empty when it runs
-compiled: fivenines.accel). Backups of replicated groups (``fivenines_backup*``,
+compiled: fivenines.accel). https/tls listeners add their certificates' expiry
+(``fivenines_tls_certificate_expiry_days{listener,cert}``) and handshakes
+(``fivenines_tls_handshakes_total{listener,outcome}``): :mod:`fivenines.admin.tls_metrics`. Backups of replicated groups (``fivenines_backup*``,
 ``fivenines_restores_total``, ``fivenines_drill*``) come from the runtime's
 :meth:`~fivenines.runtime.interface.Runtime.backup_status` (docs/backup.md).
 """
@@ -33,9 +35,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from fivenines import __version__, accel
+from fivenines.admin.tls_metrics import TlsCollector, TlsHandshakeCollector
+from fivenines.certs import CertificateInfo
 from fivenines.core.health import CheckResult, HealthState
 from fivenines.core.pool import Role
 from fivenines.proxy.backend import LATENCY_BUCKETS
+from fivenines.proxy.tls_serve import TlsServing
 from fivenines.runtime.events import Event
 from fivenines.runtime.interface import Runtime
 
@@ -58,6 +63,8 @@ class Metrics:
         self.ejections: Counter[tuple[str, str]] = Counter()
         self.scaling_changes: Counter[tuple[str, str]] = Counter()  # (group, "out" | "in")
         self.registry.register(_Collector(self))
+        self.registry.register(TlsCollector(self._certificates))
+        self.registry.register(TlsHandshakeCollector(self._handshakes))
         runtime.events.subscribe(self._on_event)
         runtime.on_check(self.observe_check)
 
@@ -74,6 +81,22 @@ class Metrics:
             self.ejections[(ev.group, ev.target)] += 1
         elif ev.kind == "scaling" and not ev.target and ev.old.isdigit() and ev.new.isdigit():
             self.scaling_changes[(ev.group, "out" if int(ev.new) > int(ev.old) else "in")] += 1
+
+    def _tls(self) -> Iterator[tuple[str, TlsServing]]:
+        for _, lst in self.runtime.listeners:
+            tls = getattr(lst, "tls", None)
+            if isinstance(tls, TlsServing):
+                host, port = lst.address
+                yield f"{host}:{port}", tls
+
+    def _certificates(self) -> Iterator[tuple[str, tuple[CertificateInfo, ...]]]:
+        for name, tls in self._tls():
+            if tls.tls is not None:
+                yield name, tls.tls.infos
+
+    def _handshakes(self) -> Iterator[tuple[str, dict[str, int], int]]:
+        for name, tls in self._tls():
+            yield name, tls.counters.as_dict(), tls.handshakes.total
 
     def observe_check(self, group: str, target: str, result: CheckResult) -> None:
         self.check_duration.labels(group, "pass" if result.ok else "fail").observe(result.duration)

@@ -113,6 +113,9 @@ def print_status(data: dict[str, Any]) -> None:
             f"listener {lst['address']} ({lst['protocol']}) -> {lst['default_target_group']}: "
             f"{lst['requests']} requests, {lst['failed']} failed, {lst['retries']} retried"
         )
+        if lst.get("tls"):
+            for line in tls_lines(lst["tls"]):
+                out.print(line, markup=False)
     for gname, g in data.get("target_groups", {}).items():
         fo = g.get("fail_open") or {}
         if fo.get("in_force"):
@@ -129,6 +132,30 @@ def print_status(data: dict[str, Any]) -> None:
             out.print(f"[red]{t['id']}[/] crash loop, last {inst.get('last_exit')}; stderr tail:", markup=True)
             for line in inst["stderr_tail"][-5:]:
                 out.print(f"    {line}", markup=False)
+
+
+def tls_lines(tls: dict[str, Any]) -> list[str]:
+    """An https/tls listener in ``fivenines status``: its policy, handshakes and each certificate.
+
+    >>> tls = {"passthrough": False, "ssl_policy": "P", "tickets": "shared", "mutual_authentication": "off",
+    ...        "handshakes": 9, "resumed": 4, "failed": 1, "timed_out": 0, "refused": 0, "certificates": [
+    ...        {"subject": "CN=a.test", "sans": ["a.test", "*.a.test"], "not_after": "2027-01-01T00:00:00Z",
+    ...         "days_left": 12.5, "file": "a.pem", "default": True}]}
+    >>> print("\\n".join(tls_lines(tls)))
+      tls P, tickets shared, mTLS off: 9 handshakes (4 resumed), 1 failed, 0 timed out, 0 refused
+      certificate CN=a.test (a.test, *.a.test) expires 2027-01-01T00:00:00Z, in 12.5 days [default] a.pem
+    """
+    head = ("  tls passthrough (routed by SNI)" if tls.get("passthrough") else
+            f"  tls {tls['ssl_policy']}, tickets {tls['tickets']}, mTLS {tls['mutual_authentication']}")
+    lines = [f"{head}: {tls['handshakes']} handshakes"
+             + (f" ({tls['resumed']} resumed)" if not tls.get("passthrough") else "")
+             + f", {tls['failed']} failed, {tls['timed_out']} timed out, {tls['refused']} refused"]
+    for c in tls.get("certificates", []):
+        left = c["days_left"]
+        when = f"in {left:g} days" if left >= 0 else f"EXPIRED {-left:g} days ago"
+        lines.append(f"  certificate {c['subject']} ({', '.join(c['sans'])}) expires {c['not_after']}, {when}"
+                     + (" [default]" if c.get("default") else "") + f" {c['file']}")
+    return lines
 
 
 def scaling_line(group: str, sc: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from rich.markup import escape
 from fivenines.cli.common import EXIT_USAGE, err, fail, load, out, spec_argument, warn
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy import aio
-from fivenines.spec import Spec, json_schema, node_error, not_served_yet, port_errors
+from fivenines.spec import Spec, json_schema, node_error, port_errors
 
 
 @click.command()
@@ -55,8 +55,6 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
     """
     spec = load(spec_file, check_ports=False)
     spec = _as_node(spec_file, spec, node)
-    if not_served_yet(spec):
-        raise SpecError(spec_file, not_served_yet(spec))
     problems = port_errors(spec)
     if problems:
         raise SpecError(spec_file, problems)
@@ -65,9 +63,10 @@ def up(spec_file: str, ready_file: str | None, log_level: str, log_format: str, 
     setup_logging(log_level, log_format)
     from fivenines import accel
     from fivenines.app import Controller, run
+    from fivenines.runtime.status import listener_url
 
     def announce(ctl: Controller) -> None:
-        urls = [f"http://{lst.address[0]}:{lst.address[1]}/" for _, lst in ctl.listeners]
+        urls = [listener_url(ls.protocol, *lst.address) for ls, lst in ctl.listeners]
         if log_format == "json":
             logging.getLogger("fivenines").info(
                 "up", extra={"service": spec.name, "loop": aio.loop_name(), "data_plane": accel.mode(),

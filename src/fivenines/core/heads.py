@@ -307,3 +307,16 @@ def local_head(status: int) -> bytes:
     reason = REASONS.get(status, b"Error")
     return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s" % (
         status, reason, len(reason) + 1, b"Retry-After: 1\r\n" if status in (429, 503) else b"")
+
+
+def with_identity(headers: list[tuple[bytes, bytes]], prefix: bytes,
+                  identity: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A request's headers as an https listener with mutual TLS forwards them: without any whose
+    name starts with ``prefix`` (lower case; a client cannot forge the identity headers), then
+    ``identity``, the headers carrying the client's certificate (:mod:`fivenines.core.tls`).
+
+    >>> with_identity([(b"Host", b"x"), (b"X-Client-Subject", b"CN=forged")], b"x-client",
+    ...               [(b"X-Client-Subject", b"CN=alice")])
+    [(b'Host', b'x'), (b'X-Client-Subject', b'CN=alice')]
+    """
+    return [h for h in headers if not h[0].lower().startswith(prefix)] + identity

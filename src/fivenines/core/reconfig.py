@@ -447,9 +447,10 @@ def held_by_workers(plan: Plan) -> list[Action]:
     """The actions of ``plan`` a reload cannot carry out while worker processes hold the data
     plane (``workers > 1``): their listeners, targets and balancing were set up at start.
 
-    >>> p = Plan((UpdateGroup("web", ("health_check",)), SetActiveCount("web", 2), AddGroup("api")))
+    >>> p = Plan((UpdateGroup("web", ("health_check",)), SetActiveCount("web", 2), AddGroup("api"),
+    ...           RerouteListener(0, ("certificates", "ssl_policy")), RerouteListener(1, ("rules",))))
     >>> [str(a) for a in held_by_workers(p)]
-    ['add target group api']
+    ['add target group api', 'reroute listeners.1: rules (for new requests)']
     """
     out: list[Action] = []
     for a in plan.actions:
@@ -458,8 +459,14 @@ def held_by_workers(plan: Plan) -> list[Action]:
         if isinstance(a, UpdateGroup) and all(
                 f in MAIN_PROCESS_GROUP_FIELDS or f.startswith("instances.") for f in a.fields):
             continue
+        if isinstance(a, RerouteListener) and set(a.fields) <= WORKER_TLS_FIELDS:
+            continue  # every worker reads the TLS files again (a tls_reload message)
         out.append(a)
     return out
+
+
+WORKER_TLS_FIELDS = frozenset({"certificates", "ssl_policy", "mutual_authentication", "session_tickets"})
+"""Listener fields a reload can change with ``workers > 1``: the workers are told to rebuild their TLS."""
 
 
 # ----------------------------------------------------------------------------- readiness

@@ -36,7 +36,7 @@ import httptools
 from fivenines.core.balance import key_hash
 from fivenines.core.exchange import ABORT, BUFFER, WRITE_BODY, ExchangeState
 from fivenines.core.framing import express_request
-from fivenines.core.heads import local_head, rewrite_request_head, status_reply
+from fivenines.core.heads import local_head, rewrite_request_head, status_reply, with_identity
 from fivenines.core.retry import Failure
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
 from fivenines.errors import InvalidTransition
@@ -61,7 +61,8 @@ def _new_id() -> bytes:
 class ClientConnection(Forwarder):
     """A downstream (client) connection."""
 
-    __slots__ = ("_admitted", "_fresh", "_head_bytes", "_headers", "_parser", "_parsing", "_url", "head_started")
+    __slots__ = ("_admitted", "_fresh", "_head_bytes", "_headers", "_parser", "_parsing", "_url", "head_started",
+                 "identity")
 
     def __init__(self, listener: Listener) -> None:
         super().__init__(listener)
@@ -75,6 +76,9 @@ class ClientConnection(Forwarder):
         self._head_bytes = 0
         self._admitted = False
         self.head_started: float | None = None
+        # https with mutual TLS (set by proxy/tls_serve.py after the handshake): the lower-case prefix
+        # of the identity headers, and the headers to forward; a client's own with the prefix are dropped
+        self.identity: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
 
     def __repr__(self) -> str:
         mode = " tunnel" if self._tunnel is not None else ""
@@ -203,6 +207,8 @@ class ClientConnection(Forwarder):
         s = listener.settings
         method = parser.get_method()
         version = parser.get_http_version()
+        if self.identity is not None:
+            self._headers = with_identity(self._headers, *self.identity)
         req = rewrite_request_head(method, self._url, version, self._headers, parser.should_upgrade(), self._peer_ip,
                                    s.proto, listener.port_bytes, s.limits, _new_id, self._head_bytes)
         self._head_bytes = 0
@@ -252,7 +258,7 @@ class ClientConnection(Forwarder):
         nothing more from it than its method, target and host. Forwarded as the full path
         would forward it; False (nothing done) otherwise."""
         listener = self.listener
-        if not listener.express:
+        if not listener.express or self.identity is not None:  # (mutual TLS: the full path drops forged identities)
             return False
         got = express_request(data, listener.settings.limits)
         if got is None:

@@ -177,6 +177,10 @@ class Listener:
         client: Callable[[Listener], ClientBase] | None = None,
     ) -> None:
         self.client = client
+        # https: TLS in front (proxy/tls_serve.py): the protocol of each accepted connection until
+        # its handshake is done, and the listener's TlsServing; None for plain HTTP
+        self.accept: Callable[[], asyncio.BaseProtocol] | None = None
+        self.tls: Any = None
         self.group_for = group_for
         self.port = port
         self.settings = settings or ProxySettings()  # (sets port_bytes and forwarded_tail from port)
@@ -218,16 +222,19 @@ class Listener:
         self.time = time.monotonic
         self.tick = loop.time()
         self._loop = loop
+        accept = self.accept
+        if accept is None:
+            accept = lambda: make(self)  # noqa: E731
         if sock is not None:
-            self.server = await loop.create_server(lambda: make(self), sock=sock, backlog=backlog)
+            self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
-            self.server = await loop.create_server(
-                lambda: make(self), host, port, reuse_port=reuse_port or None, backlog=backlog
-            )
+            self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
         srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
         self._set_port(srv.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
+        if self.tls is not None:
+            self.tls.start(loop, self.address)
 
     @property
     def settings(self) -> ProxySettings:
@@ -344,6 +351,8 @@ class Listener:
     async def drain(self, timeout: float) -> int:
         """Stop accepting, let in-flight exchanges finish; returns how many were cut."""
         self.stop_accepting()
+        if self.tls is not None:
+            self.tls.stop()
         for c in list(self.clients):
             c.close_when_idle()
         cut = await wait_then_cut(self.clients, self.no_clients, timeout)

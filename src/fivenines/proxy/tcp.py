@@ -16,18 +16,24 @@ is left the client connection is closed. Then bytes flow both ways unparsed:
 * established connections stay on their target when it turns unhealthy (as NLB
   does); a draining target's connections are cut at the end of its
   deregistration delay (:meth:`TcpListener.cut`).
+
+A ``tls`` listener is this listener with TLS in front (:mod:`fivenines.proxy.tls_serve` sets
+``accept`` and ``tls``): its connections start here once their handshake is done, or, with
+``passthrough``, once their ClientHello was read; its rules (``sni``, ``source_ip``) pick the
+group of each connection (:meth:`TcpListener.group_of`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fivenines.core.balance import key_hash
 from fivenines.core.limits import Admission
 from fivenines.core.retry import Failure, Verdict
+from fivenines.core.route import Forward, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.listener import Counters, ProxySettings, wait_then_cut
 
@@ -40,10 +46,15 @@ class TcpListener:
     """What every connection of one TCP listener shares."""
 
     def __init__(self, group_for: Callable[[], BackendGroup | None], port: int,
-                 settings: ProxySettings | None = None) -> None:
+                 settings: ProxySettings | None = None, *, router: Router | None = None,
+                 groups: Mapping[str, BackendGroup] | None = None) -> None:
         self.group_for = group_for
         self.port = port
         self.settings = settings or ProxySettings()
+        self.router = router if router is not None and not router.trivial else None  # tls: sni, source_ip
+        self.groups: Mapping[str, BackendGroup] = groups or {}
+        self.accept: Callable[[], asyncio.BaseProtocol] | None = None  # tls: the gate in front of TcpClient
+        self.tls: Any = None  # tls: its TlsServing (proxy/tls_serve.py)
         self.counters = Counters()
         self.admission = Admission(self.settings.max_connections, self.settings.max_connections_per_ip)
         self.clients: set[TcpClient] = set()
@@ -56,14 +67,27 @@ class TcpListener:
                     sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
         self.tick = loop.time()
+        accept = self.accept or (lambda: TcpClient(self))
         if sock is not None:
-            self.server = await loop.create_server(lambda: TcpClient(self), sock=sock, backlog=backlog)
+            self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
-            self.server = await loop.create_server(
-                lambda: TcpClient(self), host, port, reuse_port=reuse_port or None, backlog=backlog
-            )
+            self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
         self.port = self.server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
+        if self.tls is not None:
+            self.tls.start(loop, self.address)
+
+    def group_of(self, sni: bytes, peer_ip: bytes) -> BackendGroup | None:
+        """The group a new connection goes to: the first rule matching its server name (SNI) and
+        source, else the default group."""
+        router = self.router
+        if router is None:
+            return self.group_for()
+        source = ip_to_int(peer_ip) if router.needs_source else None
+        action = router.route(RequestView(b"", b"", sni=sni, source=source))
+        if isinstance(action, Forward):
+            return self.groups.get(action.single or action.choose())
+        return None  # (a tls listener's rules only forward: spec.py)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -106,6 +130,8 @@ class TcpListener:
     async def drain(self, timeout: float) -> int:
         """Stop accepting; let open connections finish within ``timeout``; returns how many were cut."""
         self.stop_accepting()
+        if self.tls is not None:
+            self.tls.stop()
         cut = await wait_then_cut(self.clients, self.no_clients, timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -128,6 +154,7 @@ class TcpClient(asyncio.Protocol):
         "backend",
         "group",
         "last_active",
+        "sni",
         "tried",
         "upstream",
     )
@@ -147,6 +174,7 @@ class TcpClient(asyncio.Protocol):
         self.tried: list[Backend] = []
         self.attempts = 0
         self.last_active = 0.0
+        self.sni = b""  # tls listeners: the server name the client sent (routing by sni)
 
     def __repr__(self) -> str:
         target = self.backend.id if self.backend else "-"
@@ -167,7 +195,7 @@ class TcpClient(asyncio.Protocol):
             return
         listener.clients.add(self)
         self.last_active = listener.tick
-        self.group = listener.group_for()
+        self.group = listener.group_for() if listener.router is None else listener.group_of(self.sni, self._peer_ip)
         self._try_next(None)
 
     def _try_next(self, failure: Failure | None) -> None:

@@ -2,11 +2,13 @@
 
 A :class:`ListenerTls` owns the ``ssl.SSLContext`` objects of an https/tls listener:
 
-* :attr:`~ListenerTls.context` is the **front** context, given once to
-  ``loop.create_server(ssl=...)``. It never changes identity; its SNI callback moves
+* :attr:`~ListenerTls.context` is the **front** context, which each handshake starts on
+  (the SSL protocol :mod:`fivenines.proxy.tls_serve` puts in place at accept, or ``create_server(ssl=...)``).
+  A reload of certificates or policy keeps its identity; its SNI callback moves
   each new handshake to the context of the certificate :class:`~fivenines.core.tls.CertificateSelector`
   picks (certificates with the same names, e.g. an ECDSA and an RSA one, share a
-  context, and OpenSSL serves each client the one it supports);
+  context, and OpenSSL serves each client the one it supports) and leaves the client's
+  server name on the ``SSLObject`` (:func:`server_name`: tls listeners route by it);
 * :meth:`~ListenerTls.reload` reads the files again and builds every context anew
   *before* swapping them in one assignment: new handshakes get the new certificates,
   established connections keep theirs (an ``SSLObject`` holds its own context); a
@@ -63,6 +65,16 @@ _VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
              "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: ALB's ignore_client_certificate_expiry
 TICKET_SECRET_FILE = "tls-tickets.secret"
+SNI_ATTRIBUTE = "fivenines_sni"
+"""Where the SNI callback leaves the client's server name on its ``SSLObject`` (see :func:`server_name`)."""
+FRONT_FIELDS = ("protocol", "mutual_authentication", "session_tickets")
+"""Listener fields the front context is built from: a reload changing one builds a new :class:`ListenerTls`."""
+
+
+def server_name(obj: Any) -> str | None:
+    """The server name (SNI) the client of this ``SSLObject`` sent, as the SNI callback saw it."""
+    name = getattr(obj, SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
 
 
 def ticket_secret(lst: ListenerSpec, base: Path, state_dir: Path) -> bytes:
@@ -95,6 +107,15 @@ class _State:
     contexts: tuple[ssl.SSLContext, ...]  # one per certificate group
     group_of: tuple[int, ...]  # certificate index -> context index
     infos: tuple[CertificateInfo, ...]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A reload of one listener's TLS, read and built, not yet switched to (:meth:`ListenerTls.apply`)."""
+
+    spec: ListenerSpec
+    base: Path
+    state: _State
 
 
 class ListenerTls:
@@ -210,6 +231,8 @@ class ListenerTls:
             chosen = state.selector.default
             self.sni_misses += server_name is not None
         obj.context = state.contexts[state.group_of[chosen]]
+        if server_name is not None:
+            setattr(obj, SNI_ATTRIBUTE, server_name)  # the server side has no call for it (server_name())
 
     def select(self, server_name: str | None) -> CertificateInfo:
         """The certificate a handshake naming ``server_name`` gets now."""
@@ -227,29 +250,40 @@ class ListenerTls:
     # ------------------------------------------------------------------ changes
 
     def reload(self, lst: ListenerSpec, base: Path) -> list[str]:
-        """Re-read the certificates (and trust store) of ``lst`` and switch to them atomically.
+        """Re-read the certificates (and trust store) of ``lst`` and switch to them atomically:
+        :meth:`prepare`, then :meth:`apply`. Raises :class:`CertificateError` (the file, what is
+        wrong) and keeps the running contexts when anything cannot be served. Returns what
+        changed, for the reload report."""
+        return self.apply(self.prepare(lst, base))
 
-        Raises :class:`CertificateError` (the file, what is wrong) and keeps the running
-        contexts when anything cannot be served. The policy, tickets and ALPN of new
-        handshakes follow ``lst`` too (the front context is updated in place). Returns
-        what changed, for the reload report."""
+    def prepare(self, lst: ListenerSpec, base: Path) -> Prepared:
+        """Read every file of ``lst`` and build every context, changing nothing (a reload's first
+        step: every listener is prepared before any is switched). Raises :class:`CertificateError`."""
         now = self.clock()
         old_policy, old_spec, old_base = self.policy, self.spec, self._base
-        self.policy, self.spec = policy(lst.ssl_policy), lst
+        self.policy, self.spec = policy(lst.ssl_policy), lst  # (_build reads them)
         try:
             state = self._build(lst, base, now)
-        except BaseException:
+        finally:
             self.policy, self.spec, self._base = old_policy, old_spec, old_base
-            raise
+        return Prepared(lst, base, state)
+
+    def apply(self, prep: Prepared) -> list[str]:
+        """Switch to what :meth:`prepare` built, in one assignment: new handshakes get it, open
+        connections keep theirs. The policy of new handshakes follows too (the front context is
+        updated in place). Returns what changed."""
+        now = self.clock()
+        old_policy = self.policy
         before = {i.fingerprint: i for i in self._state.infos}
-        after = {i.fingerprint: i for i in state.infos}
+        after = {i.fingerprint: i for i in prep.state.infos}
+        self.policy, self.spec, self._base = policy(prep.spec.ssl_policy), prep.spec, prep.base
         if self.policy is not old_policy:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.context.minimum_version = _VERSIONS[self.policy.min_version]
                 self.context.maximum_version = _VERSIONS[self.policy.max_version]
             _set_ciphers(self.context, self.policy)
-        self._state = state
+        self._state = prep.state
         self.reloads += 1
         changes = [f"tls {self.name}: certificate {i.subject} ({i.file}) now served, until {i.to_json(now)['not_after']}"
                    for fp, i in after.items() if fp not in before]

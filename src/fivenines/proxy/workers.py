@@ -15,13 +15,16 @@ port in every worker.
 Main and worker talk over a Unix socket pair, one JSON object per line:
 
 main → worker
-    ``setup`` (spec, targets, serving sets, listener addresses) once; then
+    ``setup`` (spec, targets, serving sets, listener addresses, the spec's folder and
+    the state directory, where the TLS files and ticket secret are) once; then
     ``serving`` (a group's serving ids), ``draining``, ``move`` (a restarted
     instance's new port), ``close_idle``, ``cut`` (a drained target's
-    deadline), ``stop`` (drain and exit). Each carries a version number.
+    deadline), ``tls_reload`` (read a TLS listener's files again: a reload the main
+    process checked first), ``stop`` (drain and exit). Each carries a version number.
 worker → main
-    ``ready``, then ``stats`` twice a second: listener counters, per-target
-    requests/errors/in-flight, per-group counters, and the last version applied;
+    ``ready``, then ``stats`` twice a second: listener counters (and TLS handshake
+    counters), per-target requests/errors/in-flight, per-group counters, and the last
+    version applied;
     ``eject`` when the worker's own passive detector ejected a target (it has
     already taken it out of its serving set; the main process decides for the
     group and publishes the serving set every worker follows).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -46,12 +50,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fivenines.certs import CertificateError
 from fivenines.core.detect import Ejection, OutcomeSink, OutlierDetector, outlier_policy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup, FixedGroup
 from fivenines.proxy.client import http_listener
 from fivenines.proxy.listener import Counters, Listener, ProxySettings
 from fivenines.proxy.tcp import TcpListener
+from fivenines.proxy.tls import ticket_secret
+from fivenines.proxy.tls_serve import TlsServing, serve_https, serve_tls
 from fivenines.spec import ListenerSpec, Spec
 
 log = logging.getLogger("fivenines.workers")
@@ -61,14 +68,25 @@ STATS_INTERVAL = 0.5
 
 
 def make_listener(ls: ListenerSpec, groups: Mapping[str, BackendGroup],
-                  settings: ProxySettings | None = None) -> AnyListener:
-    """An unstarted listener for ``ls`` over ``groups`` (rules compiled here, once)."""
+                  settings: ProxySettings | None = None, *, tls: TlsServing | None = None) -> AnyListener:
+    """An unstarted listener for ``ls`` over ``groups`` (rules compiled here, once). An https or
+    tls listener needs ``tls``, the TLS it serves (:class:`~fivenines.proxy.tls_serve.TlsServing`)."""
+    if ls.tls and tls is None:
+        raise ValueError(f"{ls.protocol} listener {ls.host}:{ls.port} built without its TLS")
     group_for = FixedGroup(groups[ls.default_target_group])
     s = settings or ProxySettings.from_spec(ls.timeouts, ls.limits)
-    if ls.protocol == "tcp":
-        return TcpListener(group_for, ls.port, s)
     router = Router(ls.rules, ls.default_target_group) if ls.rules else None
-    return http_listener(group_for, ls.port, s, router=router, groups=groups)
+    if ls.protocol in ("tcp", "tls"):
+        tcp = TcpListener(group_for, ls.port, s, router=router, groups=groups)
+        if tls is not None:
+            serve_tls(tcp, tls)
+        return tcp
+    if ls.protocol == "https":
+        s = dataclasses.replace(s, proto=b"https")  # X-Forwarded-Proto, and #{protocol} in redirects
+    http = http_listener(group_for, ls.port, s, router=router, groups=groups)
+    if tls is not None:
+        serve_https(http, tls)
+    return http
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -91,11 +109,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class RemoteListener:
     """The main process's view of one listener served by the workers (counters summed)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: TlsServing | None = None) -> None:
         self.host = host
         self.port = port
         self.counters = Counters()
         self.open = 0
+        self.tls = tls  # an https/tls listener: this process's view (files checked, counters summed)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -122,8 +141,12 @@ class WorkerPool:
     """N worker processes serving the spec's listeners, following the main process's health view."""
 
     def __init__(self, spec: Spec, groups: Mapping[str, BackendGroup], count: int, log_dir: Path,
-                 settings: ProxySettings | None = None) -> None:
+                 settings: ProxySettings | None = None, *, base_dir: Path | None = None,
+                 state_dir: Path | None = None, tls: Mapping[int, TlsServing] | None = None) -> None:
         self.spec = spec
+        self.base_dir = base_dir or Path.cwd()
+        self.state_dir = state_dir or log_dir.parent
+        self.tls: dict[int, TlsServing] = dict(tls or {})
         self.groups = groups
         self.count = count
         self.log_dir = log_dir
@@ -140,11 +163,16 @@ class WorkerPool:
 
     # -- lifecycle
     async def start(self, timeout: float = 20.0) -> None:
-        for ls in self.spec.listeners:
+        for i, ls in enumerate(self.spec.listeners):
             s = reserve_port(ls.host, ls.port)
             self._reserved.append(s)
             host, port = s.getsockname()[:2]
-            self.listeners.append((ls, RemoteListener(host, port)))
+            tls = self.tls.get(i)
+            if tls is not None:
+                tls.name = f"{host}:{port}"
+                if tls.tls is not None:
+                    tls.tls.name = tls.name
+            self.listeners.append((ls, RemoteListener(host, port, tls)))
         for w in self._workers:
             await self._spawn(w)
         async with asyncio.timeout(timeout):
@@ -189,6 +217,8 @@ class WorkerPool:
             "draining": {name: sorted(ids) for name, ids in self._draining.items()},
             "listeners": [[lst.host, lst.port] for _, lst in self.listeners],
             "settings": _settings_dict(self.settings),
+            "base_dir": str(self.base_dir),
+            "state_dir": str(self.state_dir),
         }
 
     async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:
@@ -247,6 +277,11 @@ class WorkerPool:
     def cut(self, group: str, target_id: str) -> None:
         self._broadcast({"op": "cut", "group": group, "id": target_id})
 
+    def reload_tls(self, index: int, ls: ListenerSpec) -> None:
+        """Every worker reads listener ``index``'s TLS files again, as ``ls`` says (checked here first)."""
+        self.spec.listeners[index] = ls
+        self._broadcast({"op": "tls_reload", "index": index, "listener": ls.model_dump(mode="json")})
+
     def synced(self) -> bool:
         """Every worker has applied every update sent so far."""
         return all(w.applied >= self.version and w.ready.is_set() for w in self._workers)
@@ -255,16 +290,23 @@ class WorkerPool:
         """Sum the workers' counters into the main process's listener, target and group objects."""
         for i, (_, lst) in enumerate(self.listeners):
             total: dict[str, int] = {}
-            opened = 0
+            tls: dict[str, int] = {}
+            opened = handshaking = 0
             for w in self._workers:
                 ls = w.stats.get("listeners", [])
                 if i < len(ls):
                     for k, v in ls[i]["counters"].items():
                         total[k] = total.get(k, 0) + v
+                    for k, v in ls[i].get("tls", {}).items():
+                        tls[k] = tls.get(k, 0) + v
                     opened += ls[i]["open"]
+                    handshaking += ls[i].get("handshaking", 0)
             for k, v in total.items():
                 setattr(lst.counters, k, v)
             lst.open = opened
+            if lst.tls is not None:
+                lst.tls.counters.set_from(tls)
+                lst.tls.handshakes.total = handshaking
         for gname, g in self.groups.items():
             for b in g.backends.values():
                 vals: list[float] = [0] * len(b.stats_row())
@@ -361,6 +403,9 @@ class WorkerState:
         self.drain_timeout = 10.0
         self.send: Callable[[dict[str, Any]], None] = lambda msg: None
         self.detectors: dict[str, OutlierDetector] = {}
+        self.spec: Spec | None = None
+        self.base_dir = Path.cwd()
+        self.state_dir = Path.cwd()
 
     async def setup(self, msg: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -380,11 +425,38 @@ class WorkerState:
             if policy is not None:
                 self._watch_outcomes(name, OutlierDetector(len(self.groups[name].backends), policy))
         settings = ProxySettings(**msg["settings"]) if msg.get("settings") else None
+        self.spec = spec
+        self.base_dir = Path(msg.get("base_dir") or Path.cwd())
+        self.state_dir = Path(msg.get("state_dir") or self.base_dir)
         for ls, (host, port) in zip(spec.listeners, msg["listeners"], strict=True):
-            lst = make_listener(ls, self.groups, settings)
+            tls = self._tls(ls, f"{host}:{port}") if ls.tls else None
+            lst = make_listener(ls, self.groups, settings, tls=tls)
             await lst.start(host, port, reuse_port=True)
             self.listeners.append(lst)
         self.version = msg["version"]
+
+    def _secret(self, ls: ListenerSpec) -> bytes | None:
+        if ls.passthrough or not ls.session_tickets.enabled:
+            return None
+        return ticket_secret(ls, self.base_dir, self.state_dir)  # the same secret as every worker's
+
+    def _tls(self, ls: ListenerSpec, name: str) -> TlsServing:
+        return TlsServing(ls, self.base_dir, name=name, ticket_secret=self._secret(ls))
+
+    def reload_tls(self, index: int, data: dict[str, Any]) -> None:
+        """Read listener ``index``'s TLS files again (the main process checked them); a failure
+        here (a file changed again meanwhile) keeps what runs, and is logged."""
+        ls = ListenerSpec.model_validate(data)
+        tls = getattr(self.listeners[index], "tls", None)
+        if not isinstance(tls, TlsServing):
+            return
+        try:
+            secret = self._secret(ls)
+            for change in tls.apply(ls, tls.prepare(ls, self.base_dir, secret), secret):
+                log.info("worker %d: %s", self.index, change)
+        except CertificateError as exc:
+            log.error("worker %d: tls reload of listeners.%d refused, the running certificates stay: %s",
+                      self.index, index, exc)
 
     def _watch_outcomes(self, name: str, det: OutlierDetector) -> None:
         """Passive detection in this worker: eject at once here, and tell the main process."""
@@ -431,6 +503,8 @@ class WorkerState:
             b = g.backends[msg["id"]]
             for lst in self.listeners:
                 lst.cut(b)
+        elif op == "tls_reload":
+            self.reload_tls(int(msg["index"]), msg["listener"])
         elif op == "stop":
             self.drain_timeout = float(msg.get("timeout", 10.0))
             self.stop.set()
@@ -440,7 +514,7 @@ class WorkerState:
         return {
             "op": "stats",
             "version": self.version,
-            "listeners": [{"counters": lst.counters.as_dict(), "open": len(lst.clients)} for lst in self.listeners],
+            "listeners": [_listener_stats(lst) for lst in self.listeners],
             "targets": {
                 name: {b.id: b.stats_row() for b in g.backends.values()}
                 for name, g in self.groups.items()
@@ -449,6 +523,15 @@ class WorkerState:
                 name: g.counters.as_dict() for name, g in self.groups.items()
             },
         }
+
+
+def _listener_stats(lst: AnyListener) -> dict[str, Any]:
+    out: dict[str, Any] = {"counters": lst.counters.as_dict(), "open": len(lst.clients)}
+    tls = lst.tls
+    if isinstance(tls, TlsServing):
+        out["tls"] = tls.counters.as_dict()
+        out["handshaking"] = tls.handshakes.total
+    return out
 
 
 async def worker_main(fd: int, index: int, on_ready: Callable[[], None] | None = None) -> int:

@@ -5,7 +5,9 @@ by :func:`fivenines.core.reconfig.plan`; this module carries it out in three ste
 
 1. **Check everything first.** The file is loaded and validated exactly as at start;
    the plan is made; new ports are checked and new listener sockets bound; instance
-   ports allocated. Any problem rejects the reload *as a whole*, with the same
+   ports allocated; every https/tls listener's certificate files are read again and its
+   TLS contexts built (even when the spec's text did not change: replaced certificate
+   files are what a reload is often for). Any problem rejects the reload *as a whole*, with the same
    ``FILE: field.path: what is wrong`` messages as ``fivenines validate``; the running
    configuration is not touched.
 2. **Add, then wait.** New groups and targets start (``initial``: no traffic) next to
@@ -13,7 +15,9 @@ by :func:`fivenines.core.reconfig.plan`; this module carries it out in three ste
    added has passed its health checks.
 3. **Switch, then drain.** Listeners are rerouted (new requests follow the new rules;
    requests in flight finish where they are) or rebound (the new socket listens before
-   the old one stops; established connections stay open); removed targets drain (no
+   the old one stops; established connections stay open); TLS listeners switch to the
+   contexts built in step 1 (new handshakes get the new certificates, open connections
+   keep theirs; with workers, every worker reads the files again); removed targets drain (no
    new requests, in-flight ones finish within ``deregistration_delay``) and are then
    stopped and forgotten.
 
@@ -38,9 +42,10 @@ from fivenines.core.restore import fingerprint
 from fivenines.errors import ConfigError, SpecError
 from fivenines.proxy.backend import BackendGroup
 from fivenines.proxy.base import ProxyListener
+from fivenines.proxy.tls_serve import TlsServing
 from fivenines.runtime.checks import Checks
 from fivenines.runtime.context import RuntimeContext
-from fivenines.runtime.dataplane import DataPlane
+from fivenines.runtime.dataplane import DataPlane, TlsPlan
 from fivenines.runtime.draining import Draining
 from fivenines.runtime.failover import GroupFailover, make_detector, rollout_policy
 from fivenines.runtime.instances import Instances
@@ -48,7 +53,7 @@ from fivenines.runtime.interface import ReloadResult
 from fivenines.runtime.ports import allocate_ports, release_ports
 from fivenines.runtime.reconcile import Reconciler
 from fivenines.runtime.targets import GroupRuntime, TargetRuntime, restart_policy
-from fivenines.spec import ListenerSpec, Spec, load_spec, not_served_yet, port_is_free
+from fivenines.spec import ListenerSpec, Spec, load_spec, port_is_free
 
 log = logging.getLogger("fivenines")
 
@@ -161,8 +166,6 @@ class Reloader:
             new = load_spec(path)
         except SpecError as exc:
             raise _Rejected([f"{exc.file}: {e}" for e in exc.errors]) from None
-        if not_served_yet(new):
-            raise _Rejected([f"{path}: {e}" for e in not_served_yet(new)])
         plan = reconfig.plan(ctx.spec, new, self._running())
         if not plan.ok:
             raise _Rejected([f"{path}: {e}" for e in plan.errors])
@@ -174,7 +177,7 @@ class Reloader:
             raise
         self.generation += 1
         self.counts["ok"] += 1
-        desc = plan.describe()
+        desc = [d for d in plan.describe() if not (prepared.tls_changes and d == "no change")] + prepared.tls_changes
         for line in desc:
             log.info("reload: %s", line)
         ctx.emit("reload", "", "", f"generation {self.generation - 1}", f"generation {self.generation}",
@@ -259,6 +262,12 @@ class Reloader:
                 errors.append(f"{path}: listeners.{a.index}: cannot listen on {ls.host}:{ls.port}: "
                               f"{exc.strerror or exc}")
         release_ports(holds)
+        # TLS: every certificate file read again and every context built, even when the spec's
+        # text is unchanged (replaced files are what a reload is for); nothing switched yet
+        rebound = {a.index for a in plan.of(reconfig.RebindListener)}
+        kept = set(range(min(len(ctx.spec.listeners), len(new.listeners)))) - rebound
+        prep.tls, prep.tls_fresh, tls_errors = self.data_plane.prepare_tls(new, kept)
+        errors += [f"{path}: {e}" for e in tls_errors]
         if errors:
             prep.close()
             raise _Rejected(errors)
@@ -338,15 +347,18 @@ class Reloader:
                     if i == a.index:
                         dp.reroute(old, ls)
             elif isinstance(a, reconfig.RebindListener):
-                await self._rebind(a.index, new.listeners[a.index], prep.sockets.pop(a.index))
+                await self._rebind(a.index, new.listeners[a.index], prep.sockets.pop(a.index),
+                                   prep.tls_fresh.pop(a.index, None))
             elif isinstance(a, reconfig.AddListener):
                 ls = new.listeners[a.index]
-                lst = dp.make_listener(ls)
+                lst = dp.make_listener(ls, prep.tls_fresh.pop(a.index, None))
                 await lst.start(ls.host, ls.port, sock=prep.sockets.pop(a.index))
                 dp.served.append((ls, lst))
         for a in sorted(plan.of(reconfig.RemoveListener), key=lambda x: -x.index):
             _, lst = dp.served.pop(a.index)
             self._retire_listener(lst)
+        prep.tls_changes = dp.apply_tls(prep.tls) or [
+            f"tls listeners.{i}: certificates read again, unchanged" for i in sorted(prep.tls)]
         for a in plan.actions:
             if isinstance(a, reconfig.RemoveTarget):
                 t = self._target(a.group, a.id)
@@ -409,12 +421,12 @@ class Reloader:
                 return r.waiting
             await asyncio.sleep(0.05)
 
-    async def _rebind(self, index: int, ls: ListenerSpec, sock: socket.socket) -> None:
+    async def _rebind(self, index: int, ls: ListenerSpec, sock: socket.socket, tls: TlsServing | None) -> None:
         """Listen on the new address first, then stop accepting on the old one; its open
         connections stay and finish on their own (they follow the new routes)."""
         dp = self.data_plane
         _, old = dp.served[index]
-        lst = dp.make_listener(ls)
+        lst = dp.make_listener(ls, tls)
         await lst.start(ls.host, ls.port, sock=sock)
         dp.served[index] = (ls, lst)
         dp.reroute(old, ls)
@@ -462,6 +474,9 @@ class _Prepared:
     groups: dict[str, BackendGroup] = field(default_factory=dict)  # configured from the new spec
     ports: dict[str, list[int]] = field(default_factory=dict)
     sockets: dict[int, socket.socket] = field(default_factory=dict)
+    tls: dict[int, TlsPlan] = field(default_factory=dict)  # kept https/tls listeners: their files read again
+    tls_fresh: dict[int, TlsServing] = field(default_factory=dict)  # added or rebound ones: their TLS, built
+    tls_changes: list[str] = field(default_factory=list)  # what the TLS reloads changed (the result lists it)
 
     def close(self) -> None:
         for s in self.sockets.values():

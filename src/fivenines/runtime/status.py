@@ -52,6 +52,7 @@ def service_status(ctx: RuntimeContext, data_plane: DataPlane, *, started_at: fl
             "rejected": c.rejected,
             "refused_connections": c.refused,
             "rate_limited": c.rate_limited,
+            "tls": tls.status() if (tls := data_plane.tls_of(i)) is not None else None,
         })
     groups = {name: group_status(ctx, g, now, (scaling or {}).get(name)) for name, g in ctx.groups.items()}
     workers = data_plane.workers
@@ -184,5 +185,16 @@ def ready_info(ctx: RuntimeContext, data_plane: DataPlane, admin_url: str | None
         "pid": os.getpid(),
         "admin": admin_url,
         "listeners": [f"{lst.address[0]}:{lst.address[1]}" for _, lst in data_plane.listeners],
+        "urls": [listener_url(ls.protocol, *lst.address) for ls, lst in data_plane.listeners],
         "state_dir": str(ctx.state_dir),
     }
+
+
+def listener_url(protocol: str, host: str, port: int) -> str:
+    """Where a listener answers: ``http://...``, ``https://...``, ``tcp://``, ``tls://``.
+
+    >>> listener_url("https", "127.0.0.1", 8443), listener_url("tls", "::1", 5000)
+    ('https://127.0.0.1:8443/', 'tls://[::1]:5000')
+    """
+    h = f"[{host}]" if ":" in host else host
+    return f"{protocol}://{h}:{port}" + ("/" if protocol in ("http", "https") else "")

@@ -51,12 +51,23 @@
     return "up " + (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
   }
 
+  // an https/tls listener: how many certificates, and the soonest expiry (days)
+  function tlsNote(tls) {
+    if (!tls) return "";
+    if (tls.passthrough) return " · passthrough";
+    const days = tls.certificates.map((c) => c.days_left);
+    const soonest = Math.min(...days);
+    return ` · ${days.length} cert${days.length === 1 ? "" : "s"}, ` +
+      (soonest < 0 ? "one EXPIRED" : `first expires in ${Math.floor(soonest)} d`);
+  }
+
   function renderListeners(status, dt) {
     const body = document.querySelector("#listeners tbody");
     const rows = status.listeners.map((l) => {
       const p = prev && prev.listeners[l.address];
       return el("tr", { "data-listener": l.address },
-        el("td", {}, l.address), el("td", {}, l.protocol), el("td", {}, l.default_target_group),
+        el("td", {}, l.address), el("td", { "data-tls": tlsNote(l.tls) }, l.protocol + tlsNote(l.tls)),
+        el("td", {}, l.default_target_group),
         el("td", { class: "num" }, l.rules || 0), el("td", { class: "num" }, l.connections_open),
         el("td", { class: "num" }, fmtRate(rate(l.requests, p && p.requests, dt))),
         el("td", { class: "num" }, fmtRate(rate(l.failed, p && p.failed, dt))),
