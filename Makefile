@@ -56,10 +56,11 @@ test-deps: $(BIN)/python
 	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
 
 # The bench installs the checkout with `pip install .` into a venv of its own (build/bench-venv) and
-# measures that: what users install.
+# measures that: what users install. BASELINE=REV also installs git revision REV (build/bench-venv-REV)
+# and runs it interleaved in the same run: this build's ratio to REV's, e.g. BASELINE=7da16e1.
 bench: $(VENV)/.installed-dev
 	scripts/install-test-deps --bench
-	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 failover-bench: $(VENV)/.installed-dev compile
 	scripts/install-test-deps --bench
