@@ -246,7 +246,7 @@ def chunked_header(head: bytes, lower: bytes) -> bytes:
     >>> chunked_header(h, h.lower())
     b'Transfer-Encoding: gzip, chunked\\r\\n'
     """
-    if b"\r\ntransfer-encoding" not in lower:
+    if lower.find(b"\r\ntransfer-encoding") < 0:  # (find: a bytes `in` formats a TypeError first)
         return b"Transfer-Encoding: chunked\r\n"
     codings = [c.strip() for m in TE_VALUE.finditer(lower) for c in head[m.start(1):m.end(1)].split(b",")]
     kept = [c for c in codings if c and c.lower() != b"chunked"]
