@@ -45,7 +45,7 @@ test: test-deps $(VENV)/.installed-dev compile
 	$(BIN)/python -m pytest -q
 	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
 	FIVENINES_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit src/fivenines \
-		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py
+		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py tests/integration/test_tcp.py
 
 ## docs/spec.md, the spec reference, generated from the model (after changing spec.py; a test checks it).
 spec-doc: $(VENV)/.installed

@@ -52,6 +52,7 @@ MODULES = (
     "fivenines.proxy.upstream",
     "fivenines.proxy.forward",
     "fivenines.proxy.client",
+    "fivenines.proxy.tcp",
 )
 # Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
 NATIVE = ("fivenines._express",)

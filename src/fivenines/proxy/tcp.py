@@ -62,13 +62,15 @@ class TcpListener:
             self.server = await loop.create_server(
                 lambda: TcpClient(self), host, port, reuse_port=reuse_port or None, backlog=backlog
             )
-        self.port = self.server.sockets[0].getsockname()[1]
+        srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
+        self.port = srv.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        name = self.server.sockets[0].getsockname()
+        srv: Any = self.server
+        name = srv.sockets[0].getsockname()
         return name[0], name[1]
 
     def _interval(self) -> float:
