@@ -45,7 +45,7 @@ test: test-deps $(VENV)/.installed-dev compile
 	$(BIN)/python -m pytest -q
 	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
 	FIVENINES_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit src/fivenines \
-		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py
+		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py tests/integration/test_tcp.py
 
 ## docs/spec.md, the spec reference, generated from the model (after changing spec.py; a test checks it).
 spec-doc: $(VENV)/.installed
@@ -56,10 +56,11 @@ test-deps: $(BIN)/python
 	PYTHON_FOR_HEADERS=$(BIN)/python scripts/install-test-deps
 
 # The bench installs the checkout with `pip install .` into a venv of its own (build/bench-venv) and
-# measures that: what users install.
+# measures that: what users install. BASELINE=REV also installs git revision REV (build/bench-venv-REV)
+# and runs it interleaved in the same run: this build's ratio to REV's, e.g. BASELINE=7da16e1.
 bench: $(VENV)/.installed-dev
 	scripts/install-test-deps --bench
-	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 ## https listener vs HAProxy 2.6 (same ECDSA P-256 certificate and policy): keep-alive, new TLS, handshakes
 ## with and without resumption, interleaved (docs/dataplane.md). `bench/tls_bench.py --quick`: a smoke run.

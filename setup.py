@@ -33,10 +33,11 @@ PACKAGE_DIR = ROOT / "src" / "fivenines"
 STRICT = os.environ.get("FIVENINES_BUILD", "") == "strict"
 
 
-def load_accel() -> ModuleType:
-    """fivenines.accel read from its file: the list of modules and the manifest, without importing
-    fivenines (whose dependencies the build environment does not have)."""
-    spec = importlib.util.spec_from_file_location("fivenines_build_accel", PACKAGE_DIR / "accel.py")
+def load(name: str, path: Path) -> ModuleType:
+    """A module of fivenines read from its file, without importing fivenines (whose dependencies
+    the build environment does not have): fivenines.accel (the list of modules and the manifest)
+    and fivenines.core.fieldsets (the table the C express lane's field classifiers come from)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -44,7 +45,7 @@ def load_accel() -> ModuleType:
     return module
 
 
-accel = load_accel()
+accel = load("fivenines_build_accel", PACKAGE_DIR / "accel.py")
 
 
 def native_extensions() -> list[Extension]:
@@ -92,6 +93,7 @@ class BuildDataPlane(build_ext):
         try:
             built_from = accel.manifest(PACKAGE_DIR)  # the sources as mypyc reads them
             self.generate_mypyc()
+            self.generate_tables()
             if accel.manifest(PACKAGE_DIR) != built_from:
                 raise RuntimeError("sources changed while mypyc read them")
             super().run()
@@ -143,6 +145,18 @@ class BuildDataPlane(build_ext):
         for name, ext in planned.items():  # what to compile and how; setuptools' own state stays
             vars(ext).update({k: v for k, v in vars(by_name[name]).items()
                               if k != "name" and (not k.startswith("_") or k.startswith("_mypyc"))})
+
+    def generate_tables(self) -> None:
+        """``_express_tables.h`` (the C express lane's field classifiers) from the one table of
+        fields, fivenines/core/fieldsets.py (in the build's manifest: fivenines.accel.NATIVE_DEPENDS),
+        into the build's temporary directory, which the C extensions include from."""
+        fieldsets = load("fivenines_build_fieldsets", PACKAGE_DIR / "core" / "fieldsets.py")
+        out = Path(self.build_temp).resolve() / "generated"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / fieldsets.HEADER_NAME).write_text(fieldsets.c_header())
+        for ext in self.extensions:
+            if ext.name in accel.NATIVE:
+                ext.include_dirs = [str(out), *ext.include_dirs]
 
     def remove_outputs(self, target: Path) -> None:
         for m in (*accel.MODULES, *accel.NATIVE, accel.SHARED_LIB):

@@ -22,6 +22,11 @@ are judged against the targets (TARGETS). Then memory: RSS of the fivenines proc
 idle keep-alive client connections, and RSS growth while streaming a 1 GB body each way. Writes
 everything to ``bench/results/*.json``.
 
+``--baseline REV`` (``make bench BASELINE=REV``) also installs git revision REV of this repository
+(``build/bench-venv-REV``, compiled as that revision compiles) and runs it as one more contender in
+the workers: 1 scenarios, interleaved with the others: the report adds this build / REV's build,
+req/s and per CPU-second (issue 18: a refactor costs at most 3%, ``BASELINE_MIN_RATIO``).
+
 Nothing here is tuned for the benchmark: fivenines runs with the same code and
 defaults as ``fivenines up`` anywhere (access logging is off by default).
 """
@@ -64,6 +69,9 @@ TARGETS: dict[str, dict[str, float]] = {
     "workers2": {"rps": 0.9},
 }
 MEMORY_TARGETS = {"idle_10k_rss_mb": 100.0, "stream_1gb_growth_mb": 20.0}
+# With --baseline REV: this build / REV's build, req/s and per CPU-second, each >= this (issue 18: a
+# refactor costs at most 3%).
+BASELINE_MIN_RATIO = 0.97
 
 
 # --------------------------------------------------------------------------- the installed package
@@ -96,13 +104,58 @@ def install(venv: Path, force: bool) -> tuple[Path, str]:
         stamp.write_text(want)
     else:
         print(f"proxy bench: {venv.relative_to(ROOT)} has this checkout installed", flush=True)
+    return venv / "bin" / "fivenines", data_plane_of(python, venv)
+
+
+def install_revision(rev: str, force: bool) -> tuple[Path, str, str]:
+    """Git revision ``rev`` of this repository installed as users install it, into a venv of its own
+    (``build/bench-venv-REV``; made again when ``rev`` names another commit): its ``fivenines``
+    command, the data plane it loads and the commit.
+
+    The revision's tree is ``git archive``d into ``build/bench-src-REV``. A revision whose build
+    backend compiles the data plane (it has ``setup.py``) gets ``pip install .``; an older one,
+    which compiled only in a checkout, gets ``pip install -e`` of that tree and its own
+    ``scripts/compile`` (as ``make compile`` did then), so that both builds compared are compiled.
+    """
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
+    if not sha:
+        sys.exit(f"proxy_bench: --baseline {rev}: not a commit of {ROOT}")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", rev)
+    venv, tree = ROOT / "build" / f"bench-venv-{name}", ROOT / "build" / f"bench-src-{name}"
+    stamp = venv / ".fivenines-commit"
+    python = venv / "bin" / "python"
+    if force or not python.exists() or not stamp.exists() or stamp.read_text() != sha:
+        print(f"proxy bench: installing {rev} ({sha[:10]}) into {venv.relative_to(ROOT)}...", flush=True)
+        shutil.rmtree(venv, ignore_errors=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", sha], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        if (tree / "setup.py").exists():
+            subprocess.run([*pip, str(tree)], check=True, cwd=venv)
+        else:
+            subprocess.run([*pip, "mypy", "-e", str(tree)], check=True, cwd=venv)
+            if (tree / "scripts" / "compile").exists():
+                subprocess.run([str(python), str(tree / "scripts" / "compile"), "--strict"], check=True, cwd=tree)
+        stamp.write_text(sha)
+    else:
+        print(f"proxy bench: {venv.relative_to(ROOT)} has {rev} ({sha[:10]}) installed", flush=True)
+    mode = data_plane_of(python, venv)
+    return venv / "bin" / "fivenines", mode, sha
+
+
+def data_plane_of(python: Path, cwd: Path) -> str:
+    """The data plane the fivenines ``python`` imports loads; exits when it imports this checkout's sources."""
     out = subprocess.run([str(python), "-c", "import fivenines, fivenines.accel as a; print(fivenines.__file__); "
-                          "print(a.mode())"], capture_output=True, text=True, check=True, cwd=venv,
+                          "print(a.mode())"], capture_output=True, text=True, check=True, cwd=cwd,
                          env=installed_env())
     where, mode = out.stdout.splitlines()
     if Path(where).resolve().is_relative_to(ROOT / "src"):
-        sys.exit(f"proxy_bench: {venv} runs fivenines from the source tree ({where}), not an installed package")
-    return venv / "bin" / "fivenines", mode
+        sys.exit(f"proxy_bench: {python} runs fivenines from {where}, not the package installed for the bench")
+    return mode
 
 
 def installed_env() -> dict[str, str]:
@@ -229,6 +282,24 @@ class Procs:
     def stop_all(self) -> None:
         for p in list(reversed(self.procs)):
             self.stop(p)
+
+
+def wait_serving(ready: Path, timeout: float = 20.0) -> str:
+    """Wait until the fivenines that wrote ``ready`` serves every target (measuring before would
+    measure its local 503s); the data plane its /status reports."""
+    import urllib.request
+
+    admin = json.loads(ready.read_text())["admin"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"{admin}/status", timeout=2) as r:
+                st = json.loads(r.read())
+            if all(len(g["serving"]) == len(g["targets"]) for g in st["target_groups"].values()):
+                return str(st.get("data_plane", "?"))
+        if time.monotonic() > deadline:
+            raise RuntimeError("fivenines targets did not become healthy")
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- contenders
@@ -376,6 +447,10 @@ class Bench:
         self.haproxy = need("haproxy")
         self.wrk_bin = need("wrk")
         self.fivenines_bin, self.installed_mode = install(args.venv, args.reinstall)
+        self.baseline_bin: Path | None = None  # --baseline REV: that revision's fivenines, and its commit
+        self.baseline_mode, self.baseline_sha = "", ""
+        if args.baseline:
+            self.baseline_bin, self.baseline_mode, self.baseline_sha = install_revision(args.baseline, args.reinstall)
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self.fivenines: subprocess.Popen[bytes] | None = None
@@ -415,8 +490,9 @@ class Bench:
         self.pids[key] = p.pid
 
     def start_fivenines(self, tag: str = "", sink: int | None = None, workers: int = 1,
-                        cpus: set[int] | str | None = "proxy", key: str = "fivenines") -> subprocess.Popen[bytes]:
-        """``fivenines up`` of the installed package (never the source tree)."""
+                        cpus: set[int] | str | None = "proxy", key: str = "fivenines",
+                        binary: Path | None = None) -> subprocess.Popen[bytes]:
+        """``fivenines up`` of the installed package (never the source tree), or of ``binary`` (the baseline's)."""
         http_port, tcp_port = free_port(), free_port()
         self.ports[f"{key}_http"], self.ports[f"{key}_tcp"] = http_port, tcp_port
         spec = fivenines_spec(self.ports["a"], self.ports["b"], http_port, tcp_port, self.dir / f"state{tag}",
@@ -425,7 +501,7 @@ class Bench:
         path.write_text(json.dumps(spec))  # JSON is YAML
         self.configs.setdefault(key, json.dumps(spec))
         ready = self.dir / f"ready{tag}.json"
-        p = self.procs.start([str(self.fivenines_bin), "up", str(path), "--ready-file", str(ready),
+        p = self.procs.start([str(binary or self.fivenines_bin), "up", str(path), "--ready-file", str(ready),
                               "--log-level", "warning"], self.dir / f"fivenines{tag}.log",
                              self.proxy_cpus if cpus == "proxy" else cpus,  # type: ignore[arg-type]
                              cwd=self.dir, env=installed_env())
@@ -434,20 +510,7 @@ class Bench:
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"fivenines did not start:\n{(self.dir / f'fivenines{tag}.log').read_text()}")
             time.sleep(0.05)
-        admin = json.loads(ready.read_text())["admin"]
-        deadline = time.monotonic() + 20
-        while True:  # both targets healthy before measuring
-            with contextlib.suppress(OSError, ValueError):
-                import urllib.request
-
-                with urllib.request.urlopen(f"{admin}/status", timeout=2) as r:
-                    st = json.loads(r.read())
-                if all(len(g["serving"]) == len(g["targets"]) for g in st["target_groups"].values()):
-                    self.data_plane.setdefault(key, st.get("data_plane", "?"))
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("fivenines targets did not become healthy")
-            time.sleep(0.1)
+        self.data_plane.setdefault(key, wait_serving(ready))
         self.pids[key] = p.pid
         if key == "fivenines":
             self.fivenines = p
@@ -485,6 +548,9 @@ class Bench:
             "tcp": (False, {"direct": (url("a"), None), "haproxy": (url("haproxy_tcp"), "haproxy"),
                             "fivenines": (url("fivenines_tcp"), "fivenines")}),
         }
+        if "baseline_http" in p:  # the baseline revision's build, interleaved with the others
+            for scenario, (_, by) in plan.items():
+                by["baseline"] = (url("baseline_tcp" if scenario == "tcp" else "baseline_http"), "baseline")
         if "fivenines2_http" in p:
             plan["workers2"] = (False, {"haproxy": (url("haproxy2_http"), "haproxy2"),
                                         "fivenines": (url("fivenines2_http"), "fivenines2")})
@@ -525,6 +591,10 @@ class Bench:
                 } | {"runs": rs}
             f, h = summary[scenario]["fivenines"], summary[scenario]["haproxy"]
             summary[scenario]["ratio"] = {k: f[k] / h[k] if h[k] else 0.0 for k in ("rps", "req_per_cpu_s", "p99_ms")}
+            if "baseline" in summary[scenario]:
+                b = summary[scenario]["baseline"]
+                summary[scenario]["ratio_baseline"] = {k: f[k] / b[k] if b[k] else 0.0
+                                                       for k in ("rps", "req_per_cpu_s", "p99_ms")}
         return summary
 
     def scaling(self, workers: int) -> dict[str, Any]:
@@ -677,8 +747,9 @@ def judge(scenario: str, ratio: dict[str, float]) -> list[tuple[str, bool]]:
     return got
 
 
-def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any]) -> tuple[list[str], list[bool]]:
-    """The tables, and every verdict."""
+def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any],
+           baseline: str = "") -> tuple[list[str], list[bool]]:
+    """The tables, and every verdict (``baseline``: the revision the ``baseline`` contender runs)."""
     lines: list[str] = []
     verdicts: list[bool] = []
     if summary:
@@ -686,7 +757,7 @@ def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any]
                   f"{'req/CPU-s':>11}")
         lines += [header, "-" * len(header)]
         for scenario, by in summary.items():
-            for c in ("direct", "haproxy", "fivenines"):
+            for c in ("direct", "haproxy", "fivenines", "baseline"):
                 if c not in by:
                     continue
                 r = by[c]
@@ -701,6 +772,19 @@ def report(summary: dict[str, Any], idle: dict[str, Any], stream: dict[str, Any]
             lines.append(f"{scenario:22}{ratio['rps']:>7.2f}x{ratio['req_per_cpu_s']:>10.2f}x{ratio['p99_ms']:>7.2f}x   "
                          + ", ".join(f"{text} {verdict(ok)}" for text, ok in got))
         lines.append("")
+        if baseline:
+            lines.append(f"{'fivenines / ' + baseline:22}{'req/s':>8}{'per CPU-s':>11}{'p99':>8}   "
+                         f"targets (this build costs at most {1 - BASELINE_MIN_RATIO:.0%})")
+            for scenario, by in summary.items():
+                if "ratio_baseline" not in by:
+                    continue
+                ratio = by["ratio_baseline"]
+                got = [(f"req/s >= {BASELINE_MIN_RATIO}x", ratio["rps"] >= BASELINE_MIN_RATIO),
+                       (f"per CPU-s >= {BASELINE_MIN_RATIO}x", ratio["req_per_cpu_s"] >= BASELINE_MIN_RATIO)]
+                verdicts += [ok for _, ok in got]
+                lines.append(f"{scenario:22}{ratio['rps']:>7.3f}x{ratio['req_per_cpu_s']:>10.3f}x"
+                             f"{ratio['p99_ms']:>7.2f}x   " + ", ".join(f"{text} {verdict(ok)}" for text, ok in got))
+            lines.append("")
     if idle:
         ok = idle["rss_mb"] < MEMORY_TARGETS["idle_10k_rss_mb"] and idle["answered"] == idle["connections"]
         verdicts.append(ok)
@@ -769,6 +853,8 @@ def environment(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                    "workers2": "proxies on any CPU; nginx and wrk as above"},
         "fivenines": str(bench.fivenines_bin),
         "installed_data_plane": bench.installed_mode,
+        "baseline": {"rev": args.baseline, "commit": bench.baseline_sha, "fivenines": str(bench.baseline_bin),
+                     "installed_data_plane": bench.baseline_mode} if args.baseline else None,
     }
 
 
@@ -789,6 +875,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", type=Path, default=VENV,
                     help=f"the venv the checkout is installed into (default {VENV.relative_to(ROOT)})")
     ap.add_argument("--reinstall", action="store_true", help="pip install . again even when the venv is current")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run git revision REV, installed in build/bench-venv-REV, interleaved with the others, "
+                         f"and print this build / REV's build (judged >= {BASELINE_MIN_RATIO}x)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
     ap.add_argument("--only", choices=["throughput", "idle", "stream"], help="run one part only")
     ap.add_argument("--quick", action="store_true",
@@ -807,6 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_backends()
         bench.start_haproxy()
         bench.start_fivenines()
+        if bench.baseline_bin is not None and args.only in (None, "throughput"):
+            bench.start_fivenines("-baseline", key="baseline", binary=bench.baseline_bin)
         if args.workers2 and args.only in (None, "throughput"):
             bench.start_haproxy("haproxy2", nbthread=2, cpus=None)
             bench.start_fivenines("-workers2", workers=2, cpus=None, key="fivenines2")
@@ -814,6 +905,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"proxy bench: {env['cpus']} CPUs, load {env['loadavg_at_start'][0]:.2f}, pinned {env['pinned']}, "
               f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s x {args.rounds} rounds", flush=True)
         print(f"fivenines installed in {args.venv} ({bench.fivenines_bin}): {running(bench)}", flush=True)
+        if bench.baseline_bin is not None:
+            print(f"baseline: {args.baseline} ({bench.baseline_sha[:10]}) from {bench.baseline_bin}, data plane "
+                  f"{bench.data_plane.get('baseline', bench.baseline_mode)}", flush=True)
         if any(mode != "compiled" for mode in bench.data_plane.values()):
             print("WARNING: the installed fivenines runs its data plane from source: these are not the "
                   "compiled data plane's numbers", flush=True)
@@ -834,7 +928,10 @@ def main(argv: list[str] | None = None) -> int:
             scaling = bench.scaling(args.scaling)
     finally:
         bench.close()
-    lines, verdicts = report(summary, idle, stream)
+    label = ""
+    if args.baseline:
+        label = args.baseline if bench.baseline_sha.startswith(args.baseline) else f"{args.baseline} ({bench.baseline_sha[:7]})"
+    lines, verdicts = report(summary, idle, stream, label)
     if scaling:
         lines.append(f"workers: {scaling['workers']} (unpinned, keep-alive): {scaling['rps'][str(scaling['workers'])]:.0f} "
                      f"req/s vs {scaling['rps']['1']:.0f} with 1 worker ({scaling['speedup']:.2f}x)")

@@ -7,6 +7,10 @@
  * of a request and no match objects; `make compile` builds this file next to the mypyc modules
  * and fivenines.accel loads it only while the build is current (FIVENINES_PURE=1: never).
  *
+ * Which header fields send a message to the full path is not written here: the field classifiers
+ * (request_field, response_field) are generated from the one table of them, core/fieldsets.py,
+ * into _express_tables.h when the package is built (setup.py).
+ *
  * Every index is checked against the length before it is read; nothing is written but the new
  * bytes objects returned.
  */
@@ -44,33 +48,30 @@ lower(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
-/* The field name p[0:n], lower-cased, equals `want` (lower-case, k bytes)? */
+/* p[0:k], lower-cased, equals `want` (lower-case, k bytes; the caller checked the length)? */
 static inline int
-name_is_k(const unsigned char *p, Py_ssize_t n, const char *want, Py_ssize_t k)
+eq_lower(const unsigned char *p, const char *want, Py_ssize_t k)
 {
-    if (n != k)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (lower(p[i]) != (unsigned char)want[i])
-            return 0;
-    return 1;
-}
-
-/* The field name p[0:n], lower-cased, starts with `want` (k bytes)? */
-static inline int
-name_starts_k(const unsigned char *p, Py_ssize_t n, const char *want, Py_ssize_t k)
-{
-    if (n < k)
-        return 0;
     for (Py_ssize_t i = 0; i < k; i++)
         if (lower(p[i]) != (unsigned char)want[i])
             return 0;
     return 1;
 }
 
+/* The field name p[0:n], lower-cased, equals `want` (lower-case, k bytes)? */
+static inline int
+name_is_k(const unsigned char *p, Py_ssize_t n, const char *want, Py_ssize_t k)
+{
+    return n == k && eq_lower(p, want, k);
+}
+
 /* `want` must be a string literal ("" makes anything else a compile error): sizeof is its length */
 #define name_is(p, n, want) name_is_k((p), (n), "" want, (Py_ssize_t)sizeof("" want) - 1)
-#define name_starts(p, n, want) name_starts_k((p), (n), "" want, (Py_ssize_t)sizeof("" want) - 1)
+
+/* request_field() and response_field(): which fields send a message to the full path, and which
+ * the recognisers track (F_HOST, F_CONNECTION; FR_CONTENT_LENGTH, FR_CONNECTION). Generated from
+ * the one table of them, fivenines/core/fieldsets.py, by the package build (setup.py). */
+#include "_express_tables.h"
 
 /* framing._HOST: ([hex:.]+]|regname*)(:[0-9]{0,5})? and nothing after */
 static int
@@ -97,23 +98,6 @@ valid_host(const unsigned char *h, Py_ssize_t n)
         if (h[k] < '0' || h[k] > '9')
             return 0;
     return 1;
-}
-
-static int
-is_request_special(const unsigned char *p, Py_ssize_t n)
-{
-    return name_is(p, n, "content-length") || name_is(p, n, "content_length")
-        || name_is(p, n, "transfer-encoding") || name_is(p, n, "transfer_encoding")
-        || name_is(p, n, "upgrade") || name_is(p, n, "expect") || name_is(p, n, "te")
-        || name_is(p, n, "trailer") || name_is(p, n, "keep-alive") || name_is(p, n, "x-request-id")
-        || name_starts(p, n, "proxy-") || name_starts(p, n, "x-forwarded-");
-}
-
-static int
-is_response_special(const unsigned char *p, Py_ssize_t n)
-{
-    return name_is(p, n, "transfer-encoding") || name_is(p, n, "upgrade") || name_is(p, n, "trailer")
-        || name_is(p, n, "keep-alive") || name_is(p, n, "te") || name_starts(p, n, "proxy-");
 }
 
 /* value p[0:n] with spaces and tabs trimmed at both ends, lower-cased, is keep-alive? */
@@ -230,12 +214,12 @@ express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         pos += 2;
         fields++;
-        const unsigned char *name = p + line;
-        if (is_request_special(name, name_len))
+        int kind = request_field(p + line, name_len);
+        if (kind == F_FULL)
             Py_RETURN_NONE;
-        if (name_is(name, name_len, "host"))
+        if (kind == F_HOST)
             seen(&host, line, pos, v0, v1);
-        else if (name_is(name, name_len, "connection"))
+        else if (kind == F_CONNECTION)
             seen(&conn, line, pos, v0, v1);
     }
     if (method_len + (t1 - t0) + 10 > max_request_line || fields > max_headers)
@@ -335,12 +319,12 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         pos += 2;
         fields++;
-        const unsigned char *name = p + line;
-        if (is_response_special(name, name_len))
+        int kind = response_field(p + line, name_len);
+        if (kind == F_FULL)
             Py_RETURN_NONE;
-        if (name_is(name, name_len, "content-length"))
+        if (kind == FR_CONTENT_LENGTH)
             seen(&cl, line, pos, v0, v1);
-        else if (name_is(name, name_len, "connection"))
+        else if (kind == FR_CONNECTION)
             seen(&conn, line, pos, v0, v1);
     }
     if (status == 204 || status == 304 || cl.count != 1 || conn.count > 1)

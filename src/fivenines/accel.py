@@ -11,7 +11,7 @@ either way; the compiled form is about 1.4x faster per request (docs/dataplane.m
 The build writes ``_compiled.json`` beside this file: the Python it was built for, the modules it
 built, and the SHA-256 of every source it depended on — the compiled modules and every fivenines
 module they import, transitively (:func:`closure`, read from the sources with :mod:`ast`), with
-the C source and its stub. Where the build failed (no C compiler, say) the manifest says why and
+the C source, its stub and the table its generated header comes from. Where the build failed (no C compiler, say) the manifest says why and
 the package runs from source.
 
 A build that no longer matches its sources (any of those files edited since, another Python,
@@ -52,9 +52,13 @@ MODULES = (
     "fivenines.proxy.upstream",
     "fivenines.proxy.forward",
     "fivenines.proxy.client",
+    "fivenines.proxy.tcp",
 )
 # Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
 NATIVE = ("fivenines._express",)
+# What a native module's build reads beyond its C source: the table its generated header comes from
+# (setup.py writes _express_tables.h from fivenines.core.fieldsets), so that it counts in the digests.
+NATIVE_DEPENDS: dict[str, tuple[str, ...]] = {"fivenines._express": ("fivenines.core.fieldsets",)}
 GROUP = "fivenines_accel"  # mypyc's group: its shared library is SHARED_LIB, beside the package
 SHARED_LIB = f"{GROUP}__mypyc"
 PACKAGE = "fivenines"
@@ -117,7 +121,8 @@ def closure(roots: Iterable[str], read: Callable[[str], tuple[str, bool] | None]
     """``roots`` and every module of this package they import, transitively, with the packages
     that hold them (importing ``a.b.c`` runs ``a`` and ``a.b`` first), sorted. ``read(module)`` is
     ``(source text, is a package)``, or None when ``module`` is no Python module of the package (a
-    function imported by name, another package's module). The native modules are leaves.
+    function imported by name, another package's module). A native module depends on what
+    ``NATIVE_DEPENDS`` says (the Python its build generates C from).
 
     >>> files = {"p": ("", True), "p.a": ("from p.b import f", False), "p.b": ("import os", False)}
     >>> closure(["p.a"], files.get)
@@ -133,6 +138,7 @@ def closure(roots: Iterable[str], read: Callable[[str], tuple[str, bool] | None]
         parts = module.split(".")
         todo.extend(p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if read(p) is not None)
         if module in NATIVE:
+            todo.extend(m for m in NATIVE_DEPENDS.get(module, ()) if m not in seen and read(m) is not None)
             continue
         got = read(module)
         if got is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -133,6 +135,52 @@ def test_latency_window_forgets_old_samples() -> None:
     feed(d, 2, 1.0, 50, 0.0)
     assert d.latency_outliers(100.0) == []  # all samples older than the window
     assert [i for i, _ in d.latency_outliers(1.0)] == [2]
+
+
+def test_a_window_holding_part_of_the_samples_judges_on_that_part() -> None:
+    d = OutlierDetector(3, lat_policy(factor=5, min_latency=0.1, window=5, min_requests=20))
+    for i in range(2):
+        feed(d, i, 0.005, 50, 10.0)
+    feed(d, 2, 1.0, 50, 0.0)  # slow, but long ago ...
+    feed(d, 2, 0.005, 19, 10.0)  # ... and too few recent samples to judge
+    assert d.latency_outliers(12.0) == []
+    feed(d, 2, 1.0, 30, 11.0)  # the recent ones now include 30 slow of 49
+    assert [i for i, _ in d.latency_outliers(12.0)] == [2]
+
+
+def _outliers_by_definition(d: OutlierDetector, lp: LatencyPolicy, now: float) -> list[int]:
+    """latency_outliers as its docstring says, from the samples themselves (the oracle)."""
+    summary = {}
+    for i, s in enumerate(d._t):
+        samples = sorted(s.lat[k] for k in range(s.n) if s.times[k] >= now - lp.window)
+        if not s.until and len(samples) >= lp.min_requests:
+            summary[i] = (samples[len(samples) // 2] if len(samples) % 2 else
+                          (samples[len(samples) // 2 - 1] + samples[len(samples) // 2]) / 2,
+                          samples[max(0, min(len(samples) - 1, math.ceil(lp.percentile * len(samples)) - 1))])
+    out = []
+    for i, (_, high) in summary.items():
+        peers = sorted(med for j, (med, _) in summary.items() if j != i)
+        if not peers:
+            continue
+        ref = peers[len(peers) // 2] if len(peers) % 2 else (peers[len(peers) // 2 - 1] + peers[len(peers) // 2]) / 2
+        if high > lp.min_latency and high > lp.factor * ref:
+            out.append((high / max(ref, 1e-9), i))
+    return [i for _, i in sorted(out, reverse=True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.001, 0.005, 0.2, 1.0, 3.0]),
+                                  st.floats(0.0, 2.0)), max_size=120),
+       later=st.floats(0.0, 10.0))
+def test_latency_outliers_match_their_definition(samples: list[tuple[int, float, float]], later: float) -> None:
+    """Whatever part of the ring is inside the window (none, some, all; the ring wrapped or not)."""
+    lp = LatencyPolicy(factor=3, min_latency=0.1, window=4, min_requests=4)
+    d = OutlierDetector(4, OutlierPolicy(latency=lp), ring=16)
+    now = 0.0
+    for i, latency, dt in samples:
+        now += dt
+        d.record(i, OK, latency, now)
+    assert [i for i, _ in d.latency_outliers(now + later)] == _outliers_by_definition(d, lp, now + later)
 
 
 def test_a_majority_of_slow_targets_is_the_norm() -> None:

@@ -510,9 +510,13 @@ class OutlierDetector:
         since = now - lp.window
         summary: dict[int, tuple[float, float]] = {}
         for i, s in enumerate(self._t):
-            if s.until:
+            if s.until or s.n < lp.min_requests:  # (fewer samples than a judgement needs, in the window or not)
                 continue
-            samples = sorted(s.lat[k] for k in range(s.n) if s.times[k] >= since)
+            lat, times = s.lat[:s.n], s.times[:s.n]  # (array slices: one copy each, no per-item index calls)
+            if not times or min(times) >= since:  # every sample in the window: the common case under load
+                samples = sorted(lat)
+            else:
+                samples = sorted(x for x, t in zip(lat, times, strict=True) if t >= since)
             if len(samples) >= lp.min_requests:
                 summary[i] = (_median(samples), _quantile(samples, lp.percentile))
         if len(summary) < 2:

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fivenines.core import fieldsets
+
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]{0,5})?$")
 # Names some servers read as framing headers (CGI-style: ``_`` for ``-``): ambiguous, rejected.
@@ -237,18 +239,24 @@ _EXPRESS_REQUEST = re.compile(
     rb"(GET|HEAD|DELETE|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+) HTTP/1\.1\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: [!-~]++(?: ++[!-~]++)*+\r\n)++\r\n"
 )
-# Request fields the full path does more with than copy (framing, hop-by-hop, the ones it adds).
-_EXPRESS_SPECIAL = re.compile(
-    rb"\n(?:content[-_]length:|transfer[-_]encoding:|upgrade:|expect:|te:|trailer:|keep-alive:|"
-    rb"proxy-|x-forwarded-|x-request-id:)"
-)
+
+
+def _field_search(start: bytes, names: tuple[str, ...], prefixes: tuple[str, ...]) -> re.Pattern[bytes]:
+    """A regex finding, in a lower-cased head matched by the express grammar (each field line
+    ``name:`` at once), a line that starts one of the fields ``names`` or a name with one of
+    ``prefixes``."""
+    alts = [re.escape(n.encode()) + b":" for n in names] + [re.escape(p.encode()) for p in prefixes]
+    return re.compile(re.escape(start) + b"(?:" + b"|".join(alts) + b")")
+
+
+# Request fields the full path does more with than copy (framing, hop-by-hop, the ones it adds):
+# core/fieldsets.py, the one table of them.
+_EXPRESS_SPECIAL = _field_search(b"\n", fieldsets.REQUEST_FULL_PATH, fieldsets.REQUEST_PREFIXES)
 _EXPRESS_RESPONSE = re.compile(
     rb"HTTP/1\.1 ([2-4][0-9][0-9]) [\t !-~]*+\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t !-~]*+\r\n)++\r\n"
 )
-# Hop-by-hop response fields other than Connection (names are followed by ":" at once in the express grammar)
-_RESPONSE_SPECIAL = re.compile(
-    rb"\r\n(?:transfer-encoding|upgrade|trailer|keep-alive|te|proxy-[!#$%&'*+\-.^_`|~0-9a-z]*):"
-)
+# Hop-by-hop response fields other than Connection (core/fieldsets.py)
+_RESPONSE_SPECIAL = _field_search(b"\r\n", fieldsets.RESPONSE_FULL_PATH, fieldsets.RESPONSE_PREFIXES)
 
 
 def _native(name: str) -> Callable[..., Any] | None:

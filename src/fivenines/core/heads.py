@@ -14,38 +14,16 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+from fivenines.core import fieldsets
 from fivenines.core.framing import HeadSummary, Limits, check_head
 from fivenines.core.retry import Failure, is_idempotent
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
+HOP_BY_HOP: Final = frozenset(n.encode() for n in fieldsets.HOP_BY_HOP)  # (core/fieldsets.py: the one table)
 _XFF: Final = b"x-forwarded-for"
-_REQUEST_ID: Final = b"x-request-id"
+_REQUEST_ID: Final = fieldsets.REQUEST_ID.encode()
 # Request headers that need more than copying (one set lookup per header on the hot path).
-_SPECIAL: Final = HOP_BY_HOP | {
-    _XFF,
-    b"x-forwarded-proto",
-    b"x-forwarded-port",
-    b"content-length",
-    _REQUEST_ID,
-    b"host",
-    b"cookie",
-    b"idempotency-key",
-    b"expect",
-    b"content_length",  # CGI-style aliases of framing headers: ambiguous, refused
-    b"transfer_encoding",
-}
+_SPECIAL: Final = frozenset(n.encode() for n in (*fieldsets.HOP_BY_HOP, *fieldsets.FRAMING, *fieldsets.FRAMING_ALIASES,
+                                                 *fieldsets.FORWARDED, fieldsets.REQUEST_ID, *fieldsets.REQUEST_READ))
 CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
@@ -214,11 +192,15 @@ def rewrite_request_head(method: bytes, url: bytes, version: str, headers: list[
 # -- the response head -----------------------------------------------------------------------------
 
 _HOP_LINE: Final = re.compile(
-    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
-    rb"proxy-authenticate|proxy-authorization)[ \t]*:[^\r\n]*",
+    rb"\r\n(?:" + b"|".join(re.escape(n.encode()) for n in fieldsets.HOP_BY_HOP) + rb")[ \t]*:[^\r\n]*",
     re.IGNORECASE,
 )
-_RARE_HOP: Final = re.compile(rb"\r\n(?:keep-alive|proxy-|te[ \t]*:|trailer|transfer-encoding|upgrade)")
+# a hop-by-hop line other than Connection (the prefixes stand for the proxy-* ones; a wider match only
+# sends the head to _HOP_LINE)
+_RARE_HOP: Final = re.compile(
+    rb"\r\n(?:(?:" + b"|".join(re.escape(n.encode()) for n in fieldsets.RESPONSE_FULL_PATH) + rb")[ \t]*:|"
+    + b"|".join(re.escape(p.encode()) for p in fieldsets.RESPONSE_PREFIXES) + b")"
+)
 _CONNECTION_VALUE: Final = re.compile(rb"\r\nconnection[ \t]*:[ \t]*([^\r\n]*)")
 TE_VALUE: Final = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 UPGRADE_VALUE: Final = re.compile(rb"\r\nupgrade[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
@@ -264,7 +246,7 @@ def chunked_header(head: bytes, lower: bytes) -> bytes:
     >>> chunked_header(h, h.lower())
     b'Transfer-Encoding: gzip, chunked\\r\\n'
     """
-    if b"\r\ntransfer-encoding" not in lower:
+    if lower.find(b"\r\ntransfer-encoding") < 0:  # (find: a bytes `in` formats a TypeError first)
         return b"Transfer-Encoding: chunked\r\n"
     codings = [c.strip() for m in TE_VALUE.finditer(lower) for c in head[m.start(1):m.end(1)].split(b",")]
     kept = [c for c in codings if c and c.lower() != b"chunked"]

@@ -51,11 +51,11 @@ BUFFER_LIMIT: Final = 256 * 1024
 DEFER_LIMIT: Final = 64 * 1024  # a chunked request body is validated up to this much before its head is sent
 
 _ids: Final = itertools.count(1)
-_ID_PREFIX: Final = os.urandom(4).hex().encode()
+_ID_PREFIX: Final = os.urandom(4).hex().encode() + b"-"
 
 
 def _new_id() -> bytes:
-    return _ID_PREFIX + b"-%x" % next(_ids)
+    return _ID_PREFIX + hex(next(_ids))[2:].encode()  # (a third of the instructions of b"%x" %)
 
 
 class ClientConnection(Forwarder):

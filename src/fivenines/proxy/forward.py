@@ -478,7 +478,8 @@ class Forwarder(ClientSide):
             self._wbuf.append(b"".join(parts))
             return False
         chunk_out = False
-        if not (ex.head_only or status == 204 or status == 304) and b"\r\ncontent-length:" not in lower:
+        # (find, not `in`: a bytes `in` first tries its operand as an int, formatting a TypeError each time)
+        if not (ex.head_only or status == 204 or status == 304) and lower.find(b"\r\ncontent-length:") < 0:
             if ex.version10:
                 ex.close_after()  # close-delimited for an HTTP/1.0 client
             else:

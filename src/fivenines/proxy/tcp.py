@@ -72,7 +72,8 @@ class TcpListener:
             self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
-        self.port = self.server.sockets[0].getsockname()[1]
+        srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
+        self.port = srv.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
         if self.tls is not None:
             self.tls.start(loop, self.address)
@@ -92,7 +93,8 @@ class TcpListener:
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        name = self.server.sockets[0].getsockname()
+        srv: Any = self.server
+        name = srv.sockets[0].getsockname()
         return name[0], name[1]
 
     def _interval(self) -> float:

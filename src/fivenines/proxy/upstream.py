@@ -448,8 +448,9 @@ class UpstreamConnection(UpstreamBase):
             if status == 100:
                 client.upstream_interim(self)
             return
-        has_cl = b"\r\ncontent-length:" in lower
-        has_te = b"\r\ntransfer-encoding:" in lower
+        # (find, not `in`: a bytes `in` first tries its operand as an int, formatting a TypeError each time)
+        has_cl = lower.find(b"\r\ncontent-length:") >= 0
+        has_te = lower.find(b"\r\ntransfer-encoding:") >= 0
         if has_te:
             m = TE_VALUE.search(lower)
             if m is None or m.group(1).strip() != b"chunked":
