@@ -413,3 +413,43 @@ def test_tls_listener_terminates_and_routes_by_sni(up: Any, pki: dict[str, Any],
             c.close()
     finally:
         other.stop()
+
+
+def test_https_on_asyncio_s_own_loop(demo: Demo, tmp_path: Path) -> None:
+    """Where uvloop is missing fivenines runs on asyncio's loop: the gate uses its SSL protocol then."""
+    import asyncio
+    import threading
+
+    from fivenines.proxy.backend import Backend, BackendGroup
+    from fivenines.proxy.client import http_listener
+    from fivenines.proxy.listener import ProxySettings
+    from tests.helpers import https_get, https_in_front
+
+    loop = asyncio.new_event_loop()
+    assert type(loop).__module__.startswith("asyncio")
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    group = BackendGroup("web")
+    group.add(Backend("web-1", demo.host, demo.port))
+    group.set_serving(group.backends)
+    listener = http_listener(lambda: group, 0, ProxySettings(proto=b"https"))
+    ctx = https_in_front(listener, tmp_path)
+    try:
+        asyncio.run_coroutine_threadsafe(listener.start("127.0.0.1", 0), loop).result(10)
+        port = listener.address[1]
+        for _ in range(3):
+            status, body = https_get("127.0.0.1", port, ctx, "/_echo")
+            assert status == 200 and ["x-forwarded-proto", "https"] in json.loads(body)["headers"]
+        assert listener.tls.counters.handshakes == 3
+    finally:
+        async def stop() -> None:
+            await listener.drain(1.0)
+            for b in group.backends.values():
+                b.close_idle()
+            for _ in range(5):  # (the closed transports' callbacks run)
+                await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
