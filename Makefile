@@ -58,9 +58,11 @@ test-deps: $(BIN)/python
 # The bench installs the checkout with `pip install .` into a venv of its own (build/bench-venv) and
 # measures that: what users install. BASELINE=REV also installs git revision REV (build/bench-venv-REV)
 # and runs it interleaved in the same run: this build's ratio to REV's, e.g. BASELINE=7da16e1.
+# Then the TLS rows (bench/tls_bench.py, also alone as `make tls-bench`).
 bench: $(VENV)/.installed-dev
 	scripts/install-test-deps --bench
-	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE)); plain=$$?; \
+	$(BIN)/python bench/tls_bench.py; tls=$$?; exit $$((plain | tls))
 
 ## https listener vs HAProxy 2.6 (same ECDSA P-256 certificate and policy): keep-alive, new TLS, handshakes
 ## with and without resumption, interleaved (docs/dataplane.md). `bench/tls_bench.py --quick`: a smoke run.
