@@ -19,18 +19,9 @@ VIP = "10.199.0.100"
 
 
 def reset_host(rig: Rig, host: str) -> None:
-    """Between tests on one rig: undo every fault of ``host``, kill its processes, and remove the VIP and
-    any fence a killed node left behind (a closed fence silences the VIP for the next test's node).
-
-    Its neighbour table is flushed too: an ARP resolution begun while its cable was out (the killed
-    processes' orphaned sockets retransmit) fails, at the end of its 3 s of probes, the connections
-    queued on it after the cable is back: the next test's node got EHOSTUNREACH from etcd and exited 2."""
-    rig.heal(host)
-    rig.kill(host)
-    rig.run(host, ["ip", "neigh", "flush", "dev", "eth0"], check=False)
-    rig.run(host, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
-    for family in ("arp", "ip"):
-        rig.run(host, ["nft", "delete", "table", family, "fivenines"], check=False)
+    """Between tests on one rig: every fault undone, processes killed, neighbours, VIP and fence gone
+    (:meth:`Rig.reset`: the next test's node got EHOSTUNREACH from etcd, or a silenced VIP, without)."""
+    rig.reset(host, VIP)
 
 
 def leave_closed_fence(rig: Rig, host: str) -> None:
