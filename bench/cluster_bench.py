@@ -133,13 +133,9 @@ class Contender:
         return d
 
     def stop(self) -> None:
-        """Undo every fault, kill everything on both nodes, remove the VIP and any fence."""
+        """Undo every fault, kill everything on both nodes, flush their neighbours, remove the VIP and any fence."""
         for n in NODES:
-            self.rig.heal(n)
-            self.rig.kill(n)
-            self.rig.run(n, ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
-            for family in ("arp", "ip"):
-                self.rig.run(n, ["nft", "delete", "table", family, "fivenines"], check=False)
+            self.rig.reset(n, VIP)
 
 
 def backend_targets(rig: Rig) -> list[str]:

@@ -60,9 +60,9 @@ def cluster(world: tuple[Rig, EtcdInRig], request: pytest.FixtureRequest) -> Ite
     work.mkdir(parents=True)
     ctx: dict[str, Any] = {"rig": rig, "etcd": etcd, "work": work, "nodes": {},
                            "name": request.node.name.removeprefix("test_")[:24].rstrip("_")}
-    # a node refuses to start when etcd does not answer (preflight): make sure it does, with a deadline,
-    # so that a slow etcd fails here, named, rather than as a node's exit 2
-    etcd.wait_healthy(15)
+    # a node refuses to start when etcd does not answer from its host (preflight): make sure it does, from
+    # a and b, with a deadline, so that etcd unreachable after the previous test's faults fails here, named
+    etcd.wait_healthy(15, via=["a", "b"])
     try:
         yield ctx
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -127,6 +128,34 @@ def test_crash_pulls_the_cable_and_kills_everything(rig: Rig, tmp_path: Path) ->
     rig.crash("a")
     assert rig.pids("a") == []
     assert not reaches(rig, "client", "a", port)
+
+
+def connect_error(rig: Rig, src: str, dst: str, port: int, timeout: float = 2.0) -> str:
+    try:
+        rig.connect(src, rig.hosts[dst].address, port, timeout).close()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return "connected"
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_forgets_the_arp_resolutions_that_failed_while_the_cable_was_out(rig: Rig, tmp_path: Path,
+                                                                              reset: bool) -> None:
+    """A resolution begun with the cable out fails, at the end of its probes, the connect queued on it after
+    the cable is back: what made the next test's node fail to reach etcd. Rig.reset flushes it."""
+    port = serve(rig, "b", tmp_path)
+    rig.cable("a", False)
+    assert connect_error(rig, "a", "b", port, 0.05) == "TimeoutError"  # starts the resolution
+    b = rig.hosts["b"].address
+    # its last probe sent, with the cable out (Linux: 6 probes, 1 s apart, then FAILED)
+    wait_until(lambda: re.search(rf"^{re.escape(b)} .*probes 6 INCOMPLETE",
+                                 rig.run("a", ["ip", "-s", "neigh", "show", "dev", "eth0"]).stdout, re.M),
+               5, 0.05, what="the last ARP probe with the cable out")
+    rig.cable("a", True)
+    if reset:
+        rig.reset("a")
+    # the connect is queued on the failing resolution (its last probes went out with the cable out)
+    assert connect_error(rig, "a", "b", port) == ("connected" if reset else "EHOSTUNREACH")
 
 
 def test_address_watch_sees_every_holder_and_the_overlap(rig: Rig) -> None:

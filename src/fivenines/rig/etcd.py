@@ -75,7 +75,8 @@ class EtcdInRig:
             "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
         ], log=self.data_dir / f"etcd-{host}.log")
 
-    def healthy(self, host: str) -> bool:
+    def healthy(self, host: str, via: str | None = None) -> bool:
+        """Member ``host`` answers healthy, asked from its own namespace or from host ``via``."""
         url = f"http://{self.rig.host(host).address}:{CLIENT_PORT}/health"
 
         def get() -> bool:
@@ -85,15 +86,18 @@ class EtcdInRig:
             except OSError:
                 return False
 
-        return self.rig.call_in(host, get)
+        return self.rig.call_in(via or host, get)
 
-    def wait_healthy(self, timeout: float = 20.0) -> None:
+    def wait_healthy(self, timeout: float = 20.0, *, via: Sequence[str] = ()) -> None:
+        """Every member healthy, asked from its own namespace and from every host in ``via`` (the
+        nodes about to start: their preflight needs etcd to answer from where they run)."""
         deadline = time.monotonic() + timeout
-        while not all(self.healthy(h) for h in self.hosts):
+        while not all(self.healthy(h, v) for h in self.hosts for v in [None, *via]):
             for h, p in self.procs.items():
                 if p.poll() is not None:
                     log = (self.data_dir / f"etcd-{h}.log").read_text(errors="replace")[-2000:]
                     raise RigError(f"etcd on {h} exited {p.returncode}:\n{log}")
             if time.monotonic() > deadline:
-                raise RigError(f"etcd not healthy after {timeout:g}s: {self}")
+                failing = [f"{h} from {v or h}" for h in self.hosts for v in [None, *via] if not self.healthy(h, v)]
+                raise RigError(f"etcd not healthy after {timeout:g}s: {self}: {', '.join(failing) or 'now healthy'}")
             time.sleep(0.05)

@@ -51,6 +51,7 @@ from typing import IO, Any, TypeVar
 from fivenines.errors import ProviderError
 from fivenines.runtime.netlink import RouteSocket
 from fivenines.runtime.supervisor import die_with_parent
+from fivenines.runtime.vip import FENCE_TABLE
 
 T = TypeVar("T")
 
@@ -518,6 +519,24 @@ class Rig:
         self.run(host, ["tc", "qdisc", "del", "dev", self.host(host).interface, "root"], check=False)
         self.cable(host, True)
         self.resume(host)
+
+    def reset(self, host: str, vip: str | None = None) -> None:
+        """Between runs on one world: undo every fault of ``host``, kill its processes, flush its
+        neighbour table, and remove ``vip`` and the VIP's fence (``fivenines`` tables) a killed node left.
+
+        The neighbour table: an ARP resolution begun while the host's cable was out (a killed
+        process's orphaned sockets retransmit) fails, at the end of its 3 s of probes, every
+        connection queued on it after the cable is back (EHOSTUNREACH). A closed fence left behind
+        would silence the VIP for the next node started there.
+        """
+        self.heal(host)
+        self.kill(host)
+        iface = self.host(host).interface
+        self.run(host, ["ip", "neigh", "flush", "dev", iface], check=False)
+        if vip is not None:
+            self.run(host, ["ip", "addr", "flush", "dev", iface, "to", f"{vip}/32"], check=False)
+        for family in ("arp", "ip"):
+            self.run(host, ["nft", "delete", "table", family, FENCE_TABLE], check=False)
 
     # -- cleanup ----------------------------------------------------------------------------
 

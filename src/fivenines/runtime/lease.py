@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import json
 import logging
 import socket
@@ -139,6 +140,18 @@ class _Stream(asyncio.Protocol):
         self._queue.put_nowait(EtcdError(f"watch stream closed: {exc}"))
 
 
+def os_error(exc: OSError) -> str:
+    """An OSError with its errno's name (asyncio's "Connect call failed" hides whether it was refused,
+    unreachable or reset).
+
+    >>> os_error(OSError(111, "Connect call failed ('10.0.0.2', 2379)"))
+    "Connect call failed ('10.0.0.2', 2379) (ECONNREFUSED)"
+    """
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name and name not in text else text
+
+
 async def post_json(url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """POST ``body`` as JSON to ``url + path``; the response's JSON (the first object of a stream)."""
     host, port, req = _post(url, path, body)
@@ -152,7 +165,7 @@ async def post_json(url: str, path: str, body: dict[str, Any], timeout: float) -
     except TimeoutError:
         raise EtcdError(f"{url}{path}: no answer in {timeout:g}s") from None
     except OSError as exc:
-        raise EtcdError(f"{url}{path}: {exc.strerror or exc}") from None
+        raise EtcdError(f"{url}{path}: {os_error(exc)}") from None
     finally:
         if transport is not None:
             transport.close()
