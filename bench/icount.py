@@ -15,8 +15,10 @@ the dumps: ``callgrind_annotate --inclusive=yes callgrind.out.PID.N`` shows wher
 
 What it does not count: the kernel (system calls, waking peers), which is about half of a proxied
 request on loopback; and under valgrind a proxy runs ~50x slower, so more events are ready per
-loop round than at full speed (per-round costs are spread thinner). Compare counts of one build
-with another, not with wall-clock figures.
+loop round than at full speed (per-round costs are spread thinner), and how many there are varies:
+one build's net count moves by ~10% from run to run (keep-alive, -c 1: 37,250 and 29,277; -c 10
+is steadier). Compare builds with --repeat and their ranges, not single counts, and counts with
+counts, not with wall-clock figures.
 
     python bench/icount.py                    # the fivenines on PATH beside this python (a dev venv)
     python bench/icount.py --fivenines build/bench-venv/bin/fivenines --haproxy
@@ -29,6 +31,7 @@ import functools
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,12 +112,19 @@ def measure(name: str, pid: int, out_dir: Path, ports: dict[str, int], args: arg
             continue
         url = f"http://127.0.0.1:{ports[kind]}/"
         wrk(url, 1, args.connections, close)  # warm-up (pools), not counted
-        idle, _, idle_s = count(pid, out_dir, functools.partial(pause, args.seconds))
-        ir, n, busy_s = count(pid, out_dir, functools.partial(wrk, url, args.seconds, args.connections, close))
-        net = (ir - idle * busy_s / idle_s) / n
-        got[scenario] = {"gross": ir / n, "net": net, "requests": n, "idle_per_s": idle / idle_s}
-        print(f"  {name:10} {scenario:15} {net:>10.0f} instructions per request net of {idle / idle_s:,.0f}/s idle "
-              f"({ir / n:.0f} gross; {n} requests)", flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            idle, _, idle_s = count(pid, out_dir, functools.partial(pause, args.seconds))
+            ir, n, busy_s = count(pid, out_dir, functools.partial(wrk, url, args.seconds, args.connections, close))
+            net = (ir - idle * busy_s / idle_s) / n
+            runs.append({"gross": ir / n, "net": net, "requests": n, "idle_per_s": idle / idle_s})
+            print(f"  {name:10} {scenario:15} {net:>10.0f} instructions per request net of {idle / idle_s:,.0f}/s "
+                  f"idle ({ir / n:.0f} gross; {n} requests)", flush=True)
+        nets = sorted(r["net"] for r in runs)
+        got[scenario] = {"net": statistics.median(nets), "runs": runs}
+        if args.repeat > 1:
+            print(f"  {name:10} {scenario:15} {statistics.median(nets):>10.0f} median of {args.repeat} "
+                  f"(range {nets[0]:.0f}-{nets[-1]:.0f})", flush=True)
     return got
 
 
@@ -125,6 +135,8 @@ def main() -> int:
     ap.add_argument("--haproxy", action="store_true", help="count HAProxy too, for reference")
     ap.add_argument("--seconds", type=int, default=4, help="wrk seconds per scenario (default 4)")
     ap.add_argument("--connections", type=int, default=10, help="wrk connections (default 10)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="counts per scenario, median reported (one build's count moves by ~10%% from run to run)")
     ap.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="these scenarios only")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (callgrind dumps)")
     args = ap.parse_args()
