@@ -20,6 +20,11 @@ with another, not with wall-clock figures.
 
     python bench/icount.py                    # the fivenines on PATH beside this python (a dev venv)
     python bench/icount.py --fivenines build/bench-venv/bin/fivenines --haproxy
+    python bench/icount.py --https --haproxy --only https_keepalive https_new_tls   # the https listener
+
+``--https`` adds an https listener with tls_bench's certificate (ECDSA P-256) and policy, and
+HAProxy its https frontend: ``https_keepalive`` (its count includes the full handshakes of wrk's
+connections, spread over the requests) and ``https_new_tls`` (a full handshake per request).
 """
 
 from __future__ import annotations
@@ -49,8 +54,12 @@ from proxy_bench import (
     wait_port,
     wait_serving,
 )
+from tls_bench import HAPROXY_CONF as TLS_HAPROXY_CONF
+from tls_bench import POLICY, make_certificate, policy_strings
 
 SCENARIOS = {"keepalive": ("http", False), "new_connection": ("http", True), "tcp": ("tcp", False)}
+# ``--https``: an https listener (tls_bench's certificate and policy); wrk makes a full handshake per new connection
+HTTPS_SCENARIOS = {"https_keepalive": ("https", False), "https_new_tls": ("https", True)}
 
 
 def control(*args: str) -> None:
@@ -104,10 +113,10 @@ def measure(name: str, pid: int, out_dir: Path, ports: dict[str, int], args: arg
     """Per scenario: instructions per request, gross and net of what the proxy runs per unit of time
     (timers, the runtime's ticks: counted idle for as long, just before, and subtracted)."""
     got: dict[str, Any] = {}
-    for scenario, (kind, close) in SCENARIOS.items():
-        if args.only and scenario not in args.only:
+    for scenario, (kind, close) in {**SCENARIOS, **HTTPS_SCENARIOS}.items():
+        if (args.only and scenario not in args.only) or kind not in ports:
             continue
-        url = f"http://127.0.0.1:{ports[kind]}/"
+        url = f"{'https' if kind == 'https' else 'http'}://127.0.0.1:{ports[kind]}/"
         wrk(url, 1, args.connections, close)  # warm-up (pools), not counted
         idle, _, idle_s = count(pid, out_dir, functools.partial(pause, args.seconds))
         ir, n, busy_s = count(pid, out_dir, functools.partial(wrk, url, args.seconds, args.connections, close))
@@ -125,7 +134,10 @@ def main() -> int:
     ap.add_argument("--haproxy", action="store_true", help="count HAProxy too, for reference")
     ap.add_argument("--seconds", type=int, default=4, help="wrk seconds per scenario (default 4)")
     ap.add_argument("--connections", type=int, default=10, help="wrk connections (default 10)")
-    ap.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="these scenarios only")
+    ap.add_argument("--only", nargs="*", choices=[*SCENARIOS, *HTTPS_SCENARIOS], help="these scenarios only")
+    ap.add_argument("--https", action="store_true",
+                    help="add an https listener (ECDSA P-256, tls_bench's policy) and its scenarios; "
+                         "--haproxy then counts HAProxy's https frontend of tls_bench")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (callgrind dumps)")
     args = ap.parse_args()
     args.fivenines = str(Path(args.fivenines).absolute())  # (it runs from its working directory)
@@ -150,6 +162,12 @@ def main() -> int:
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out.%p"]
         http, tcp = free_port(), free_port()
         spec = fivenines_spec(ports["a"], ports["b"], http, tcp, work / "state")
+        fports = {"http": http, "tcp": tcp}
+        if args.https:
+            cert, key, both = make_certificate(work)
+            fports["https"] = free_port()
+            spec["listeners"].append({"port": fports["https"], "protocol": "https", "default_target_group": "web",
+                                      "ssl_policy": POLICY, "certificates": [{"cert": str(cert), "key": str(key)}]})
         for group in spec["target_groups"].values():  # (a check is not a request; under valgrind one is slow)
             group["health_check"].update(interval="5s", timeout="3s")
         (work / "spec.json").write_text(json.dumps(spec))
@@ -167,14 +185,23 @@ def main() -> int:
                                "import fivenines.accel as a; print(a.mode())"], capture_output=True, text=True,
                               env=installed_env()).stdout.strip()
         print(f"fivenines ({args.fivenines}, data plane {mode}) under callgrind:", flush=True)
-        results["fivenines"] = measure("fivenines", p.pid, work, {"http": http, "tcp": tcp}, args)
+        results["fivenines"] = measure("fivenines", p.pid, work, fports, args)
         procs.stop(p)
         if args.haproxy:
             hports = {"http": free_port(), "tcp": free_port()}
             conf = work / "haproxy.cfg"
             conf.write_text(HAPROXY_CONF.format(http_port=hports["http"], tcp_port=hports["tcp"], a=ports["a"],
                                                 b=ports["b"], nbthread=1, maxconn=4000))
-            h = procs.start([*valgrind, need("haproxy"), "-f", str(conf)], work / "haproxy.log")
+            argv = [*valgrind, need("haproxy"), "-f", str(conf)]
+            if args.https:
+                hports["https"] = free_port()
+                ciphers, suites = policy_strings()
+                tls_conf = work / "haproxy-tls.cfg"
+                tls_conf.write_text(TLS_HAPROXY_CONF.format(port=hports["https"], pem=both, ciphers=ciphers,
+                                                            suites=suites, backend=ports["a"])
+                                    .split("defaults", 1)[1].join(("defaults", "")).replace(" web\n", " tls_web\n"))
+                argv += ["-f", str(tls_conf)]
+            h = procs.start(argv, work / "haproxy.log")
             wait_port(hports["http"], 60)
             time.sleep(2)  # its first health checks
             print("haproxy under callgrind:", flush=True)
