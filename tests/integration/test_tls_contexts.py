@@ -367,6 +367,37 @@ def test_ticket_rotation_keeps_the_previous_key(server: Any, pki: dict[str, Any]
     _ = renewed
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_resumed_tls13_session_gets_a_fresh_ticket(server: Any, pki: dict[str, Any], version: ssl.TLSVersion) -> None:
+    """As OpenSSL's own ticket keys do (and HAProxy): a client that resumes over TLS 1.3 gets a
+    new ticket, so one that uses each ticket once (wrk) resumes every time; TLS 1.2 renews a
+    ticket only when its key is no longer the current one."""
+    if openssl.unavailable():
+        pytest.skip(openssl.unavailable())
+    srv = server(https(), b"f" * 48)
+    ctx = client_ctx(pki, maximum_version=version)
+
+    def get(session: Any = None) -> tuple[Any, bool]:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="example.test", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            s.recv(65536)  # (a TLS 1.3 ticket arrives after the handshake, before the answer)
+            return s.session, s.session_reused
+
+    first, reused = get()
+    assert not reused and first is not None and first.has_ticket
+    keyring = srv.tls.keyring
+    assert keyring is not None
+    issued = keyring.issued
+    again, reused = get(first)
+    assert reused and keyring.resumed >= 1
+    if version is ssl.TLSVersion.TLSv1_3:
+        assert keyring.issued > issued and again.id != first.id  # a fresh ticket
+        assert get(again)[1]  # which resumes in turn
+    else:
+        assert keyring.issued == issued  # the ticket stays good: no new one
+
+
 def test_status_read_model(server: Any) -> None:
     srv = server(https(certificates=[*CERTS[:2], {**CERTS[2], "default": True}]))
     status = srv.call(srv.tls.status)
