@@ -67,14 +67,26 @@ class _Lib:
         self.set_ciphersuites = fn("SSL_CTX_set_ciphersuites", c_int, vp, ctypes.c_char_p)
         self.set_timeout = fn("SSL_CTX_set_timeout", c_long, vp, c_long)
         self.set_verify = fn("SSL_CTX_set_verify", None, vp, c_int, VERIFY_CB)
-        # (static ciphers and digests of libcrypto: looked up once, not at each ticket)
-        self.aes_256_cbc: int = fn("EVP_aes_256_cbc", vp)()
-        self.sha256: int = fn("EVP_sha256", vp)()
+        # the ticket cipher and digest, looked up once: OpenSSL 3 fetches them from its provider
+        # (EVP_*_fetch, kept for the life of the process); the static EVP_aes_256_cbc()/EVP_sha256()
+        # would make each HMAC_Init_ex and EncryptInit_ex fetch them again, at every ticket
+        self.aes_256_cbc: int = _fetch(lib, "EVP_CIPHER_fetch", b"AES-256-CBC") or fn("EVP_aes_256_cbc", vp)()
+        self.sha256: int = _fetch(lib, "EVP_MD_fetch", b"SHA256") or fn("EVP_sha256", vp)()
         self.ssl_version = fn("SSL_version", c_int, vp)
         self.encrypt_init = fn("EVP_EncryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
         self.decrypt_init = fn("EVP_DecryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
         self.hmac_init = fn("HMAC_Init_ex", c_int, vp, ctypes.c_char_p, c_int, vp, vp)
         self.rand_bytes = fn("RAND_bytes", c_int, vp, c_int)
+
+
+def _fetch(lib: ctypes.CDLL, fetch: str, name: bytes) -> int | None:
+    """An algorithm fetched from OpenSSL 3's default provider (None before OpenSSL 3)."""
+    f = getattr(lib, fetch, None)
+    if f is None:
+        return None
+    f.restype, f.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    got: int | None = f(None, name, None)
+    return got
 
 
 def _load() -> tuple[_Lib | None, str]:
