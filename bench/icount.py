@@ -66,17 +66,27 @@ def control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True)
 
 
-def counted(out_dir: Path, pid: int, before: set[Path]) -> int:
-    """The instruction count in the dump callgrind just wrote for ``pid``."""
+def counted(out_dir: Path, pid: int, before: set[Path]) -> tuple[int, Path]:
+    """The instruction count in the dump callgrind just wrote for ``pid``, and that dump."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         new = [p for p in out_dir.glob(f"callgrind.out.{pid}*") if p not in before]
         for p in new:
             m = re.search(r"^totals:\s+(\d+)", p.read_text(errors="replace"), re.M)
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), p
         time.sleep(0.2)
     raise RuntimeError("callgrind wrote no dump")
+
+
+def handshakes_in(dump: Path) -> int:
+    """Instructions spent in OpenSSL's ``SSL_do_handshake`` (inclusive) in a dump: wrk's few
+    full handshakes of a keep-alive run, spread over its requests, would blur what a request
+    costs (their number is fixed, the requests counted vary with the machine's load)."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+                         capture_output=True, text=True, check=True).stdout
+    got = [int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*:SSL_do_handshake ", out, re.M)]
+    return max(got, default=0)
 
 
 def wrk(url: str, seconds: int, connections: int, close: bool) -> int:
@@ -98,15 +108,17 @@ def pause(seconds: float) -> int:
     return 0
 
 
-def count(pid: int, out_dir: Path, run: Callable[[], int]) -> tuple[int, int, float]:
-    """Instructions ``pid`` executed while ``run`` ran, what ``run`` returned, and the seconds it took."""
+def count(pid: int, out_dir: Path, run: Callable[[], int]) -> tuple[int, int, float, Path]:
+    """Instructions ``pid`` executed while ``run`` ran, what ``run`` returned, the seconds it took
+    and the dump."""
     before = set(out_dir.glob(f"callgrind.out.{pid}*"))
     control("-z", str(pid))
     t0 = time.monotonic()
     n = run()
     elapsed = time.monotonic() - t0
     control("-d", str(pid))
-    return counted(out_dir, pid, before), n, elapsed
+    ir, dump = counted(out_dir, pid, before)
+    return ir, n, elapsed, dump
 
 
 def measure(name: str, pid: int, out_dir: Path, ports: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
@@ -118,12 +130,17 @@ def measure(name: str, pid: int, out_dir: Path, ports: dict[str, int], args: arg
             continue
         url = f"{'https' if kind == 'https' else 'http'}://127.0.0.1:{ports[kind]}/"
         wrk(url, 1, args.connections, close)  # warm-up (pools), not counted
-        idle, _, idle_s = count(pid, out_dir, functools.partial(pause, args.seconds))
-        ir, n, busy_s = count(pid, out_dir, functools.partial(wrk, url, args.seconds, args.connections, close))
+        idle, _, idle_s, _ = count(pid, out_dir, functools.partial(pause, args.seconds))
+        ir, n, busy_s, dump = count(pid, out_dir, functools.partial(wrk, url, args.seconds, args.connections, close))
         net = (ir - idle * busy_s / idle_s) / n
         got[scenario] = {"gross": ir / n, "net": net, "requests": n, "idle_per_s": idle / idle_s}
+        more = ""
+        if kind == "https" and not close:  # (new_tls: the handshake is part of each request)
+            hs = handshakes_in(dump)
+            got[scenario]["net_of_handshakes"] = net - hs / n
+            more = f"; {net - hs / n:.0f} net of wrk's handshakes"
         print(f"  {name:10} {scenario:15} {net:>10.0f} instructions per request net of {idle / idle_s:,.0f}/s idle "
-              f"({ir / n:.0f} gross; {n} requests)", flush=True)
+              f"({ir / n:.0f} gross; {n} requests{more})", flush=True)
     return got
 
 
