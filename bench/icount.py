@@ -23,8 +23,9 @@ with another, not with wall-clock figures.
     python bench/icount.py --https --haproxy --only https_keepalive https_new_tls   # the https listener
 
 ``--https`` adds an https listener with tls_bench's certificate (ECDSA P-256) and policy, and
-HAProxy its https frontend: ``https_keepalive`` (its count includes the full handshakes of wrk's
-connections, spread over the requests) and ``https_new_tls`` (a full handshake per request).
+HAProxy its https frontend: ``https_keepalive`` (also shown net of the full handshakes of wrk's
+connections) and ``https_new_tls`` (a handshake per request: wrk offers the session of its
+previous connection, so after the first these are TLS 1.3 resumptions, still with an ECDHE).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from tls_bench import HAPROXY_CONF as TLS_HAPROXY_CONF
 from tls_bench import POLICY, make_certificate, policy_strings
 
 SCENARIOS = {"keepalive": ("http", False), "new_connection": ("http", True), "tcp": ("tcp", False)}
-# ``--https``: an https listener (tls_bench's certificate and policy); wrk makes a full handshake per new connection
+# ``--https``: an https listener (tls_bench's certificate and policy); a handshake per new connection
 HTTPS_SCENARIOS = {"https_keepalive": ("https", False), "https_new_tls": ("https", True)}
 
 
