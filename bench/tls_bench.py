@@ -8,8 +8,10 @@ pinned to CPU 0 (nginx and the load generators on the others), measured round by
 interleaved (the order alternates) so that drifting load on a shared machine hits both alike:
 
   (a) ``keepalive``: HTTPS keep-alive GET with wrk: requests/s and p99;
-  (b) ``new_tls``: a new connection and a full handshake per request (wrk, ``Connection:
-      close``; wrk does not resume sessions): requests/s and p99;
+  (b) ``new_tls``: a new connection and handshake per request (wrk, ``Connection: close``;
+      wrk offers each new connection the session of its previous one, so with TLS 1.3 tickets
+      each handshake after the first is a resumption, if the server gave a fresh ticket on
+      the last one: both do): requests/s and p99;
   (c) ``handshakes_resumed`` / ``handshakes_full``: new TLS connections per second, with
       session resumption (``openssl s_time -reuse``: tickets, the session of the first
       connection) and without (``s_time -new``), a few s_time processes in parallel.

@@ -22,6 +22,7 @@ import pytest
 from fivenines.certs import CertificateError
 from fivenines.core.tls import policy
 from fivenines.proxy import openssl
+from fivenines.proxy.tls import SNI_ATTRIBUTE, DirectSSLObject
 from tests.helpers import require_binary, stop_process
 from tests.tls_helpers import issue, make_ca
 from tests.tls_server import TlsTestServer
@@ -365,6 +366,81 @@ def test_ticket_rotation_keeps_the_previous_key(server: Any, pki: dict[str, Any]
     assert srv.tls.keyring is not None and srv.tls.keyring.unknown >= 1
     assert srv.tls.tickets == "shared" and "issued=" in repr(srv.tls.keyring)
     _ = renewed
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_resumed_tls13_session_gets_a_fresh_ticket(server: Any, pki: dict[str, Any], version: ssl.TLSVersion) -> None:
+    """As OpenSSL's own ticket keys do (and HAProxy): a client that resumes over TLS 1.3 gets a
+    new ticket, so one that uses each ticket once (wrk) resumes every time; TLS 1.2 renews a
+    ticket only when its key is no longer the current one."""
+    if openssl.unavailable():
+        pytest.skip(openssl.unavailable())
+    srv = server(https(), b"f" * 48)
+    ctx = client_ctx(pki, maximum_version=version)
+
+    def get(session: Any = None) -> tuple[Any, bool]:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="example.test", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            s.recv(65536)  # (a TLS 1.3 ticket arrives after the handshake, before the answer)
+            return s.session, s.session_reused
+
+    first, reused = get()
+    assert not reused and first is not None and first.has_ticket
+    keyring = srv.tls.keyring
+    assert keyring is not None
+    issued = keyring.issued
+    again, reused = get(first)
+    assert reused and keyring.resumed >= 1
+    if version is ssl.TLSVersion.TLSv1_3:
+        assert keyring.issued > issued and again.id != first.id  # a fresh ticket
+        assert get(again)[1]  # which resumes in turn
+    else:
+        assert keyring.issued == issued  # the ticket stays good: no new one
+
+
+def test_handshakes_read_and_write_through_the_c_methods(server: Any, pki: dict[str, Any]) -> None:
+    """Each handshake's SSLObject is a DirectSSLObject: read, write, do_handshake and pending are
+    the C methods themselves (no Python frame per record), with ssl.SSLObject's results and
+    exceptions; the SNI callback still moves it to the certificate's context (memory BIOs)."""
+    srv = server(https())
+    front = srv.tls.context
+    assert front.sslobject_class is DirectSSLObject
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx(pki).wrap_bio(c_in, c_out, server_hostname="example.test")
+    obj = front.wrap_bio(s_in, s_out, server_side=True)
+    assert isinstance(obj, DirectSSLObject)
+    for name in ("read", "write", "do_handshake", "pending"):
+        assert type(getattr(obj, name)).__name__ == "builtin_function_or_method", name
+
+    def pump() -> None:
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+
+    done = [False, False]
+    for _ in range(10):
+        for i, side in enumerate((client, obj)):
+            if not done[i]:
+                try:
+                    side.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            pump()
+    assert done == [True, True]
+    assert getattr(obj, SNI_ATTRIBUTE) == "example.test" and obj.context is not front
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.read(1024)
+    client.write(b"ping")
+    pump()
+    assert obj.pending() == 0 and obj.read(1024) == b"ping"
+    client.write(b"pong!")
+    pump()
+    buf = bytearray(16)
+    assert obj.read(16, memoryview(buf)) == 5 and bytes(buf[:5]) == b"pong!"
+    assert obj.write(b"answer") == 6
+    pump()
+    assert client.read(1024) == b"answer"
 
 
 def test_status_read_model(server: Any) -> None:

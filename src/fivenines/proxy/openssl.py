@@ -41,6 +41,7 @@ _SSL_CTRL_SET_SESS_CACHE_MODE = 44
 _SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
 _SSL_CTRL_GET_MIN_PROTO_VERSION = 130
 _SSL_VERIFY_PEER = 0x01
+_TLS13 = 0x0304
 _VERSION_CODES = {ssl.TLSVersion.TLSv1: 0x0301, ssl.TLSVersion.TLSv1_1: 0x0302,
                   ssl.TLSVersion.TLSv1_2: 0x0303, ssl.TLSVersion.TLSv1_3: 0x0304}
 
@@ -66,12 +67,26 @@ class _Lib:
         self.set_ciphersuites = fn("SSL_CTX_set_ciphersuites", c_int, vp, ctypes.c_char_p)
         self.set_timeout = fn("SSL_CTX_set_timeout", c_long, vp, c_long)
         self.set_verify = fn("SSL_CTX_set_verify", None, vp, c_int, VERIFY_CB)
-        self.aes_256_cbc = fn("EVP_aes_256_cbc", vp)
-        self.sha256 = fn("EVP_sha256", vp)
+        # the ticket cipher and digest, looked up once: OpenSSL 3 fetches them from its provider
+        # (EVP_*_fetch, kept for the life of the process); the static EVP_aes_256_cbc()/EVP_sha256()
+        # would make each HMAC_Init_ex and EncryptInit_ex fetch them again, at every ticket
+        self.aes_256_cbc: int = _fetch(lib, "EVP_CIPHER_fetch", b"AES-256-CBC") or fn("EVP_aes_256_cbc", vp)()
+        self.sha256: int = _fetch(lib, "EVP_MD_fetch", b"SHA256") or fn("EVP_sha256", vp)()
+        self.ssl_version = fn("SSL_version", c_int, vp)
         self.encrypt_init = fn("EVP_EncryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
         self.decrypt_init = fn("EVP_DecryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
         self.hmac_init = fn("HMAC_Init_ex", c_int, vp, ctypes.c_char_p, c_int, vp, vp)
         self.rand_bytes = fn("RAND_bytes", c_int, vp, c_int)
+
+
+def _fetch(lib: ctypes.CDLL, fetch: str, name: bytes) -> int | None:
+    """An algorithm fetched from OpenSSL 3's default provider (None before OpenSSL 3)."""
+    f = getattr(lib, fetch, None)
+    if f is None:
+        return None
+    f.restype, f.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    got: int | None = f(None, name, None)
+    return got
 
 
 def _load() -> tuple[_Lib | None, str]:
@@ -163,8 +178,11 @@ class TicketKeyring:
 
     OpenSSL asks the callback for a key to encrypt a new ticket (``enc=1``: the current
     key's name, a fresh IV, AES-256-CBC and HMAC-SHA256 set up with it) and to decrypt a
-    presented one (``enc=0``: found by name among the accepted keys; 2 when it is not the
-    current key, so OpenSSL issues a fresh ticket; 0 for an unknown name: a full handshake).
+    presented one (``enc=0``: found by name among the accepted keys; 0 for an unknown name: a
+    full handshake; 2, so that OpenSSL issues a fresh ticket, when it is not the current key
+    and on every TLS 1.3 resumption, as OpenSSL does with its own keys: a TLS 1.3 client may
+    use each ticket once (wrk, browsers), and without a new one its next connection would be a
+    full handshake).
     """
 
     def __init__(self, keys: TicketKeys, on_error: Callable[[BaseException], None] | None = None) -> None:
@@ -194,20 +212,22 @@ class TicketKeyring:
                 ctypes.memmove(key_name, key.name, 16)
                 if lib.rand_bytes(iv, 16) != 1:
                     return -1
-                ok = lib.encrypt_init(cipher_ctx, lib.aes_256_cbc(), None, key.aes_key, iv)
-                ok = ok and lib.hmac_init(hmac_ctx, key.hmac_key, 32, lib.sha256(), None)
+                ok = lib.encrypt_init(cipher_ctx, lib.aes_256_cbc, None, key.aes_key, iv)
+                ok = ok and lib.hmac_init(hmac_ctx, key.hmac_key, 32, lib.sha256, None)
                 self.issued += 1
                 return 1 if ok else -1
             found = self.keys.find(ctypes.string_at(key_name, 16))
             if found is None:
                 self.unknown += 1
                 return 0
-            ok = lib.hmac_init(hmac_ctx, found.hmac_key, 32, lib.sha256(), None)
-            ok = ok and lib.decrypt_init(cipher_ctx, lib.aes_256_cbc(), None, found.aes_key, iv)
+            ok = lib.hmac_init(hmac_ctx, found.hmac_key, 32, lib.sha256, None)
+            ok = ok and lib.decrypt_init(cipher_ctx, lib.aes_256_cbc, None, found.aes_key, iv)
             if not ok:
                 return -1
             self.resumed += 1
-            return 1 if found.epoch == self.keys.current.epoch else 2
+            if found.epoch != self.keys.current.epoch or lib.ssl_version(_ssl) == _TLS13:
+                return 2
+            return 1
         except BaseException as exc:  # never let an exception unwind through OpenSSL
             if self.on_error is not None:
                 self.on_error(exc)

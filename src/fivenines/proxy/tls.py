@@ -71,6 +71,22 @@ FRONT_FIELDS = ("protocol", "mutual_authentication", "session_tickets")
 """Listener fields the front context is built from: a reload changing one builds a new :class:`ListenerTls`."""
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """The ``SSLObject`` of every handshake on a listener's contexts (``sslobject_class``), with
+    the calls made per record (``read``, ``write``, ``do_handshake``, ``pending``) bound straight
+    to the C object under it: ``ssl.SSLObject``'s own are Python functions that only forward the
+    same arguments to it, a Python frame per record read or written (and per want-read the
+    loop's SSL protocol meets, an exception unwound through that frame). Same calls, same
+    results, same exceptions; everything else is ``ssl.SSLObject``'s."""
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        obj: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        c = obj._sslobj  # type: ignore[attr-defined]
+        obj.__dict__.update(read=c.read, write=c.write, do_handshake=c.do_handshake, pending=c.pending)
+        return obj
+
+
 def server_name(obj: Any) -> str | None:
     """The server name (SNI) the client of this ``SSLObject`` sent, as the SNI callback saw it."""
     name = getattr(obj, SNI_ATTRIBUTE, None)
@@ -153,6 +169,7 @@ class ListenerTls:
         """A server context with the listener's policy, ALPN, mTLS and tickets (and certificates)."""
         p = self.policy
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.sslobject_class = DirectSSLObject
         with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in Python; some ELB policies allow them
             warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = _VERSIONS[p.min_version]

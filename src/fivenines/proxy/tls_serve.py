@@ -198,9 +198,19 @@ class TlsServing:
 
 
 
+_SSL_PROTOCOLS: dict[type, Any] = {}  # loop class -> its SSL protocol (found once, not at each accept)
+
+
 def ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     """The SSL protocol of ``loop``'s own TLS layer (uvloop's in C, else asyncio's): what
     ``create_server(ssl=...)`` and ``start_tls`` put between a socket and its protocol."""
+    cls = _SSL_PROTOCOLS.get(type(loop))
+    if cls is None:
+        cls = _SSL_PROTOCOLS[type(loop)] = _ssl_protocol_class(loop)
+    return cls
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     try:
         import uvloop
         import uvloop.loop
