@@ -72,7 +72,7 @@ def summarise(run: RunData) -> dict[str, Any]:
     tim = log.time_availability()
     cluster = None
     if run.cluster is not None:
-        ok = np.sort(log.sched[log.good_mask() & log.valid_mask()])
+        ok = np.sort(log.done[log.good_mask() & log.valid_mask()])  # when each success came back
         cluster = measure_cluster(run.spec, run.cluster.mode, run.faults, run.cluster.changes, ok.tolist(), failures,
                                   run.end, int(log.valid_mask().sum()), run.cluster.two_holders)
     cmp = compare(run.spec, run.group, results, run.end, req, rate=log.rate, serialised=not run.config.overlap,

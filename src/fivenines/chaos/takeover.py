@@ -7,8 +7,10 @@ injection ``at`` until the next fault (or the end of the run):
 
 * ``dropped``: when the VIP holder hit stopped holding the address;
 * ``taken``: when another node first held it: the measured **takeover**;
-* the failed requests, and the longest time without a successful request (between two
-  requests that succeeded, by their scheduled times): the outage clients saw.
+* the failed requests, and the longest time without a successful answer (between the
+  completions of two requests that succeeded): the outage clients saw, including requests
+  that waited through it (a SYN retransmitted until another node held the VIP) and then
+  succeeded.
 
 Times are run times (seconds since the load began).
 """
@@ -67,18 +69,20 @@ def taken_after(changes: Changes, old: str, at: float, until: float) -> tuple[fl
 
 
 def longest_gap(ok_times: Sequence[float], lo: float, hi: float) -> float | None:
-    """The longest time between two successful requests (sorted ``ok_times``) that overlaps
-    ``[lo, hi)``: the outage the fault at ``lo`` caused, as clients saw it. None without a success
-    on both sides.
+    """The longest time between two consecutive successes (sorted ``ok_times``) that ends in
+    ``(lo, hi]``: the outage the fault at ``lo`` caused, as clients saw it (a gap that ends after
+    ``hi`` belongs to the next fault). None without two such successes.
 
     >>> longest_gap([1.0, 1.1, 1.2, 4.0, 4.1], 1.15, 10.0)
     2.8
+    >>> longest_gap([1.0, 1.1, 1.2, 4.0, 4.1], 0.0, 3.0)
+    0.1
     >>> longest_gap([1.0], 0.5, 2.0) is None
     True
     """
-    a = max(0, bisect.bisect_left(ok_times, lo) - 1)
-    b = bisect.bisect_left(ok_times, hi)
-    window = ok_times[a:b + 1]
+    a = max(0, bisect.bisect_right(ok_times, lo) - 1)
+    b = bisect.bisect_right(ok_times, hi)
+    window = ok_times[a:b]
     if len(window) < 2:
         return None
     return round(max(y - x for x, y in itertools.pairwise(window)), 6)
