@@ -276,6 +276,7 @@ class ClusterChaosRun:
                      + (f", etcd {', '.join(etcd_hosts(self.spec))}" if etcd_hosts(self.spec) else "")
                      + f", {CLIENT}")
             rig, _etcd, path = await asyncio.to_thread(self._build)
+            self.say(f"rig {rig.prefix} built (namespaces {rig.prefix}-*); the spec with its addresses: {path}")
             demo = Demo(rig, path, startup_timeout=cfg.startup_timeout)
             try:
                 for n in self.nodes:
