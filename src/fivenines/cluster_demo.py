@@ -72,9 +72,11 @@ class Demo:
         """Start ``node`` and wait until it is ready (NodeStartError otherwise)."""
         ready = self.rig.scratch / f"ready-{node}.json"
         ready.unlink(missing_ok=True)
+        # a spec's ``python`` (an instance's command) is this Python, as for `fivenines up` from this venv
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
         self.procs[node] = self.rig.popen(node, [sys.executable, "-m", "fivenines", "up", str(self.spec_path),
                                                  "--node", node, "--ready-file", str(ready)],
-                                          log=self.log(node))
+                                          log=self.log(node), env={**os.environ, "PATH": path})
         deadline = time.monotonic() + self.startup_timeout
         while not ready.exists():
             if self.procs[node].poll() is not None or time.monotonic() > deadline:
