@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from fivenines.cli.admin_client import AdminClient, AdminError
+from fivenines.errors import ProviderError
 from fivenines.rig import Rig, unavailable
 from fivenines.rig.etcd import EtcdInRig
 from fivenines.rig.forward import Forward
@@ -51,7 +52,7 @@ def demo_spec(rig: Rig, etcd: EtcdInRig) -> dict[str, Any]:
     }
 
 
-class NodeStartError(RuntimeError):
+class NodeStartError(ProviderError):
     """``fivenines up SPEC --node NAME`` exited or was not ready in time (the message has its log's tail)."""
 
 
