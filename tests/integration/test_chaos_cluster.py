@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from fivenines.runtime.supervisor import die_with_parent
-from tests.helpers import PY, demo_spec, require_binary, require_rig, write_spec
+from tests.helpers import PY, demo_spec, require_binary, require_rig, wait_until, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,28 @@ def test_a_node_crash_and_a_partition_from_etcd_each_move_the_vip(tmp_path: Path
     assert "VIP takeover" in (report / "report.html").read_text()
     # the rig is gone: no namespace of it left
     assert m.group(1) not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_ctrl_c_removes_the_rig_at_once(tmp_path: Path) -> None:
+    require_rig()
+    require_binary("etcd")
+    spec = write_spec(tmp_path / "cluster.yaml", cluster_spec(tmp_path))
+    log = tmp_path / "chaos.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([PY, "-m", "fivenines", "chaos", str(spec), "--duration", "30s", "--rate", "50",
+                                 "--schedule", "2s:node", "--fault-duration", "10s", "--report",
+                                 str(tmp_path / "report")], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                preexec_fn=die_with_parent(os.getpid()))
+    try:
+        text = wait_until(lambda: "crashed" in (t := log.read_text()) and t, 40, 0.1, what="the node fault")
+        m = re.search(r"^rig (\S+) built", text, re.M)
+        assert m, text
+        assert m.group(1) in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        proc.send_signal(signal.SIGINT)  # the load, the fault, the node restart: all still due
+        assert proc.wait(8) == 130, log.read_text()
+        assert "interrupted: injection stopped, the rig removed" in log.read_text()
+        assert m.group(1) not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -322,8 +322,9 @@ class ClusterChaosRun:
         finally:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signal.SIGTERM)
-            if self._load_stop is not None and load is not None and not load.done():
-                self._load_stop()
+            if self._load_stop is not None:  # the load's own loop, in the client thread (over already: no-op)
+                with contextlib.suppress(RuntimeError):
+                    self._load_stop()
             for task in self._restores.values():
                 task.cancel()
             if faults is not None:
@@ -336,6 +337,3 @@ class ClusterChaosRun:
                     f.close()
             if rig is not None:
                 await asyncio.to_thread(rig.close)
-            if load is not None and not load.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(load), cfg.timeout + 5.0)

@@ -194,7 +194,8 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         else:
             data = aio.run(ChaosRun(config, spec, say).run())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        err.print("interrupted: injection stopped, every target restored, fivenines stopped.")
+        err.print("interrupted: injection stopped, " + ("the rig removed (every node, every namespace)." if clustered
+                  else "every target restored, fivenines stopped."))
         sys.exit(130)
     summary = summarise(data)
     js, page = write_report(Path(report_dir), summary)
