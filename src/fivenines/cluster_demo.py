@@ -12,6 +12,7 @@ Needs root (network namespaces).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from fivenines.cli.admin_client import AdminClient, AdminError
+from fivenines.errors import ProviderError
 from fivenines.rig import Rig, unavailable
 from fivenines.rig.etcd import EtcdInRig
 from fivenines.rig.forward import Forward
@@ -50,26 +52,44 @@ def demo_spec(rig: Rig, etcd: EtcdInRig) -> dict[str, Any]:
     }
 
 
+class NodeStartError(ProviderError):
+    """``fivenines up SPEC --node NAME`` exited or was not ready in time (the message has its log's tail)."""
+
+
 class Demo:
-    def __init__(self, rig: Rig, spec_path: Path) -> None:
+    """Every node of the cluster as ``fivenines up SPEC --node NAME`` in its rig host, and a way in to
+    each one's admin API (also used by ``fivenines chaos`` on a cluster)."""
+
+    def __init__(self, rig: Rig, spec_path: Path, *, startup_timeout: float = 30.0) -> None:
         self.rig, self.spec_path = rig, spec_path
+        self.startup_timeout = startup_timeout
         self.procs: dict[str, subprocess.Popen[Any]] = {}
         self.admin: dict[str, Forward] = {}
 
+    def log(self, node: str) -> Path:
+        return self.rig.scratch / f"node-{node}.log"
+
     def start(self, node: str) -> None:
+        """Start ``node`` and wait until it is ready (NodeStartError otherwise)."""
         ready = self.rig.scratch / f"ready-{node}.json"
         ready.unlink(missing_ok=True)
+        # a spec's ``python`` (an instance's command) is this Python, as for `fivenines up` from this venv
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
         self.procs[node] = self.rig.popen(node, [sys.executable, "-m", "fivenines", "up", str(self.spec_path),
                                                  "--node", node, "--ready-file", str(ready)],
-                                          log=self.rig.scratch / f"node-{node}.log")
-        deadline = time.monotonic() + 30
+                                          log=self.log(node), env={**os.environ, "PATH": path})
+        deadline = time.monotonic() + self.startup_timeout
         while not ready.exists():
             if self.procs[node].poll() is not None or time.monotonic() > deadline:
-                log = (self.rig.scratch / f"node-{node}.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"fivenines up --node {node} did not start:\n{log}")
+                log = self.log(node).read_text(errors="replace")[-3000:]
+                raise NodeStartError(f"fivenines up --node {node} did not start:\n{log}")
             time.sleep(0.1)
+        admin = json.loads(ready.read_text())["admin"]  # http://127.0.0.1:PORT inside the node's host
+        port = int(str(admin).rsplit(":", 1)[1])
+        if node in self.admin and self.admin[node].target_port != port:
+            self.admin.pop(node).close()
         if node not in self.admin:
-            self.admin[node] = Forward(self.rig, node, "127.0.0.1", 9900)
+            self.admin[node] = Forward(self.rig, node, "127.0.0.1", port)
 
     def status(self, node: str) -> dict[str, Any] | None:
         if node not in self.admin or self.procs[node].poll() is not None:
@@ -111,8 +131,12 @@ def run() -> int:
         spec_path = rig.scratch / "fivenines.yaml"
         spec_path.write_text(yaml.safe_dump(demo_spec(rig, etcd), sort_keys=False))
         demo = Demo(rig, spec_path)
-        for n in NODES:
-            demo.start(n)
+        try:
+            for n in NODES:
+                demo.start(n)
+        except NodeStartError as exc:
+            print(f"make cluster-demo: {exc}", file=sys.stderr)
+            return 1
         vip = Forward(rig, "client", VIP, PORT)
         ns = {h: rig.host(h).netns for h in rig.hosts}
         print(f"""
@@ -154,7 +178,10 @@ fivenines cluster demo: nodes {', '.join(f'{n} ({rig.host(n).address})' for n in
                     for n in NODES:
                         if demo.procs[n].poll() is not None:
                             print(f"starting node {n} again", flush=True)
-                            demo.start(n)
+                            try:
+                                demo.start(n)
+                            except NodeStartError as exc:
+                                print(exc, flush=True)
         except KeyboardInterrupt:
             pass
         print("stopping: removing the rig's namespaces and processes", flush=True)

@@ -61,7 +61,8 @@ def test_every_block_of_len_kinds_holds_each_kind_once(kinds: list[FaultKind], s
 @given(st.integers(0, 10_000), st.floats(0.0, 30.0))
 def test_only_lasting_faults_have_a_duration_and_picks_are_uniform_draws(seed: int, duration: float) -> None:
     for f in exponential_schedule(mtbf=2, start=0, end=50, kinds=KINDS, seed=seed, duration=duration):
-        assert f.duration == (duration if f.kind in (FaultKind.HANG, FaultKind.ERROR, FaultKind.SLOW) else 0.0)
+        assert f.duration == (duration if f.kind in (FaultKind.HANG, FaultKind.ERROR, FaultKind.SLOW, FaultKind.NODE,
+                                             FaultKind.PARTITION) else 0.0)
         assert 0.0 <= f.pick < 1.0
 
 

@@ -52,8 +52,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fivenines.chaos.stats import Mean, Proportion, format_availability
-from fivenines.chaos.timeline import FaultResult
+from fivenines.chaos.takeover import Changes, ClusterFault, measure_fault
+from fivenines.chaos.timeline import FaultResult, Injected
 from fivenines.model.blocks import nines_of_unavailability
+from fivenines.model.cluster_layout import ClusterOverride
 from fivenines.model.layout import (
     DEFAULT_LB_MTTR,
     Override,
@@ -66,6 +68,73 @@ from fivenines.spec import Spec
 
 NEVER = 1e15  # seconds: an mtbf that makes a part's unavailability vanish
 NO_OVERLAP_MTTR = 1e-6  # seconds: repairs done before the next failure arrives
+CLUSTER_FAULTS = ("node", "partition")  # with lb on a cluster: faults of a node, measured by the VIP's takeover
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMeasurement:
+    """The faults of a run on a cluster, each measured by the VIP's takeover and what clients saw,
+    beside the model's takeover bound (:func:`fivenines.model.cluster_layout.cluster_layout`)."""
+
+    mode: str
+    faults: tuple[ClusterFault, ...]
+    predicted_takeover: float
+    takeover_why: str
+    two_holders: int
+    requests: int  # scheduled in the whole run
+
+    @property
+    def takeover(self) -> Mean:
+        return Mean(tuple(t for f in self.faults if (t := f.takeover_s) is not None))
+
+    @property
+    def gap(self) -> Mean:
+        return Mean(tuple(g for f in self.faults if (g := f.longest_gap_s) is not None))
+
+    @property
+    def failed_requests(self) -> int:
+        return sum(f.failed_requests for f in self.faults)
+
+    def unavailability(self, run_seconds: float, *, declared: bool) -> float:
+        """The run's share of requests lost to these faults: declared, every request during each
+        predicted takeover fails (exposure 1); measured, the failed requests over those sent.
+
+        >>> m = ClusterMeasurement("etcd", (), 2.6, "", 0, 1000)
+        >>> m.unavailability(100.0, declared=True), m.unavailability(100.0, declared=False)
+        (0.0, 0.0)
+        """
+        if declared:
+            return min(1.0, len(self.faults) * self.predicted_takeover / run_seconds) if run_seconds > 0 else 0.0
+        return self.failed_requests / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "predicted_takeover_s": self.predicted_takeover, "takeover_bound": self.takeover_why,
+                "takeover_s": self.takeover.to_json(), "longest_gap_s": self.gap.to_json(),
+                "failed_requests": self.failed_requests, "two_holder_samples": self.two_holders,
+                "faults": [f.to_json() for f in self.faults]}
+
+
+def is_cluster_fault(kind: str, clustered: bool) -> bool:
+    """``node`` and ``partition``, and ``lb`` on a cluster (the VIP holder's balancer), hit a node.
+
+    >>> is_cluster_fault("lb", True), is_cluster_fault("lb", False), is_cluster_fault("kill", True)
+    (True, False, False)
+    """
+    return kind in CLUSTER_FAULTS or (clustered and kind == "lb")
+
+
+def measure_cluster(spec: Spec, mode: str, faults: Sequence[Injected], changes: Changes, ok_times: Sequence[float],
+                    failure_times: Sequence[float], end: float, requests: int,
+                    two_holders: int = 0) -> ClusterMeasurement:
+    """Every node fault injected, charged with what happened until the next one (or ``end``)."""
+    real = sorted((f for f in faults if f.skipped is None and is_cluster_fault(f.kind, True)), key=lambda f: f.at)
+    measured = tuple(
+        measure_fault(f.id, f.kind, f.target, f.at, real[i + 1].at if i + 1 < len(real) else end, changes,
+                      ok_times, failure_times, f.repaired_at)
+        for i, f in enumerate(real))
+    cp = predict(spec).cluster
+    assert cp is not None, "measure_cluster needs a spec with cluster:"
+    return ClusterMeasurement(mode, measured, cp.params.takeover_time, cp.takeover_why, two_holders, requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +188,8 @@ def measure_group(results: Sequence[FaultResult], group: str) -> GroupMeasuremen
     >>> m.repair.mean, m.detection.mean, m.exposure, str(m.coverage)
     (3.0, 0.5, 0.0, '1/1 = 100% [95% CI 20.6549%, 100%]')
     """
-    rs = [r for r in results if r.fault.group == group and r.fault.skipped is None and r.fault.kind != "lb"]
+    rs = [r for r in results if r.fault.group == group and r.fault.skipped is None
+          and r.fault.kind != "lb" and not is_cluster_fault(r.fault.kind, False)]
 
     def vals(xs: Sequence[float | None]) -> Mean:
         return Mean(tuple(x for x in xs if x is not None))
@@ -154,14 +224,20 @@ class Comparison:
     declared_detection: float
     declared_mttr: float
     lb_mtbf: float | None
+    cluster: ClusterMeasurement | None = None
+    run_seconds: float = 0.0
 
     @property
     def run_declared_availability(self) -> float:
-        return self.run_declared.availability
+        """The run's prediction; on a cluster, times the share of requests the node faults' predicted
+        takeovers leave."""
+        u = self.cluster.unavailability(self.run_seconds, declared=True) if self.cluster else 0.0
+        return self.run_declared.availability * (1.0 - u)
 
     @property
     def run_measured_availability(self) -> float:
-        return self.run_measured.availability
+        u = self.cluster.unavailability(self.run_seconds, declared=False) if self.cluster else 0.0
+        return self.run_measured.availability * (1.0 - u)
 
     def rows(self) -> list[dict[str, Any]]:
         """The predicted-vs-measured table: quantity, model as declared, model with measured values, measured."""
@@ -181,7 +257,18 @@ class Comparison:
 
         u_run = 1.0 - av.value if av.value is not None else None
         over = m.overrides()
+        c = self.cluster
+        cluster_rows = [] if c is None else [
+            {"quantity": f"VIP takeover time ({c.mode})", "declared": sec(c.predicted_takeover),
+             "with_measured": sec(c.takeover.mean), "measured": mean_ci(c.takeover)},
+            {"quantity": "longest client gap per node fault", "declared": sec(c.predicted_takeover),
+             "with_measured": "-", "measured": mean_ci(c.gap)},
+            {"quantity": "failed requests in node faults",
+             "declared": f"{c.unavailability(self.run_seconds, declared=True) * c.requests:.0f} (every request "
+                         f"in a takeover)", "with_measured": "-", "measured": str(c.failed_requests)},
+        ]
         return [
+            *cluster_rows,
             {"quantity": "detection time", "declared": sec(self.declared_detection),
              "with_measured": sec(over.get("detection_time")), "measured": mean_ci(m.detection)},
             {"quantity": "failover time", "declared": sec(self.declared_detection),
@@ -227,6 +314,11 @@ class Comparison:
             "production": {"declared": _short(self.production_declared),
                            "with_measured": _short(self.production_measured)},
             "table": self.rows(),
+            "cluster": None if self.cluster is None else {
+                "predicted_takeover_s": self.cluster.predicted_takeover,
+                "measured_takeover_s": self.cluster.takeover.mean,
+                "basis": "declared: every request during each predicted takeover fails; measured: the failed "
+                         "requests of the node faults over the requests sent"},
         }
 
 
@@ -244,15 +336,17 @@ def compare(
     *,
     rate: float,
     serialised: bool = True,
+    cluster: ClusterMeasurement | None = None,
 ) -> Comparison:
     """Predicted vs measured for ``group`` (the group the load went to) over a run of ``run_seconds``
-    at ``rate`` requests/s."""
+    at ``rate`` requests/s; on a cluster, with its node faults (``cluster``) and the measured takeover
+    in the production prediction."""
     m = measure_group(results, group)
     tg = spec.target_groups[group]
     params, _ = group_params(group, tg)
     active = params.active
     run_mtbf = active * run_seconds / m.faults if m.faults else NEVER
-    lb_results = [r for r in results if r.fault.kind == "lb" and r.fault.skipped is None]
+    lb_results = [r for r in results if r.fault.kind == "lb" and r.fault.skipped is None and cluster is None]
     lb_declared: Override = {"mtbf": NEVER, "mttr": 1.0}
     lb_measured: Override = {"mtbf": NEVER, "mttr": 1.0}
     lb_mtbf = None
@@ -271,17 +365,22 @@ def compare(
     run_measured: Override = {**run_base, **measured}
     if serialised:
         run_base["mttr"] = run_measured["mttr"] = NO_OVERLAP_MTTR
+    # a cluster's hosts fail in the run only by the node faults injected (counted beside, in ``cluster``)
+    run_nodes: ClusterOverride | None = {"node_mtbf": NEVER} if spec.cluster is not None else None
     return Comparison(
         group=group,
         measured=m,
         run_mtbf=run_mtbf,
         serialised=serialised,
-        run_declared=predict(spec, {**others, group: run_base}, load_balancer=lb_declared),
-        run_measured=predict(spec, {**others, group: run_measured}, load_balancer=lb_measured),
+        run_declared=predict(spec, {**others, group: run_base}, load_balancer=lb_declared, cluster=run_nodes),
+        run_measured=predict(spec, {**others, group: run_measured}, load_balancer=lb_measured, cluster=run_nodes),
         production_declared=predict(spec),
-        production_measured=predict(spec, {group: measured}),
+        production_measured=predict(spec, {group: measured}, cluster=(
+            {"takeover_time": cluster.takeover.mean} if cluster and cluster.takeover.mean is not None else None)),
         measured_availability=measured_availability,
         declared_detection=health_detection_time(tg.health_check),
         declared_mttr=params.mttr,
         lb_mtbf=lb_mtbf,
+        cluster=cluster,
+        run_seconds=run_seconds,
     )

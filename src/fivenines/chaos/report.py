@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fivenines.chaos.compare import compare
+from fivenines.chaos.compare import compare, measure_cluster
 from fivenines.chaos.outcomes import OutcomeLog
 from fivenines.chaos.stats import Proportion, format_availability
 from fivenines.chaos.timeline import (
@@ -70,7 +70,13 @@ def summarise(run: RunData) -> dict[str, Any]:
     results = analyse_all(run.faults, run.groups, run.events, failures, run.end, log.rate)
     req = log.request_availability()
     tim = log.time_availability()
-    cmp = compare(run.spec, run.group, results, run.end, req, rate=log.rate, serialised=not run.config.overlap)
+    cluster = None
+    if run.cluster is not None:
+        ok = np.sort(log.done[log.good_mask() & log.valid_mask()])  # when each success came back
+        cluster = measure_cluster(run.spec, run.cluster.mode, run.faults, run.cluster.changes, ok.tolist(), failures,
+                                  run.end, int(log.valid_mask().sum()), run.cluster.two_holders)
+    cmp = compare(run.spec, run.group, results, run.end, req, rate=log.rate, serialised=not run.config.overlap,
+                  cluster=cluster)
     m = cmp.measured
     real = [r for r in results if r.fault.skipped is None]
     first = min((r.fault.at for r in real), default=run.end)
@@ -125,6 +131,9 @@ def summarise(run: RunData) -> dict[str, Any]:
                     "serving": {g: list(v.serving0) for g, v in run.groups.items()}},
         "events": [e.to_json() for e in run.events],
         "series": log.series(1.0).to_json(),
+        "cluster": None if cluster is None or run.cluster is None else {
+            **cluster.to_json(), "vip": run.cluster.vip, "nodes": run.cluster.nodes,
+            "vip_holders": [{"t_s": round(t, 4), "holders": list(h)} for t, h in run.cluster.changes]},
     }
 
 
@@ -133,7 +142,7 @@ def summarise(run: RunData) -> dict[str, Any]:
 _STATE_COLOURS = {"healthy": "#2e9e44", "initial": "#e8b50c", "unhealthy": "#d0312d", "draining": "#3b73c4",
                   "unused": "#9a9a9a", "unknown": "#cccccc"}
 _FAULT_COLOURS = {"kill": "#7b1fa2", "hang": "#ef6c00", "error": "#c62828", "slow": "#00838f", "reset": "#5d4037",
-                  "lb": "#283593"}
+                  "lb": "#283593", "node": "#000000", "partition": "#ad1457"}
 
 
 def _mark_faults(ax: Any, faults: list[dict[str, Any]], label: bool) -> None:
@@ -321,7 +330,7 @@ See docs/chaos.md for how each number is measured.</p>
 <table><tr><th>#</th><th>kind</th><th>target</th><th>pid</th><th>at (s)</th><th>detection (s)</th><th>failover (s)</th>
 <th>repair (s)</th><th>failed requests</th><th>covered</th><th>detail</th></tr>
 {''.join(frows)}</table>
-
+{_cluster_html(summary.get("cluster"))}
 <h2>SLO</h2>
 <p>{_e(slo['source'])}: target {slo['target']:g}%. This run failed requests at {slo['burn_rate']:.3g} times the rate
 the objective allows (burn rate {slo['burn_rate']:.3g}x); had it been the last hour of real traffic, the alerts firing
@@ -332,6 +341,24 @@ would be: {_e(slo['severity'] or 'none')}.</p>
 stopped processes left: {_e(restore.get('stopped_left') or 'none')}</p>
 <p class=muted>Load generator: {_e(json.dumps(summary['loadgen']))}</p>
 </body></html>
+"""
+
+
+def _cluster_html(c: dict[str, Any] | None) -> str:
+    """The node faults of a run on a cluster: who held the VIP before and after, the takeover, the gap."""
+    if not c:
+        return ""
+    rows = "".join(
+        f"<tr><td>{f['id']}</td><td>{_e(f['kind'])}</td><td>{_e(f['node'])}</td><td class=num>"
+        f"{f['injected_at_s']:.2f}</td><td>{_e(f['holder_before'])} → {_e(f['holder_after'])}</td><td class=num>"
+        f"{_fmt_s(f['vip_dropped_s'])}</td><td class=num>{_fmt_s(f['takeover_s'])}</td><td class=num>"
+        f"{f['failed_requests']}</td><td class=num>{_fmt_s(f['longest_gap_s'])}</td></tr>" for f in c["faults"])
+    return f"""<h2>Cluster: node faults and the VIP ({_e(c['mode'])}, {_e(c['vip'])})</h2>
+<p>Model takeover bound {_fmt_s(c['predicted_takeover_s'])} s ({_e(c['takeover_bound'])}); measured
+{_fmt_s(c['takeover_s']['mean'])} s (n={c['takeover_s']['n']}). Samples with two VIP holders:
+{c['two_holder_samples']}.</p>
+<table><tr><th>#</th><th>kind</th><th>node</th><th>at (s)</th><th>VIP holder</th><th>dropped (s)</th>
+<th>takeover (s)</th><th>failed requests</th><th>longest gap (s)</th></tr>{rows}</table>
 """
 
 
@@ -369,7 +396,24 @@ def headline(summary: dict[str, Any]) -> list[str]:
         f"failover {_fmt_s(m['failover_s']['mean'])} s",
         f"predicted for this run: {_pct(p['availability'])} with measured values, "
         f"{_pct(p['declared']['availability'])} as declared",
+        *cluster_lines(summary.get("cluster")),
     ]
+
+
+def cluster_lines(c: dict[str, Any] | None) -> list[str]:
+    """Each node fault of a run on a cluster: the VIP's move, failed requests, the longest gap."""
+    if not c:
+        return []
+    t = c["takeover_s"]
+    out = [f"VIP takeover ({c['mode']}): measured {_fmt_s(t['mean'])} s (n={t['n']}), model "
+           f"{_fmt_s(c['predicted_takeover_s'])} s ({c['takeover_bound']}); failed requests in node faults "
+           f"{c['failed_requests']}; samples with two VIP holders {c['two_holder_samples']}"]
+    for f in c["faults"]:
+        out.append(f"  fault {f['id']} {f['kind']} {f['node']} at {f['injected_at_s']:.2f}s: VIP "
+                   f"{f['holder_before'] or 'nobody'} -> {f['holder_after'] or 'nobody'}, dropped after "
+                   f"{_fmt_s(f['vip_dropped_s'])} s, taken over after {_fmt_s(f['takeover_s'])} s; "
+                   f"failed {f['failed_requests']}, longest gap {_fmt_s(f['longest_gap_s'])} s")
+    return out
 
 
 def wipe_headline(summary: dict[str, Any]) -> list[str]:

@@ -141,6 +141,19 @@ class RunData:
     restore: dict[str, Any] = field(default_factory=dict)
     fivenines_pid: int = 0
     wall_at_start: float = 0.0
+    cluster: ClusterTrace | None = None  # a run on a cluster (chaos/cluster_run.py)
+
+
+@dataclass
+class ClusterTrace:
+    """What a run on a cluster recorded beside the requests: who held the VIP when, and the node each
+    fault hit (run times)."""
+
+    mode: str  # etcd or vrrp
+    vip: str
+    nodes: list[str]
+    changes: list[tuple[float, tuple[str, ...]]]  # who held the VIP, at each change
+    two_holders: int = 0  # samples in which two nodes held the VIP at once
 
 
 class _FaultRecord:
@@ -397,7 +410,7 @@ class ChaosRun:
                                  f"fivenines chaos started ({self.proc.pid}); is another fivenines on that port?")
             self.status = st
             self.injector = Injector(Guard(self.proc.pid), slow_ms=cfg.slow_ms)
-            groups, health0, roles0 = _views(st)
+            groups, health0, roles0 = status_views(st)
             gen = LoadGen(host, int(port), cfg.rate, cfg.duration, path=cfg.path, timeout=cfg.timeout,
                           max_connections=max_connections, clock=self.clock)
             self.t0 = self.clock() + 0.1
@@ -452,7 +465,7 @@ class ChaosRun:
                 await self.proc.stop(20.0)
 
 
-def _views(st: dict[str, Any]) -> tuple[dict[str, GroupView], dict[str, str], dict[str, str]]:
+def status_views(st: dict[str, Any]) -> tuple[dict[str, GroupView], dict[str, str], dict[str, str]]:
     groups: dict[str, GroupView] = {}
     health: dict[str, str] = {}
     roles: dict[str, str] = {}

@@ -35,23 +35,29 @@ class FaultKind(str, Enum):
     ERROR = "error"  # the demo answers 500 (/_fail) for a while, then /_recover
     SLOW = "slow"  # the demo answers slowly (/_slow?ms=N) for a while, then /_recover
     RESET = "reset"  # every TCP connection of the instance is reset at once
-    LB = "lb"  # SIGKILL one data-plane worker (needs workers > 1)
+    LB = "lb"  # SIGKILL one data-plane worker (needs workers > 1); cluster: the VIP holder's fivenines
     WIPE = "wipe"  # FLUSHALL on a replicated store's primary, then a restore from backup (a run of its own)
+    NODE = "node"  # cluster: a node crashes (every process killed, cable pulled), back after the fault duration
+    PARTITION = "partition"  # cluster: the VIP holder cut from etcd (vrrp: from the other node) for a while
 
     @property
     def lasts(self) -> bool:
         """True for faults that stay until chaos undoes them (``hang``, ``error``, ``slow``)."""
-        return self in (FaultKind.HANG, FaultKind.ERROR, FaultKind.SLOW)
+        return self in (FaultKind.HANG, FaultKind.ERROR, FaultKind.SLOW, FaultKind.NODE, FaultKind.PARTITION)
 
     @property
     def on_target(self) -> bool:
         """True for faults aimed at a target (an instance); ``lb`` hits the load balancer, ``wipe``
         the data of a replicated group."""
-        return self not in (FaultKind.LB, FaultKind.WIPE)
+        return self not in (FaultKind.LB, FaultKind.WIPE, FaultKind.NODE, FaultKind.PARTITION)
 
 
-LOAD_KINDS = tuple(k for k in FaultKind if k is not FaultKind.WIPE)
-"""The faults of a run under HTTP load (the default); ``wipe`` is a run of its own (docs/chaos.md)."""
+CLUSTER_KINDS = (FaultKind.NODE, FaultKind.LB, FaultKind.PARTITION)
+"""The faults of a run on a spec with ``cluster:`` (the default there): aimed at nodes, not instances."""
+
+LOAD_KINDS = tuple(k for k in FaultKind if k not in (FaultKind.WIPE, FaultKind.NODE, FaultKind.PARTITION))
+"""The faults of a run under HTTP load on one fivenines (the default); ``wipe`` is a run of its own,
+``node`` and ``partition`` need a cluster (docs/chaos.md)."""
 
 
 DESCRIPTIONS: dict[FaultKind, str] = {
@@ -60,10 +66,45 @@ DESCRIPTIONS: dict[FaultKind, str] = {
     FaultKind.ERROR: "the instance answers 500 (demo /_fail), /_recover after the fault duration",
     FaultKind.SLOW: "the instance answers slowly (demo /_slow?ms=N), /_recover after the fault duration",
     FaultKind.RESET: "reset every TCP connection of the instance at once",
-    FaultKind.LB: "SIGKILL one data-plane worker (workers > 1)",
+    FaultKind.LB: "SIGKILL one data-plane worker (workers > 1); in a cluster, the VIP holder's fivenines up "
+                  "(its instances keep running), started again after the fault duration",
     FaultKind.WIPE: "FLUSHALL on a replicated group's primary (the replicas copy it); after the fault duration, "
                     "a restore from backup through the admin API; each acknowledged write lost is counted",
+    FaultKind.NODE: "a node crashes: every process of its host killed, its cable pulled; after the fault duration "
+                    "the cable is back and fivenines up --node starts again",
+    FaultKind.PARTITION: "the VIP holder cut from etcd (vrrp: from the other node) by nft in its namespace, "
+                         "healed after the fault duration",
 }
+
+
+def cluster_fault_problem(kinds: Sequence[FaultKind], *, spec_file: str, clustered: bool,
+                          rig_unavailable: str | None = None) -> str | None:
+    """Why ``kinds`` cannot run on this spec (a usage error naming the option), or None.
+
+    A spec with ``cluster:`` runs the cluster faults only (``rig_unavailable``: why the namespace
+    rig cannot be built here, e.g. not root); ``node`` and ``partition`` need a cluster.
+
+    >>> cluster_fault_problem((FaultKind.KILL,), spec_file="s.yaml", clustered=False) is None
+    True
+    >>> print(cluster_fault_problem((FaultKind.NODE,), spec_file="s.yaml", clustered=False))
+    --faults node: s.yaml has no cluster: section (node and partition faults need a cluster; see docs/cluster.md)
+    >>> print(cluster_fault_problem((FaultKind.NODE, FaultKind.HANG), spec_file="s.yaml", clustered=True))
+    --faults hang: s.yaml has a cluster: section; chaos then injects node, lb and partition faults only
+    """
+    if not clustered:
+        bad = [k.value for k in kinds if k in (FaultKind.NODE, FaultKind.PARTITION)]
+        if bad:
+            return (f"--faults {','.join(bad)}: {spec_file} has no cluster: section (node and partition faults "
+                    f"need a cluster; see docs/cluster.md)")
+        return None
+    bad = [k.value for k in kinds if k not in CLUSTER_KINDS]
+    if bad:
+        return (f"--faults {','.join(bad)}: {spec_file} has a cluster: section; chaos then injects node, lb and "
+                f"partition faults only")
+    if rig_unavailable:
+        return (f"--faults {','.join(k.value for k in kinds)}: chaos on a cluster builds the network-namespace rig "
+                f"on this machine and {rig_unavailable}; run it as root")
+    return None
 
 
 def parse_kinds(text: str) -> tuple[FaultKind, ...]:
@@ -74,7 +115,7 @@ def parse_kinds(text: str) -> tuple[FaultKind, ...]:
     >>> parse_kinds("kill,boom")
     Traceback (most recent call last):
     ...
-    ValueError: unknown fault 'boom'; valid: kill, hang, error, slow, reset, lb, wipe
+    ValueError: unknown fault 'boom'; valid: kill, hang, error, slow, reset, lb, wipe, node, partition
     """
     kinds: list[FaultKind] = []
     for word in (w.strip().lower() for w in text.split(",")):
@@ -123,6 +164,8 @@ class PlannedFault:
             who = self.target or "a worker"
         if self.kind is FaultKind.WIPE:
             who = "the primary's data, then restore from backup"
+        if self.kind in (FaultKind.NODE, FaultKind.PARTITION):
+            who = f"node {self.target}" if self.target else "the VIP holder"
         dur = f" for {format_duration(self.duration)}" if self.kind.lasts else ""
         return f"{self.kind.value} {who}{dur}"
 

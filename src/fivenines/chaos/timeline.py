@@ -198,10 +198,11 @@ def analyse(
     n_failed, first, last = count_between(failures, fault.at, horizon)
     if fault.skipped is not None:
         return FaultResult(fault, False, None, None, None, None, 0, None, None, 0.0, (fault.skipped,))
-    if fault.kind == "lb":
+    if fault.kind in ("lb", "node", "partition"):
         rep = fault.repaired_at
-        return FaultResult(fault, True, None, None, None, rep, n_failed, first, last, 0.0,
-                           ("a data-plane worker: no target to detect",))
+        why = ("a data-plane worker: no target to detect" if fault.kind == "lb" and "worker" in fault.target
+               else "a node: see the cluster section (who held the VIP, the takeover)")
+        return FaultResult(fault, True, None, None, None, rep, n_failed, first, last, 0.0, (why,))
     history = group.serving_history(events)
     before = serving_at(history, fault.at)
     was_serving = fault.target in before

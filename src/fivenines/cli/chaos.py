@@ -39,7 +39,8 @@ def _chaos_duration(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--rate", default=500.0, type=click.FloatRange(min=1, max=20000), help="Requests per second, open loop (default 500).")
 @click.option("--faults", "faults_text", default=None,
               help="Fault kinds: kill,hang,error,slow,reset,lb (default: all of them; lb only with workers > 1); "
-                   "or wipe alone: a replicated group's data wiped and restored from backup.")
+                   "or wipe alone: a replicated group's data wiped and restored from backup; on a spec with "
+                   "cluster: node,lb,partition (the default there; needs root: the namespace rig).")
 @click.option("--mtbf", default="10s", callback=_chaos_duration, help="Mean time between faults (exponential; default 10s).")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule and target choice (default: random, printed).")
 @click.option("--schedule", "schedule_text", default=None,
@@ -69,6 +70,11 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     lb), restores them, stops everything and writes summary.json and report.html.
     Ctrl-C stops injection and restores every target. See docs/chaos.md.
 
+    On a spec with cluster: (docs/chaos.md, "Clusters"; needs root), every node runs in a
+    network namespace of this machine, the load goes to the VIP from a client namespace, and
+    the faults hit the VIP holder: node (crash), lb (its fivenines up killed), partition (cut
+    from etcd); the report adds each fault's VIP takeover beside the model's.
+
     --faults wipe: writers confirm each write to a replicated group with WAIT 1, the
     primary is wiped (FLUSHALL), restored from backup after --fault-duration, and every
     acknowledged write lost is counted: measured RPO and RTO beside the declared ones.
@@ -80,15 +86,20 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
     from fivenines.chaos import ChaosError
     from fivenines.chaos.runner import ChaosConfig, ChaosRun, load_target, plan
     from fivenines.chaos.schedule import (
+        CLUSTER_KINDS,
         DESCRIPTIONS,
         LOAD_KINDS,
         FaultKind,
+        cluster_fault_problem,
         parse_kinds,
         parse_schedule,
         render,
     )
 
-    spec = load(spec_file, check_ports=True)
+    spec = load(spec_file, check_ports=False)
+    clustered = spec.cluster is not None
+    if not clustered:  # a cluster's ports are in the rig's namespaces, not on this machine
+        spec = load(spec_file, check_ports=True)
     assert duration is not None and mtbf is not None and fault_duration is not None
     assert warmup is not None and settle is not None and req_timeout is not None
     workers = spec.workers
@@ -97,10 +108,23 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         fail(msg, EXIT_USAGE)
 
     try:
-        kinds = parse_kinds(faults_text) if faults_text else LOAD_KINDS
+        kinds = parse_kinds(faults_text) if faults_text else (CLUSTER_KINDS if clustered else LOAD_KINDS)
     except ValueError as exc:
         usage(f"--faults: {exc}")
+
+    def check_cluster(kinds: tuple[FaultKind, ...], option: str) -> None:
+        from fivenines.rig import unavailable
+
+        problem = cluster_fault_problem(kinds, spec_file=spec_file, clustered=clustered,
+                                        rig_unavailable=None if dry_run or not clustered else unavailable())
+        if problem:
+            usage(problem.replace("--faults", option, 1))
+
+    check_cluster(kinds, "--faults")
     wiping = FaultKind.WIPE in kinds or bool(schedule_text and re.search(r":\s*wipe\b", schedule_text, re.I))
+    if wiping and clustered:
+        usage(f"--faults wipe: {spec_file} has a cluster: section; chaos then injects node, lb and partition "
+              f"faults only")
     if wiping:
         if seed is None:
             seed = random.SystemRandom().randrange(1, 2**31)
@@ -111,7 +135,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
             usage(str(exc))
         _wipe(config, spec, dry_run)
         return
-    if FaultKind.LB in kinds and workers < 2:
+    if FaultKind.LB in kinds and workers < 2 and not clustered:
         if faults_text:
             usage(f"--faults lb kills a data-plane worker: it needs workers: 2 or more in {spec_file} (workers: {workers})")
         kinds = tuple(k for k in kinds if k is not FaultKind.LB)
@@ -119,7 +143,7 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         _, group = load_target(spec)
     except ChaosError as exc:
         usage(f"{spec_file}: {exc}")
-    if spec.target_groups[group].instances is None and any(k.value != "lb" for k in kinds):
+    if spec.target_groups[group].instances is None and any(k.on_target for k in kinds):
         usage(f"{spec_file}: target_groups.{group} lists targets: fivenines does not run them, so chaos cannot "
               f"inject faults into them; use instances:")
     if seed is None:
@@ -130,7 +154,8 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
             schedule = parse_schedule(schedule_text, duration=fault_duration, seed=seed)
         except ValueError as exc:
             usage(f"--schedule: {exc}")
-        if any(f.kind is FaultKind.LB for f in schedule) and workers < 2:
+        check_cluster(tuple(dict.fromkeys(f.kind for f in schedule)), "--schedule")
+        if any(f.kind is FaultKind.LB for f in schedule) and workers < 2 and not clustered:
             usage(f"--schedule has an lb fault: it needs workers: 2 or more in {spec_file} (workers: {workers})")
         kinds = tuple(k for k in FaultKind if any(f.kind is k for f in schedule))
     elif duration - settle <= warmup:
@@ -162,9 +187,15 @@ def chaos_cmd(spec_file: str, duration: float, rate: float, faults_text: str | N
         err.print(line, markup=False, highlight=False)
 
     try:
-        data = aio.run(ChaosRun(config, spec, say).run())
+        if clustered:
+            from fivenines.chaos.cluster_run import ClusterChaosRun
+
+            data = aio.run(ClusterChaosRun(config, spec, say).run())
+        else:
+            data = aio.run(ChaosRun(config, spec, say).run())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        err.print("interrupted: injection stopped, every target restored, fivenines stopped.")
+        err.print("interrupted: injection stopped, " + ("the rig removed (every node, every namespace)." if clustered
+                  else "every target restored, fivenines stopped."))
         sys.exit(130)
     summary = summarise(data)
     js, page = write_report(Path(report_dir), summary)
