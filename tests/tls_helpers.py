@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,19 @@ def issue(ca: Issued, names: list[str], *, kind: str = "ec", days: float = 90, s
                 alt.append(x509.DNSName(n))
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def client_ctx(pki: dict[str, Any], cert: str | None = None, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client context trusting the test CA (``pki["dir"]/ca.pem``), with the client certificate
+    ``cert`` (``NAME.pem``/``NAME.key`` there) and the protocol bounds given (``maximum_version=...``)."""
+    ctx = ssl.create_default_context(cafile=str(pki["dir"] / "ca.pem"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if ssl.TLSVersion.TLSv1_1 in versions.values():  # so that a refusal is the server's, not ours
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        for k, v in versions.items():
+            setattr(ctx, k, v)
+    if cert:
+        ctx.load_cert_chain(pki["dir"] / f"{cert}.pem", pki["dir"] / f"{cert}.key")
+    return ctx

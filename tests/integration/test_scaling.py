@@ -267,6 +267,7 @@ def test_the_dashboard_shows_the_scaling_of_a_group(run_fivenines: Any, tmp_path
         line = wait_until(lambda: (x := json.loads(browser.evaluate(shown))) and x[0] == "2" and x, 10, 0.1,
                           what="the new count shown")
         assert line[4] == "2" and line[5].startswith("scaling 2 of 1..4 (manual 2) · "), line
-        assert line[5].endswith("scale web 1 -> 2: manual override 2"), line
+        # the last decision: the scale itself, or (one evaluation later, on a slow machine) the hold it sets
+        assert line[5].endswith(("scale web 1 -> 2: manual override 2", "hold web at 2: manual override 2")), line
     finally:
         browser.close()

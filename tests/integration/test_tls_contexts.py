@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from fivenines.core.tls import policy
 from fivenines.proxy import openssl
 from fivenines.proxy.tls import SNI_ATTRIBUTE, DirectSSLObject
 from tests.helpers import require_binary, stop_process
-from tests.tls_helpers import issue, make_ca
+from tests.tls_helpers import client_ctx, issue, make_ca
 from tests.tls_server import TlsTestServer
 
 pytestmark = pytest.mark.slow
@@ -67,20 +66,6 @@ def server(pki: dict[str, Any]) -> Iterator[Any]:
     yield make
     for s in made:
         s.close()
-
-
-def client_ctx(pki: dict[str, Any], *, cert: str | None = None, **versions: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki["dir"] / "ca.pem"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if ssl.TLSVersion.TLSv1_1 in versions.values():  # so that a refusal is the server's, not ours
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        for k, v in versions.items():
-            setattr(ctx, k, v)
-    if cert:
-        ctx.load_cert_chain(pki["dir"] / f"{cert}.pem", pki["dir"] / f"{cert}.key")
-    return ctx
 
 
 def get(port: int, ctx: ssl.SSLContext, name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

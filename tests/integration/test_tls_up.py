@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import time
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fivenines.core.tls import policy
 from tests.helpers import PY, Demo, Fivenines, require_binary, wait_until
-from tests.tls_helpers import Issued, issue, make_ca
+from tests.tls_helpers import Issued, client_ctx, issue, make_ca
 from tests.tls_server import TlsTestServer
 
 pytestmark = pytest.mark.slow
@@ -82,20 +81,6 @@ def https(pki: dict[str, Any], certs: list[Path] | None = None, **extra: Any) ->
     files = certs or [d / "a.pem", d / "wild.pem"]
     return {"port": 0, "protocol": "https", "default_target_group": "web", "ssl_policy": POLICY,
             "certificates": [{"cert": str(c), "key": str(c.with_suffix(".key"))} for c in files], **extra}
-
-
-def client_ctx(pki: dict[str, Any], cert: str | None = None, **versions: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki["dir"] / "ca.pem"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if ssl.TLSVersion.TLSv1_1 in versions.values():  # so that a refusal is the server's, not ours
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        for k, v in versions.items():
-            setattr(ctx, k, v)
-    if cert:
-        ctx.load_cert_chain(str(pki["dir"] / f"{cert}.pem"), str(pki["dir"] / f"{cert}.key"))
-    return ctx
 
 
 class Conn:
