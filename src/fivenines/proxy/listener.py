@@ -229,8 +229,7 @@ class Listener:
             self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
-        srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
-        self._set_port(srv.sockets[0].getsockname()[1])
+        self._set_port(bound_address(self.server)[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
         if self.tls is not None:
@@ -299,9 +298,7 @@ class Listener:
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        srv: Any = self.server
-        name = srv.sockets[0].getsockname()
-        return name[0], name[1]
+        return bound_address(self.server)
 
     def all_groups(self) -> list[BackendGroup]:
         out = list(self.groups.values())
@@ -361,6 +358,14 @@ class Listener:
         if self._watcher is not None:
             self._watcher.cancel()
         return cut
+
+
+def bound_address(server: Any) -> tuple[str, int]:
+    """Where an asyncio server listens: its first socket's address (for port 0, the port the
+    kernel gave). ``server`` is read as Any: uvloop gives ``sockets`` as a list where typeshed
+    says tuple, and the compiled code would check the annotation."""
+    name = server.sockets[0].getsockname()
+    return name[0], name[1]
 
 
 async def wait_then_cut(clients: set[Any], no_clients: asyncio.Event, timeout: float) -> int:

@@ -35,7 +35,7 @@ from fivenines.core.limits import Admission
 from fivenines.core.retry import Failure, Verdict
 from fivenines.core.route import Forward, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.listener import Counters, ProxySettings, wait_then_cut
+from fivenines.proxy.listener import Counters, ProxySettings, bound_address, wait_then_cut
 
 log = logging.getLogger("fivenines.proxy.tcp")
 
@@ -72,8 +72,7 @@ class TcpListener:
             self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
-        srv: Any = self.server  # (uvloop gives a list where typeshed says tuple: compiled code checks)
-        self.port = srv.sockets[0].getsockname()[1]
+        self.port = bound_address(self.server)[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
         if self.tls is not None:
             self.tls.start(loop, self.address)
@@ -93,9 +92,7 @@ class TcpListener:
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        srv: Any = self.server
-        name = srv.sockets[0].getsockname()
-        return name[0], name[1]
+        return bound_address(self.server)
 
     def _interval(self) -> float:
         return max(0.05, min(1.0, self.settings.idle_timeout / 4))
