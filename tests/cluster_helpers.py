@@ -52,7 +52,29 @@ def cluster_spec(rig: Rig, name: str, nodes: list[str], **cluster: Any) -> dict[
     }
 
 
-class Node:
+def spec_in(workdir: Path, spec: dict[str, Any]) -> Path:
+    """``spec`` written as ``workdir/fivenines.yaml`` (the folder made), for every node to read."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return write_spec(workdir / "fivenines.yaml", spec)
+
+
+class RigProcess:
+    """A process of the system under test in a rig host, logging to ``log``."""
+
+    rig: Rig
+    host: str
+    log: Path
+    tail_lines = 40
+
+    def tail(self, n: int | None = None) -> str:
+        """The last lines of its log (shown when a test failed)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-(n or self.tail_lines):])
+        except OSError:
+            return ""
+
+
+class Node(RigProcess):
     """``python -m fivenines.cluster_node`` inside a rig host."""
 
     def __init__(self, rig: Rig, host: str, spec_path: Path, workdir: Path) -> None:
@@ -70,16 +92,10 @@ class Node:
         except (OSError, ValueError):
             return {}
 
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
 
 def start_nodes(rig: Rig, spec: dict[str, Any], hosts: list[str], workdir: Path) -> dict[str, Node]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = write_spec(workdir / "fivenines.yaml", spec)
+    """``spec`` written to ``workdir``, a :class:`Node` started on each of ``hosts``."""
+    path = spec_in(workdir, spec)
     return {h: Node(rig, h, path, workdir) for h in hosts}
 
 
@@ -136,8 +152,10 @@ def node_spec(rig: Rig, name: str, nodes: list[str], web: dict[str, Any], port: 
     return spec
 
 
-class UpNode:
+class UpNode(RigProcess):
     """``fivenines up SPEC --node HOST`` inside a rig host; its admin API reached from inside it."""
+
+    tail_lines = 60
 
     def __init__(self, rig: Rig, host: str, spec_path: Path, workdir: Path) -> None:
         self.rig, self.host = rig, host
@@ -189,16 +207,10 @@ class UpNode:
     def targets(self) -> dict[str, dict[str, Any]]:
         return {t["id"]: t for g in self.status()["target_groups"].values() for t in g["targets"]}
 
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
 
 def start_up_nodes(rig: Rig, spec: dict[str, Any], hosts: list[str], workdir: Path) -> dict[str, UpNode]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = write_spec(workdir / "fivenines.yaml", spec)
+    """``spec`` written to ``workdir``, an :class:`UpNode` started on each of ``hosts``."""
+    path = spec_in(workdir, spec)
     return {h: UpNode(rig, h, path, workdir) for h in hosts}
 
 
