@@ -107,3 +107,17 @@ def client_ctx(pki: dict[str, Any], cert: str | None = None, **versions: ssl.TLS
     if cert:
         ctx.load_cert_chain(pki["dir"] / f"{cert}.pem", pki["dir"] / f"{cert}.key")
     return ctx
+
+
+def make_pki(d: Path, servers: list[tuple[str, list[str], str]]) -> dict[str, Any]:
+    """A test PKI in ``d``: ``ca.pem`` (the servers' CA), ``clients.pem`` (the client CA), a
+    certificate and key per ``(file name, DNS names, "ec" or "rsa")`` of ``servers``, and two
+    client certificates: ``alice`` (of the client CA) and ``mallory`` (of a stranger CA)."""
+    ca, client_ca, other_ca = make_ca(), make_ca("client CA"), make_ca("stranger CA")
+    (d / "ca.pem").write_bytes(ca.pem())
+    (d / "clients.pem").write_bytes(client_ca.pem())
+    for name, names, kind in servers:
+        issue(ca, names, kind=kind).write(d, name)
+    issue(client_ca, [], client=True, common_name="alice").write(d, "alice")
+    issue(other_ca, [], client=True, common_name="mallory").write(d, "mallory")
+    return {"dir": d, "ca": ca}

@@ -23,7 +23,7 @@ from fivenines.core.tls import policy
 from fivenines.proxy import openssl
 from fivenines.proxy.tls import SNI_ATTRIBUTE, DirectSSLObject
 from tests.helpers import require_binary, stop_process
-from tests.tls_helpers import client_ctx, issue, make_ca
+from tests.tls_helpers import client_ctx, make_pki
 from tests.tls_server import TlsTestServer
 
 pytestmark = pytest.mark.slow
@@ -31,19 +31,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("pki")
-    ca, client_ca, other_ca = make_ca(), make_ca("client CA"), make_ca("stranger CA")
-    (d / "ca.pem").write_bytes(ca.pem())
-    (d / "clients.pem").write_bytes(client_ca.pem())
-    issue(ca, ["example.test"]).write(d, "default")
-    issue(ca, ["*.example.test"]).write(d, "wild")
-    issue(ca, ["api.example.test"], kind="rsa").write(d, "api")
-    issue(ca, ["both.test"]).write(d, "both-ec")
-    issue(ca, ["both.test"], kind="rsa").write(d, "both-rsa")
-    issue(ca, ["example.test"]).write(d, "default2")
-    issue(client_ca, [], client=True, common_name="alice").write(d, "alice")
-    issue(other_ca, [], client=True, common_name="mallory").write(d, "mallory")
-    return {"dir": d, "ca": ca}
+    return make_pki(tmp_path_factory.mktemp("pki"), [
+        ("default", ["example.test"], "ec"), ("wild", ["*.example.test"], "ec"), ("api", ["api.example.test"], "rsa"),
+        ("both-ec", ["both.test"], "ec"), ("both-rsa", ["both.test"], "rsa"), ("default2", ["example.test"], "ec")])
 
 
 CERTS = [{"cert": "default.pem", "key": "default.key"}, {"cert": "wild.pem", "key": "wild.key"},

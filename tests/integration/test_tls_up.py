@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fivenines.core.tls import policy
 from tests.helpers import PY, Demo, Fivenines, require_binary, wait_until
-from tests.tls_helpers import Issued, client_ctx, issue, make_ca
+from tests.tls_helpers import Issued, client_ctx, issue, make_pki
 from tests.tls_server import TlsTestServer
 
 pytestmark = pytest.mark.slow
@@ -36,15 +36,7 @@ POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("pki")
-    ca, client_ca, other_ca = make_ca(), make_ca("client CA"), make_ca("stranger CA")
-    (d / "ca.pem").write_bytes(ca.pem())
-    (d / "clients.pem").write_bytes(client_ca.pem())
-    issue(ca, ["a.test"]).write(d, "a")
-    issue(ca, ["*.b.test"]).write(d, "wild")
-    issue(client_ca, [], client=True, common_name="alice").write(d, "alice")
-    issue(other_ca, [], client=True, common_name="mallory").write(d, "mallory")
-    return {"dir": d, "ca": ca}
+    return make_pki(tmp_path_factory.mktemp("pki"), [("a", ["a.test"], "ec"), ("wild", ["*.b.test"], "ec")])
 
 
 @pytest.fixture(scope="module")
