@@ -84,34 +84,23 @@ def announce(interface: str, address: str) -> None:
             s.send(frame)
 
 
-def fence_rules(address: str, *, gate: bool = True) -> str:
+def fence_rules(address: str) -> str:
     """The fence for ``address``, as one nft transaction that replaces any earlier one (closed).
-
-    ``gate=False``: only the rule that ignores connections nothing listens for (coordination:
-    vrrp, where keepalived moves the address); a gate left behind by an earlier process (a node
-    killed in etcd mode, its fence closed) is deleted too, or it would silence keepalived's address.
 
     >>> print(fence_rules("10.0.0.100").splitlines()[3])
     add set arp fivenines live { type ipv4_addr; flags timeout; }
-    >>> print(fence_rules("10.0.0.100", gate=False).splitlines()[:3])
-    ['add table arp fivenines', 'delete table arp fivenines', 'add table ip fivenines']
     """
     ipaddress.IPv4Address(address)
     lines = []
     for family, match in (("arp", "arp {dir} ip"), ("ip", "ip {dir}")):
         t = f"{family} {FENCE_TABLE}"
-        if not gate and family == "arp":
-            lines += [f"add table {t}", f"delete table {t}"]
-            continue
-        lines += [f"add table {t}", f"delete table {t}", f"add table {t}"]
-        if gate:
-            lines.append(f"add set {t} {FENCE_SET} {{ type ipv4_addr; flags timeout; }}")
+        lines += [f"add table {t}", f"delete table {t}", f"add table {t}",
+                  f"add set {t} {FENCE_SET} {{ type ipv4_addr; flags timeout; }}"]
         hooks = (("input", "input" if family == "arp" else "prerouting", "daddr"), ("output", "output", "saddr"))
-        for chain, hook, direction in hooks if gate else hooks[:1]:
+        for chain, hook, direction in hooks:
             m = match.format(dir=direction)
-            lines.append(f"add chain {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}")
-            if gate:
-                lines.append(f"add rule {t} {chain} {m} {address} {m} != @{FENCE_SET} drop")
+            lines += [f"add chain {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}",
+                      f"add rule {t} {chain} {m} {address} {m} != @{FENCE_SET} drop"]
     # A connection to the address on a port nothing listens on (the balancer died, the fence is still
     # open) is not refused: the client's SYN is dropped, so its retransmission (1 s later) can reach
     # the next holder instead of failing at once.
@@ -136,14 +125,10 @@ def fence_open_commands(address: str, ms: int) -> str:
 
 
 class Fence:
-    """The nftables fence of ``address`` in this network namespace (see the module docstring).
+    """The nftables fence of ``address`` in this network namespace (see the module docstring)."""
 
-    ``gate=False``: no gate, only connections nothing listens for ignored rather than refused.
-    """
-
-    def __init__(self, address: str, nft: Nft | None = None, *, gate: bool = True) -> None:
+    def __init__(self, address: str, nft: Nft | None = None) -> None:
         self.address = str(ipaddress.IPv4Address(address))
-        self.gate = gate
         self._nft = nft
         self.open_until: float | None = None  # clock time it closes, as last set (None: closed)
 
@@ -158,7 +143,7 @@ class Fence:
 
     def install(self) -> None:
         """Put the fence in place, closed (replacing any a previous process left, open or not)."""
-        self.nft.run(fence_rules(self.address, gate=self.gate))
+        self.nft.run(fence_rules(self.address))
         self.open_until = None
 
     def open_until_time(self, until: float, clock: Callable[[], float]) -> float:
@@ -192,8 +177,7 @@ class Fence:
         return expires_in(out)
 
     def remove(self) -> None:
-        families = ("arp", "ip") if self.gate else ("ip",)
-        self.nft.run("\n".join(f"delete table {f} {FENCE_TABLE}" for f in families) + "\n")
+        self.nft.run("\n".join(f"delete table {f} {FENCE_TABLE}" for f in ("arp", "ip")) + "\n")
         self.open_until = None
 
 
