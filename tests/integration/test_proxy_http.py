@@ -184,6 +184,44 @@ def test_chunked_and_close_delimited_responses_are_reframed(dp: DataPlane) -> No
         src.close()
 
 
+def test_http10_request_without_host_is_served_over_a_kept_upstream_connection() -> None:
+    """``GET / HTTP/1.0`` with no Host (openssl s_time, old clients): the target gets an HTTP/1.0
+    request asking for keep-alive, not an HTTP/1.1 one without the Host that HTTP/1.1 requires (nginx
+    answers that 400), and the one upstream connection serves the next such request too."""
+    src = RawServer(name="strict")
+    lines: list[bytes] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:  # as nginx: an HTTP/1.1 request must name its Host
+            head = await r.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0]
+            lines.append(line)
+            lower = head.lower()
+            if line.endswith(b"HTTP/1.1") and b"\r\nhost:" not in lower:
+                w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await w.drain()
+                return
+            keep = line.endswith(b"HTTP/1.1") or b"\r\nconnection: keep-alive\r\n" in lower
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: %s\r\n\r\nok"
+                    % (b"keep-alive" if keep else b"close"))
+            await w.drain()
+            if not keep:
+                return
+
+    src._handler = handler  # type: ignore[assignment]
+    d = DataPlane({"listeners": [{"port": 0, "default_target_group": "web"}],
+                   "target_groups": {"web": {"targets": [src.address]}}})
+    try:
+        for _ in range(3):
+            out = d.raw(b"GET /old HTTP/1.0\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\nok"), out
+        assert lines == [b"GET /old HTTP/1.0"] * 3
+        assert src.connections == 1  # kept and reused, not one connection per request
+    finally:
+        d.close()
+        src.close()
+
+
 def test_forwarded_headers_reach_the_target(dp: DataPlane) -> None:
     _, _, body = dp.request(headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
                                      "Keep-Alive": "timeout=1", "TE": "trailers"})

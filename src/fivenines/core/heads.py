@@ -91,6 +91,9 @@ def rewrite_request_head(method: bytes, url: bytes, version: str, headers: list[
     ['GET /a HTTP/1.1', 'Host: x', 'X-Request-Id: id-1', 'X-Forwarded-For: 10.0.0.1', 'X-Forwarded-Proto: http', 'X-Forwarded-Port: 80', '', '']
     >>> rewrite_request_head(b"GET", b"/", "1.1", [], False, b"", b"http", b"80", Limits(), lambda: b"").reason
     'missing Host'
+    >>> h = rewrite_request_head(b"GET", b"/", "1.0", [], False, b"10.0.0.1", b"https", b"443", Limits(), lambda: b"i")
+    >>> h.head.decode().split("\\r\\n")[:2]
+    ['GET / HTTP/1.0', 'Connection: keep-alive']
     """
     summary = HeadSummary()  # for the framing verdict, filled in the one pass below
     if raw_size > limits.max_header_bytes:
@@ -162,6 +165,12 @@ def rewrite_request_head(method: bytes, url: bytes, version: str, headers: list[
             lines[host_line] = b"Host: " + host + b"\r\n"
         else:
             append(b"Host: " + host + b"\r\n")
+    if not host_line and not host:
+        # an HTTP/1.0 request without Host: forwarded as HTTP/1.0 (as HTTP/1.1 it would need a Host the
+        # client did not name, and a target answers 400), asking the target to keep the connection
+        lines[0] = method + b" " + url + b" HTTP/1.0\r\n"
+        if not upgrade:
+            append(b"Connection: keep-alive\r\n")
     if conn_value and conn_value.lower() not in CONNECTION_TOKENS:
         named = {t.strip().lower() for t in conn_value.split(b",")} - CONNECTION_TOKENS
         if named:  # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
