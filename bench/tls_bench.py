@@ -28,6 +28,9 @@ import argparse
 import json
 import os
 import re
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -174,6 +177,24 @@ class TlsBench:
                 raise RuntimeError("fivenines' target did not become healthy")
             time.sleep(0.1)
 
+    def check_answers(self) -> None:
+        """Each proxy answers 200 to what the load generators send (s_time: ``GET / HTTP/1.0`` with
+        no Host; wrk: HTTP/1.1 with Host and ``Connection: close``): a rate of error replies or
+        of requests the proxy could not forward measures nothing."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        for who, port in self.ports.items():
+            for request in (b"GET / HTTP/1.0\r\n\r\n",
+                            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                        ctx.wrap_socket(raw, server_hostname="bench.test") as s:
+                    s.sendall(request)
+                    answer = b""
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                if not answer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+                    raise RuntimeError(f"{who} answered {answer[:80]!r} to {request!r}: nothing to measure")
+
     # -- load generators
     def wrk(self, port: int, close: bool) -> dict[str, Any]:
         a = self.args
@@ -186,6 +207,9 @@ class TlsBench:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
         lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M)}
         errors = re.search(r"Socket errors: (.*)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if non2xx:
+            raise RuntimeError(f"port {port}: {non2xx.group(1)} answers were not 2xx: the proxy did not serve them")
         return {"rate": rps, "p50_ms": lat.get("50", 0.0), "p99_ms": lat.get("99", 0.0),
                 "errors": errors.group(1) if errors else ""}
 
@@ -270,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = TlsBench(args)
     try:
         bench.start()
+        bench.check_answers()
         print(f"tls bench: fivenines ({bench.mode}) vs HAProxy, {POLICY}, ECDSA P-256; "
               f"{args.rounds} round(s) of {args.duration:g} s, wrk -t1 -c{args.connections}, "
               f"{args.handshake_clients} s_time client(s); proxies on {sorted(bench.proxy_cpus or []) or 'any CPU'}")
@@ -280,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, ok = summarise(results)
     finally:
         bench.procs.stop_all()
+        shutil.rmtree(bench.dir, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("tls-quick.json" if args.quick else "tls.json")
     out.write_text(json.dumps({"policy": POLICY, "data_plane": bench.mode, "args": {k: str(v) for k, v in vars(args).items()},
