@@ -349,25 +349,19 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     Py_ssize_t head_len = end + 2;
     PyObject *head = head_without(p, head_len, &conn);
-    PyObject *low = PyBytes_FromStringAndSize(NULL, head_len);
     PyObject *st = PyLong_FromLong(status);
     PyObject *end_obj = PyLong_FromSsize_t(end);
-    PyObject *result = PyTuple_New(4);
-    if (head == NULL || low == NULL || st == NULL || end_obj == NULL || result == NULL) {
+    PyObject *result = PyTuple_New(3);
+    if (head == NULL || st == NULL || end_obj == NULL || result == NULL) {
         Py_XDECREF(head);
-        Py_XDECREF(low);
         Py_XDECREF(st);
         Py_XDECREF(end_obj);
         Py_XDECREF(result);
         return NULL;
     }
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(low);
-    for (Py_ssize_t i = 0; i < head_len; i++)
-        out[i] = lower(p[i]);
     PyTuple_SET_ITEM(result, 0, st);
     PyTuple_SET_ITEM(result, 1, head);
-    PyTuple_SET_ITEM(result, 2, low);
-    PyTuple_SET_ITEM(result, 3, end_obj);
+    PyTuple_SET_ITEM(result, 2, end_obj);
     return result;
 }
 

@@ -266,7 +266,7 @@ def test_a_response_is_relayed_the_same_by_the_express_lane_and_the_parser(respo
 
 def test_express_response_needs_the_whole_plain_message() -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
-    assert express_response(ok)[::3] == (200, ok.index(b"\r\n\r\n"))
+    assert express_response(ok)[::2] == (200, ok.index(b"\r\n\r\n"))
     assert express_response(ok[:-1]) is None  # body not all here yet
     assert express_response(ok + b"x") is None  # more than one message
     assert express_response(ok.replace(b"keep-alive", b"close")) is None

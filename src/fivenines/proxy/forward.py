@@ -337,8 +337,7 @@ class Forwarder(ClientSide):
         if ex.group is not None:
             ex.group.counters.failed += 1
 
-    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, lower: bytes,
-                          body: bytes) -> None:
+    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, body: bytes) -> None:
         ex = conn.exchange
         assert ex is not None
         group = ex.group
@@ -347,7 +346,7 @@ class Forwarder(ClientSide):
         if acts & RELAY_HEAD:
             now = self.listener.time()  # (head and end arrived together: one reading of the clock)
             self._observed(ex, status, now)
-            self._relay_head(ex, status, head, lower, True)
+            self._relay_head(ex, status, head, b"", True)
             self._wbuf.append(body)
             self._response_done(ex, conn, ex.request_done, now)
         else:
@@ -454,7 +453,8 @@ class Forwarder(ClientSide):
         CRLF, the blank line excluded), ``lower`` the same lower-cased. Hop-by-hop lines
         (and those the target's ``Connection`` header names) are cut out with one regex;
         no per-header Python work is done. ``plain``: an HTTP/1.1 head with no hop-by-hop
-        line left (the express lane cut them), ``lower`` still the head as received.
+        line left, status 200-499, exactly one ``Content-Length`` (the express lane), and no
+        ``lower`` (b"": nothing is looked up in a plain head).
         """
         upgrade_value = b""
         if status == 101:
@@ -475,11 +475,11 @@ class Forwarder(ClientSide):
             append(ex.group_cookie)
         if status == 101:
             append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n\r\n")
-            self._wbuf.append(b"".join(parts))
+            self._wbuf.extend(parts)
             return False
         chunk_out = False
         # (find, not `in`: a bytes `in` first tries its operand as an int, formatting a TypeError each time)
-        if not (ex.head_only or status == 204 or status == 304) and lower.find(b"\r\ncontent-length:") < 0:
+        if not (plain or ex.head_only or status == 204 or status == 304) and lower.find(b"\r\ncontent-length:") < 0:
             if ex.version10:
                 ex.close_after()  # close-delimited for an HTTP/1.0 client
             else:
@@ -493,7 +493,7 @@ class Forwarder(ClientSide):
             append(b"Connection: keep-alive\r\n\r\n")
         else:
             append(b"\r\n")
-        self._wbuf.append(b"".join(parts))
+        self._wbuf.extend(parts)  # joined with the body by flush: one copy
         if status >= 500 and backend is not None:
             backend.errors += 1
         return chunk_out

@@ -60,8 +60,7 @@ class ClientSide(ClientBase):
 
     listener: Listener
 
-    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, lower: bytes,
-                          body: bytes) -> None:
+    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, body: bytes) -> None:
         """A whole plain response (the express lane): relayed as it is, and the exchange ends."""
         raise NotImplementedError
 
@@ -407,10 +406,10 @@ class UpstreamConnection(UpstreamBase):
         got = express_response(data)
         if got is None:
             return False
-        status, head, lower, end = got
+        status, head, end = got
         self._cancel_timer()
         self.keep_alive = True
-        client.upstream_response(self, status, head, lower, data[end + 4:])
+        client.upstream_response(self, status, head, data[end + 4:])
         return True
 
     # -- parser callbacks (no per-header ones: the head is taken whole from the bytes received)
