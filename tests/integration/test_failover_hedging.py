@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fivenines.core.detect import OutlierDetector, OutlierPolicy
+from fivenines.core.detect import OutcomeSink, OutlierDetector, OutlierPolicy
 from tests.helpers import Demo, LoopThread, wait_until
 
 
@@ -37,10 +37,7 @@ class HedgingProxy:
             det = OutlierDetector(len(demos), OutlierPolicy(consecutive_5xx=1, latency=None))
             self.detector = det
 
-            def observe(i: int, o: int, lat: float, now: float) -> None:
-                det.record(i, o, lat, now)
-
-            self.group.observe = observe
+            self.group.observe = OutcomeSink(det, lambda e: None)
         self.listener = http_listener(lambda: self.group, 0, ProxySettings())
         self.lt.call(self.listener.start("127.0.0.1", 0))
         self.host, self.port = self.listener.address

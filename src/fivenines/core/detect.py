@@ -603,7 +603,7 @@ def _median(sorted_values: list[float]) -> float:
 
 class OutcomeSink:
     """The passive hook the data plane calls with each attempt's outcome (``BackendGroup.observe``
-    is its bound :meth:`record`): the detector records it, and an ejection it causes is handed to
+    is one; the data plane calls its :meth:`record`): the detector records it, and an ejection it causes is handed to
     ``on_ejection``. Compiled with the data plane, so the call per response stays compiled.
 
     >>> d = OutlierDetector(2, OutlierPolicy(consecutive_errors=1, consecutive_5xx=0))

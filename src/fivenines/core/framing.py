@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from fivenines.core import fieldsets
 
@@ -268,8 +268,9 @@ def _native(name: str) -> Callable[..., Any] | None:
     return getattr(_express, name)  # type: ignore[no-any-return]
 
 
-_NATIVE_REQUEST = _native("express_request")
-_NATIVE_RESPONSE = _native("express_response")
+# (Final: compiled, each call reads a C static, not the module's dict)
+_NATIVE_REQUEST: Final = _native("express_request")
+_NATIVE_RESPONSE: Final = _native("express_response")
 
 
 def express_request(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes, bytes, bool] | None:

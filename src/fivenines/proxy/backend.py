@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from mypy_extensions import mypyc_attr
 
 from fivenines.core.balance import Balancer, make_balancer
+from fivenines.core.detect import OutcomeSink
 from fivenines.core.retry import RetryBudget, RetryPolicy
 
 
@@ -33,8 +33,26 @@ class PooledConnection(Protocol):
     def close(self) -> None: ...
 
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the per-target latency histogram; a last bucket holds the rest."""
+
+
+def latency_bucket(seconds: float) -> int:
+    """``bisect_left(LATENCY_BUCKETS, seconds)``: the histogram bucket of a latency, searched
+    here so that the compiled data plane keeps the float unboxed (one per response).
+
+    >>> latency_bucket(0.0), latency_bucket(0.001), latency_bucket(0.0011), latency_bucket(31.0)
+    (0, 0, 1, 14)
+    """
+    buckets = LATENCY_BUCKETS
+    lo, hi = 0, len(buckets)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if buckets[mid] < seconds:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class Backend:
@@ -89,7 +107,7 @@ class Backend:
     def observe(self, status: int, seconds: float) -> None:
         """A response from this target completed: count its status class and latency."""
         self.responses[status // 100 % 10] += 1
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_counts[latency_bucket(seconds)] += 1
         self.latency_sum += seconds
 
     def stats_row(self) -> list[float]:
@@ -232,9 +250,9 @@ class BackendGroup:
         self.clock = clock
         self.counters = GroupCounters()
         self.observers: list[Callable[[str, BackendGroup, Any], None]] = []
-        # The passive-outcome hook: (backend index, core.detect.Outcome, latency, now) of every
-        # attempt of a real request. Called on the hot path: it must be cheap and allocate nothing.
-        self.observe: Callable[[int, int, float, float], None] | None = None
+        # The passive-outcome hook: its record(backend index, core.detect.Outcome, latency, now) is
+        # called with every attempt of a real request, on the hot path (a compiled call: no boxing).
+        self.observe: OutcomeSink | None = None
         self.hedge_delay: float | None = None  # hedging: send a copy after this (idempotent requests)
         self._by_token: dict[bytes, Backend] = {}
 

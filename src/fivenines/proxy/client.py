@@ -222,7 +222,7 @@ class ClientConnection(Forwarder):
         ex.expect = req.expect
         ex.idempotent = req.idempotent
         if s.request_timeout:
-            ex.started = asyncio.get_running_loop().time()
+            ex.started = listener.time()  # (CLOCK_MONOTONIC, as the loop's time the sweep reads)
         rate = listener.rate
         if rate is not None and not rate.allow(self._peer_ip.decode(), listener.tick):
             listener.counters.rate_limited += 1
@@ -272,7 +272,7 @@ class ClientConnection(Forwarder):
                                             self._peer_ip, listener.forwarded_tail)), False, keep_alive, False)
         ex.request_done = True  # (no body)
         if listener.settings.request_timeout:
-            ex.started = asyncio.get_running_loop().time()
+            ex.started = listener.time()
         ex.group = group
         if group is not None and group.hash_on is not None:
             ex.key = self._hash_key(group, url, None)

@@ -439,12 +439,14 @@ class Forwarder(ClientSide):
         if group is not None and backend is not None:
             observe = group.observe
             if observe is not None:
-                observe(backend.index, _HTTP_5XX if status >= 500 else _OK, now - ex.sent_at, now)
+                observe.record(backend.index, _HTTP_5XX if status >= 500 else _OK, now - ex.sent_at, now)
 
     def _observe(self, group: BackendGroup | None, backend: Backend, outcome: int, sent_at: float) -> None:
-        if group is not None and group.observe is not None and not backend.draining:
-            now = self.listener.time()
-            group.observe(backend.index, outcome, now - sent_at, now)
+        if group is not None and not backend.draining:
+            observe = group.observe
+            if observe is not None:
+                now = self.listener.time()
+                observe.record(backend.index, outcome, now - sent_at, now)
 
     def _relay_head(self, ex: HttpExchange, status: int, head: bytes, lower: bytes, plain: bool) -> bool:
         """Queue the response head for the client. Returns True when the body is chunk-encoded for it.

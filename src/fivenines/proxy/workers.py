@@ -463,7 +463,7 @@ class WorkerState:
         g = self.groups[name]
         self.detectors[name] = det
         det.may_eject = lambda i: any(b.index != i for b in g.serving)  # never the last one serving
-        g.observe = OutcomeSink(det, functools.partial(self._ejected, name)).record
+        g.observe = OutcomeSink(det, functools.partial(self._ejected, name))
 
     def _ejected(self, name: str, e: Ejection) -> None:
         g = self.groups[name]

@@ -128,7 +128,7 @@ class Reconciler:
         if out is not None:
             # compiled with the data plane: no Python frame per response (a reload that replaces the
             # detector wires the group again)
-            g.backends.observe = OutcomeSink(out, functools.partial(self._ejected, g)).record
+            g.backends.observe = OutcomeSink(out, functools.partial(self._ejected, g))
         else:
             g.backends.observe = None
 
