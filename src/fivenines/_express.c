@@ -365,11 +365,44 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* request_id(prefix): prefix + the next number of this process's request counter in lower-case
+   hex (1, 2, ...): fivenines.proxy.client's X-Request-Id, one call instead of next() on a count,
+   hex(), a slice, encode and a concatenation (the GIL guards the counter) */
+static unsigned long long request_counter = 0;
+
+static PyObject *
+request_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "request_id(prefix: bytes)");
+        return NULL;
+    }
+    char digits[16];
+    int k = 0;
+    unsigned long long n = ++request_counter;
+    do {
+        digits[k++] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n != 0);
+    Py_ssize_t plen = PyBytes_GET_SIZE(args[0]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, plen + k);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, PyBytes_AS_STRING(args[0]), (size_t)plen);
+    for (int i = 0; i < k; i++)
+        o[plen + i] = digits[k - 1 - i];
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"express_request", (PyCFunction)(void (*)(void))express_request, METH_FASTCALL,
      "express_request(data, max_header_bytes, max_request_line, max_headers): as fivenines.core.framing.express_request"},
     {"express_response", (PyCFunction)(void (*)(void))express_response, METH_FASTCALL,
      "express_response(data): as fivenines.core.framing.express_response"},
+    {"request_id", (PyCFunction)(void (*)(void))request_id, METH_FASTCALL,
+     "request_id(prefix): prefix + this process's next request number in hex (fivenines.proxy.client)"},
     {NULL, NULL, 0, NULL},
 };
 

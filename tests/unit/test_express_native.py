@@ -148,3 +148,16 @@ def test_wrong_arguments_are_type_errors() -> None:
         _express.express_response(bytearray(b"HTTP/1.1 200 OK\r\n\r\n"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _express.express_request(b"", "1", 1, 1)  # type: ignore[arg-type]
+
+
+def test_request_ids_count_up_in_hex_after_the_prefix() -> None:
+    """The C counter gives what the Python one gives: prefix, then 1, 2, ... in lower-case hex,
+    each number once (also across the 4-bit digit boundaries)."""
+    first = _express.request_id(b"p-")
+    assert first.startswith(b"p-")
+    n = int(first[2:], 16)
+    got = [_express.request_id(b"ab12cd34-") for _ in range(300)]
+    assert got == [b"ab12cd34-" + hex(i)[2:].encode() for i in range(n + 1, n + 301)]
+    assert _express.request_id(b"") == hex(n + 301)[2:].encode()
+    with pytest.raises(TypeError):
+        _express.request_id("p-")  # type: ignore[arg-type]

@@ -259,7 +259,7 @@ _EXPRESS_RESPONSE = re.compile(
 _RESPONSE_SPECIAL = _field_search(b"\r\n", fieldsets.RESPONSE_FULL_PATH, fieldsets.RESPONSE_PREFIXES)
 
 
-def _native(name: str) -> Callable[..., Any] | None:
+def native(name: str) -> Callable[..., Any] | None:
     """A function of the C express lane, when it is built and current (fivenines.accel decides)."""
     try:
         from fivenines import _express
@@ -269,8 +269,8 @@ def _native(name: str) -> Callable[..., Any] | None:
 
 
 # (Final: compiled, each call reads a C static, not the module's dict)
-_NATIVE_REQUEST: Final = _native("express_request")
-_NATIVE_RESPONSE: Final = _native("express_response")
+_NATIVE_REQUEST: Final = native("express_request")
+_NATIVE_RESPONSE: Final = native("express_response")
 
 
 def express_request(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes, bytes, bool] | None:

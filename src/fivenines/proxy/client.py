@@ -35,7 +35,7 @@ import httptools
 
 from fivenines.core.balance import key_hash
 from fivenines.core.exchange import ABORT, BUFFER, WRITE_BODY, ExchangeState
-from fivenines.core.framing import express_request
+from fivenines.core.framing import express_request, native
 from fivenines.core.heads import local_head, rewrite_request_head, status_reply, with_identity
 from fivenines.core.retry import Failure
 from fivenines.core.route import FixedResponse, Forward, Redirect, RequestView, Router, ip_to_int
@@ -54,7 +54,18 @@ _ids: Final = itertools.count(1)
 _ID_PREFIX: Final = os.urandom(4).hex().encode() + b"-"
 
 
+_NATIVE_ID: Final = native("request_id")
+
+
 def _new_id() -> bytes:
+    """An ``X-Request-Id``: this process's random prefix and its next request number in hex."""
+    if _NATIVE_ID is not None:
+        return _NATIVE_ID(_ID_PREFIX)  # type: ignore[no-any-return]
+    return _new_id_py()
+
+
+def _new_id_py() -> bytes:
+    """:func:`_new_id` without the C build (the C counter counts the same numbers, in one call)."""
     return _ID_PREFIX + hex(next(_ids))[2:].encode()  # (a third of the instructions of b"%x" %)
 
 
