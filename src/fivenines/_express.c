@@ -129,7 +129,8 @@ seen(Field *f, Py_ssize_t line, Py_ssize_t end, Py_ssize_t v0, Py_ssize_t v1)
     f->v1 = v1;
 }
 
-/* p[0:head_len] as new bytes, without the line of `cut` when there is one */
+/* p[0:head_len] as new bytes, without the line of `cut` when there is one (head_len: the whole
+   request head, or the whole response) */
 static PyObject *
 head_without(const unsigned char *p, Py_ssize_t head_len, const Field *cut)
 {
@@ -347,8 +348,17 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (conn.count == 1 && !trimmed_keep_alive(p + conn.v0, conn.v1 - conn.v0))
         Py_RETURN_NONE;
 
-    Py_ssize_t head_len = end + 2;
-    PyObject *head = head_without(p, head_len, &conn);
+    /* the whole message without its Connection line: `data` itself when it has none */
+    PyObject *message;
+    if (conn.count == 0) {
+        message = args[0];
+        Py_INCREF(message);
+    }
+    else {
+        message = head_without(p, n, &conn);
+        end -= conn.end - conn.line;
+    }
+    PyObject *head = message; /* (the name the error path below uses) */
     PyObject *st = PyLong_FromLong(status);
     PyObject *end_obj = PyLong_FromSsize_t(end);
     PyObject *result = PyTuple_New(3);

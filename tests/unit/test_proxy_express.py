@@ -253,9 +253,10 @@ responses = st.one_of(plain_responses(), any_responses())
 
 
 @settings(max_examples=300)
-@given(responses)
-def test_a_response_is_relayed_the_same_by_the_express_lane_and_the_parser(response: bytes) -> None:
-    head = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+@given(responses, st.sampled_from([b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n"]))
+def test_a_response_is_relayed_the_same_by_the_express_lane_and_the_parser(response: bytes, conn: bytes) -> None:
+    """Whatever the client asked of its connection (kept, or closed after this answer)."""
+    head = b"GET / HTTP/1.1\r\nHost: example.com\r\n" + conn + b"\r\n"
     whole, split = Rig(), Rig()
     whole.request(head, whole=True)
     split.request(head, whole=True)
@@ -266,7 +267,9 @@ def test_a_response_is_relayed_the_same_by_the_express_lane_and_the_parser(respo
 
 def test_express_response_needs_the_whole_plain_message() -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
-    assert express_response(ok)[::2] == (200, ok.index(b"\r\n\r\n"))
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"  # the message, its Connection line cut
+    assert express_response(ok) == (200, cut, cut.index(b"\r\n\r\n"))
+    assert express_response(cut) == (200, cut, cut.index(b"\r\n\r\n"))
     assert express_response(ok[:-1]) is None  # body not all here yet
     assert express_response(ok + b"x") is None  # more than one message
     assert express_response(ok.replace(b"keep-alive", b"close")) is None

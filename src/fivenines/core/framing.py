@@ -328,19 +328,18 @@ def express_request_py(data: bytes, limits: Limits) -> tuple[bytes, bytes, bytes
 
 
 def express_response(data: bytes) -> tuple[int, bytes, int] | None:
-    """``(status, head, head_end)`` when ``data`` is exactly one plain, whole response, else None.
+    """``(status, message, head_end)`` when ``data`` is exactly one plain, whole response, else None.
 
     Plain: an HTTP/1.1 status 200-499 other than 204 and 304, header lines in strict
     form, exactly one ``Content-Length`` whose body is all of the rest of ``data``, no
     hop-by-hop field but a ``Connection`` header that says only ``keep-alive``.
-    ``head`` is the status line and header lines as received (each ending in CRLF) without
-    that ``Connection`` line, and ``head_end`` where the blank line starts. (No lower-cased
-    copy: whoever relays a plain response has nothing left to look up in its head.)
+    ``message`` is ``data`` without that ``Connection`` line (``data`` itself when it has
+    none): what a keep-alive HTTP/1.1 client is sent as it is; ``head_end`` is where its
+    blank line starts. (No lower-cased copy: whoever relays a plain response has nothing
+    left to look up in its head.)
 
-    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")[::2]
-    (200, 58)
-    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")[1]
-    b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n'
+    >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")
+    (200, b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok', 34)
     >>> express_response(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok") is None
     True
     """
@@ -372,8 +371,8 @@ def express_response_py(data: bytes) -> tuple[int, bytes, int] | None:
         return None
     i = lower.find(b"\r\nconnection:")
     if i < 0:
-        return status, data[:end + 2], end
+        return status, data, end
     j = lower.find(b"\r\n", i + 13)
     if lower[i + 13:j].strip(b" \t") != b"keep-alive" or lower.find(b"\r\nconnection:", j) >= 0:
         return None
-    return status, data[:i] + data[j:end + 2], end
+    return status, data[:i] + data[j:], end - (j - i)

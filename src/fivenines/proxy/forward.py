@@ -337,7 +337,7 @@ class Forwarder(ClientSide):
         if ex.group is not None:
             ex.group.counters.failed += 1
 
-    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, body: bytes) -> None:
+    def upstream_response(self, conn: UpstreamConnection, status: int, message: bytes, head_end: int) -> None:
         ex = conn.exchange
         assert ex is not None
         group = ex.group
@@ -346,8 +346,16 @@ class Forwarder(ClientSide):
         if acts & RELAY_HEAD:
             now = self.listener.time()  # (head and end arrived together: one reading of the clock)
             self._observed(ex, status, now)
-            self._relay_head(ex, status, head, b"", True)
-            self._wbuf.append(body)
+            if (not ex.version10 and not ex.upgrade and ex.group_cookie is None
+                    and (group is None or group.stickiness is None)):
+                # what _relay_head would send: the message, with "Connection: close" if this is the last
+                if ex.keep_alive and not self._closing:
+                    self._wbuf.append(message)
+                else:
+                    self._wbuf.extend((message[:head_end + 2], b"Connection: close", message[head_end:]))
+            else:
+                self._relay_head(ex, status, message[:head_end + 2], b"", True)
+                self._wbuf.append(message[head_end + 4:])
             self._response_done(ex, conn, ex.request_done, now)
         else:
             self._carry_out(ex, acts)

@@ -60,8 +60,10 @@ class ClientSide(ClientBase):
 
     listener: Listener
 
-    def upstream_response(self, conn: UpstreamConnection, status: int, head: bytes, body: bytes) -> None:
-        """A whole plain response (the express lane): relayed as it is, and the exchange ends."""
+    def upstream_response(self, conn: UpstreamConnection, status: int, message: bytes, head_end: int) -> None:
+        """A whole plain response (the express lane, :func:`~fivenines.core.framing.express_response`:
+        ``message`` without its Connection line, its blank line at ``head_end``): relayed as it
+        is, and the exchange ends."""
         raise NotImplementedError
 
     def upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, lower: bytes) -> int:
@@ -406,10 +408,10 @@ class UpstreamConnection(UpstreamBase):
         got = express_response(data)
         if got is None:
             return False
-        status, head, end = got
+        status, message, end = got
         self._cancel_timer()
         self.keep_alive = True
-        client.upstream_response(self, status, head, data[end + 4:])
+        client.upstream_response(self, status, message, end)
         return True
 
     # -- parser callbacks (no per-header ones: the head is taken whole from the bytes received)
