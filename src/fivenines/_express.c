@@ -146,11 +146,71 @@ head_without(const unsigned char *p, Py_ssize_t head_len, const Field *cut)
     return head;
 }
 
+/* the next number of this process's request counter, as lower-case hex digits into `out`
+   (16 bytes at least): their count (request_id, forwarded_head; the GIL guards the counter) */
+static unsigned long long request_counter = 0;
+
+static int
+next_request_hex(char *out)
+{
+    char digits[16];
+    int k = 0;
+    unsigned long long n = ++request_counter;
+    do {
+        digits[k++] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n != 0);
+    for (int i = 0; i < k; i++)
+        out[i] = digits[k - 1 - i];
+    return k;
+}
+
+/* What the express lane forwards, in one new bytes: p[0:head_len] without the line of `cut`,
+   then "X-Request-Id: " id_prefix + the next request number in hex, "\r\nX-Forwarded-For: "
+   peer_ip, and `tail` (fivenines.proxy.client: the rest of the forwarding headers and the
+   blank line) */
+static PyObject *
+forwarded_head(const unsigned char *p, Py_ssize_t head_len, const Field *cut, PyObject *id_prefix,
+               PyObject *peer_ip, PyObject *tail)
+{
+    static const char RID[] = "X-Request-Id: ", XFF[] = "\r\nX-Forwarded-For: ";
+    char hex[16];
+    int k = next_request_hex(hex);
+    Py_ssize_t kept = cut->count ? head_len - (cut->end - cut->line) : head_len;
+    Py_ssize_t np = PyBytes_GET_SIZE(id_prefix), ni = PyBytes_GET_SIZE(peer_ip), nt = PyBytes_GET_SIZE(tail);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, kept + (Py_ssize_t)sizeof(RID) - 1 + np + k
+                                                  + (Py_ssize_t)sizeof(XFF) - 1 + ni + nt);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    if (cut->count) {
+        memcpy(o, p, (size_t)cut->line);
+        memcpy(o + cut->line, p + cut->end, (size_t)(head_len - cut->end));
+    }
+    else
+        memcpy(o, p, (size_t)head_len);
+    o += kept;
+    memcpy(o, RID, sizeof(RID) - 1);
+    o += sizeof(RID) - 1;
+    memcpy(o, PyBytes_AS_STRING(id_prefix), (size_t)np);
+    o += np;
+    memcpy(o, hex, (size_t)k);
+    o += k;
+    memcpy(o, XFF, sizeof(XFF) - 1);
+    o += sizeof(XFF) - 1;
+    memcpy(o, PyBytes_AS_STRING(peer_ip), (size_t)ni);
+    o += ni;
+    memcpy(o, PyBytes_AS_STRING(tail), (size_t)nt);
+    return out;
+}
+
 static PyObject *
 express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "express_request(data: bytes, max_header_bytes, max_request_line, max_headers)");
+    if ((nargs != 4 && nargs != 7) || !PyBytes_CheckExact(args[0])
+        || (nargs == 7 && (!PyBytes_CheckExact(args[4]) || !PyBytes_CheckExact(args[5]) || !PyBytes_CheckExact(args[6])))) {
+        PyErr_SetString(PyExc_TypeError, "express_request(data: bytes, max_header_bytes, max_request_line, max_headers"
+                                         "[, id_prefix: bytes, peer_ip: bytes, tail: bytes])");
         return NULL;
     }
     Py_ssize_t max_header_bytes = PyLong_AsSsize_t(args[1]);
@@ -240,7 +300,8 @@ express_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     PyObject *target = PyBytes_FromStringAndSize((const char *)p + t0, t1 - t0);
     PyObject *host_value = PyBytes_FromStringAndSize((const char *)p + host.v0, host.v1 - host.v0);
-    PyObject *head = head_without(p, n - 2, &conn);
+    PyObject *head = nargs == 7 ? forwarded_head(p, n - 2, &conn, args[4], args[5], args[6])
+                                : head_without(p, n - 2, &conn);
     PyObject *result = PyTuple_New(5);
     if (target == NULL || host_value == NULL || head == NULL || result == NULL) {
         Py_XDECREF(target);
@@ -377,9 +438,7 @@ express_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* request_id(prefix): prefix + the next number of this process's request counter in lower-case
    hex (1, 2, ...): fivenines.proxy.client's X-Request-Id, one call instead of next() on a count,
-   hex(), a slice, encode and a concatenation (the GIL guards the counter) */
-static unsigned long long request_counter = 0;
-
+   hex(), a slice, encode and a concatenation */
 static PyObject *
 request_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -388,27 +447,22 @@ request_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "request_id(prefix: bytes)");
         return NULL;
     }
-    char digits[16];
-    int k = 0;
-    unsigned long long n = ++request_counter;
-    do {
-        digits[k++] = "0123456789abcdef"[n & 15];
-        n >>= 4;
-    } while (n != 0);
+    char hex[16];
+    int k = next_request_hex(hex);
     Py_ssize_t plen = PyBytes_GET_SIZE(args[0]);
     PyObject *out = PyBytes_FromStringAndSize(NULL, plen + k);
     if (out == NULL)
         return NULL;
     char *o = PyBytes_AS_STRING(out);
     memcpy(o, PyBytes_AS_STRING(args[0]), (size_t)plen);
-    for (int i = 0; i < k; i++)
-        o[plen + i] = digits[k - 1 - i];
+    memcpy(o + plen, hex, (size_t)k);
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"express_request", (PyCFunction)(void (*)(void))express_request, METH_FASTCALL,
-     "express_request(data, max_header_bytes, max_request_line, max_headers): as fivenines.core.framing.express_request"},
+     "express_request(data, max_header_bytes, max_request_line, max_headers[, id_prefix, peer_ip, tail]): as "
+     "fivenines.core.framing.express_request; with the last three, the head is what is forwarded (see forwarded_head)"},
     {"express_response", (PyCFunction)(void (*)(void))express_response, METH_FASTCALL,
      "express_response(data): as fivenines.core.framing.express_response"},
     {"request_id", (PyCFunction)(void (*)(void))request_id, METH_FASTCALL,

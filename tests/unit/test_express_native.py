@@ -11,6 +11,7 @@ Runs where the C build is loaded (the compiled run of ``make test``; under CI it
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import pytest
@@ -63,6 +64,19 @@ def both_requests(data: bytes, lim: Limits) -> None:
     c = _express.express_request(data, lim.max_header_bytes, lim.max_request_line, lim.max_headers)
     assert c == express_request_py(data, lim), data
     assert express_request(data, lim) == c  # and the proxy's entry point calls the C one
+    # with the forwarding headers: the same, its head followed by them (the id: the C counter's next)
+    f = _express.express_request(data, lim.max_header_bytes, lim.max_request_line, lim.max_headers,
+                                 b"5eed-", b"10.9.8.7", b"\r\nX-Forwarded-Proto: http\r\n\r\n")
+    if c is None:
+        assert f is None, data
+        return
+    assert f[:3] + f[4:] == c[:3] + c[4:], data
+    head, rid = f[3][:len(c[3])], f[3][len(c[3]):]
+    assert head == c[3], data
+    m = re.fullmatch(rb"X-Request-Id: 5eed-([0-9a-f]+)\r\nX-Forwarded-For: 10\.9\.8\.7\r\nX-Forwarded-Proto: http\r\n\r\n",
+                     rid)
+    assert m is not None and not m.group(1).startswith(b"0"), rid
+    assert _express.request_id(b"") == hex(int(m.group(1), 16) + 1)[2:].encode()  # one counter: the next
 
 
 def both_responses(data: bytes) -> None:
@@ -148,6 +162,10 @@ def test_wrong_arguments_are_type_errors() -> None:
         _express.express_response(bytearray(b"HTTP/1.1 200 OK\r\n\r\n"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _express.express_request(b"", "1", 1, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _express.express_request(b"", 1, 1, 1, b"p", "10.0.0.1", b"")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _express.express_request(b"", 1, 1, 1, b"p")  # type: ignore[call-arg]
 
 
 def test_request_ids_count_up_in_hex_after_the_prefix() -> None:
