@@ -91,8 +91,8 @@ def express_forward(data: bytes, limits: Limits, peer_ip: bytes,
 class ClientConnection(Forwarder):
     """A downstream (client) connection."""
 
-    __slots__ = ("_admitted", "_fresh", "_head_bytes", "_headers", "_parser", "_parsing", "_url", "head_started",
-                 "identity")
+    __slots__ = ("_admitted", "_fresh", "_head_bytes", "_headers", "_parser", "_parsing", "_peer", "_url",
+                 "head_started", "identity")
 
     def __init__(self, listener: Listener) -> None:
         super().__init__(listener)
@@ -105,6 +105,7 @@ class ClientConnection(Forwarder):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._admitted = False
+        self._peer = ""  # the client's address as uvloop gave it: the admission's key (its hash kept)
         self.head_started: float | None = None
         # https with mutual TLS (set by proxy/tls_serve.py after the handshake): the lower-case prefix
         # of the identity headers, and the headers to forward; a client's own with the prefix are dropped
@@ -118,10 +119,11 @@ class ClientConnection(Forwarder):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self._peer_ip = peer[0].encode() if peer else b""
+        self._peer = peer[0] if peer else ""
+        self._peer_ip = self._peer.encode()
         listener = self.listener
         listener.counters.connections += 1
-        if not listener.admission.admit(self._peer_ip.decode()):
+        if not listener.admission.admit(self._peer):
             listener.counters.refused += 1
             self._closing = True
             transport.write(status_reply(503, extra=b"Retry-After: 1\r\n"))  # type: ignore[attr-defined]
@@ -136,7 +138,7 @@ class ClientConnection(Forwarder):
         self._closing = True
         if not self._admitted:
             return
-        self.listener.admission.release(self._peer_ip.decode())
+        self.listener.admission.release(self._peer)
         clients = self.listener.clients
         clients.discard(self)
         if not clients:
@@ -254,7 +256,7 @@ class ClientConnection(Forwarder):
         if s.request_timeout:
             ex.started = listener.time()  # (CLOCK_MONOTONIC, as the loop's time the sweep reads)
         rate = listener.rate
-        if rate is not None and not rate.allow(self._peer_ip.decode(), listener.tick):
+        if rate is not None and not rate.allow(self._peer, listener.tick):
             listener.counters.rate_limited += 1
             ex.answer_here(local_head(429), b"Too Many Requests\n")
         elif method == b"CONNECT":

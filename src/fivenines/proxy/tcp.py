@@ -147,6 +147,7 @@ class TcpClient(asyncio.Protocol):
         "_eof_out",
         "_forward",
         "_listener",
+        "_peer",
         "_peer_ip",
         "_transport",
         "attempts",
@@ -165,6 +166,7 @@ class TcpClient(asyncio.Protocol):
         self._closed = False
         self._eof_in = False  # the client sent EOF
         self._eof_out = False  # the target sent EOF
+        self._peer = ""  # the client's address as uvloop gave it: the admission's key (its hash kept)
         self._peer_ip = b""
         self.upstream: TcpUpstream | None = None
         self._forward: Callable[[bytes], object] | None = None  # the upstream transport's write
@@ -184,10 +186,11 @@ class TcpClient(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         transport.pause_reading()  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
-        self._peer_ip = peer[0].encode() if peer else b""
+        self._peer = peer[0] if peer else ""
+        self._peer_ip = self._peer.encode()
         listener = self._listener
         listener.counters.connections += 1
-        if not listener.admission.admit(self._peer_ip.decode()):
+        if not listener.admission.admit(self._peer):
             listener.counters.refused += 1  # over max_connections (per listener or per IP): refused
             self._closed = True
             transport.close()
@@ -292,7 +295,7 @@ class TcpClient(asyncio.Protocol):
             return
         self._closed = True
         listener = self._listener
-        listener.admission.release(self._peer_ip.decode())
+        listener.admission.release(self._peer)
         listener.clients.discard(self)
         if not listener.clients:
             listener.no_clients.set()
