@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -443,7 +442,7 @@ class ClientConnection(Forwarder):
             if acts & ABORT:
                 return  # its answer had begun: the connection is cut
             pending.remove(broken)
-            self._exchanges = deque(pending)
+            self._exchanges = list(pending)
         if not pending:
             self.flush()
             self._transport.write(status_reply(status))
@@ -452,7 +451,7 @@ class ClientConnection(Forwarder):
             for ex in pending[1:]:
                 self._carry_out(ex, ex.cancel())
             del pending[1:]
-            self._exchanges = deque(pending)
+            self._exchanges = list(pending)
             pending[0].close_after()
             self._error_after = status
 

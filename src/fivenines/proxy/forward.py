@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Final
 
 from mypy_extensions import i64
@@ -104,7 +103,8 @@ class Forwarder(ClientSide):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._exchanges: deque[HttpExchange] = deque()
+        # (a list, not a deque: compiled, its operations are C calls; reading pauses while two wait)
+        self._exchanges: list[HttpExchange] = []
         self._paused = 0
         self._write_paused = False
         self._closing = False
@@ -548,7 +548,7 @@ class Forwarder(ClientSide):
     def _finish(self, ex: HttpExchange) -> None:
         """``ex`` leaves the queue: the next one starts, or the connection closes."""
         if self._exchanges and self._exchanges[0] is ex:
-            self._exchanges.popleft()
+            self._exchanges.pop(0)
         self.last_active = self.listener.tick
         if self._error_after:
             self.flush()
