@@ -129,20 +129,42 @@ seen(Field *f, Py_ssize_t line, Py_ssize_t end, Py_ssize_t v0, Py_ssize_t v1)
     f->v1 = v1;
 }
 
+/* p[0:len] copied to `o` without the line of `cut` when there is one; returns past what it wrote */
+static char *
+put_without(char *o, const unsigned char *p, Py_ssize_t len, const Field *cut)
+{
+    if (cut->count == 0) {
+        memcpy(o, p, (size_t)len);
+        return o + len;
+    }
+    memcpy(o, p, (size_t)cut->line);
+    memcpy(o + cut->line, p + cut->end, (size_t)(len - cut->end));
+    return o + cut->line + (len - cut->end);
+}
+
+/* n bytes of `src` copied to `o`; returns past them */
+static inline char *
+put(char *o, const void *src, Py_ssize_t n)
+{
+    memcpy(o, src, (size_t)n);
+    return o + n;
+}
+
+/* the length of p[0:len] without the line of `cut` when there is one */
+static inline Py_ssize_t
+len_without(Py_ssize_t len, const Field *cut)
+{
+    return cut->count ? len - (cut->end - cut->line) : len;
+}
+
 /* p[0:head_len] as new bytes, without the line of `cut` when there is one (head_len: the whole
    request head, or the whole response) */
 static PyObject *
 head_without(const unsigned char *p, Py_ssize_t head_len, const Field *cut)
 {
-    if (cut->count == 0)
-        return PyBytes_FromStringAndSize((const char *)p, head_len);
-    Py_ssize_t tail = head_len - cut->end;
-    PyObject *head = PyBytes_FromStringAndSize(NULL, cut->line + tail);
-    if (head != NULL) {
-        char *out = PyBytes_AS_STRING(head);
-        memcpy(out, p, (size_t)cut->line);
-        memcpy(out + cut->line, p + cut->end, (size_t)tail);
-    }
+    PyObject *head = PyBytes_FromStringAndSize(NULL, len_without(head_len, cut));
+    if (head != NULL)
+        put_without(PyBytes_AS_STRING(head), p, head_len, cut);
     return head;
 }
 
@@ -176,31 +198,19 @@ forwarded_head(const unsigned char *p, Py_ssize_t head_len, const Field *cut, Py
     static const char RID[] = "X-Request-Id: ", XFF[] = "\r\nX-Forwarded-For: ";
     char hex[16];
     int k = next_request_hex(hex);
-    Py_ssize_t kept = cut->count ? head_len - (cut->end - cut->line) : head_len;
+    Py_ssize_t kept = len_without(head_len, cut);
     Py_ssize_t np = PyBytes_GET_SIZE(id_prefix), ni = PyBytes_GET_SIZE(peer_ip), nt = PyBytes_GET_SIZE(tail);
     PyObject *out = PyBytes_FromStringAndSize(NULL, kept + (Py_ssize_t)sizeof(RID) - 1 + np + k
                                                   + (Py_ssize_t)sizeof(XFF) - 1 + ni + nt);
     if (out == NULL)
         return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    if (cut->count) {
-        memcpy(o, p, (size_t)cut->line);
-        memcpy(o + cut->line, p + cut->end, (size_t)(head_len - cut->end));
-    }
-    else
-        memcpy(o, p, (size_t)head_len);
-    o += kept;
-    memcpy(o, RID, sizeof(RID) - 1);
-    o += sizeof(RID) - 1;
-    memcpy(o, PyBytes_AS_STRING(id_prefix), (size_t)np);
-    o += np;
-    memcpy(o, hex, (size_t)k);
-    o += k;
-    memcpy(o, XFF, sizeof(XFF) - 1);
-    o += sizeof(XFF) - 1;
-    memcpy(o, PyBytes_AS_STRING(peer_ip), (size_t)ni);
-    o += ni;
-    memcpy(o, PyBytes_AS_STRING(tail), (size_t)nt);
+    char *o = put_without(PyBytes_AS_STRING(out), p, head_len, cut);
+    o = put(o, RID, (Py_ssize_t)sizeof(RID) - 1);
+    o = put(o, PyBytes_AS_STRING(id_prefix), np);
+    o = put(o, hex, k);
+    o = put(o, XFF, (Py_ssize_t)sizeof(XFF) - 1);
+    o = put(o, PyBytes_AS_STRING(peer_ip), ni);
+    put(o, PyBytes_AS_STRING(tail), nt);
     return out;
 }
 
@@ -453,9 +463,7 @@ request_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = PyBytes_FromStringAndSize(NULL, plen + k);
     if (out == NULL)
         return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    memcpy(o, PyBytes_AS_STRING(args[0]), (size_t)plen);
-    memcpy(o + plen, hex, (size_t)k);
+    put(put(PyBytes_AS_STRING(out), PyBytes_AS_STRING(args[0]), plen), hex, k);
     return out;
 }
 

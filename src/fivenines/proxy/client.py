@@ -57,14 +57,10 @@ _NATIVE_ID: Final = native("request_id")
 
 
 def _new_id() -> bytes:
-    """An ``X-Request-Id``: this process's random prefix and its next request number in hex."""
+    """An ``X-Request-Id``: this process's random prefix and its next request number in hex (the C
+    module's counter when it is loaded: the same numbers, in one call)."""
     if _NATIVE_ID is not None:
         return _NATIVE_ID(_ID_PREFIX)  # type: ignore[no-any-return]
-    return _new_id_py()
-
-
-def _new_id_py() -> bytes:
-    """:func:`_new_id` without the C build (the C counter counts the same numbers, in one call)."""
     return _ID_PREFIX + hex(next(_ids))[2:].encode()  # (a third of the instructions of b"%x" %)
 
 
