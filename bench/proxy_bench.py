@@ -347,6 +347,10 @@ frontend http_in
   bind 127.0.0.1:{http_port}
   option http-keep-alive
   option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Port %[dst_port]
+  unique-id-format %{{+X}}o\\ %pid-%rt
+  http-request set-header X-Request-Id %[unique-id] unless {{ req.hdr(x-request-id) -m found }}
   default_backend web
 backend web
   mode http

@@ -82,6 +82,9 @@ frontend https_in
   option http-keep-alive
   option forwardfor
   http-request set-header X-Forwarded-Proto https
+  http-request set-header X-Forwarded-Port %[dst_port]
+  unique-id-format %{{+X}}o\\ %pid-%rt
+  http-request set-header X-Request-Id %[unique-id] unless {{ req.hdr(x-request-id) -m found }}
   default_backend web
 backend web
   balance roundrobin
