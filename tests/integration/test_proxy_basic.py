@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Demo, ProxyUnderTest, free_port
+from tests.helpers import Demo, ProxyUnderTest, free_port, wait_until
 
 
 @pytest.fixture
@@ -34,6 +34,24 @@ def test_round_robin_over_keep_alive(proxy: ProxyUnderTest) -> None:
     assert proxy.listener.counters.connections == 1
     # upstream connections are pooled and reused: one per backend
     assert sum(len(b.idle) for b in proxy.group.backends.values()) == 2
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_a_request_is_acknowledged_by_its_response_not_by_an_ack_of_its_own(proxy: ProxyUnderTest) -> None:
+    """Quick ACKs are off on the listening socket, so each accepted connection delays the ACK of
+    the request until the response carries it (one segment less per connection)."""
+    def quickack(sock: object) -> int:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)  # type: ignore[attr-defined]
+
+    assert [quickack(s) for s in proxy.listener.server.sockets] == [0]
+    c = socket.create_connection((proxy.host, proxy.port), timeout=5)
+    try:
+        conn = wait_until(lambda: next(iter(proxy.listener.clients), None), what="the connection accepted")
+        assert quickack(conn._transport.get_extra_info("socket")) == 0
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        c.close()
 
 
 def test_forwarded_headers_and_request_id(proxy: ProxyUnderTest) -> None:

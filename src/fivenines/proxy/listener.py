@@ -14,6 +14,7 @@ due, cheaper per request than a timer per attempt.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -229,6 +230,7 @@ class Listener:
             self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
+        delay_first_ack(self.server)
         self._set_port(bound_address(self.server)[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)
         self._watcher = loop.call_later(self._watch_interval(), self._watch)
@@ -358,6 +360,25 @@ class Listener:
         if self._watcher is not None:
             self._watcher.cancel()
         return cut
+
+
+def delay_first_ack(server: Any) -> None:
+    """Let an HTTP client's request be acknowledged by the response, not by an ACK of its own.
+
+    A client sends its request as soon as its connection is up; the kernel acknowledges it at
+    once (a new connection starts in quick-ACK mode) and the response follows microseconds
+    later: one segment per connection for nothing, for both ends to handle. With quick ACKs off
+    on the listening socket (Linux; set after ``listen``, the accepted connections take it on) the
+    ACK rides on the response, as HAProxy's ``tcp-smart-accept`` does for HTTP by default. HTTP
+    and HTTPS listeners only: in TCP mode the server may not speak first."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is None:  # pragma: no cover - not Linux
+        return
+    for sock in server.sockets:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 0)
+        except OSError:  # pragma: no cover - not a TCP socket
+            pass
 
 
 def bound_address(server: Any) -> tuple[str, int]:
