@@ -54,8 +54,9 @@ MODULES = (
     "fivenines.proxy.client",
     "fivenines.proxy.tcp",
 )
-# Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane.
-NATIVE = ("fivenines._express",)
+# Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane and
+# the TCP relay's data phase.
+NATIVE = ("fivenines._express", "fivenines._pump")
 # What a native module's build reads beyond its C source: the table its generated header comes from
 # (setup.py writes _express_tables.h from fivenines.core.fieldsets), so that it counts in the digests.
 NATIVE_DEPENDS: dict[str, tuple[str, ...]] = {"fivenines._express": ("fivenines.core.fieldsets",)}

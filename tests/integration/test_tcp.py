@@ -111,6 +111,55 @@ def test_large_stream_with_back_pressure(echoes: list[RawServer]) -> None:
         dp.close()
 
 
+def test_the_data_phase_runs_in_the_c_pump_when_built_and_holds_what_a_slow_client_cannot_take(
+        echoes: list[RawServer]) -> None:
+    """Compiled, a connected stream is moved by the C pump (fivenines/_pump.c): a client that reads
+    nothing makes it hold bytes for the client (and stop reading the target) until the client
+    reads; every byte arrives, in order. From source the transports relay the same stream."""
+    from fivenines.proxy import tcp
+
+    dp = tcp_plane([echoes[0].address])
+    payload = bytes(range(256)) * (128 * 1024)  # 32 MiB (more than socket buffers hold), not one byte repeated
+    try:
+        with socket.create_connection((dp.host, dp.port), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"first")
+            assert s.recv(5) == b"first"
+            client = dp.do(lambda: next(iter(dp.listener.clients)))
+            if tcp._PUMP is None:
+                assert client._pump is None
+            else:
+                assert client._pump is not None
+            sender = threading.Thread(target=s.sendall, args=(payload,))
+            sender.start()  # (blocks until the echo's answers are read)
+            if tcp._PUMP is not None:
+                wait_until(lambda: dp.do(lambda: client._pump.pending[0] > 0 if client._pump else False), 10,
+                           what="the pump holds bytes the client has not read")
+            got = bytearray()
+            while len(got) < len(payload):
+                b = s.recv(1 << 20)
+                assert b, "closed early"
+                got += b
+            sender.join(10)
+            assert bytes(got) == payload
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b"[e1]" and s.recv(100) == b""
+    finally:
+        dp.close()
+
+
+def test_a_connection_that_keeps_talking_is_not_closed_as_idle(echoes: list[RawServer]) -> None:
+    dp = tcp_plane([echoes[0].address], timeouts={"idle": "300ms"})
+    try:
+        with socket.create_connection((dp.host, dp.port), timeout=5) as s:
+            for i in range(8):  # 1.2 s of traffic, a message every 150 ms: never 300 ms idle
+                s.sendall(b"%d" % i)
+                assert s.recv(10) == b"%d" % i
+                time.sleep(0.15)
+    finally:
+        dp.close()
+
+
 def test_draining_target_connections_are_cut(echoes: list[RawServer]) -> None:
     dp = tcp_plane([echoes[0].address, echoes[1].address])
     try:

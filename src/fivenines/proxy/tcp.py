@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from fivenines.core.balance import key_hash
 from fivenines.core.limits import Admission
@@ -40,6 +41,24 @@ from fivenines.proxy.listener import Counters, ProxySettings, bound_address, wai
 log = logging.getLogger("fivenines.proxy.tcp")
 
 BUFFER_LIMIT = 256 * 1024
+
+
+def _native_pump() -> Any:
+    """The C pump's class (fivenines/_pump.c), when fivenines.accel loaded the build; else None."""
+    try:
+        from fivenines import _pump
+    except ImportError:
+        return None
+    return _pump.Pump
+
+
+_PUMP: Final = _native_pump()
+# what a pump tells (fivenines/_pump.c): the side that cannot take more, that took all, that
+# sent EOF (passed on already), whose socket failed
+BLOCKED: Final = 1
+DRAINED: Final = 2
+END: Final = 3
+FAILED: Final = 4
 
 
 class TcpListener:
@@ -103,6 +122,7 @@ class TcpListener:
         self.tick = now
         limit = self.settings.idle_timeout
         for c in list(self.clients):
+            c.notice_pumped(now)
             if now - c.last_active > limit:
                 c.abort()
         self._sweeper = loop.call_later(self._interval(), self._sweep)
@@ -147,8 +167,10 @@ class TcpClient(asyncio.Protocol):
         "_eof_out",
         "_forward",
         "_listener",
+        "_moved",
         "_peer",
         "_peer_ip",
+        "_pump",
         "_transport",
         "attempts",
         "backend",
@@ -175,6 +197,8 @@ class TcpClient(asyncio.Protocol):
         self.tried: list[Backend] = []
         self.attempts = 0
         self.last_active = 0.0
+        self._pump: Any = None  # the data phase in C (_start_pump), else the transports relay
+        self._moved = 0
         self.sni = b""  # tls listeners: the server name the client sent (routing by sni)
 
     def __repr__(self) -> str:
@@ -256,8 +280,91 @@ class TcpClient(asyncio.Protocol):
             self._buffer = []
         if self._eof_in:
             up.write_eof()
-        else:
+        elif not self._start_pump(up):
             self._transport.resume_reading()
+
+    # -- the data phase in C
+    def _start_pump(self, up: TcpUpstream) -> bool:
+        """Hand the byte stream to the C pump (:mod:`fivenines._pump`) when it is built and both
+        ends are plain sockets with nothing buffered: it reads each socket (a duplicate, so the
+        transports keep theirs until they close) and sends on, with the loop's readers and writers
+        as its only Python. Else the transports keep relaying (``data_received``)."""
+        make = _PUMP
+        if make is None:
+            return False
+        t, ut = self._transport, up._transport
+        if t.get_extra_info("ssl_object") is not None or t.get_write_buffer_size() or ut.get_write_buffer_size():
+            return False  # TLS ends here (tls listener) or bytes wait in a transport: they relay
+        cs, us = t.get_extra_info("socket"), ut.get_extra_info("socket")
+        if cs is None or us is None:
+            return False
+        a = os.dup(cs.fileno())
+        try:
+            b = os.dup(us.fileno())
+        except OSError:
+            os.close(a)
+            return False
+        # both transports stop reading (uvloop starts reading a new connection after connection_made,
+        # whatever connection_made paused; what it read before is in _buffer, sent above)
+        t.pause_reading()
+        ut.pause_reading()
+        pump = make(a, b, self._pump_event)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(a, pump.read0)
+        loop.add_reader(b, pump.read1)
+        self._pump = pump
+        return True
+
+    def _pump_event(self, code: int, side: int) -> None:
+        """What the pump tells about ``side`` (0 the client, 1 the target)."""
+        pump = self._pump
+        if pump is None:
+            return
+        loop = asyncio.get_running_loop()
+        fds = pump.fds
+        if code == BLOCKED:  # ``side`` takes no more for now: stop reading the other until it does
+            loop.remove_reader(fds[1 - side])
+            loop.add_writer(fds[side], pump.write0 if side == 0 else pump.write1)
+        elif code == DRAINED:
+            loop.remove_writer(fds[side])
+            source = 1 - side
+            if not (self._eof_in if source == 0 else self._eof_out):
+                loop.add_reader(fds[source], pump.read0 if source == 0 else pump.read1)
+        elif code == END:  # an EOF, passed on to the other side already (half-close)
+            loop.remove_reader(fds[side])
+            if side == 0:
+                self._eof_in = True
+            else:
+                self._eof_out = True
+            if self._eof_in and self._eof_out:
+                self.abort()  # both directions ended
+        else:  # FAILED: the client's socket or the target's
+            self._unpump()
+            if side == 0:
+                self._transport.abort()
+            elif self.upstream is not None:
+                self.upstream._transport.abort()  # then upstream_lost closes the client
+
+    def _unpump(self) -> None:
+        """Stop the pump (its duplicate sockets closed, what it held dropped): the transports close next."""
+        pump = self._pump
+        if pump is None:
+            return
+        self._pump = None
+        loop = asyncio.get_running_loop()
+        for fd in pump.fds:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+        pump.close()
+
+    def notice_pumped(self, now: float) -> None:
+        """The idle sweep: bytes the pump moved since the last sweep count as activity."""
+        pump = self._pump
+        if pump is not None:
+            moved = pump.moved
+            if moved != self._moved:
+                self._moved = moved
+                self.last_active = now
 
     def _give_up(self) -> None:
         self._listener.counters.failed += 1
@@ -291,6 +398,7 @@ class TcpClient(asyncio.Protocol):
             self.upstream.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._unpump()
         if self._closed:
             return
         self._closed = True
@@ -310,6 +418,7 @@ class TcpClient(asyncio.Protocol):
             self.backend = None
 
     def abort(self) -> None:
+        self._unpump()
         t = self._transport
         if t.is_closing():
             t.abort()  # asked again (by the idle sweep): a client that reads nothing is dropped
@@ -325,6 +434,7 @@ class TcpClient(asyncio.Protocol):
             self.abort()
 
     def upstream_lost(self) -> None:
+        self._unpump()
         self._transport.close()  # flushes what is buffered first
 
 
