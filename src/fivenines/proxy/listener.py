@@ -181,6 +181,9 @@ class Listener:
         # https: TLS in front (proxy/tls_serve.py): the protocol of each accepted connection until
         # its handshake is done, and the listener's TlsServing; None for plain HTTP
         self.accept: Callable[[], asyncio.BaseProtocol] | None = None
+        # https: what listens and accepts instead of the loop's server (tls_socket.TlsAccept),
+        # made by start_server(loop, host, port, reuse_port, backlog, sock)
+        self.start_server: Callable[[asyncio.AbstractEventLoop, str, int, bool, int, Any], Any] | None = None
         self.tls: Any = None
         self.group_for = group_for
         self.port = port
@@ -189,7 +192,7 @@ class Listener:
         self.groups: Mapping[str, BackendGroup] = groups or {}
         self.counters = Counters()
         self.clients: set[ClientBase] = set()
-        self.server: asyncio.Server | None = None
+        self.server: Any = None  # the loop's asyncio.Server, or https' TlsAccept (sockets, close())
         self._sweeper: asyncio.TimerHandle | None = None
         self._watcher: asyncio.TimerHandle | None = None
         self.tick = 0.0  # loop time of the last sweep: a coarse clock for the slow timeouts
@@ -226,7 +229,9 @@ class Listener:
         accept = self.accept
         if accept is None:
             accept = lambda: make(self)  # noqa: E731
-        if sock is not None:
+        if self.start_server is not None:
+            self.server = self.start_server(loop, host, port, reuse_port, backlog, sock)
+        elif sock is not None:
             self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         else:
             self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)

@@ -1,11 +1,15 @@
 """Serving TLS on a listener: the accept gate, the handshake, passthrough.
 
 An https listener is the HTTP :class:`~fivenines.proxy.listener.Listener` and a tls listener
-the :class:`~fivenines.proxy.tcp.TcpListener`, each with a :class:`TlsServing` beside it and
-its accept hook (``listener.accept``) set to a gate, so that what TLS adds stays here and the
-plain listeners pay nothing for it:
+the :class:`~fivenines.proxy.tcp.TcpListener`, each with a :class:`TlsServing` beside it, so
+that what TLS adds stays here and the plain listeners pay nothing for it:
 
-* :class:`TlsGate` (https, tls): at accept, before a byte of the handshake is read, the
+* https (:func:`serve_https`): the listener accepts on its own socket
+  (:class:`~fivenines.proxy.tls_socket.TlsAccept`, its ``start_server`` hook) and each
+  connection is a :class:`~fivenines.proxy.tls_socket.TlsConnection`: OpenSSL on the socket
+  itself for the handshake and every record, then the ``ClientConnection``'s transport; the
+  admission, deadline, counters, SNI and mutual TLS below are the same.
+* :class:`TlsGate` (tls, the accept hook ``listener.accept``): at accept, before a byte of the handshake is read, the
   connection takes a place among the listener's handshakes in progress
   (``limits.max_handshakes``, per worker, :class:`~fivenines.core.limits.Admission`); over
   the cap it is closed at once, so a flood of handshakes costs no signature. Then
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +48,7 @@ from fivenines.core.tls import ClientHello, NeedMore, parse_client_hello
 from fivenines.proxy.listener import Listener
 from fivenines.proxy.tcp import TcpClient, TcpListener
 from fivenines.proxy.tls import FRONT_FIELDS, ListenerTls, Prepared, server_name
+from fivenines.proxy.tls_socket import TlsAccept, TlsConnection, listening_socket
 from fivenines.spec import ListenerSpec
 
 log = logging.getLogger("fivenines.tls")
@@ -404,13 +410,26 @@ def sni_setter() -> Callable[[asyncio.Protocol, Any], None]:
 
 
 def serve_https(listener: Listener, serving: TlsServing) -> None:
-    """Put TLS in front of an HTTP listener: its connections are accepted by a :class:`TlsGate`
-    and become its ``ClientConnection`` once their handshake is done."""
+    """Put TLS in front of an HTTP listener: each connection is accepted on the listener's own
+    socket and gets a :class:`~fivenines.proxy.tls_socket.TlsConnection` (OpenSSL on the socket:
+    the handshake, then the ``ClientConnection``'s transport)."""
     make = listener.client
     if make is None:
         raise ValueError("serve_https needs an HTTP listener built with its client protocol")
     set_identity = identity_setter(lambda: serving.tls)
-    listener.accept = lambda: TlsGate(serving, lambda: make(listener), set_identity)
+
+    def client() -> asyncio.Protocol:
+        return make(listener)
+
+    def start_server(loop: asyncio.AbstractEventLoop, host: str, port: int, reuse_port: bool, backlog: int,
+                     sock: Any) -> TlsAccept:
+        def accepted(conn: socket.socket, peer: Any) -> None:
+            TlsConnection(loop, conn, peer, serving, client, set_identity)
+
+        return TlsAccept(loop, listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock),
+                         accepted)
+
+    listener.start_server = start_server
     listener.tls = serving
 
 
