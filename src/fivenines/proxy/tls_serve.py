@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -423,11 +422,12 @@ def serve_https(listener: Listener, serving: TlsServing) -> None:
 
     def start_server(loop: asyncio.AbstractEventLoop, host: str, port: int, reuse_port: bool, backlog: int,
                      sock: Any) -> TlsAccept:
-        def accepted(conn: socket.socket, peer: Any) -> None:
-            TlsConnection(loop, conn, peer, serving, client, set_identity)
+        def accepted(conn: Any, peer: Any) -> None:
+            TlsConnection(acceptor, conn, peer, serving, client, set_identity)
 
-        return TlsAccept(loop, listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock),
-                         accepted)
+        acceptor = TlsAccept(loop, listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock),
+                             accepted)
+        return acceptor
 
     listener.start_server = start_server
     listener.tls = serving

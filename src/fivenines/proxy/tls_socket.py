@@ -20,6 +20,7 @@ forwards ``context`` to OpenSSL's object), and a reload's new certificates for n
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import logging
 import socket
@@ -37,34 +38,66 @@ ACCEPTS_PER_WAKE = 64
 HIGH_WATER = 64 * 1024
 
 
+# An accepted connection's socket: the C socket type with the weak reference OpenSSL's wrapper
+# keeps to it, without socket.socket's Python layer (its accept, __init__ and close are Python
+# functions). (Made with type(): this module is compiled, and a compiled class cannot derive
+# from the C socket type.)
+_Socket: Any = type("_Socket", (_socket.socket,), {"__slots__": ("__weakref__",)})
+
+
 class TlsAccept:
     """An https listener's listening socket, accepted from by the loop's reader: the part of an
-    ``asyncio.Server`` the listener uses (``sockets``, ``close``)."""
+    ``asyncio.Server`` the listener uses (``sockets``, ``close``). It also keeps the deadlines of
+    the handshakes in progress, checked by one timer (every quarter of the timeout, at most 1 s)
+    rather than a timer per connection."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 accepted: Callable[[socket.socket, Any], None]) -> None:
+                 accepted: Callable[[Any, Any], None]) -> None:
         self.loop = loop
         self.sockets = [sock]
         self._accepted = accepted
         self._fd = sock.fileno()
+        self._family = int(sock.family)  # (read once: socket.socket's family is a Python property)
+        self.handshaking: dict[TlsConnection, float] = {}  # -> its deadline (loop time)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._interval = 1.0
         loop.add_reader(self._fd, self._ready)
+
+    def started(self, conn: TlsConnection, timeout: float) -> None:
+        """``conn``'s handshake started: cut it if it is not done within ``timeout`` seconds."""
+        loop = self.loop
+        self.handshaking[conn] = loop.time() + timeout
+        self._interval = max(0.05, min(1.0, timeout / 4))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        late = [c for c, deadline in self.handshaking.items() if deadline <= now]
+        for c in late:
+            c.timed_out()
+        if self.handshaking:
+            self._sweeper = self.loop.call_later(self._interval, self._sweep)
 
     def _ready(self) -> None:
         sock = self.sockets[0]
         accepted = self._accepted
+        family = self._family
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, peer = sock.accept()
+                fd, peer = sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of file descriptors, say: try again at the next wake
                 log.warning("https %s: accept failed: %s", sock.getsockname(), exc)
                 return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Socket(family, socket.SOCK_STREAM, 0, fd)
+            conn.setblocking(False)  # (TCP_NODELAY it has from the listening socket)
             accepted(conn, peer)
 
     def close(self) -> None:
+        """Stop accepting (handshakes in progress still end by their deadline)."""
         if self._fd >= 0:
             self.loop.remove_reader(self._fd)
             self._fd = -1
@@ -94,6 +127,7 @@ def listening_socket(host: str, port: int, *, reuse_port: bool, backlog: int, so
             raise
     sock.listen(backlog)
     sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (the accepted connections take it on)
     return sock  # type: ignore[no-any-return]
 
 
@@ -104,10 +138,16 @@ class TlsConnection(asyncio.Transport):
     ``context`` (the SNI callback moves the handshake to a certificate's context through it),
     ``session_reused``, ``getpeercert``, ``version``, ``cipher``, ``selected_alpn_protocol``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, peer: Any, serving: Any,
+    __slots__ = ("__weakref__", "_acceptor", "_admitted", "_closing", "_fd", "_high", "_loop", "_lost", "_low",
+                 "_make", "_peer", "_protocol", "_reading", "_serving", "_set_peer", "_sock", "_ssl", "_wbuf",
+                 "_write_paused", "_writing", "_wsize", "fivenines_sni")
+
+    def __init__(self, acceptor: TlsAccept, sock: Any, peer: Any, serving: Any,
                  make: Callable[[], asyncio.Protocol],
                  set_peer: Callable[[asyncio.Protocol, Any], None] | None) -> None:
-        super().__init__()
+        # (no asyncio.Transport.__init__: its extra dict is not used, get_extra_info is below)
+        loop = acceptor.loop
+        self._acceptor = acceptor
         self.fivenines_sni: str | None = None  # (tls.SNI_ATTRIBUTE: the SNI callback leaves it here)
         self._loop = loop
         self._sock = sock
@@ -127,7 +167,6 @@ class TlsConnection(asyncio.Transport):
         self._low = HIGH_WATER // 4
         self._write_paused = False
         self._ssl: Any = None
-        self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
         if not serving.handshakes.admit(""):  # over limits.max_handshakes: no handshake at all
             serving.counters.refused += 1
@@ -146,14 +185,21 @@ class TlsConnection(asyncio.Transport):
             sock.close()
             self._lost = self._closing = True
             return
-        self._timer = loop.call_later(serving.timeout, self._timed_out)
-        loop.add_reader(self._fd, self._handshake)
+        acceptor.started(self, serving.timeout)
+        loop.add_reader(self._fd, self._readable)
         self._reading = True
 
     def __repr__(self) -> str:
         return f"<TlsConnection {self._peer} {'handshaking' if self._protocol is None else 'open'}>"
 
     # ------------------------------------------------------------------ the handshake
+
+    def _readable(self) -> None:
+        """The one reader of the connection (one registration for its life): the handshake, then records."""
+        if self._protocol is None:
+            self._handshake()
+        else:
+            self._read()
 
     def _handshake(self) -> None:
         try:
@@ -163,7 +209,7 @@ class TlsConnection(asyncio.Transport):
                 self._loop.remove_writer(self._fd)
                 self._writing = False
             if not self._reading:
-                self._loop.add_reader(self._fd, self._handshake)
+                self._loop.add_reader(self._fd, self._readable)
                 self._reading = True
             return
         except _WantWrite:
@@ -192,23 +238,22 @@ class TlsConnection(asyncio.Transport):
         if self._set_peer is not None:
             self._set_peer(proto, self)
         self._protocol = proto
-        self._loop.add_reader(self._fd, self._read)  # (replaces the handshake's reader)
-        self._reading = True
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
         proto.connection_made(self)
-        if not self._closing and self._reading:
-            self._read()  # what came with the client's Finished may be in OpenSSL already
+        if not self._closing and self._reading and self._ssl.pending():
+            self._read()  # (OpenSSL reads a record at a time: what is not pending here is still in the socket)
 
     def _handshake_over(self) -> None:
         """The handshake ended (done, failed, timed out, or the connection was cut): its place is free."""
         if self._admitted:
             self._admitted = False
             self._serving.handshakes.release("")
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            self._acceptor.handshaking.pop(self, None)
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """Its handshake's deadline passed (:meth:`TlsAccept._sweep`): cut."""
         if self._protocol is not None or self._lost:
             return
         self._handshake_over()
@@ -263,7 +308,7 @@ class TlsConnection(asyncio.Transport):
     def resume_reading(self) -> None:
         if self._closing or self._reading or self._protocol is None:
             return
-        self._loop.add_reader(self._fd, self._read)
+        self._loop.add_reader(self._fd, self._readable)
         self._reading = True
         if self._ssl.pending():
             self._loop.call_soon(self._read)
