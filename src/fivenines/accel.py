@@ -53,7 +53,6 @@ MODULES = (
     "fivenines.proxy.forward",
     "fivenines.proxy.client",
     "fivenines.proxy.tcp",
-    "fivenines.proxy.tls_socket",
 )
 # Written in C, built beside the mypyc modules and loaded (or not) with them: the express lane and
 # the TCP relay's data phase.

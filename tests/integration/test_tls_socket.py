@@ -127,3 +127,25 @@ def test_a_client_that_fails_the_handshake_is_counted_and_closed(proxy: ProxyUnd
         ctx.wrap_socket(raw, server_hostname="proxy.test")
     serving = proxy.listener.tls
     wait_until(lambda: serving.counters.failed == 1 and serving.handshakes.total == 0, 5, what="counted, place freed")
+
+
+def test_a_closed_connection_is_freed_by_reference_counting(proxy: ProxyUnderTest) -> None:
+    """No cycle is left between a closed connection and its protocol: they are freed as soon as
+    they are closed, not by a pass of the garbage collector (which pauses the loop for
+    milliseconds once thousands of them wait)."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        with proxy.connect() as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            conn = proxy.lt.call(_one_client(proxy))
+            ref = weakref.ref(conn._transport)  # (the protocol, a compiled class, is not weakly referenced)
+            del conn
+        wait_until(lambda: not proxy.lt.call(_one_client_or_none(proxy)), 5, what="the connection closed")
+        wait_until(lambda: ref() is None, 5, what="the closed connection freed without the collector")
+    finally:
+        gc.enable()

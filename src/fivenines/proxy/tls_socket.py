@@ -38,11 +38,12 @@ ACCEPTS_PER_WAKE = 64
 HIGH_WATER = 64 * 1024
 
 
-# An accepted connection's socket: the C socket type with the weak reference OpenSSL's wrapper
-# keeps to it, without socket.socket's Python layer (its accept, __init__ and close are Python
-# functions). (Made with type(): this module is compiled, and a compiled class cannot derive
-# from the C socket type.)
-_Socket: Any = type("_Socket", (_socket.socket,), {"__slots__": ("__weakref__",)})
+class _Socket(_socket.socket):
+    """An accepted connection's socket: the C socket type with the weak reference OpenSSL's
+    wrapper keeps to it, without ``socket.socket``'s Python layer (its ``accept``, ``__init__``
+    and ``close`` are Python functions)."""
+
+    __slots__ = ("__weakref__",)
 
 
 class TlsAccept:
@@ -196,6 +197,8 @@ class TlsConnection(asyncio.Transport):
 
     def _readable(self) -> None:
         """The one reader of the connection (one registration for its life): the handshake, then records."""
+        if self._lost:
+            return
         if self._protocol is None:
             self._handshake()
         else:
@@ -242,8 +245,10 @@ class TlsConnection(asyncio.Transport):
             self._loop.add_reader(self._fd, self._readable)
             self._reading = True
         proto.connection_made(self)
-        if not self._closing and self._reading and self._ssl.pending():
-            self._read()  # (OpenSSL reads a record at a time: what is not pending here is still in the socket)
+        if not self._closing and self._reading:
+            # the request often follows the client's Finished at once: read it in this loop round
+            # rather than the next (under a load of handshakes a round lasts milliseconds)
+            self._read()
 
     def _handshake_over(self) -> None:
         """The handshake ended (done, failed, timed out, or the connection was cut): its place is free."""
@@ -437,7 +442,17 @@ class TlsConnection(asyncio.Transport):
         self._wsize = 0
         self._sock.close()
         if self._protocol is not None:
-            self._loop.call_soon(self._protocol.connection_lost, exc)
+            self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        """Tell the protocol, and let go of it: no cycle is left between the two, so both are freed
+        by reference counting, not by the garbage collector (whose passes over thousands of them
+        pause the loop for milliseconds). (Not at close: the protocol may be what is closing this
+        transport, and must outlive that call.)"""
+        proto = self._protocol
+        self._protocol = None
+        if proto is not None:
+            proto.connection_lost(exc)
 
     # ------------------------------------------------------------------ what the protocol reads
 
