@@ -29,6 +29,23 @@ PY = sys.executable
 IN_CI = under_ci()  # the one rule, shared with scripts/compile: CI set to 1, true or yes
 
 
+def native_module(name: str, what: str) -> tuple[Any, Any]:
+    """``fivenines.<name>``, a C module of the data plane (``accel.NATIVE``), and the
+    ``pytestmark`` that skips a test module without it (from source, or where the build failed);
+    under CI, where ``make test`` builds it, a missing build fails instead. ``what`` names it."""
+    import importlib
+
+    from fivenines import accel
+
+    try:
+        mod: Any = importlib.import_module(f"fivenines.{name}")
+    except ImportError:
+        mod = None
+    if mod is None and IN_CI and not os.environ.get(accel.PURE_ENV):
+        raise AssertionError(f"make test builds {what} (scripts/compile); not loaded: {accel.mode()}")
+    return mod, pytest.mark.skipif(mod is None, reason=f"{what} is not loaded: {accel.mode()}")
+
+
 def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
     """Poll ``pred`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,6 @@ Runs where the C build is loaded (the compiled run of ``make test``; under CI it
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fivenines import accel
 from fivenines.core.framing import (
     Limits,
     express_request,
@@ -26,17 +24,10 @@ from fivenines.core.framing import (
     express_response,
     express_response_py,
 )
-from tests.helpers import IN_CI
+from tests.helpers import native_module
 from tests.unit.test_proxy_express import request_heads, responses
 
-try:
-    from fivenines import _express
-except ImportError:
-    _express = None  # type: ignore[assignment]
-
-if _express is None and IN_CI and not os.environ.get(accel.PURE_ENV):
-    raise AssertionError(f"make test builds the C express lane (scripts/compile); not loaded: {accel.mode()}")
-pytestmark = pytest.mark.skipif(_express is None, reason=f"the C express lane is not loaded: {accel.mode()}")
+_express, pytestmark = native_module("_express", "the C express lane")
 
 # Bytes at the edges of the grammar's classes.
 EDGES = b" \t\r\n:;,/?#[]@%\"'()<>\\{}=-_.~!$&*+^`|\x00\x1f\x7f\x80\xff0123456789aAzZhHtTpP"

@@ -10,17 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fivenines import accel
-from tests.helpers import IN_CI
+from tests.helpers import native_module
 
-try:
-    from fivenines import _pump
-except ImportError:
-    _pump = None  # type: ignore[assignment]
-
-if _pump is None and IN_CI and not os.environ.get(accel.PURE_ENV):
-    raise AssertionError(f"make test builds the C pump (scripts/compile); not loaded: {accel.mode()}")
-pytestmark = pytest.mark.skipif(_pump is None, reason=f"the C pump is not loaded: {accel.mode()}")
+_pump, pytestmark = native_module("_pump", "the C pump")
 
 
 class Rig:
