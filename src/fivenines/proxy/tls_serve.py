@@ -193,11 +193,18 @@ class TlsServing:
 
     # ------------------------------------------------------------------ accepting
 
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
-        """A new connection: a place among the handshakes in progress, or closed at once."""
+    def take_place(self) -> bool:
+        """A place among the handshakes in progress for a new connection; False (counted as
+        refused) over ``limits.max_handshakes``: the caller closes it at once."""
         if self.handshakes.admit(""):
             return True
         self.counters.refused += 1
+        return False
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """A new connection: a place among the handshakes in progress, or closed at once."""
+        if self.take_place():
+            return True
         transport.abort()  # type: ignore[attr-defined]
         return False
 

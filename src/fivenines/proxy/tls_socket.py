@@ -169,8 +169,7 @@ class TlsConnection(asyncio.Transport):
         self._write_paused = False
         self._ssl: Any = None
         self._admitted = False
-        if not serving.handshakes.admit(""):  # over limits.max_handshakes: no handshake at all
-            serving.counters.refused += 1
+        if not serving.take_place():  # over limits.max_handshakes: no handshake at all
             sock.close()
             self._lost = self._closing = True
             return
@@ -208,47 +207,50 @@ class TlsConnection(asyncio.Transport):
         try:
             self._ssl.do_handshake()
         except _WantRead:
-            if self._writing:
-                self._loop.remove_writer(self._fd)
-                self._writing = False
-            if not self._reading:
-                self._loop.add_reader(self._fd, self._readable)
-                self._reading = True
+            self._wait_for(reading=True)
             return
         except _WantWrite:
-            if self._reading:
-                self._loop.remove_reader(self._fd)
-                self._reading = False
-            if not self._writing:
-                self._loop.add_writer(self._fd, self._handshake)
-                self._writing = True
+            self._wait_for(reading=False)
             return
         except (ssl.SSLError, OSError) as exc:  # a refused version, a bad certificate, the client left
-            self._handshake_over()
             self._serving.counters.failed += 1
             log.debug("tls %s: handshake failed: %r", self._serving.name, exc)
-            self._close_now()
+            self._close_now()  # (its place is freed there)
             return
         self._handshake_over()
         serving = self._serving
         serving.counters.handshakes += 1
         if self._ssl.session_reused:
             serving.counters.resumed += 1
-        if self._writing:
-            self._loop.remove_writer(self._fd)
-            self._writing = False
+        self._wait_for(reading=True)  # (from now on the reader reads records)
         proto = self._make()
         if self._set_peer is not None:
             self._set_peer(proto, self)
         self._protocol = proto
-        if not self._reading:
-            self._loop.add_reader(self._fd, self._readable)
-            self._reading = True
         proto.connection_made(self)
         if not self._closing and self._reading:
             # the request often follows the client's Finished at once: read it in this loop round
             # rather than the next (under a load of handshakes a round lasts milliseconds)
             self._read()
+
+    def _wait_for(self, reading: bool) -> None:
+        """Wait for the socket to be readable (the reader) or, for the handshake, writable (its
+        writer): that one registered, the other not."""
+        loop, fd = self._loop, self._fd
+        if reading:
+            if self._writing:
+                loop.remove_writer(fd)
+                self._writing = False
+            if not self._reading:
+                loop.add_reader(fd, self._readable)
+                self._reading = True
+        else:
+            if self._reading:
+                loop.remove_reader(fd)
+                self._reading = False
+            if not self._writing:
+                loop.add_writer(fd, self._handshake)
+                self._writing = True
 
     def _handshake_over(self) -> None:
         """The handshake ended (done, failed, timed out, or the connection was cut): its place is free."""
@@ -261,9 +263,8 @@ class TlsConnection(asyncio.Transport):
         """Its handshake's deadline passed (:meth:`TlsAccept._sweep`): cut."""
         if self._protocol is not None or self._lost:
             return
-        self._handshake_over()
         self._serving.counters.timed_out += 1
-        self._close_now()
+        self._close_now()  # (its place is freed there)
 
     # ------------------------------------------------------------------ reading
 
