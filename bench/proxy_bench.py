@@ -558,6 +558,8 @@ class Bench:
         if "fivenines2_http" in p:
             plan["workers2"] = (False, {"haproxy": (url("haproxy2_http"), "haproxy2"),
                                         "fivenines": (url("fivenines2_http"), "fivenines2")})
+        if self.args.scenarios:
+            plan = {s: v for s, v in plan.items() if s in self.args.scenarios}
         return plan
 
     def measure(self) -> dict[str, Any]:
@@ -884,9 +886,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"and print this build / REV's build (judged >= {BASELINE_MIN_RATIO}x)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
     ap.add_argument("--only", choices=["throughput", "idle", "stream"], help="run one part only")
+    ap.add_argument("--scenarios", type=lambda v: v.split(","), metavar="A,B",
+                    help=f"run these throughput scenarios only (of {', '.join(TARGETS)})")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run, not a measurement: 1 round of 2 s, 2,000 idle connections, 128 MiB streamed")
     args = ap.parse_args(argv)
+    if args.scenarios and set(args.scenarios) - set(TARGETS):
+        ap.error(f"--scenarios: {', '.join(sorted(set(args.scenarios) - set(TARGETS)))} unknown; "
+                 f"the scenarios are {', '.join(TARGETS)}")
     if args.quick:
         args.rounds, args.duration, args.idle, args.stream_mb = 1, 2.0, min(args.idle, 2000), min(args.stream_mb, 128)
     args.venv = args.venv.resolve()
