@@ -170,6 +170,37 @@ def test_failover_stops_routing_first_then_collects_then_promotes_the_most_advan
     assert (r.primary, r.epoch, r.phase) == ("db-3", 2, Phase.SERVING)
 
 
+def test_a_sync_failover_parks_the_replicas_before_comparing_them() -> None:
+    """So that none acknowledges a write to the lost primary (a client may still reach it) after
+    its position is read: each is detached first (Collect.park), compared parked, and the ones
+    not promoted are re-pointed from there."""
+    r = serving_group()
+    [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)
+    assert c.targets == c.park == ("db-2", "db-3")
+    parked = "127.0.0.1:0"
+    [p] = of(r.positions(c.round, {"db-2": rep(120, parked, up=False), "db-3": rep(130, parked, up=False)}, 1.0),
+             Promote)
+    assert p.target == "db-3"
+    follows = of(r.promoted(p.round, "db-3", True, "", 1.1), Follow)
+    assert [(f.target, f.primary) for f in follows] == [("db-2", "db-3")]
+
+
+def test_a_retried_election_parks_every_member_but_the_old_primary_and_any_reporting_primary() -> None:
+    r = serving_group()
+    [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)
+    acts = r.positions(c.round, {"db-2": None, "db-3": rep(100, "127.0.0.1:0", up=False)}, 1.0)
+    assert r.phase is Phase.NO_PRIMARY and not of(acts, Promote)  # db-2 may hold acknowledged writes
+    r.observed("db-2", prim(100), 1.5)  # it answers again, as a primary: not parked (it would be demoted)
+    [c2] = of(r.tick(2.0), Collect)
+    assert c2.targets == ("db-1", "db-2", "db-3") and c2.park == ("db-3",)
+
+
+def test_an_async_failover_parks_no_one() -> None:
+    r = serving_group(durability=Durability.ASYNC)
+    [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)
+    assert c.targets == ("db-2", "db-3") and c.park == ()
+
+
 def test_a_returning_old_primary_is_fenced_and_never_published() -> None:
     r = serving_group()
     [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)

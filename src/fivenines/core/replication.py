@@ -23,7 +23,11 @@ The rules:
    best known position. In ``sync`` mode a replica that may hold acknowledged
    writes (attached to the primary at its last observation) must answer: if it
    cannot, no one is promoted, because the one promoted might miss a write a
-   client was told was safe. The positions compared are part of the event.
+   client was told was safe. Also in ``sync`` mode the replicas are *parked*
+   (detached from the lost primary, keeping what they have) before their
+   positions are read: a lost primary that a client still reaches directly gets
+   no acknowledgement from any of them after that, so the positions compared
+   cover every acknowledged write. The positions compared are part of the event.
 3. **Fencing.** A member that reports ``primary`` but is not the primary (an old
    primary coming back, a node restarted empty) is made a replica of the primary
    before anything else; it never gets traffic, since only the primary is
@@ -135,11 +139,16 @@ class Cut:
 
 @dataclass(frozen=True, slots=True)
 class Collect:
-    """Observe ``targets`` now (after ``delay``) and report :meth:`Replication.positions`."""
+    """Observe ``targets`` now (after ``delay``) and report :meth:`Replication.positions`.
+
+    ``park`` (of ``targets``): detach each from whatever it replicates first, keeping its data
+    and its replication history (Redis: ``REPLICAOF`` an address no server listens on), then
+    observe it; one that cannot be parked counts as unreachable."""
 
     round: int
     targets: tuple[str, ...]
     delay: float = 0.0
+    park: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +431,7 @@ class Replication:
         self.attached: dict[str, int | None] = {}
         self.unbounded: set[str] = set()  # lost data since attached; bounded at the next primary report
         self.must_cover: dict[str, int | None] = {}
+        self.parking: frozenset[str] = frozenset()  # parked by the election's latest Collect
         if designated is not None and not self.settings.leased:
             if designated not in self.members:
                 raise ValueError(f"designated primary {designated!r} is not a member")
@@ -647,8 +657,20 @@ class Replication:
         targets = tuple(m for m in self.members if m != self.primary)
         return [
             Emit("failover", self.primary or "", "primary", "lost", why),
-            Collect(self._next_round(), targets),
+            Collect(self._next_round(), targets, park=self._to_park(targets)),
         ]
+
+    def _to_park(self, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """Whom a failover's collection parks: in ``sync`` mode every member but the lost primary
+        that is not known to be a primary itself (so no replica acknowledges a write to the lost
+        primary while the positions are compared, nor until it follows the one promoted); in
+        ``async`` mode no one (losing the last writes is the trade)."""
+        park: tuple[str, ...] = ()
+        if self.settings.durability is Durability.SYNC:
+            park = tuple(t for t in targets if t != self.primary
+                         and ((o := self.members[t].obs) is None or o.role is StoreRole.REPLICA))
+        self.parking = frozenset(park)
+        return park
 
     def _retry_later(self, now: float) -> None:
         self.phase = Phase.NO_PRIMARY
@@ -683,7 +705,8 @@ class Replication:
     def _on_tick(self, ev: _Ev, now: float) -> list[Action]:
         if self.phase is Phase.NO_PRIMARY and now >= self.retry_at:
             self.phase = Phase.ELECTING  # must_cover is kept from when the primary was lost
-            return [Collect(self._next_round(), tuple(self.members))]
+            targets = tuple(self.members)
+            return [Collect(self._next_round(), targets, park=self._to_park(targets))]
         if self.phase is Phase.SWITCHING and self.switch is not None and now >= self.switch.deadline:
             return self._abort_switch(f"{self.switch.target} did not catch up within "
                                       f"{self.settings.switchover_timeout:g}s")
@@ -692,8 +715,16 @@ class Replication:
         return []
 
     def _on_positions_electing(self, ev: _Ev, now: float) -> list[Action]:
+        paddr = self._addr(self.primary)
         for tid, obs in ev.results.items():
-            self._record(self._member(tid), obs)
+            m = self._member(tid)
+            followed = m.obs is not None and m.obs.role is StoreRole.REPLICA and m.obs.following == paddr
+            if (tid in self.parking and obs is not None and obs.role is StoreRole.REPLICA
+                    and (followed or tid in self.must_cover)):
+                # parked just now, a replica of the lost primary until then: what it holds may have
+                # been acknowledged (as when it is seen following it: _record)
+                self.replicated_floor = max(self.replicated_floor, obs.position)
+            self._record(m, obs)
         allow_resume = self.primary in ev.results
         e = elect(list(self.members.values()), old_primary=self.primary, known_position=self.known_position,
                   durability=self.settings.durability, max_lag=self.settings.max_lag,

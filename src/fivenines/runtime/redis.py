@@ -9,7 +9,7 @@ decides, with the commands Redis has for it:
 
 * observe: ``INFO replication`` → role, replication offset (the position), the
   primary a replica follows and whether its link is up, the replicas of a primary;
-* promote: ``REPLICAOF NO ONE``; follow (and fence): ``REPLICAOF host port``;
+* promote: ``REPLICAOF NO ONE``; follow (and fence): ``REPLICAOF host port``; park: ``REPLICAOF 127.0.0.1 0``;
 * switchover: ``CLIENT PAUSE ms WRITE`` / ``CLIENT UNPAUSE``;
 * durability: ``CONFIG SET min-replicas-to-write`` and ``min-replicas-max-lag`` on
   every server at every (re)connection, so a primary in ``sync`` mode refuses writes
@@ -278,6 +278,8 @@ def observation_from_info(info: dict[str, str]) -> Observation:
 
 # --------------------------------------------------------------------------- the store adapter
 
+PARKED = ("127.0.0.1", "0")  # where a parked replica "replicates from": no server can listen there
+
 
 class RedisStore:
     """Observe, promote, follow and pause Redis servers; one kept-open connection per server."""
@@ -344,6 +346,14 @@ class RedisStore:
 
     async def follow(self, t: StoreTarget, primary: StoreTarget, timeout: float) -> None:
         await self._run(t, timeout, "REPLICAOF", primary.host, primary.port)
+
+    async def park(self, t: StoreTarget, timeout: float) -> None:
+        """Detach a replica from its primary, keeping its data, replication id and offset:
+        ``REPLICAOF`` an address nothing listens on (port 0 of its own loopback). It acknowledges
+        nothing more to the old primary (whose ``WAIT`` then counts it out), its position stays
+        put while it is compared, and following the one promoted later is a partial resync
+        (PSYNC from the offset it has), as from the lost primary."""
+        await self._run(t, timeout, "REPLICAOF", *PARKED)
 
     async def pause_writes(self, t: StoreTarget, seconds: float, timeout: float) -> None:
         await self._run(t, timeout, "CLIENT", "PAUSE", max(1, round(seconds * 1000)), "WRITE")

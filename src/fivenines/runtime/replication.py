@@ -459,11 +459,14 @@ class ReplicationManager:
         elif isinstance(a, Promote):
             self._feed(self.core.promoted(a.round, a.target, False, f"unexpected error: {exc!r}", now))
 
-    async def _observe(self, tid: str) -> Observation | None:
+    async def _observe(self, tid: str, park: bool = False) -> Observation | None:
+        """``tid``'s role and position now (None: no answer); ``park``: detached first (Collect)."""
         if self._is_cut_off(tid):
             await asyncio.sleep(self.timeout)
             return None
         try:
+            if park:
+                await self.store.park(self.targets[tid], self.timeout)
             return await self.store.observe(self.targets[tid], self.timeout)
         except StoreError:
             return None
@@ -472,7 +475,7 @@ class ReplicationManager:
         if isinstance(a, Collect):
             if a.delay:
                 await asyncio.sleep(a.delay)
-            results = await asyncio.gather(*(self._observe(tid) for tid in a.targets))
+            results = await asyncio.gather(*(self._observe(tid, tid in a.park) for tid in a.targets))
             now = self.ctx.now()
             for tid, obs in zip(a.targets, results, strict=True):
                 self.observations[tid] = (obs, now)

@@ -49,7 +49,7 @@ from fivenines.runtime.backup_verify import (
     run_tool,
     tail,
 )
-from fivenines.runtime.redis import RedisClient
+from fivenines.runtime.redis import PARKED, RedisClient
 from fivenines.runtime.store import StoreError
 from fivenines.spec import BackupSpec
 
@@ -147,7 +147,7 @@ async def run_restore(backups: RestoreHost, from_id: str | None, at: float | Non
             elif k is StepKind.HOLD_REPLICAS:
                 for m in replicas:
                     try:
-                        await _cmd(m, "REPLICAOF", "127.0.0.1", "0")
+                        await _cmd(m, "REPLICAOF", *PARKED)
                     except StoreError as exc:
                         notes.append(f"{m.id} not held ({exc}): it resyncs when it is back")
                 done(k, t0)
