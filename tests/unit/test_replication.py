@@ -201,6 +201,20 @@ def test_an_async_failover_parks_no_one() -> None:
     assert c.targets == ("db-2", "db-3") and c.park == ()
 
 
+def test_a_replica_the_primary_lists_again_must_answer_even_when_fivenines_cannot_see_it() -> None:
+    """Seen detached (bounded at the primary's position then), then listed by the primary again
+    while fivenines cannot reach it: it may acknowledge writes beyond the bound, so it must
+    answer at a failover (sync) rather than be covered by any replica at the bound."""
+    r = serving_group()
+    r.observed("db-1", prim(100, "h:3"), 0.5)  # db-2 not listed: bounded at 100
+    r.observed("db-2", None, 0.6)  # fivenines cannot reach it
+    r.observed("db-1", prim(150, "h:2", "h:3"), 0.7)  # attached again, its own position unknown
+    [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)
+    acts = r.positions(c.round, {"db-2": None, "db-3": rep(150, "127.0.0.1:0", up=False)}, 1.0)
+    assert r.phase is Phase.NO_PRIMARY and not of(acts, Promote)
+    assert "db-2 unreachable" in of(acts, Emit)[0].reason
+
+
 def test_a_returning_old_primary_is_fenced_and_never_published() -> None:
     r = serving_group()
     [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)

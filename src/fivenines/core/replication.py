@@ -787,6 +787,8 @@ class Replication:
             m.obs = None  # unknown until observed again (no retry storm against a dead member)
             return [Emit("fence", m.id, "", "", f"follow failed: {ev.detail}")]
         m.high, m.regressed = -1, False  # its history is the primary's from now on
+        if m.obs is not None and m.obs.role is StoreRole.PRIMARY:
+            m.synced = False  # a demoted primary's tail may be writes no one else has: not promoted before it synced
         if self.primary is not None and m.id != self.primary:
             self.attached.setdefault(m.id, None)
         if m.obs is not None and self.primary is not None:
@@ -962,8 +964,12 @@ class Replication:
             self._attach(m.id, obs.position)
 
     def _attach(self, tid: str, position: int | None) -> None:
+        """``tid`` is attached to the primary (it follows it, or the primary lists it; ``position``:
+        its own, None when it could not be observed): it must answer at a failover. A member
+        bounded earlier (detached at a position) is so again unless it lost data: its own
+        position went back below the bound, or it restarted since."""
         cover = self.attached.get(tid, None)
-        if tid not in self.attached or (cover is not None and position is not None and position >= cover
+        if tid not in self.attached or (cover is not None and (position is None or position >= cover)
                                         and not self.members[tid].regressed and tid not in self.unbounded):
             self.attached[tid] = None
 
