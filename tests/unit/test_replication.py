@@ -215,6 +215,29 @@ def test_a_replica_the_primary_lists_again_must_answer_even_when_fivenines_canno
     assert "db-2 unreachable" in of(acts, Emit)[0].reason
 
 
+def test_a_demoted_primary_is_not_promoted_before_it_synced_from_the_new_one() -> None:
+    """Its own position may be a tail of writes no replica took: until it reports a linked
+    replica of the new primary, a later election must not prefer it to a replica holding the
+    new term's acknowledged writes."""
+    r = serving_group()
+    parked = "127.0.0.1:0"
+    [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)
+    [p] = of(r.positions(c.round, {"db-2": rep(100, parked, up=False), "db-3": rep(100, parked, up=False)}, 1.0),
+             Promote)
+    r.promoted(p.round, "db-2", True, "", 1.1)
+    r.followed("db-3", True, "", 1.1)
+    acts = r.observed("db-1", prim(200), 2.0)  # back, still a primary, with a tail no one has
+    acts += r.health("db-1", False, "", 2.0)
+    [f] = of(acts, Follow)
+    assert (f.target, f.fence) == ("db-1", True)
+    r.followed("db-1", True, "", 2.1)
+    r.observed("db-3", rep(120, "h:2"), 2.2)  # the new term's writes
+    [c2] = of(r.health("db-2", True, "timeout", 3.0), Collect)
+    acts = r.positions(c2.round, {"db-1": rep(200, parked, up=False), "db-3": rep(120, parked, up=False)}, 3.0)
+    assert all(p.target != "db-1" for p in of(acts, Promote))
+    assert "db-1@200 restarted: has not synced from a primary since" in of(acts, Emit)[0].reason
+
+
 def test_a_returning_old_primary_is_fenced_and_never_published() -> None:
     r = serving_group()
     [c] = of(r.health("db-1", True, "timeout", 1.0), Collect)

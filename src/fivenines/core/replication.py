@@ -657,20 +657,21 @@ class Replication:
         targets = tuple(m for m in self.members if m != self.primary)
         return [
             Emit("failover", self.primary or "", "primary", "lost", why),
-            Collect(self._next_round(), targets, park=self._to_park(targets)),
+            self._election_collect(targets),
         ]
 
-    def _to_park(self, targets: tuple[str, ...]) -> tuple[str, ...]:
-        """Whom a failover's collection parks: in ``sync`` mode every member but the lost primary
-        that is not known to be a primary itself (so no replica acknowledges a write to the lost
-        primary while the positions are compared, nor until it follows the one promoted); in
-        ``async`` mode no one (losing the last writes is the trade)."""
+    def _election_collect(self, targets: tuple[str, ...]) -> Collect:
+        """An election's Collect of ``targets``, and whom it parks (kept in ``parking``): in
+        ``sync`` mode every member but the lost primary that is not known to be a primary itself
+        (so no replica acknowledges a write to the lost primary while the positions are compared,
+        nor until it follows the one promoted); in ``async`` mode no one (losing the last writes
+        is the trade)."""
         park: tuple[str, ...] = ()
         if self.settings.durability is Durability.SYNC:
             park = tuple(t for t in targets if t != self.primary
                          and ((o := self.members[t].obs) is None or o.role is StoreRole.REPLICA))
         self.parking = frozenset(park)
-        return park
+        return Collect(self._next_round(), targets, park=park)
 
     def _retry_later(self, now: float) -> None:
         self.phase = Phase.NO_PRIMARY
@@ -705,8 +706,7 @@ class Replication:
     def _on_tick(self, ev: _Ev, now: float) -> list[Action]:
         if self.phase is Phase.NO_PRIMARY and now >= self.retry_at:
             self.phase = Phase.ELECTING  # must_cover is kept from when the primary was lost
-            targets = tuple(self.members)
-            return [Collect(self._next_round(), targets, park=self._to_park(targets))]
+            return [self._election_collect(tuple(self.members))]
         if self.phase is Phase.SWITCHING and self.switch is not None and now >= self.switch.deadline:
             return self._abort_switch(f"{self.switch.target} did not catch up within "
                                       f"{self.settings.switchover_timeout:g}s")
