@@ -589,6 +589,28 @@ def test_a_member_restarted_while_no_primary_is_live_follows_no_one_and_is_not_p
     assert "db-1@0 restarted: has not synced from a primary since" in e.describe()
 
 
+def test_the_position_a_replica_reports_before_its_first_sync_is_not_data_it_lost() -> None:
+    # Redis says slave_repl_offset 1 before a replica's first sync and then the primary's
+    # offset, 0 for a primary that took no write yet: not a loss (it held nothing); seen as
+    # one, it blocked a sync failover until the primary reported again (make test, once)
+    r = Replication(MEMBERS, Settings(), designated="db-1")
+    assert r.follow_for_start("db-1") is None
+    assert [r.follow_for_start(t) for t in ("db-2", "db-3")] == ["h:1", "h:1"]
+    r.observed("db-1", prim(0), 0.0)
+    for t in ("db-2", "db-3"):
+        r.observed(t, rep(1, up=False), 0.1)
+        r.observed(t, rep(0), 0.2)
+        r.observed(t, rep(50), 0.3)
+    [c] = of(r.health("db-1", True, "cut off", 1.0), Collect)
+    [p] = of(r.positions(c.round, {"db-2": rep(50), "db-3": rep(50)}, 1.0), Promote)
+    assert p.target == "db-2"
+    # once synced, a position that goes back is a loss again
+    r2 = serving_group()
+    r2.observed("db-2", rep(100, up=False), 0.5)
+    r2.observed("db-2", rep(0), 0.6)
+    assert r2.members["db-2"].regressed and "db-2" in r2.unbounded
+
+
 def test_a_replica_that_lost_data_after_attaching_blocks_a_sync_failover_until_bounded() -> None:
     r = serving_group()
     r.follow_for_start("db-2")  # db-2 restarts: what it acknowledged before is gone

@@ -241,6 +241,10 @@ class MemberView:
             self.incarnation = obs.incarnation
         if obs.role is StoreRole.PRIMARY or obs.link_up:
             self.synced = True
+        if not self.synced:
+            # a replica that has not synced since it started holds nothing yet: the position it
+            # reports is not data (Redis says 1 before the first sync, then the primary's, maybe 0)
+            return restarted
         self.regressed = obs.position < self.high
         self.high = max(self.high, obs.position)
         return restarted or self.regressed
