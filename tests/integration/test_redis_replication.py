@@ -166,6 +166,34 @@ def test_sync_mode_refuses_writes_when_no_replica_is_attached(run_fivenines: Any
     wait_until(accepted, 5, 0.1, what="writes accepted again")
 
 
+def test_a_pair_whose_replica_died_during_a_primary_blip_resumes_the_old_primary(run_fivenines: Any) -> None:
+    # 1+1 sync: the replica hangs, the primary is cut off (the election refuses: the replica
+    # may hold acknowledged writes), the replica is killed and restarted empty (it follows no
+    # one: there is no primary). Once the cut ends the old primary, the same process, holds
+    # every write it acknowledged and stays primary; before, the group had no primary for good.
+    f = run_fivenines(redis_spec(standby=1))
+    old = wait_settled(f)
+    acked = write_acked(old["address"], [f"p{i}" for i in range(20)])
+    replica = next(t for t in group(f)["targets"] if t["id"] != old["id"])
+    os.kill(replica["pid"], signal.SIGSTOP)
+    try:
+        status, body = admin_post(f, f"/target_groups/cache/targets/{old['id']}/cut_off?seconds=3")
+        assert status == 200, body
+        wait_until(lambda: group(f)["replication"]["phase"] == "no_primary", BOUND + 3, 0.02,
+                   what="the election refusing")
+        os.kill(replica["pid"], signal.SIGKILL)
+    finally:
+        os.kill(replica["pid"], signal.SIGCONT)
+    wait_until(lambda: any(t["id"] == replica["id"] and t["pid"] not in (None, replica["pid"])
+                           for t in group(f)["targets"]), 10, 0.05, what="the replica restarted")
+    p = wait_until(lambda: published(f), 3 + BOUND + 3, 0.05, what="a primary after the cut")
+    assert p["id"] == old["id"] and p["address"] == old["address"]
+    assert "not restarted: holds what" in " ".join(e["reason"] for e in events(f, "failover"))
+    wait_settled(f)  # the restarted replica follows it
+    with redis(old["address"]) as r:
+        assert r.cmd("MGET", *acked) == [k.encode() for k in acked]
+
+
 def test_async_mode_says_plainly_that_it_may_lose_writes(run_fivenines: Any) -> None:
     f = run_fivenines(redis_spec(standby=1, durability="async"))
     p = wait_settled(f)

@@ -611,6 +611,50 @@ def test_the_position_a_replica_reports_before_its_first_sync_is_not_data_it_los
     assert r2.members["db-2"].regressed and "db-2" in r2.unbounded
 
 
+def _pair_whose_replica_died_then_the_primary_blipped(run_id: str) -> tuple[Replication, float]:
+    """1+1, sync: the replica dies (the primary then lists it no more), the primary is cut off,
+    the election refuses (the replica may hold acknowledged writes), fivenines restarts the
+    replica (it follows no one: no primary is live) and the primary comes back as ``run_id``."""
+    r = Replication(MEMBERS[:2], Settings(retry_interval=1.0), designated="db-1")
+    r.follow_for_start("db-1")
+    r.follow_for_start("db-2")
+    r.observed("db-1", Observation(P, 100, replicas=("h:2",), incarnation="a"), 0.0)
+    r.observed("db-2", rep(100), 0.0)
+    r.health("db-2", True, "exited", 0.5)
+    r.observed("db-2", None, 0.5)
+    r.observed("db-1", Observation(P, 100, incarnation="a"), 0.6)
+    [c] = of(r.health("db-1", True, "Target.Timeout", 1.0), Collect)
+    [e] = of(r.positions(c.round, {"db-2": None}, 1.0), Emit)
+    assert "db-2 (detached at 100)" in e.reason and r.phase is Phase.NO_PRIMARY
+    assert r.follow_for_start("db-2") == NOWHERE
+    r.health("db-1", False, "", 2.0)
+    r.observed("db-1", Observation(P, 100, incarnation=run_id), 2.0)
+    return r, 2.0
+
+
+def test_a_sync_group_whose_replica_died_resumes_the_old_primary_when_it_is_back_unrestarted() -> None:
+    # before: no primary ever again (the replica restarted empty cannot sync without a primary,
+    # and the primary could not resume while the replica "might hold" writes it has itself)
+    r, t = _pair_whose_replica_died_then_the_primary_blipped(run_id="a")
+    [c] = of(r.tick(t + 1.1), Collect)
+    acts = r.positions(c.round, {"db-1": Observation(P, 100, incarnation="a"), "db-2": Observation(R, 0, "", False)},
+                       t + 1.1)
+    [p] = of(acts, Promote)
+    assert (p.target, p.already_primary) == ("db-1", True)
+    assert "not restarted: holds what db-2 (detached at 100) may have acknowledged" in of(acts, Emit)[0].reason
+    acts = r.promoted(p.round, "db-1", True, "", t + 1.2)
+    assert r.published.primary == "db-1"
+    assert [(f.target, f.primary) for f in of(acts, Follow)] == [("db-2", "db-1")]  # the restarted replica
+
+
+def test_an_old_primary_back_as_a_new_process_is_not_resumed_over_a_missing_replica() -> None:
+    r, t = _pair_whose_replica_died_then_the_primary_blipped(run_id="b")  # restarted: its data may be older
+    [c] = of(r.tick(t + 1.1), Collect)
+    acts = r.positions(c.round, {"db-1": Observation(P, 100, incarnation="b"), "db-2": Observation(R, 0, "", False)},
+                       t + 1.1)
+    assert of(acts, Promote) == [] and r.phase is Phase.NO_PRIMARY
+
+
 def test_a_replica_that_lost_data_after_attaching_blocks_a_sync_failover_until_bounded() -> None:
     r = serving_group()
     r.follow_for_start("db-2")  # db-2 restarts: what it acknowledged before is gone

@@ -227,6 +227,7 @@ class MemberView:
     regressed: bool = False  # reported less than ``high``: restarted empty or truncated, data lost
     incarnation: str | None = None  # None: unknown, or a fresh start fivenines made itself
     synced: bool = True  # False from a fresh start until it is a primary or a linked replica
+    restarted: bool = False  # (re)started since it was last made primary: what it held then may be gone
     changed_at: float = float("-inf")  # when a promote or follow of it last ended: heartbeats asked before are stale
 
     def record(self, obs: Observation | None) -> bool:
@@ -239,6 +240,7 @@ class MemberView:
                      and obs.incarnation != self.incarnation)
         if obs.incarnation is not None:
             self.incarnation = obs.incarnation
+        self.restarted = self.restarted or restarted
         if obs.role is StoreRole.PRIMARY or obs.link_up:
             self.synced = True
         if not self.synced:
@@ -252,6 +254,7 @@ class MemberView:
     def fresh_start(self) -> None:
         """fivenines (re)starts it now: forget what it held; its next incarnation is expected."""
         self.incarnation, self.high, self.regressed, self.synced = None, -1, False, False
+        self.restarted = True
 
 
 # --------------------------------------------------------------------------- the election, a pure function
@@ -359,15 +362,25 @@ def elect(
     chosen: MemberView | None = None
     resume = False
     reason = ""
+    old = next((m for m in members if m.id == old_primary), None)
+    back = (allow_resume and old is not None and not old.lost and old.obs is not None
+            and old.obs.role is StoreRole.PRIMARY and old.obs.position >= known_position)
     if durability is Durability.SYNC and missing:
-        reason = (f"sync: {', '.join(missing)} unreachable or lost data, and may have held acknowledged "
-                  "writes; promoting another could lose them")
+        # the old primary back as the same process holds every write it acknowledged, those of the
+        # members missing too: it may stay primary (the only choice; a replica might lack them)
+        if (back and old is not None and old.obs is not None and old.incarnation is not None
+                and not old.restarted and not old.regressed
+                and all(old.obs.position >= (m.obs.position if m.obs else 0) for m in has_data)):
+            chosen, resume = old, True
+            verdicts[old.id] = (f"back with position {old.obs.position} >= known {known_position}, "
+                                f"not restarted: holds what {', '.join(missing)} may have acknowledged")
+        else:
+            reason = (f"sync: {', '.join(missing)} unreachable or lost data, and may have held acknowledged "
+                      "writes; promoting another could lose them")
     else:
         if eligible:
             chosen = max(eligible, key=lambda m: (m.obs.position if m.obs else -1, -m.order))
-        old = next((m for m in members if m.id == old_primary), None)
-        if (allow_resume and old is not None and not old.lost and old.obs is not None
-                and old.obs.role is StoreRole.PRIMARY and old.obs.position >= known_position
+        if (back and old is not None and old.obs is not None
                 and (chosen is None or chosen.obs is None or old.obs.position >= chosen.obs.position)):
             chosen, resume = old, True
             verdicts[old.id] = f"back with position {old.obs.position} >= known {known_position}"
@@ -532,7 +545,7 @@ class Replication:
             self.unbounded.add(target)  # it was attached: it may have acknowledged writes it lost
         live = self.phase in (Phase.SERVING, Phase.SWITCHING) and self.primary is not None
         if live and self.primary == target:
-            m.synced = True
+            m.synced, m.restarted = True, False  # its first start: what it holds from now on counts
             return None
         if not live or self.primary is None:
             return NOWHERE
@@ -763,6 +776,7 @@ class Replication:
             self.attached, self.unbounded = {}, set()
         self.primary = m.id
         self.epoch += 1
+        m.restarted = False
         pos = m.obs.position if m.obs else 0
         self.known_position = max(self.known_position, pos)
         m.obs = Observation(StoreRole.PRIMARY, pos)
