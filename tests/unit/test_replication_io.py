@@ -1,7 +1,11 @@
-"""Replicated groups in the spec, and the sans-IO pieces of the adapters (RESP, INFO, role lines)."""
+"""Replicated groups in the spec, and the sans-IO pieces of the adapters (RESP, INFO, role lines);
+the RESP client against a silent server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
 from typing import Any
 
 import pytest
@@ -12,12 +16,13 @@ from fivenines.core.replication import StoreRole
 from fivenines.errors import SpecError
 from fivenines.runtime.redis import (
     ErrorReply,
+    RedisClient,
     RespParser,
     RespProtocolError,
     encode_command,
     observation_from_info,
 )
-from fivenines.runtime.store import StoreError, parse_role_line
+from fivenines.runtime.store import StoreError, StoreTimeout, parse_role_line
 from fivenines.spec import parse_spec
 
 
@@ -155,3 +160,35 @@ def test_bad_role_lines_say_what_is_expected(bad: str) -> None:
 def test_role_line_link_state() -> None:
     assert parse_role_line("replica 3 h:1 down").link_up is False
     assert parse_role_line("replica 3").following is None
+
+
+def test_a_timed_out_pipeline_leaves_no_reply_to_fail_unseen_when_the_connection_ends() -> None:
+    # the replies not awaited any more used to get the connection's end as an exception no one
+    # read: "Future exception was never retrieved" in fivenines' log (a SIGKILLed replica)
+    async def main() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        seen: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        accepted: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)  # never replies
+        client = await RedisClient.connect("127.0.0.1", server.sockets[0].getsockname()[1], 1.0)
+        try:
+            await client.pipeline([["PING"], ["PING"], ["PING"]], timeout=0.05)
+        except StoreTimeout:
+            pass
+        else:
+            raise AssertionError("a silent server answered")
+        deadline = time.monotonic() + 5
+        while client.usable or client._proto.closed is None:  # connection_lost has run
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+        gc.collect()
+        await asyncio.sleep(0)
+        return seen
+
+    seen = asyncio.run(main())
+    assert [c.get("message") for c in seen] == []

@@ -220,7 +220,9 @@ class RedisClient:
             raise StoreTimeout(f"{self.host}:{self.port}: no reply in {timeout:g}s") from None
         finally:
             for f in futs:
-                if f.done() and not f.cancelled():
+                if not f.done():
+                    f.cancel()  # not awaited any more: the connection's end must not fail it unseen
+                elif not f.cancelled():
                     f.exception()  # retrieved
 
     def close(self) -> None:
