@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -183,7 +184,8 @@ def test_a_pair_whose_replica_died_during_a_primary_blip_resumes_the_old_primary
                    what="the election refusing")
         os.kill(replica["pid"], signal.SIGKILL)
     finally:
-        os.kill(replica["pid"], signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # gone already when it was killed
+            os.kill(replica["pid"], signal.SIGCONT)
     wait_until(lambda: any(t["id"] == replica["id"] and t["pid"] not in (None, replica["pid"])
                            for t in group(f)["targets"]), 10, 0.05, what="the replica restarted")
     p = wait_until(lambda: published(f), 3 + BOUND + 3, 0.05, what="a primary after the cut")
@@ -192,6 +194,38 @@ def test_a_pair_whose_replica_died_during_a_primary_blip_resumes_the_old_primary
     wait_settled(f)  # the restarted replica follows it
     with redis(old["address"]) as r:
         assert r.cmd("MGET", *acked) == [k.encode() for k in acked]
+
+
+def test_a_replica_parked_by_a_refused_election_says_so_then_follows_the_one_promoted(run_fivenines: Any) -> None:
+    # one replica hangs, the primary is cut off: the election parks the other replica and
+    # refuses (the hung one may hold acknowledged writes); status shows it parked until the
+    # hung one answers, one is promoted and the parked one follows it
+    f = run_fivenines(redis_spec(standby=2))
+    old = wait_settled(f)
+    hung, other = (t for t in group(f)["targets"] if t["id"] != old["id"])
+    os.kill(hung["pid"], signal.SIGSTOP)
+    try:
+        status, body = admin_post(f, f"/target_groups/cache/targets/{old['id']}/cut_off?seconds=10")
+        assert status == 200, body
+
+        def parked() -> dict[str, Any] | None:
+            g = group(f)
+            t = next(t for t in g["targets"] if t["id"] == other["id"])
+            done = g["replication"]["phase"] == "no_primary" and t["replication"]["parked"]
+            return t if done and t["last_check"] and "parked" in t["last_check"]["detail"] else None
+
+        t = wait_until(parked, BOUND + 3, 0.02, what="the other replica parked while no primary")
+        assert t["replication"]["following"] == "127.0.0.1:0" and published(f) is None
+    finally:
+        os.kill(hung["pid"], signal.SIGCONT)
+    new = wait_until(lambda: published(f), BOUND + 3, 0.02, what="a primary once the hung replica answers")
+    assert new["id"] != old["id"]
+    if new["id"] != other["id"]:
+        def follows() -> bool:
+            r = next(t for t in group(f)["targets"] if t["id"] == other["id"])["replication"]
+            return not r["parked"] and r["following"] == new["address"] and bool(r["link_up"])
+
+        wait_until(follows, 10, 0.05, what="the parked replica following the one promoted")
 
 
 def test_async_mode_says_plainly_that_it_may_lose_writes(run_fivenines: Any) -> None:

@@ -604,6 +604,18 @@ def test_the_position_a_replica_reports_before_its_first_sync_is_not_data_it_los
     [c] = of(r.health("db-1", True, "cut off", 1.0), Collect)
     [p] = of(r.positions(c.round, {"db-2": rep(50), "db-3": rep(50)}, 1.0), Promote)
     assert p.target == "db-2"
+    # nor a position a replica held: with no write yet, a failover promotes at 0 (was: "behind 1")
+    r = Replication(MEMBERS, Settings(), designated="db-1")
+    for t in ("db-1", "db-2", "db-3"):
+        r.follow_for_start(t)
+    r.observed("db-1", prim(0), 0.0)
+    for t in ("db-2", "db-3"):
+        r.observed(t, rep(1, up=False), 0.1)
+        r.observed(t, rep(0), 0.2)
+    [c] = of(r.health("db-1", True, "cut off", 1.0), Collect)
+    parked = Observation(R, 0, "127.0.0.1:0", False)
+    [p] = of(r.positions(c.round, {"db-2": parked, "db-3": parked}, 1.0), Promote)
+    assert p.target == "db-2" and r.replicated_floor == 0
     # once synced, a position that goes back is a loss again
     r2 = serving_group()
     r2.observed("db-2", rep(100, up=False), 0.5)

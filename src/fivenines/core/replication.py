@@ -736,12 +736,12 @@ class Replication:
         for tid, obs in ev.results.items():
             m = self._member(tid)
             followed = m.obs is not None and m.obs.role is StoreRole.REPLICA and m.obs.following == paddr
-            if (tid in self.parking and obs is not None and obs.role is StoreRole.REPLICA
+            self._record(m, obs)
+            if (tid in self.parking and obs is not None and obs.role is StoreRole.REPLICA and m.synced
                     and (followed or tid in self.must_cover)):
                 # parked just now, a replica of the lost primary until then: what it holds may have
                 # been acknowledged (as when it is seen following it: _record)
                 self.replicated_floor = max(self.replicated_floor, obs.position)
-            self._record(m, obs)
         allow_resume = self.primary in ev.results
         e = elect(list(self.members.values()), old_primary=self.primary, known_position=self.known_position,
                   durability=self.settings.durability, max_lag=self.settings.max_lag,
@@ -978,7 +978,8 @@ class Replication:
                 if cover is None and i not in listed:
                     self.attached[i] = obs.position  # detached: it acked nothing beyond this
         elif obs.role is StoreRole.REPLICA and obs.following == paddr and m.id != self.primary:
-            self.replicated_floor = max(self.replicated_floor, obs.position)
+            if m.synced:  # before its first sync the position it reports is not data (MemberView.record)
+                self.replicated_floor = max(self.replicated_floor, obs.position)
             self._attach(m.id, obs.position)
 
     def _attach(self, tid: str, position: int | None) -> None:

@@ -53,7 +53,7 @@ from fivenines.proxy.tcp import TcpListener
 from fivenines.runtime.context import RuntimeContext
 from fivenines.runtime.dataplane import DataPlane
 from fivenines.runtime.lease import Etcd, LeaderLease, LeaseLost, PrimaryRecord, node_name
-from fivenines.runtime.redis import RedisStore
+from fivenines.runtime.redis import PARKED, RedisStore
 from fivenines.runtime.store import (
     CommandStore,
     Store,
@@ -77,6 +77,7 @@ class BackupHooks(Protocol):
 log = logging.getLogger("fivenines.replication")
 
 ASYNC_WARNING = "async: a failover may lose the last writes acknowledged before the primary was lost"
+PARKED_AT = ":".join(PARKED)  # what a parked replica reports following (RedisStore.park)
 
 
 def _resolve(host: str) -> str:
@@ -233,7 +234,9 @@ class ReplicationManager:
                 result = CheckResult.failed(Reason.FAILED_HEALTH_CHECKS, str(exc), time.perf_counter() - start)
             else:
                 detail = f"{obs.role.value} at {obs.position}"
-                if obs.following:
+                if obs.following == PARKED_AT:
+                    detail += ", parked (detached by a failover, data kept: waits to follow the new primary)"
+                elif obs.following:
                     detail += f" of {obs.following} (link {'up' if obs.link_up else 'down'})"
                 result = CheckResult.passed(detail, time.perf_counter() - start)
         if self.ctx.stopping:
@@ -543,12 +546,13 @@ class ReplicationManager:
         m = self.core.members[target_id]
         role = "primary" if target_id == self.core.primary else "replica"
         out: dict[str, Any] = {"role": role, "reported_role": None, "position": None, "following": None,
-                               "link_up": None, "lag": None, "pending": m.pending,
+                               "link_up": None, "lag": None, "parked": False, "pending": m.pending,
                                "observed_s_ago": round(self.ctx.now() - at, 3) if at else None}
         if obs is not None:
             top = self.core.known_position
             out.update(reported_role=obs.role.value, position=obs.position, following=obs.following,
-                       link_up=obs.link_up if obs.following else None, lag=max(0, top - obs.position))
+                       link_up=obs.link_up if obs.following else None, lag=max(0, top - obs.position),
+                       parked=obs.following == PARKED_AT)
         return out
 
     def __repr__(self) -> str:
