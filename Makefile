@@ -42,12 +42,13 @@ cluster-demo: compile
 # Tests run in TEST_WORKERS pytest processes (pytest-xdist, an idle one takes tests from a busy one): most
 # integration tests wait on processes they started, so two share 2 cores well.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 test: test-deps $(VENV)/.installed-dev compile
 	$(BIN)/ruff check src tests $(wildcard bench) conftest.py setup.py scripts/specdoc.py
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST)
 	@echo "again from source (FIVENINES_PURE=1): unit tests, doctests and the data-plane tests"
-	FIVENINES_PURE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider tests/unit src/fivenines \
+	FIVENINES_PURE=1 $(PYTEST) -p no:cacheprovider tests/unit src/fivenines \
 		$(wildcard tests/integration/test_proxy_*.py) tests/integration/test_hostile.py tests/integration/test_tcp.py
 
 ## docs/spec.md, the spec reference, generated from the model (after changing spec.py; a test checks it).

@@ -737,11 +737,11 @@ class Replication:
             m = self._member(tid)
             followed = m.obs is not None and m.obs.role is StoreRole.REPLICA and m.obs.following == paddr
             self._record(m, obs)
-            if (tid in self.parking and obs is not None and obs.role is StoreRole.REPLICA and m.synced
+            if (tid in self.parking and obs is not None and obs.role is StoreRole.REPLICA
                     and (followed or tid in self.must_cover)):
-                # parked just now, a replica of the lost primary until then: what it holds may have
-                # been acknowledged (as when it is seen following it: _record)
-                self.replicated_floor = max(self.replicated_floor, obs.position)
+                # parked just now, a replica of the lost primary until then (as when it is seen
+                # following it: _record)
+                self._held(m, obs.position)
         allow_resume = self.primary in ev.results
         e = elect(list(self.members.values()), old_primary=self.primary, known_position=self.known_position,
                   durability=self.settings.durability, max_lag=self.settings.max_lag,
@@ -978,9 +978,15 @@ class Replication:
                 if cover is None and i not in listed:
                     self.attached[i] = obs.position  # detached: it acked nothing beyond this
         elif obs.role is StoreRole.REPLICA and obs.following == paddr and m.id != self.primary:
-            if m.synced:  # before its first sync the position it reports is not data (MemberView.record)
-                self.replicated_floor = max(self.replicated_floor, obs.position)
+            self._held(m, obs.position)
             self._attach(m.id, obs.position)
+
+    def _held(self, m: MemberView, position: int) -> None:
+        """Replica ``m`` of the primary holds ``position``: writes up to it may have been
+        acknowledged, so no replica below it is promoted (``replicated_floor``). Not before its
+        first sync: the position it reports then is not data (MemberView.record)."""
+        if m.synced:
+            self.replicated_floor = max(self.replicated_floor, position)
 
     def _attach(self, tid: str, position: int | None) -> None:
         """``tid`` is attached to the primary (it follows it, or the primary lists it; ``position``:

@@ -281,6 +281,7 @@ def observation_from_info(info: dict[str, str]) -> Observation:
 # --------------------------------------------------------------------------- the store adapter
 
 PARKED = ("127.0.0.1", "0")  # where a parked replica "replicates from": no server can listen there
+PARKED_AT = ":".join(PARKED)  # what a parked replica reports following
 
 
 class RedisStore:

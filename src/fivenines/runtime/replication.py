@@ -53,7 +53,7 @@ from fivenines.proxy.tcp import TcpListener
 from fivenines.runtime.context import RuntimeContext
 from fivenines.runtime.dataplane import DataPlane
 from fivenines.runtime.lease import Etcd, LeaderLease, LeaseLost, PrimaryRecord, node_name
-from fivenines.runtime.redis import PARKED, RedisStore
+from fivenines.runtime.redis import PARKED_AT, RedisStore
 from fivenines.runtime.store import (
     CommandStore,
     Store,
@@ -77,7 +77,6 @@ class BackupHooks(Protocol):
 log = logging.getLogger("fivenines.replication")
 
 ASYNC_WARNING = "async: a failover may lose the last writes acknowledged before the primary was lost"
-PARKED_AT = ":".join(PARKED)  # what a parked replica reports following (RedisStore.park)
 
 
 def _resolve(host: str) -> str:
