@@ -26,13 +26,18 @@ T = TypeVar("T")
 
 
 class _Echo(asyncio.Protocol):
-    def __init__(self, tls: ListenerTls) -> None:
+    def __init__(self, tls: ListenerTls, open_: set[_Echo] | None = None) -> None:
         self.tls = tls
+        self.open = open_ if open_ is not None else set()  # the server's connections still open
         self.buf = b""
         self.transport: Any = None  # asyncio's or uvloop's SSL transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.open.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open.discard(self)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -61,6 +66,7 @@ class TlsTestServer:
     def __init__(self, spec: dict[str, Any], base: Path, secret: bytes | None = None,
                  loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
         self.base = base
+        self.open: set[_Echo] = set()
         self.loop = loop_factory()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -69,7 +75,7 @@ class TlsTestServer:
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     async def _start(self) -> asyncio.Server:
-        return await self.loop.create_server(lambda: _Echo(self.tls), "127.0.0.1", 0, ssl=self.tls.context,
+        return await self.loop.create_server(lambda: _Echo(self.tls, self.open), "127.0.0.1", 0, ssl=self.tls.context,
                                              ssl_handshake_timeout=5)
 
     def call(self, fn: Callable[[], T]) -> T:
@@ -90,6 +96,8 @@ class TlsTestServer:
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()
+            for conn in list(self.open):  # a client that kept its connection: closed, not left to GC
+                conn.transport.abort()
             await self.server.wait_closed()
 
         try:
