@@ -10,11 +10,16 @@
  * write0/write1); DRAINED says the rest went out. An EOF is passed on as a shutdown of the other
  * side's writing (half-close) and told (EOF); a socket error is told (ERROR). Python's callback
  * (on_event(code, side)) does the loop bookkeeping and the closing; the GIL is held throughout
- * (the sockets are non-blocking), so one static buffer serves every pump. */
+ * (the sockets are non-blocking), so one static buffer serves every pump.
+ *
+ * send_last(fd, data) is the last write of an HTTP connection that closes (fivenines.proxy.forward):
+ * the data and the FIN in one segment, so that the client sees the end with the answer and never
+ * closes first (its twin in Python is forward.send_last_py). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -253,9 +258,45 @@ static PyTypeObject PumpType = {
     .tp_getset = pump_getset,
 };
 
+/* send_last(fd, data): send data held back (MSG_MORE) and, when all of it went, end the sending
+ * direction: the FIN is set on the segment still held, which then goes. The bytes sent; 0 when the
+ * socket took none (full, or failed: the transport's own write then meets the same and reports it);
+ * a partial send does not shut down (the rest is the caller's to write). */
+static PyObject *
+send_last(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyLong_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send_last(fd: int, data: bytes)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "send_last: not a file descriptor");
+        return NULL;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(args[1]);
+    ssize_t w;
+    do
+        w = send((int)fd, PyBytes_AS_STRING(args[1]), (size_t)len, MSG_MORE | MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w < 0)
+        w = 0;
+    else if (w == len)
+        (void)shutdown((int)fd, SHUT_WR);
+    return PyLong_FromSsize_t(w);
+}
+
+static PyMethodDef module_methods[] = {
+    {"send_last", (PyCFunction)(void (*)(void))send_last, METH_FASTCALL,
+     "send_last(fd, data): send data and the FIN in one segment; the bytes sent (see fivenines.proxy.forward)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "fivenines._pump",
-    "The data phase of a TCP-mode connection in C (see fivenines.proxy.tcp).", -1, NULL,
+    "The data phase of a TCP-mode connection in C (see fivenines.proxy.tcp), and send_last.", -1, module_methods,
 };
 
 PyMODINIT_FUNC

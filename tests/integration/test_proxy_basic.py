@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
@@ -52,6 +54,26 @@ def test_a_request_is_acknowledged_by_its_response_not_by_an_ack_of_its_own(prox
         assert c.recv(65536).startswith(b"HTTP/1.1 200")
     finally:
         c.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO's layout is Linux's")
+def test_a_closing_answer_carries_the_end_of_the_connection(proxy: ProxyUnderTest) -> None:
+    """The last answer of a connection that closes comes with the proxy's FIN (forward.send_last):
+    when the client first finds the socket readable, the proxy has already ended its side
+    (CLOSE_WAIT), so the client never closes first and never holds the TIME_WAIT. Writing, then
+    letting the transport close at the next loop round, lost that race to a waiting client."""
+    close_wait = 8  # Linux's TCP_CLOSE_WAIT (tcpi_state, the first byte of struct tcp_info)
+    states = []
+    for _ in range(50):
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert select.select([c], [], [], 5)[0]
+            states.append(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+            out = b""
+            while chunk := c.recv(65536):
+                out += chunk
+            assert out.startswith(b"HTTP/1.1 200") and b"Connection: close\r\n" in out
+    assert states == [close_wait] * 50
 
 
 def test_forwarded_headers_and_request_id(proxy: ProxyUnderTest) -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+from collections.abc import Callable
 from typing import Final
 
 from mypy_extensions import i64
@@ -77,6 +80,37 @@ P_UPSTREAM: Final = 2  # the upstream's write buffer is full
 P_BUFFER: Final = 4  # request body waits for an upstream connection
 
 LINGER: Final = 2.0  # after an error reply, input is read and dropped this long before the connection closes
+
+
+def send_last_py(fd: int, data: bytes) -> int:
+    """Send ``data`` on the socket ``fd`` with the end of the sending direction in the same segment:
+    held back (``MSG_MORE``), then ``shutdown(SHUT_WR)``, which sets the FIN on the segment still
+    held and sends it. The bytes sent; 0 when the socket took none (full, or failed: the transport's
+    own write then meets the same and reports it). A partial send does not shut down: the rest is
+    the caller's to write. The specification of ``_pump.send_last`` (C: no duplicate socket)."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        try:
+            n = s.send(data, socket.MSG_MORE | socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except OSError:
+            return 0
+        if n == len(data):
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return n
+
+
+def _native_send_last() -> Callable[[int, bytes], int]:
+    """``_pump.send_last`` when fivenines.accel loaded the build; else its Python twin."""
+    try:
+        from fivenines import _pump
+    except ImportError:
+        return send_last_py
+    return _pump.send_last
+
+
+send_last: Final = _native_send_last()
 
 
 class Forwarder(ClientSide):
@@ -557,9 +591,7 @@ class Forwarder(ClientSide):
             self._linger()
             return
         if not ex.keep_alive or self._closing:
-            self.flush()
-            self._closing = True
-            self._transport.close()
+            self._end()
             return
         self.flush_soon()
         if self._exchanges:
@@ -593,6 +625,27 @@ class Forwarder(ClientSide):
                                            extra=b"Retry-After: 1\r\n" if status == 503 else b""))
         if self.listener.access_log is not None:
             self.listener.access_log.record(self._peer_ip, ex, "-")
+
+    def _end(self) -> None:
+        """Write what is held and close. On a plain socket (not TLS, nothing waiting in the
+        transport) the last bytes go with the FIN in one segment (``send_last``): the client sees
+        the end with the answer, so it never closes first. A client that closes first holds the
+        connection's TIME_WAIT, and its next connects pay for that port; a transport closes its
+        socket only at the next loop round, which a client on another core can beat."""
+        buf = self._wbuf
+        self._wbuf = []
+        self._closing = True
+        t = self._transport
+        if buf and not t.is_closing():
+            data = buf[0] if len(buf) == 1 else b"".join(buf)
+            sent = 0
+            if self.listener.tls is None and not t.get_write_buffer_size():
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    sent = send_last(sock.fileno(), data)
+            if sent < len(data):
+                t.write(data[sent:] if sent else data)
+        t.close()
 
     def _linger(self) -> None:
         """Close after an error reply without losing it: stop sending, read and drop what the client
