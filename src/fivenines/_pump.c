@@ -14,7 +14,7 @@
  *
  * send_last(fd, data) is the last write of an HTTP connection that closes (fivenines.proxy.forward):
  * the data and the FIN in one segment, so that the client sees the end with the answer and never
- * closes first (its twin in Python is forward.send_last_py). */
+ * closes first (its twin in Python is fivenines.proxy.listener.send_last_py). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

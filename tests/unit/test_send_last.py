@@ -1,6 +1,6 @@
-"""``send_last``, the last write of an HTTP connection that closes (fivenines.proxy.forward): the
+"""``send_last``, the last write of an HTTP connection that closes (fivenines.proxy.forward; in fivenines.proxy.listener): the
 data and the FIN in one segment, on real loopback TCP sockets, for the C function
-(``_pump.send_last``, when built) and its Python twin (``forward.send_last_py``) alike."""
+(``_pump.send_last``, when built) and its Python twin (``listener.send_last_py``) alike."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from fivenines.proxy.forward import send_last_py
+from fivenines.proxy.listener import send_last_py
 from tests.helpers import native_module
 
 _pump, _ = native_module("_pump", "the C pump")

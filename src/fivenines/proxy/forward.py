@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-from collections.abc import Callable
 from typing import Final
 
 from mypy_extensions import i64
@@ -47,7 +44,7 @@ from fivenines.core.exchange import (
 from fivenines.core.heads import UPGRADE_VALUE, chunked_header, status_reply, strip_hop_by_hop
 from fivenines.core.retry import Failure, RetryPolicy, Verdict
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.listener import Listener
+from fivenines.proxy.listener import Listener, send_last
 from fivenines.proxy.upstream import (
     DROP,
     RELAY,
@@ -80,37 +77,6 @@ P_UPSTREAM: Final = 2  # the upstream's write buffer is full
 P_BUFFER: Final = 4  # request body waits for an upstream connection
 
 LINGER: Final = 2.0  # after an error reply, input is read and dropped this long before the connection closes
-
-
-def send_last_py(fd: int, data: bytes) -> int:
-    """Send ``data`` on the socket ``fd`` with the end of the sending direction in the same segment:
-    held back (``MSG_MORE``), then ``shutdown(SHUT_WR)``, which sets the FIN on the segment still
-    held and sends it. The bytes sent; 0 when the socket took none (full, or failed: the transport's
-    own write then meets the same and reports it). A partial send does not shut down: the rest is
-    the caller's to write. The specification of ``_pump.send_last`` (C: no duplicate socket)."""
-    with socket.socket(fileno=os.dup(fd)) as s:
-        try:
-            n = s.send(data, socket.MSG_MORE | socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-        except OSError:
-            return 0
-        if n == len(data):
-            try:
-                s.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        return n
-
-
-def _native_send_last() -> Callable[[int, bytes], int]:
-    """``_pump.send_last`` when fivenines.accel loaded the build; else its Python twin."""
-    try:
-        from fivenines import _pump
-    except ImportError:
-        return send_last_py
-    return _pump.send_last
-
-
-send_last: Final = _native_send_last()
 
 
 class Forwarder(ClientSide):
@@ -627,11 +593,9 @@ class Forwarder(ClientSide):
             self.listener.access_log.record(self._peer_ip, ex, "-")
 
     def _end(self) -> None:
-        """Write what is held and close. On a plain socket (not TLS, nothing waiting in the
-        transport) the last bytes go with the FIN in one segment (``send_last``): the client sees
-        the end with the answer, so it never closes first. A client that closes first holds the
-        connection's TIME_WAIT, and its next connects pay for that port; a transport closes its
-        socket only at the next loop round, which a client on another core can beat."""
+        """Write what is held and close; on a plain socket with nothing waiting in the transport,
+        the last bytes go with the FIN (``send_last``), so the client never closes first (and never
+        holds the TIME_WAIT): the transport closes its socket only at the next loop round."""
         buf = self._wbuf
         self._wbuf = []
         self._closing = True

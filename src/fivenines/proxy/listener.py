@@ -14,11 +14,12 @@ due, cheaper per request than a timer per attempt.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from fivenines.core.exchange import Exchange
 from fivenines.core.framing import Limits
@@ -408,3 +409,35 @@ async def wait_then_cut(clients: set[Any], no_clients: asyncio.Event, timeout: f
     for c in list(clients):
         c.abort()
     return cut
+
+
+def send_last_py(fd: int, data: bytes) -> int:
+    """Send ``data`` on the socket ``fd`` with the end of the sending direction in the same segment:
+    held back (``MSG_MORE``), then ``shutdown(SHUT_WR)``, which sets the FIN on the segment still
+    held and sends it. The bytes sent; 0 when the socket took none (full, or failed: the transport's
+    own write then meets the same and reports it). A partial send does not shut down: the rest is
+    the caller's to write. The specification of ``_pump.send_last`` (C: no duplicate socket), which
+    ``Forwarder._end`` calls for the last answer of a connection that closes."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        try:
+            n = s.send(data, socket.MSG_MORE | socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except OSError:
+            return 0
+        if n == len(data):
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return n
+
+
+def _native_send_last() -> Callable[[int, bytes], int]:
+    """``_pump.send_last`` when fivenines.accel loaded the build; else its Python twin."""
+    try:
+        from fivenines import _pump
+    except ImportError:
+        return send_last_py
+    return _pump.send_last
+
+
+send_last: Final = _native_send_last()
