@@ -508,13 +508,23 @@ class Forwarder(ClientSide):
             backend.errors += 1
         return chunk_out
 
-    def flush(self) -> None:
-        """Write what the last upstream reads produced, in one write, now."""
+    def flush(self, last: bool = False) -> None:
+        """Write what the last upstream reads produced, in one write, now. ``last``: the connection
+        closes after it; on a plain socket with nothing waiting in the transport the bytes then go
+        with the FIN (``send_last``), so the client never closes first (and never holds the
+        TIME_WAIT): the transport closes its socket only at the next loop round."""
         buf = self._wbuf
         if buf:
             self._wbuf = []
-            if not self._transport.is_closing():
-                self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+            t = self._transport
+            if not t.is_closing():
+                data = buf[0] if len(buf) == 1 else b"".join(buf)
+                if last and self.listener.tls is None and not t.get_write_buffer_size():
+                    sock = t.get_extra_info("socket")
+                    if sock is not None:
+                        data = data[send_last(sock.fileno(), data):]  # what it could not send
+                if data:
+                    t.write(data)
 
     def flush_soon(self) -> None:
         """Write ``_wbuf`` at the end of this loop round (see Listener.defer). Anything that writes
@@ -557,7 +567,9 @@ class Forwarder(ClientSide):
             self._linger()
             return
         if not ex.keep_alive or self._closing:
-            self._end()
+            self.flush(last=True)
+            self._closing = True
+            self._transport.close()
             return
         self.flush_soon()
         if self._exchanges:
@@ -591,25 +603,6 @@ class Forwarder(ClientSide):
                                            extra=b"Retry-After: 1\r\n" if status == 503 else b""))
         if self.listener.access_log is not None:
             self.listener.access_log.record(self._peer_ip, ex, "-")
-
-    def _end(self) -> None:
-        """Write what is held and close; on a plain socket with nothing waiting in the transport,
-        the last bytes go with the FIN (``send_last``), so the client never closes first (and never
-        holds the TIME_WAIT): the transport closes its socket only at the next loop round."""
-        buf = self._wbuf
-        self._wbuf = []
-        self._closing = True
-        t = self._transport
-        if buf and not t.is_closing():
-            data = buf[0] if len(buf) == 1 else b"".join(buf)
-            sent = 0
-            if self.listener.tls is None and not t.get_write_buffer_size():
-                sock = t.get_extra_info("socket")
-                if sock is not None:
-                    sent = send_last(sock.fileno(), data)
-            if sent < len(data):
-                t.write(data[sent:] if sent else data)
-        t.close()
 
     def _linger(self) -> None:
         """Close after an error reply without losing it: stop sending, read and drop what the client

@@ -417,7 +417,7 @@ def send_last_py(fd: int, data: bytes) -> int:
     held and sends it. The bytes sent; 0 when the socket took none (full, or failed: the transport's
     own write then meets the same and reports it). A partial send does not shut down: the rest is
     the caller's to write. The specification of ``_pump.send_last`` (C: no duplicate socket), which
-    ``Forwarder._end`` calls for the last answer of a connection that closes."""
+    ``Forwarder.flush(last=True)`` calls for the last answer of a connection that closes."""
     with socket.socket(fileno=os.dup(fd)) as s:
         try:
             n = s.send(data, socket.MSG_MORE | socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
