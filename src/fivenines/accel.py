@@ -49,7 +49,6 @@ MODULES = (
     "fivenines.core.exchange",
     "fivenines.proxy.backend",
     "fivenines.proxy.listener",
-    "fivenines.proxy.plain",
     "fivenines.proxy.upstream",
     "fivenines.proxy.forward",
     "fivenines.proxy.client",
