@@ -344,7 +344,7 @@ defaults
   timeout http-keep-alive 60s
 frontend http_in
   mode http
-  bind 127.0.0.1:{http_port}
+  bind 127.0.0.1:{http_port} defer-accept
   option http-keep-alive
   option forwardfor
   http-request set-header X-Forwarded-Proto http

@@ -14,7 +14,11 @@
  *
  * send_last(fd, data) is the last write of an HTTP connection that closes (fivenines.proxy.forward):
  * the data and the FIN in one segment, so that the client sees the end with the answer and never
- * closes first (its twin in Python is fivenines.proxy.listener.send_last_py). */
+ * closes first (its twin in Python is fivenines.proxy.listener.send_last_py).
+ *
+ * accept_read(listen_fd, size) is a plain http listener's accept (fivenines.proxy.plain): accept4
+ * (non-blocking, close-on-exec) and the first read of what the client sent, in one call (its
+ * twin in Python is fivenines.proxy.plain.accept_read_py). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +26,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -288,7 +294,94 @@ send_last(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(w);
 }
 
+/* The peer's address as Python's socket module gives it: (host, port) for IPv4, (host, port,
+ * flowinfo, scope_id) for IPv6. */
+static PyObject *
+peer_address(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", host, (int)ntohs(a->sin6_port), (unsigned int)ntohl(a->sin6_flowinfo),
+                             (unsigned int)a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* accept_read(listen_fd, size): None when no connection waits; else (fd, peer, data), data being
+ * what the client sent already (at most size bytes), b"" when it closed (or reset), None when
+ * nothing is there yet. The new socket is the caller's to close. */
+static PyObject *
+accept_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyLong_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "accept_read(listen_fd: int, size: int)");
+        return NULL;
+    }
+    long lfd = PyLong_AsLong(args[0]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if ((lfd == -1 || size == -1) && PyErr_Occurred())
+        return NULL;
+    if (lfd < 0 || lfd > INT_MAX || size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "accept_read: not a file descriptor, or no size");
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd;
+    do
+        fd = accept4((int)lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *peer = peer_address(&ss);
+    if (peer == NULL) {
+        close(fd);
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        Py_DECREF(peer);
+        close(fd);
+        return NULL;
+    }
+    ssize_t r;
+    do
+        r = recv(fd, PyBytes_AS_STRING(data), (size_t)size, MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        Py_DECREF(data);
+        data = Py_None;
+        Py_INCREF(data);
+    } else {
+        if (r < 0)
+            r = 0;  /* reset already: read as an end (the first write fails too) */
+        if (_PyBytes_Resize(&data, r) < 0) {
+            Py_DECREF(peer);
+            close(fd);
+            return NULL;
+        }
+    }
+    PyObject *out = Py_BuildValue("(iNN)", fd, peer, data);
+    if (out == NULL)
+        close(fd);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"accept_read", (PyCFunction)(void (*)(void))accept_read, METH_FASTCALL,
+     "accept_read(listen_fd, size): accept a connection and read what it sent; (fd, peer, data) or None"},
     {"send_last", (PyCFunction)(void (*)(void))send_last, METH_FASTCALL,
      "send_last(fd, data): send data and the FIN in one segment; the bytes sent (see fivenines.proxy.forward)"},
     {NULL, NULL, 0, NULL},

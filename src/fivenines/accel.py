@@ -49,6 +49,7 @@ MODULES = (
     "fivenines.core.exchange",
     "fivenines.proxy.backend",
     "fivenines.proxy.listener",
+    "fivenines.proxy.plain",
     "fivenines.proxy.upstream",
     "fivenines.proxy.forward",
     "fivenines.proxy.client",

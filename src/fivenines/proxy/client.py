@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -42,6 +42,7 @@ from fivenines.errors import InvalidTransition
 from fivenines.proxy.backend import BackendGroup
 from fivenines.proxy.forward import P_BUFFER, P_PIPELINE, Forwarder
 from fivenines.proxy.listener import Listener, ProxySettings
+from fivenines.proxy.plain import plain_server
 from fivenines.proxy.upstream import MAX_HEAD, HttpExchange
 
 log = logging.getLogger("fivenines.proxy")
@@ -454,6 +455,23 @@ class ClientConnection(Forwarder):
     def busy(self) -> bool:
         return bool(self._exchanges)
 
+    # (proxy/plain.py: what its transport asks of the protocol)
+    def reads_more(self) -> bool:
+        """After the first bytes of a plain connection: is there more to read? Not once every request
+        read is whole and the last one closes the connection (what a client sends after it is never read)."""
+        exs = self._exchanges
+        if not exs or self._parsing is not None or not self._fresh:
+            return True
+        last = exs[-1]
+        return last.keep_alive or not last.request_done or self._upgraded
+
+    def rebind(self, transport: asyncio.BaseTransport) -> None:
+        """The loop's stream transport took the connection over from the plain one (same socket, same state)."""
+        self._transport = transport  # type: ignore[assignment]
+
+    def reading_paused(self) -> bool:
+        return bool(self._paused) and not self._closing
+
     def check_timeouts(self, now: float, s: ProxySettings) -> None:
         if self._tunnel is not None:
             if now - self.last_active > s.tunnel_timeout:
@@ -518,5 +536,13 @@ _REDIRECT_REASONS: Final = {
 
 def http_listener(group_for: Callable[[], BackendGroup | None], port: int, settings: ProxySettings | None = None,
                   *, router: Router | None = None, groups: Mapping[str, BackendGroup] | None = None) -> Listener:
-    """An HTTP listener whose connections are :class:`ClientConnection`."""
-    return Listener(group_for, port, settings, router=router, groups=groups, client=ClientConnection)
+    """An HTTP listener whose connections are :class:`ClientConnection`, accepted on its own
+    listening socket (:mod:`fivenines.proxy.plain`; an https listener replaces that hook)."""
+    listener = Listener(group_for, port, settings, router=router, groups=groups, client=ClientConnection)
+
+    def start_server(loop: asyncio.AbstractEventLoop, host: str, port: int, reuse_port: bool, backlog: int,
+                     sock: Any) -> Any:
+        return plain_server(loop, lambda: ClientConnection(listener), host, port, reuse_port, backlog, sock)
+
+    listener.start_server = start_server
+    return listener
