@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,14 @@ from typing import Any
 import pytest
 
 from tests.helpers import Demo, Fivenines
+
+# Tests press Ctrl-C on the commands they start (SIGINT) as a user at a terminal does. A suite
+# started as a background job of a non-interactive shell (`make test &`) has SIGINT ignored, and
+# an ignored signal stays ignored in every process it starts: Python then installs no
+# KeyboardInterrupt, and those commands would never see the Ctrl-C. A handler of our own is reset
+# to the default in the processes started, so they get SIGINT as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
