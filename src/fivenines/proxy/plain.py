@@ -240,14 +240,8 @@ class PlainConnection:
             self._wsize += len(data)
             self._check_high()
             return
-        try:
-            n = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._fatal(exc)
-            return
-        if n == len(data):
+        n = self._send(data)
+        if n < 0 or n == len(data):
             return
         rest = bytes(data[n:])
         self._wbuf.append(rest)
@@ -256,6 +250,16 @@ class PlainConnection:
             self._loop.add_writer(self._fd, self._flush)
             self._writing = True
         self._check_high()
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        """What the socket took of ``data`` now (0 when full); -1 when it failed (the connection is lost)."""
+        try:
+            return int(self._sock.send(data))
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._fatal(exc)
+            return -1
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -270,12 +274,8 @@ class PlainConnection:
             return
         buf = self._wbuf
         data = buf[0] if len(buf) == 1 else b"".join(buf)
-        try:
-            n = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._fatal(exc)
+        n = self._send(data)
+        if n < 0:
             return
         if n < len(data):
             self._wbuf = [data[n:]]
