@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from tests.helpers import (
     Fivenines,
     demo_spec,
     get_json,
+    http_get,
     last_seq,
     pid_alive,
     wait_until,
@@ -213,3 +215,21 @@ def test_state_dir_defaults_beside_the_spec(tmp_path: Path, run_fivenines: Any) 
     t = f.wait_healthy()[0]
     assert t["instance"]["stderr_log"] == str(tmp_path / "rel" / "state" / "logs" / "web-1.err.log")
     assert (tmp_path / "rel" / "state" / "logs" / "web-1.err.log").exists()
+
+
+def test_the_process_carrying_traffic_stays_single_threaded(run_fivenines: Any) -> None:
+    """uvloop binds ``create_server(host, port)`` through libuv's thread pool, whose threads stay;
+    with a second thread the kernel refcounts the socket on every recv and send. Listeners and the
+    admin API bind their own sockets (proxy/tls_socket.py listening_socket) so it never starts."""
+    spec = demo_spec(count=2, standby=0)
+    spec["listeners"].append({"port": 0, "protocol": "tcp", "default_target_group": "web"})
+    f = run_fivenines(spec)
+    f.wait_healthy()
+    tcp_host, tcp_port = json.loads(f.ready.read_text())["listeners"][1].rsplit(":", 1)
+    for _ in range(4):
+        assert f.get("/")[0] == 200
+        assert http_get(tcp_host, int(tcp_port), "/")[0] == 200
+    assert f.status()["listeners"][1]["connections_total"] >= 4  # the admin API answered too
+    tasks = Path(f"/proc/{f.proc.pid}/task")
+    threads = {t.name: (t / "comm").read_text().strip() for t in tasks.iterdir()}
+    assert len(threads) == 1, threads

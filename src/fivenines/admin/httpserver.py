@@ -19,6 +19,8 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from fivenines.proxy.tls_socket import listening_socket
+
 MAX_BODY = 1 << 20
 
 
@@ -223,9 +225,8 @@ class HttpServer:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Protocol(self.handler, self), host, port, reuse_port=reuse_port or None, backlog=backlog
-        )
+        sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog)  # (no thread: see there)
+        self._server = await loop.create_server(lambda: _Protocol(self.handler, self), sock=sock, backlog=backlog)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -37,6 +37,7 @@ from fivenines.core.retry import Failure, Verdict
 from fivenines.core.route import Forward, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.listener import Counters, ProxySettings, bound_address, wait_then_cut
+from fivenines.proxy.tls_socket import listening_socket
 
 log = logging.getLogger("fivenines.proxy.tcp")
 
@@ -87,10 +88,8 @@ class TcpListener:
         loop = asyncio.get_running_loop()
         self.tick = loop.time()
         accept = self.accept or (lambda: TcpClient(self))
-        if sock is not None:
-            self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
-        else:
-            self.server = await loop.create_server(accept, host, port, reuse_port=reuse_port or None, backlog=backlog)
+        sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)  # (no thread: see there)
+        self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
         self.port = bound_address(self.server)[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
         if self.tls is not None:

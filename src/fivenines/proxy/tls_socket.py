@@ -111,7 +111,13 @@ class TlsAccept:
 def listening_socket(host: str, port: int, *, reuse_port: bool, backlog: int, sock: Any = None) -> socket.socket:
     """A non-blocking listening socket on ``host:port`` (as ``create_server`` binds), or ``sock``
     (bound already, e.g. handed over on a reload; then it is this socket, as with
-    ``create_server(sock=...)``) listening."""
+    ``create_server(sock=...)``) listening.
+
+    Every listener and the admin API bind through this, never ``create_server(host, port)``:
+    uvloop resolves that address on libuv's thread pool, and the four threads it starts stay for
+    the life of the process. In a process with more than one thread the kernel takes and drops a
+    reference to the socket's file on every ``recv`` and ``send`` (``fdget``): the data plane
+    stays single-threaded (docs/dataplane.md)."""
     if sock is None:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                               flags=socket.AI_PASSIVE)[0]
