@@ -867,7 +867,7 @@ def environment(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default 5)")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections to hold (default 10000)")
