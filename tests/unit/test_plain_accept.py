@@ -5,10 +5,11 @@ sockets and a real loop: ``accept_read`` (the C function when built, and its Pyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ def test_accepts_with_the_peer_and_what_it_sent(impl: str, server: socket.socket
     server.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
     with socket.create_connection(server.getsockname()) as client:
         client.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        fd, peer, data = _first_with_data(impl, server)
+        fd, peer, data = _accept_blocking(impl, server)
         try:
             assert peer == client.getsockname()
             assert data == b"GET / HTTP/1.1\r\n\r\n"
@@ -72,7 +73,7 @@ def test_a_closed_client_is_empty_data(impl: str, server: socket.socket) -> None
     server.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
     client = socket.create_connection(server.getsockname())
     client.shutdown(socket.SHUT_WR)
-    fd, _, data = _first_with_data(impl, server)
+    fd, _, data = _accept_blocking(impl, server)
     _close_quietly(fd)
     client.close()
     assert data == b""
@@ -90,22 +91,18 @@ def test_ipv6_peer_as_the_socket_module_gives_it(impl: str) -> None:
         srv.setblocking(False)
         srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
         client.sendall(b"x")
-        fd, peer, _ = _first_with_data(impl, srv)
+        fd, peer, _ = _accept_blocking(impl, srv)
         _close_quietly(fd)
         assert peer == client.getsockname()
 
 
 def _accept_blocking(impl: str, srv: socket.socket) -> Any:
+    """Accept once the listening socket is readable. With TCP_DEFER_ACCEPT set (as PlainAccept's
+    is) that is once the client's bytes, or its end, are there."""
     assert select.select([srv], [], [], 5)[0], "no connection to accept"
     got = accept_with(impl, srv)
     assert got is not None
     return got
-
-
-def _first_with_data(impl: str, srv: socket.socket) -> Any:
-    """Accept once the client's bytes (or its end) are there: the listening socket defers the
-    accept until then (TCP_DEFER_ACCEPT, as PlainAccept's does), so readable means they are."""
-    return _accept_blocking(impl, srv)
 
 
 def _queued(fd: int) -> int:
@@ -196,12 +193,22 @@ class Recorder(asyncio.Protocol):
         return [k for k, _ in self.events]
 
 
-async def serve(protos: list[Recorder], make: Callable[[], Recorder]) -> PlainAccept:
+@contextlib.asynccontextmanager
+async def served(make: Callable[[], Recorder]) -> AsyncIterator[tuple[list[Recorder], PlainAccept]]:
+    """A plain listener on loopback whose connections' protocols are ``make()``'s, kept in the
+    list; on leaving, passed or not, every transport is aborted and the listener closed (:func:`shut`)."""
+    protos: list[Recorder] = []
+
     def factory() -> Recorder:
         p = make()
         protos.append(p)
         return p
-    return plain_server(asyncio.get_running_loop(), factory, "127.0.0.1", 0, False, 16, None)
+
+    acceptor = plain_server(asyncio.get_running_loop(), factory, "127.0.0.1", 0, False, 16, None)
+    try:
+        yield protos, acceptor
+    finally:
+        shut(protos, acceptor)
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -242,21 +249,15 @@ def run(main: Callable[[], Any]) -> None:
 
 def test_the_listening_socket_defers_the_accept_until_the_client_speaks() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, Recorder)
-        try:
+        async with served(Recorder) as (_, acceptor):
             s = acceptor.sockets[0]
             assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_first_bytes_with_the_connection_then_the_loops_transport_reads_the_rest() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, Recorder)
-        try:
+        async with served(Recorder) as (protos, acceptor):
             _, writer = await connect(acceptor)
             writer.write(b"first")
             await until(lambda: protos and protos[0].data() == b"first")
@@ -273,21 +274,16 @@ def test_first_bytes_with_the_connection_then_the_loops_transport_reads_the_rest
             await asyncio.wait_for(p.lost.wait(), 5)  # eof_received said close
             assert p.kinds().count("made") == 1
             assert p.events[-1] == ("lost", None)
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_a_connection_that_reads_no_more_is_never_handed_over() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-
         def answer(p: Recorder, data: bytes) -> None:
             p.transport.write(b"answer")
             p.transport.close()
 
-        acceptor = await serve(protos, lambda: Recorder(answer, more=False))
-        try:
+        async with served(lambda: Recorder(answer, more=False)) as (protos, acceptor):
             reader, writer = await connect(acceptor)
             writer.write(b"ask")
             assert await asyncio.wait_for(reader.read(), 5) == b"answer"
@@ -295,14 +291,11 @@ def test_a_connection_that_reads_no_more_is_never_handed_over() -> None:
             assert len(protos[0].transports) == 1
             assert protos[0].events[-1] == ("lost", None)
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_writes_and_close_before_the_handover_reach_the_client_in_order() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
         big = bytes(range(256)) * 40_000  # 10 MB: more than loopback's buffers take at once
 
         def early(p: Recorder, data: bytes) -> None:
@@ -314,8 +307,7 @@ def test_writes_and_close_before_the_handover_reach_the_client_in_order() -> Non
                 p.transport.close()
             asyncio.get_running_loop().call_soon(later)
 
-        acceptor = await serve(protos, lambda: Recorder(early))
-        try:
+        async with served(lambda: Recorder(early)) as (protos, acceptor):
             reader, writer = await connect(acceptor)
             writer.write(b"go")
             got = await asyncio.wait_for(reader.read(), 10)  # to the end: every byte, then the FIN
@@ -325,16 +317,12 @@ def test_writes_and_close_before_the_handover_reach_the_client_in_order() -> Non
             assert len(p.transports) == 2
             assert p.kinds().count("lost") == 1
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_a_pause_before_the_handover_holds_the_bytes_until_resumed() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(lambda p, d: p.pause() if d == b"one" else None))
-        try:
+        async with served(lambda: Recorder(lambda p, d: p.pause() if d == b"one" else None)) as (protos, acceptor):
             _, writer = await connect(acceptor)
             writer.write(b"one")
             await until(lambda: protos and len(protos[0].transports) == 2)
@@ -349,17 +337,13 @@ def test_a_pause_before_the_handover_holds_the_bytes_until_resumed() -> None:
             p.resume()
             await until(lambda: p.data() == b"onetwo")
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_a_full_socket_buffers_pauses_the_writer_and_closes_after_the_last_byte() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(more=False))
         big = bytes(range(256)) * 40_000
-        try:
+        async with served(lambda: Recorder(more=False)) as (protos, acceptor):
             reader, writer = await connect(acceptor)
             writer.write(b"go")
             await until(lambda: protos and protos[0].data() == b"go")
@@ -378,16 +362,12 @@ def test_a_full_socket_buffers_pauses_the_writer_and_closes_after_the_last_byte(
             assert kinds.index("resume_writing") < kinds.index("lost")
             assert protos[0].events[-1] == ("lost", None)
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_write_eof_ends_the_sending_direction_only() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(more=False))
-        try:
+        async with served(lambda: Recorder(more=False)) as (protos, acceptor):
             reader, writer = await connect(acceptor)
             writer.write(b"ask")
             await until(lambda: protos and protos[0].data() == b"ask")
@@ -402,16 +382,12 @@ def test_write_eof_ends_the_sending_direction_only() -> None:
             t.close()
             await asyncio.wait_for(protos[0].lost.wait(), 5)
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_a_reset_peer_is_a_lost_connection_with_its_error_at_the_next_write() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(more=False))
-        try:
+        async with served(lambda: Recorder(more=False)) as (protos, acceptor):
             _, writer = await connect(acceptor)
             writer.write(b"hi")
             await until(lambda: protos and protos[0].data() == b"hi")
@@ -421,16 +397,12 @@ def test_a_reset_peer_is_a_lost_connection_with_its_error_at_the_next_write() ->
             t = protos[0].transport
             await until(lambda: (t.write(b"x"), protos[0].lost.is_set())[1])
             assert isinstance(protos[0].events[-1][1], OSError)
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_abort_drops_what_waits_and_tells_the_protocol_once() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(more=False))
-        try:
+        async with served(lambda: Recorder(more=False)) as (protos, acceptor):
             _, writer = await connect(acceptor)
             writer.write(b"x")
             await until(lambda: protos and protos[0].data() == b"x")
@@ -444,28 +416,24 @@ def test_abort_drops_what_waits_and_tells_the_protocol_once() -> None:
             await asyncio.sleep(0)
             assert protos[0].kinds().count("lost") == 1
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
 
 
 def test_closed_acceptor_accepts_nothing_more() -> None:
     async def main() -> None:
-        acceptor = await serve([], Recorder)
-        host, port = acceptor.sockets[0].getsockname()[:2]
-        assert acceptor.is_serving()
-        acceptor.close()
-        assert not acceptor.is_serving()
-        with pytest.raises(OSError):
-            await asyncio.open_connection(host, port)
+        async with served(Recorder) as (_, acceptor):
+            host, port = acceptor.sockets[0].getsockname()[:2]
+            assert acceptor.is_serving()
+            acceptor.close()
+            assert not acceptor.is_serving()
+            with pytest.raises(OSError):
+                await asyncio.open_connection(host, port)
     run(main)
 
 
 def test_what_the_protocol_reads_of_the_plain_transport() -> None:
     async def main() -> None:
-        protos: list[Recorder] = []
-        acceptor = await serve(protos, lambda: Recorder(more=False))
-        try:
+        async with served(lambda: Recorder(more=False)) as (protos, acceptor):
             _, writer = await connect(acceptor)
             writer.write(b"x")
             await until(lambda: protos)
@@ -476,6 +444,4 @@ def test_what_the_protocol_reads_of_the_plain_transport() -> None:
             assert t.get_extra_info("nothing", 7) == 7
             t.close()
             writer.close()
-        finally:
-            shut(protos, acceptor)
     run(main)
