@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
-from fivenines.proxy.tls_socket import listening_socket
+from fivenines.proxy.tls_socket import loop_server
 
 MAX_BODY = 1 << 20
 
@@ -225,8 +225,8 @@ class HttpServer:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
-        sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog)  # (no thread: see there)
-        self._server = await loop.create_server(lambda: _Protocol(self.handler, self), sock=sock, backlog=backlog)
+        self._server = await loop_server(loop, lambda: _Protocol(self.handler, self), host, port,
+                                         reuse_port=reuse_port, backlog=backlog)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from fivenines.core.limits import Admission, RateLimiter
 from fivenines.core.retry import RetryPolicy
 from fivenines.core.route import Router
 from fivenines.proxy.backend import Backend, BackendGroup
-from fivenines.proxy.tls_socket import listening_socket
+from fivenines.proxy.tls_socket import loop_server
 
 
 @dataclass(slots=True)
@@ -234,8 +234,7 @@ class Listener:
         if self.start_server is not None:
             self.server = self.start_server(loop, host, port, reuse_port, backlog, sock)
         else:
-            sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)
-            self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
+            self.server = await loop_server(loop, accept, host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)
         delay_first_ack(self.server)
         self._set_port(bound_address(self.server)[1])
         self._sweeper = loop.call_later(self.settings.sweep_interval(), self._sweep)

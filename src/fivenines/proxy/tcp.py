@@ -37,7 +37,7 @@ from fivenines.core.retry import Failure, Verdict
 from fivenines.core.route import Forward, RequestView, Router, ip_to_int
 from fivenines.proxy.backend import Backend, BackendGroup
 from fivenines.proxy.listener import Counters, ProxySettings, bound_address, wait_then_cut
-from fivenines.proxy.tls_socket import listening_socket
+from fivenines.proxy.tls_socket import loop_server
 
 log = logging.getLogger("fivenines.proxy.tcp")
 
@@ -88,8 +88,7 @@ class TcpListener:
         loop = asyncio.get_running_loop()
         self.tick = loop.time()
         accept = self.accept or (lambda: TcpClient(self))
-        sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)  # (no thread: see there)
-        self.server = await loop.create_server(accept, sock=sock, backlog=backlog)
+        self.server = await loop_server(loop, accept, host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)
         self.port = bound_address(self.server)[1]
         self._sweeper = loop.call_later(self._interval(), self._sweep)
         if self.tls is not None:

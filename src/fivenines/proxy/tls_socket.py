@@ -113,7 +113,8 @@ def listening_socket(host: str, port: int, *, reuse_port: bool, backlog: int, so
     (bound already, e.g. handed over on a reload; then it is this socket, as with
     ``create_server(sock=...)``) listening.
 
-    Every listener and the admin API bind through this, never ``create_server(host, port)``:
+    Every listener and the admin API bind through this (the loop's servers through
+    :func:`loop_server`), never ``create_server(host, port)``:
     uvloop resolves that address on libuv's thread pool, and the four threads it starts stay for
     the life of the process. In a process with more than one thread the kernel takes and drops a
     reference to the socket's file on every ``recv`` and ``send`` (``fdget``): the data plane
@@ -136,6 +137,14 @@ def listening_socket(host: str, port: int, *, reuse_port: bool, backlog: int, so
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (the accepted connections take it on)
     return sock  # type: ignore[no-any-return]
+
+
+async def loop_server(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol], host: str,
+                      port: int, *, reuse_port: bool, backlog: int, sock: Any = None) -> asyncio.Server:
+    """The loop's own server (its transports) on :func:`listening_socket`: what a TCP listener,
+    an HTTP listener without its own accept and the admin API serve on."""
+    sock = listening_socket(host, port, reuse_port=reuse_port, backlog=backlog, sock=sock)
+    return await loop.create_server(factory, sock=sock, backlog=backlog)
 
 
 class TlsConnection(asyncio.Transport):
